@@ -1,0 +1,232 @@
+//! Incremental frame scanner.
+
+use super::{FrameHeader, HEADER_LEN, MAX_DEBUG_CAPTURE, PREFACE, kind};
+
+/// Something the scanner saw, in stream order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameEvent {
+    /// A frame header was complete (every frame, before its payload).
+    Header(FrameHeader),
+    /// A complete, well-sized PING frame.
+    Ping {
+        /// ACK flag.
+        ack: bool,
+        /// Opaque data.
+        payload: [u8; 8],
+    },
+    /// A complete GOAWAY frame (debug data truncated to
+    /// [`MAX_DEBUG_CAPTURE`] bytes).
+    GoAway {
+        /// Last stream identifier.
+        last_stream_id: u32,
+        /// Error code.
+        error_code: u32,
+        /// Leading debug data.
+        debug: DebugData,
+    },
+    /// One parameter of a (non-ACK) SETTINGS frame.
+    Setting {
+        /// Identifier.
+        id: u16,
+        /// Value.
+        value: u32,
+    },
+}
+
+/// Leading bytes of a GOAWAY's debug data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DebugData {
+    buf: [u8; MAX_DEBUG_CAPTURE],
+    len: u8,
+}
+
+impl DebugData {
+    /// The captured bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for DebugData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+const CAPTURE: usize = 8 + MAX_DEBUG_CAPTURE;
+
+/// Tracks frame boundaries in one direction of a connection.
+#[derive(Clone, Debug)]
+pub struct FrameScanner {
+    preface_left: u8,
+    header: [u8; HEADER_LEN],
+    header_len: u8,
+    current: FrameHeader,
+    payload_left: u32,
+    capture: [u8; CAPTURE],
+    capture_len: u8,
+}
+
+impl Default for FrameScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameScanner {
+    /// A scanner for a stream that starts with a frame (server→client, or
+    /// client→server after the preface).
+    pub fn new() -> Self {
+        FrameScanner {
+            preface_left: 0,
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            current: FrameHeader {
+                len: 0,
+                kind: 0,
+                flags: 0,
+                stream_id: 0,
+            },
+            payload_left: 0,
+            capture: [0; CAPTURE],
+            capture_len: 0,
+        }
+    }
+
+    /// A scanner for the client→server direction, which starts with the
+    /// 24-byte connection preface.
+    pub fn after_preface() -> Self {
+        FrameScanner {
+            preface_left: PREFACE.len() as u8,
+            ..Self::new()
+        }
+    }
+
+    /// True between frames: the next byte starts a frame header.
+    pub fn at_boundary(&self) -> bool {
+        self.preface_left == 0 && self.header_len == 0 && self.payload_left == 0
+    }
+
+    /// Bytes that can be consumed without passing the next point where the
+    /// scanner learns something (end of preface, header or payload). Zero
+    /// exactly when [`at_boundary`](Self::at_boundary).
+    pub fn until_boundary(&self) -> usize {
+        if self.preface_left > 0 {
+            usize::from(self.preface_left)
+        } else if self.payload_left > 0 {
+            self.payload_left as usize
+        } else if self.header_len > 0 {
+            HEADER_LEN - usize::from(self.header_len)
+        } else {
+            0
+        }
+    }
+
+    /// The part of a header seen so far, and the payload bytes still to
+    /// come of the current frame.
+    pub(crate) fn position(&self) -> (&[u8], u32, u8) {
+        (
+            &self.header[..usize::from(self.header_len)],
+            self.payload_left,
+            self.preface_left,
+        )
+    }
+
+    /// Feeds the next bytes of the stream, reporting events in order.
+    pub fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(FrameEvent)) {
+        while !bytes.is_empty() {
+            if self.preface_left > 0 {
+                let n = bytes.len().min(usize::from(self.preface_left));
+                self.preface_left -= n as u8;
+                bytes = &bytes[n..];
+                continue;
+            }
+            if self.payload_left == 0 {
+                let have = usize::from(self.header_len);
+                let n = bytes.len().min(HEADER_LEN - have);
+                self.header[have..have + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n as u8;
+                bytes = &bytes[n..];
+                if usize::from(self.header_len) == HEADER_LEN {
+                    self.header_len = 0;
+                    self.current = FrameHeader::parse(&self.header);
+                    self.payload_left = self.current.len;
+                    self.capture_len = 0;
+                    on(FrameEvent::Header(self.current));
+                    if self.payload_left == 0 {
+                        self.finish(&mut on);
+                    }
+                }
+                continue;
+            }
+            let n = bytes.len().min(self.payload_left as usize);
+            self.capture(&bytes[..n], &mut on);
+            self.payload_left -= n as u32;
+            bytes = &bytes[n..];
+            if self.payload_left == 0 {
+                self.finish(&mut on);
+            }
+        }
+    }
+
+    fn capture(&mut self, chunk: &[u8], on: &mut impl FnMut(FrameEvent)) {
+        let h = self.current;
+        match h.kind {
+            kind::PING if h.len == 8 => self.keep(chunk, 8),
+            kind::GOAWAY if h.len >= 8 => self.keep(chunk, CAPTURE),
+            kind::SETTINGS if !h.is_ack() && h.len % 6 == 0 && h.stream_id == 0 => {
+                for &b in chunk {
+                    self.capture[usize::from(self.capture_len)] = b;
+                    self.capture_len += 1;
+                    if self.capture_len == 6 {
+                        self.capture_len = 0;
+                        let c = &self.capture;
+                        on(FrameEvent::Setting {
+                            id: u16::from_be_bytes([c[0], c[1]]),
+                            value: u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn keep(&mut self, chunk: &[u8], limit: usize) {
+        let have = usize::from(self.capture_len);
+        let n = chunk.len().min(limit - have);
+        self.capture[have..have + n].copy_from_slice(&chunk[..n]);
+        self.capture_len += n as u8;
+    }
+
+    fn finish(&mut self, on: &mut impl FnMut(FrameEvent)) {
+        let h = self.current;
+        let c = &self.capture;
+        match h.kind {
+            kind::PING if h.len == 8 => {
+                let mut payload = [0; 8];
+                payload.copy_from_slice(&c[..8]);
+                on(FrameEvent::Ping {
+                    ack: h.is_ack(),
+                    payload,
+                });
+            }
+            kind::GOAWAY if h.len >= 8 => {
+                let mut debug = DebugData {
+                    buf: [0; MAX_DEBUG_CAPTURE],
+                    len: self.capture_len - 8,
+                };
+                debug.buf[..usize::from(debug.len)]
+                    .copy_from_slice(&c[8..usize::from(self.capture_len)]);
+                on(FrameEvent::GoAway {
+                    last_stream_id: u32::from_be_bytes([c[0], c[1], c[2], c[3]])
+                        & super::MAX_STREAM_ID,
+                    error_code: u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+                    debug,
+                });
+            }
+            _ => {}
+        }
+        self.capture_len = 0;
+    }
+}

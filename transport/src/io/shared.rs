@@ -1,0 +1,278 @@
+//! State shared between a connection's [`FrameIo`](super::FrameIo) (polled
+//! inside `h2`), its driver, its stream guards and observers such as the
+//! agent's `/connections` endpoint.
+//!
+//! Everything the IO layer touches per read or write is an atomic; the one
+//! mutex is the control mailbox, taken only for drain requests and policy
+//! reloads.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::{Counters, GoAwayReason, ServerParams};
+
+/// Event bits set by the IO layer or stream guards for the driver.
+pub(crate) mod event {
+    /// The peer broke ping enforcement a third time.
+    pub const TOO_MANY_PINGS: u32 = 1 << 0;
+    /// A GOAWAY frame was written.
+    pub const GOAWAY_WRITTEN: u32 = 1 << 1;
+    /// The PING sent with the first drain GOAWAY was acknowledged.
+    pub const SHUTDOWN_ACKED: u32 = 1 << 2;
+    /// The shutdown PING was written (its payload is now known).
+    pub const SHUTDOWN_PING_WRITTEN: u32 = 1 << 3;
+    /// The active stream count changed between zero and non-zero.
+    pub const STREAMS_CHANGED: u32 = 1 << 4;
+    /// The peer sent GOAWAY.
+    pub const PEER_GOAWAY: u32 = 1 << 5;
+    /// A control message (drain, new parameters) is waiting.
+    pub const CONTROL: u32 = 1 << 6;
+}
+
+/// Which end of the connection this side is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Server,
+    Client,
+}
+
+/// Lifecycle of a connection as shown in stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum ConnState {
+    /// Serving.
+    Open = 0,
+    /// GOAWAY sent (or received, for a client connection); finishing streams.
+    Draining = 1,
+    /// Closed.
+    Closed = 2,
+}
+
+impl ConnState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => ConnState::Open,
+            1 => ConnState::Draining,
+            _ => ConnState::Closed,
+        }
+    }
+}
+
+/// A request to drain one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainRequest {
+    /// Debug data of the GOAWAY.
+    pub reason: GoAwayReason,
+    /// Hard-close whatever is left at this instant.
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Default)]
+pub(crate) struct Control {
+    pub drain: Option<DrainRequest>,
+    pub params: Option<ServerParams>,
+}
+
+pub(crate) struct Shared {
+    pub role: Role,
+    pub base: Instant,
+    pub counters: Arc<Counters>,
+    pub waker: AtomicWaker,
+    pub events: AtomicU32,
+
+    /// Nanoseconds after `base` of the latest read.
+    pub last_read: AtomicU64,
+    pub active_streams: AtomicUsize,
+    /// Nanoseconds after `base` at which `active_streams` last became zero.
+    pub idle_since: AtomicU64,
+    pub streams_total: AtomicU64,
+
+    /// GOAWAY debug data the IO layer adds to the next GOAWAY `h2` writes.
+    pub goaway_reason: AtomicU8,
+    /// Ask the IO layer to deliver an ACK for `h2`'s shutdown PING.
+    pub inject_shutdown_ack: AtomicBool,
+    /// Enforcement parameters, read by the IO layer on each PING.
+    pub min_time_nanos: AtomicU64,
+    pub permit_without_stream: AtomicBool,
+
+    /// Client side: the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub peer_max_streams: AtomicU32,
+    /// Client side: a GOAWAY was received; open no new stream here.
+    pub peer_goaway: AtomicBool,
+    pub peer_goaway_last_stream: AtomicU32,
+    pub peer_too_many_pings: AtomicBool,
+
+    pub pings_sent: AtomicU64,
+    pub pings_received: AtomicU64,
+    pub strikes: AtomicU32,
+    pub state: AtomicU8,
+    pub drain_reason: AtomicU8,
+    pub closed_at: AtomicI64,
+
+    pub control: Mutex<Control>,
+}
+
+impl Shared {
+    pub fn new(role: Role, counters: Arc<Counters>) -> Arc<Self> {
+        Arc::new(Shared {
+            role,
+            base: Instant::now(),
+            counters,
+            waker: AtomicWaker::new(),
+            events: AtomicU32::new(0),
+            last_read: AtomicU64::new(0),
+            active_streams: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            streams_total: AtomicU64::new(0),
+            goaway_reason: AtomicU8::new(0),
+            inject_shutdown_ack: AtomicBool::new(false),
+            min_time_nanos: AtomicU64::new(0),
+            permit_without_stream: AtomicBool::new(false),
+            peer_max_streams: AtomicU32::new(u32::MAX),
+            peer_goaway: AtomicBool::new(false),
+            peer_goaway_last_stream: AtomicU32::new(u32::MAX),
+            peer_too_many_pings: AtomicBool::new(false),
+            pings_sent: AtomicU64::new(0),
+            pings_received: AtomicU64::new(0),
+            strikes: AtomicU32::new(0),
+            state: AtomicU8::new(ConnState::Open as u8),
+            drain_reason: AtomicU8::new(0),
+            closed_at: AtomicI64::new(-1),
+            control: Mutex::new(Control::default()),
+        })
+    }
+
+    pub fn nanos_since_base(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub fn instant(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    pub fn now_nanos(&self) -> u64 {
+        self.nanos_since_base(Instant::now())
+    }
+
+    /// Records an event and wakes the driver.
+    pub fn notify(&self, bits: u32) {
+        self.events.fetch_or(bits, AcqRel);
+        self.waker.wake();
+    }
+
+    pub fn take_events(&self) -> u32 {
+        self.events.swap(0, AcqRel)
+    }
+
+    pub fn set_enforcement(&self, params: &ServerParams) {
+        self.min_time_nanos.store(
+            u64::try_from(params.min_time.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        self.permit_without_stream
+            .store(params.permit_without_stream, Relaxed);
+    }
+
+    pub fn set_state(&self, state: ConnState) {
+        self.state.store(state as u8, Release);
+        if state == ConnState::Closed {
+            self.closed_at.store(self.now_nanos() as i64, Release);
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Acquire))
+    }
+
+    pub fn send_control(&self, f: impl FnOnce(&mut Control)) {
+        // A poisoned mailbox only means a panic elsewhere mid-update; the
+        // data is plain values, so keep using it.
+        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c);
+        drop(c);
+        self.notify(event::CONTROL);
+    }
+
+    pub fn take_control(&self) -> Control {
+        std::mem::take(&mut *self.control.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A stream became active. Returns true when the count left zero.
+    pub fn stream_opened(&self) -> bool {
+        self.streams_total.fetch_add(1, Relaxed);
+        let was = self.active_streams.fetch_add(1, AcqRel);
+        if was == 0 {
+            self.notify(event::STREAMS_CHANGED);
+        }
+        was == 0
+    }
+
+    pub fn stream_closed(&self) {
+        if self.active_streams.fetch_sub(1, AcqRel) == 1 {
+            self.idle_since.store(self.now_nanos(), Release);
+            self.notify(event::STREAMS_CHANGED);
+        }
+    }
+
+    pub fn snapshot(&self) -> ConnStats {
+        let now = self.now_nanos();
+        let active = self.active_streams.load(Acquire);
+        let idle = if active == 0 {
+            now.saturating_sub(self.idle_since.load(Acquire))
+        } else {
+            0
+        };
+        let closed_at = self.closed_at.load(Acquire);
+        let end = if closed_at >= 0 {
+            closed_at as u64
+        } else {
+            now
+        };
+        ConnStats {
+            age: Duration::from_nanos(end),
+            idle: Duration::from_nanos(idle),
+            since_last_read: Duration::from_nanos(now.saturating_sub(self.last_read.load(Relaxed))),
+            active_streams: active,
+            streams_total: self.streams_total.load(Relaxed),
+            pings_sent: self.pings_sent.load(Relaxed),
+            pings_received: self.pings_received.load(Relaxed),
+            strikes: self.strikes.load(Relaxed),
+            state: self.state(),
+            goaway_reason: GoAwayReason::from_u8(self.drain_reason.load(Relaxed)),
+        }
+    }
+}
+
+/// A point-in-time view of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Time since the connection was accepted (frozen once closed).
+    pub age: Duration,
+    /// Time with zero active streams (zero while a stream is open).
+    pub idle: Duration,
+    /// Time since the last byte was read.
+    pub since_last_read: Duration,
+    /// Streams open now.
+    pub active_streams: usize,
+    /// Streams opened over the connection's life.
+    pub streams_total: u64,
+    /// Keepalive and drain PINGs written.
+    pub pings_sent: u64,
+    /// Non-ACK PINGs received.
+    pub pings_received: u64,
+    /// Current ping strikes.
+    pub strikes: u32,
+    /// Lifecycle state.
+    pub state: ConnState,
+    /// Why it is draining, if it is.
+    pub goaway_reason: Option<GoAwayReason>,
+}

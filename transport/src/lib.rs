@@ -1,0 +1,115 @@
+//! grpc-go-parity HTTP/2 connection management on top of [`h2`].
+//!
+//! This crate owns what happens to an HTTP/2 connection over its life:
+//! keepalive pings and their timeout, max idle, max age with per-connection
+//! jitter and grace, client-ping enforcement, and the bounded two-step
+//! GOAWAY drain — on the server side ([`server`]) and the client side
+//! ([`client`]: keepalive with dormancy, GOAWAY handling with transparent
+//! retry, gRPC connection backoff). The behaviour is grpc-go's
+//! `internal/transport` (gRFCs A8, A9, A18; RFC 9113 §6.8), specified in
+//! the project's SPEC §2–§3.
+//!
+//! It does not know about Kubernetes, proxies, metrics exposition or
+//! configuration files beyond the [`policy`] types, which are plain data
+//! and the single source of truth for the operator's CRD and the agent.
+//!
+//! # Working around h2 0.4
+//!
+//! h2 answers PINGs internally, cannot put debug data in a GOAWAY, and
+//! waits forever for the PING ACK of a graceful shutdown. Instead of a
+//! fork, [`io::FrameIo`] sits between h2 and the socket, scans frames in
+//! both directions, rewrites GOAWAY frames to carry the reason, and hands
+//! h2 the shutdown ACK when the ack timer fires. See that module.
+
+pub mod client;
+pub mod counters;
+pub mod frame;
+pub mod io;
+mod keepalive;
+pub mod policy;
+pub mod server;
+pub mod tcp;
+
+pub use counters::Counters;
+pub use policy::{ClientParams, DrainParams, Policy, ServerParams};
+
+/// Why a GOAWAY was sent; its text is the GOAWAY's debug data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum GoAwayReason {
+    /// The connection reached `maxConnectionAge`.
+    MaxAge = 1,
+    /// The connection had no stream for `maxConnectionIdle`.
+    MaxIdle = 2,
+    /// The client broke ping enforcement.
+    TooManyPings = 3,
+    /// An external drain (preStop hook, SIGTERM).
+    GracefulStop = 4,
+}
+
+impl GoAwayReason {
+    /// Every reason, in [`index`](Self::index) order.
+    pub const ALL: [GoAwayReason; 4] = [
+        GoAwayReason::MaxAge,
+        GoAwayReason::MaxIdle,
+        GoAwayReason::TooManyPings,
+        GoAwayReason::GracefulStop,
+    ];
+
+    /// The label and debug data: `max_age`, `max_idle`, `too_many_pings`,
+    /// `graceful_stop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoAwayReason::MaxAge => "max_age",
+            GoAwayReason::MaxIdle => "max_idle",
+            GoAwayReason::TooManyPings => "too_many_pings",
+            GoAwayReason::GracefulStop => "graceful_stop",
+        }
+    }
+
+    /// The GOAWAY debug data. gRPC clients compare `too_many_pings`
+    /// byte for byte before backing off their keepalive.
+    pub fn debug_data(self) -> &'static [u8] {
+        self.as_str().as_bytes()
+    }
+
+    /// Position in [`ALL`](Self::ALL).
+    pub fn index(self) -> usize {
+        self as usize - 1
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
+        GoAwayReason::ALL
+            .get(usize::from(v).wrapping_sub(1))
+            .copied()
+    }
+}
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer did not complete the HTTP/2 handshake in time.
+    #[error("HTTP/2 handshake timed out")]
+    HandshakeTimeout,
+    /// Connecting to the upstream failed or timed out.
+    #[error("connect to {addr} failed: {message}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// An HTTP/2 error from h2.
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// A socket error.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The channel was shut down.
+    #[error("channel shut down")]
+    Shutdown,
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
