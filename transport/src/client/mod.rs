@@ -1,1 +1,269 @@
-//! client
+//! The client side (SPEC §3): a [`Channel`] to one address that keeps its
+//! connections alive, follows GOAWAY, retries what was never processed,
+//! reconnects with gRPC backoff and reports connectivity.
+//!
+//! - Keepalive as on the server, measured from the last read; with no
+//!   stream open and `permitWithoutStream` false it goes dormant, and pings
+//!   at once when a stream starts after a long silence.
+//! - On GOAWAY a connection takes no new streams; streams at or below the
+//!   last-stream-id finish; those above it (never processed) fail with an
+//!   error [`ClientStream::is_unprocessed`] recognises, and
+//!   [`Channel::send`] retries them on another connection.
+//! - GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") doubles the keepalive
+//!   time for new connections, logged at error level.
+//! - Several connections are opened when the peer's
+//!   SETTINGS_MAX_CONCURRENT_STREAMS is reached.
+//!
+//! Picking a connection is lock-free (an `ArcSwap` snapshot and a CAS on
+//! the chosen connection's stream count).
+
+mod backoff;
+mod conn;
+mod connector;
+mod pool;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use connector::{Connect, TcpConnector};
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::*;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::ResponseFuture;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::{ClientParams, Counters, Error};
+use conn::Conn;
+use pool::Inner;
+
+/// gRPC connectivity states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Connectivity {
+    /// No connection and none being made.
+    Idle,
+    /// Connecting, with no usable connection yet.
+    Connecting,
+    /// At least one connection takes streams.
+    Ready,
+    /// The last attempt failed; waiting out the backoff.
+    TransientFailure,
+    /// Shut down.
+    Shutdown,
+}
+
+/// Channel settings.
+#[derive(Clone)]
+pub struct ChannelConfig {
+    /// Keepalive parameters.
+    pub params: ClientParams,
+    /// Where events are counted.
+    pub counters: Arc<Counters>,
+    /// HTTP/2 settings for new connections.
+    pub h2: h2::client::Builder,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// Upper bound on connections opened for more concurrent streams.
+    pub max_connections: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            params: ClientParams::default(),
+            counters: Arc::default(),
+            h2: h2::client::Builder::new(),
+            backoff: BackoffConfig::default(),
+            max_connections: 16,
+        }
+    }
+}
+
+/// A pool of HTTP/2 connections to one address. Cheap to clone; the last
+/// clone dropped shuts it down.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<Inner>,
+    _owner: Arc<Owner>,
+}
+
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// A stream opened on a channel.
+pub struct ClientStream {
+    /// The response head, when it comes.
+    pub response: ResponseFuture,
+    /// The request body.
+    pub body: SendStream<Bytes>,
+    /// Keeps the stream counted on its connection.
+    pub guard: ClientStreamGuard,
+}
+
+impl ClientStream {
+    /// Whether `err` (from this stream's response or body) proves the
+    /// peer never processed the stream, so it is safe to send again: a
+    /// GOAWAY whose last-stream-id is below it (RFC 9113 §6.8), or
+    /// REFUSED_STREAM (§8.7).
+    pub fn is_unprocessed(&self, err: &h2::Error) -> bool {
+        self.guard.is_unprocessed(err, self.response.stream_id())
+    }
+}
+
+/// Counts a stream against its connection's concurrency while alive.
+pub struct ClientStreamGuard {
+    conn: Arc<Conn>,
+    inner: Arc<Inner>,
+}
+
+impl ClientStreamGuard {
+    fn is_unprocessed(&self, err: &h2::Error, id: h2::StreamId) -> bool {
+        if err.reason() == Some(h2::Reason::REFUSED_STREAM) && err.is_remote() && err.is_reset() {
+            return true;
+        }
+        err.is_go_away()
+            && err.is_remote()
+            && u32::from(id) > self.conn.shared.peer_goaway_last_stream.load(Acquire)
+    }
+}
+
+impl Drop for ClientStreamGuard {
+    fn drop(&mut self) {
+        self.conn.release();
+        self.inner.slot_freed();
+    }
+}
+
+impl Channel {
+    /// A channel that dials with `connector`. Connects lazily, on the
+    /// first stream or [`connect`](Self::connect). Must be called within a
+    /// Tokio runtime (it spawns the dialer).
+    pub fn new<C: Connect>(connector: C, config: ChannelConfig) -> Channel {
+        let inner = Inner::new(config, connector.describe());
+        tokio::spawn(pool::dialer(inner.clone(), connector));
+        Channel {
+            _owner: Arc::new(Owner(inner.clone())),
+            inner,
+        }
+    }
+
+    /// A channel to a TCP address with `TCP_USER_TIMEOUT` set per gRFC A18.
+    pub fn tcp(addr: impl Into<String>, config: ChannelConfig) -> Channel {
+        let user_timeout = config.params.time.map(|_| config.params.timeout);
+        Channel::new(
+            TcpConnector::new(addr).with_user_timeout(user_timeout),
+            config,
+        )
+    }
+
+    /// Starts connecting now instead of on the first stream.
+    pub fn connect(&self) {
+        self.inner.want_connection();
+    }
+
+    /// The current connectivity state.
+    pub fn state(&self) -> Connectivity {
+        *self.inner.state.borrow()
+    }
+
+    /// Watches connectivity changes.
+    pub fn watch_state(&self) -> watch::Receiver<Connectivity> {
+        self.inner.state.subscribe()
+    }
+
+    /// The keepalive time new connections will use (doubled after each
+    /// `too_many_pings`), `None` when keepalive is off.
+    pub fn keepalive_time(&self) -> Option<Duration> {
+        self.inner.keepalive_time()
+    }
+
+    /// Connections currently taking streams.
+    pub fn ready_connections(&self) -> usize {
+        self.inner.pool.load().iter().filter(|c| c.usable()).count()
+    }
+
+    /// Opens a stream, waiting until `deadline` for a usable connection.
+    /// `request` builds the request head for each attempt: an attempt whose
+    /// connection turns out to be going away is retried on another one.
+    ///
+    /// Fails with [`Error::Connect`] when no connection can be had by the
+    /// deadline, or at once when the channel is failing and its next
+    /// attempt is after the deadline.
+    pub async fn start(
+        &self,
+        mut request: impl FnMut() -> Request<()>,
+        end_of_stream: bool,
+        deadline: Instant,
+    ) -> Result<ClientStream, Error> {
+        let mut last = None;
+        for _ in 0..8 {
+            let conn = self.inner.acquire(deadline).await?;
+            let mut send = conn.send.clone();
+            match send.send_request(request(), end_of_stream) {
+                Ok((response, body)) => {
+                    return Ok(ClientStream {
+                        response,
+                        body,
+                        guard: ClientStreamGuard {
+                            conn,
+                            inner: self.inner.clone(),
+                        },
+                    });
+                }
+                Err(e) => {
+                    // The connection died or got GOAWAY between picking and
+                    // sending; nothing reached the wire.
+                    tracing::debug!(error = %e, "stream refused locally; trying another connection");
+                    conn.mark_unusable();
+                    conn.release();
+                    self.inner.remove(conn.id);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or(Error::Shutdown, Error::H2))
+    }
+
+    /// Sends a request with a complete body and returns the response head,
+    /// retrying transparently (up to a few times) when the stream was never
+    /// processed by the peer.
+    pub async fn send(
+        &self,
+        mut request: impl FnMut() -> Request<()>,
+        body: Bytes,
+        deadline: Instant,
+    ) -> Result<Response<RecvStream>, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut stream = self.start(&mut request, body.is_empty(), deadline).await?;
+            if !body.is_empty() {
+                stream.body.send_data(body.clone(), true)?;
+            }
+            let id = stream.response.stream_id();
+            match stream.response.await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if attempt < 5 && stream.guard.is_unprocessed(&e, id) => {
+                    Counters::inc(&self.inner.config.counters.upstream_retries);
+                    tracing::debug!(error = %e, "stream was not processed; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Closes every connection; pending and future streams fail.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}

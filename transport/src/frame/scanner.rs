@@ -174,7 +174,7 @@ impl FrameScanner {
         match h.kind {
             kind::PING if h.len == 8 => self.keep(chunk, 8),
             kind::GOAWAY if h.len >= 8 => self.keep(chunk, CAPTURE),
-            kind::SETTINGS if !h.is_ack() && h.len % 6 == 0 && h.stream_id == 0 => {
+            kind::SETTINGS if !h.is_ack() && h.len.is_multiple_of(6) && h.stream_id == 0 => {
                 for &b in chunk {
                     self.capture[usize::from(self.capture_len)] = b;
                     self.capture_len += 1;

@@ -153,11 +153,11 @@ impl Observer {
                     }
                 }
             }
-            FrameEvent::Ping { ack: true, payload } => {
-                if Some(payload) == self.shutdown_payload && !self.shutdown_acked {
-                    self.shutdown_acked = true;
-                    shared.notify(event::SHUTDOWN_ACKED);
-                }
+            FrameEvent::Ping { ack: true, payload }
+                if Some(payload) == self.shutdown_payload && !self.shutdown_acked =>
+            {
+                self.shutdown_acked = true;
+                shared.notify(event::SHUTDOWN_ACKED);
             }
             FrameEvent::GoAway {
                 last_stream_id,
@@ -203,7 +203,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.inject_pos < this.inject.len() {
-            return Poll::Ready(Ok(this.deliver_inject(buf)));
+            this.deliver_inject(buf);
+            return Poll::Ready(Ok(()));
         }
         let mut limit = usize::MAX;
         if let Some(payload) = this.obs.wants_inject() {
@@ -222,7 +223,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
                 tracing::debug!(
                     "GOAWAY ping not acknowledged in time; proceeding to the second GOAWAY"
                 );
-                return Poll::Ready(Ok(this.deliver_inject(buf)));
+                this.deliver_inject(buf);
+                return Poll::Ready(Ok(()));
             }
             // Stop this read at the frame boundary so the ACK can follow.
             limit = this.read.until_boundary();

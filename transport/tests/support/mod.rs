@@ -231,3 +231,118 @@ pub fn assert_at(got: Duration, want: Duration) {
         "expected at {want:?}, got {got:?}"
     );
 }
+
+// ------------------------------------------------------------ client side
+
+use goaway_transport::client::Connect;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
+
+/// Hands the server end of every new in-memory connection to the test;
+/// refuses connections while `refuse` is set.
+#[derive(Clone)]
+pub struct PipeConnector {
+    pub tx: mpsc::UnboundedSender<DuplexStream>,
+    pub refuse: Arc<AtomicBool>,
+}
+
+impl PipeConnector {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<DuplexStream>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            PipeConnector {
+                tx,
+                refuse: Arc::new(AtomicBool::new(false)),
+            },
+            rx,
+        )
+    }
+}
+
+impl Connect for PipeConnector {
+    type Io = DuplexStream;
+
+    fn connect(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<DuplexStream>> + Send + '_>> {
+        Box::pin(async move {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(std::io::ErrorKind::ConnectionRefused.into());
+            }
+            let (a, b) = tokio::io::duplex(1 << 20);
+            self.tx
+                .send(b)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+            Ok(a)
+        })
+    }
+
+    fn describe(&self) -> String {
+        "pipe".into()
+    }
+}
+
+/// A hand-driven HTTP/2 server end.
+pub struct RawServer<T> {
+    pub peer: RawPeer<T>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> RawServer<T> {
+    /// Reads the client preface, sends SETTINGS (with MAX_CONCURRENT_STREAMS
+    /// if given) and ACKs the client's.
+    pub async fn accept(io: T, max_streams: Option<u32>) -> Self {
+        let mut peer = RawPeer::new(io);
+        let mut preface = [0u8; 24];
+        peer.io.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, PREFACE);
+        let mut settings = Vec::new();
+        if let Some(n) = max_streams {
+            settings.extend_from_slice(&frame::SETTINGS_MAX_CONCURRENT_STREAMS.to_be_bytes());
+            settings.extend_from_slice(&n.to_be_bytes());
+        }
+        peer.send(kind::SETTINGS, 0, 0, &settings).await;
+        let f = peer.next_frame().await.unwrap();
+        assert_eq!(f.kind(), kind::SETTINGS);
+        peer.send(kind::SETTINGS, frame::flags::ACK, 0, &[]).await;
+        RawServer { peer }
+    }
+
+    /// `:status 200` (static index 8), optionally ending the stream.
+    pub async fn respond(&mut self, stream_id: u32, end_stream: bool) {
+        let flags = frame::flags::END_HEADERS
+            | if end_stream {
+                frame::flags::END_STREAM
+            } else {
+                0
+            };
+        self.peer
+            .send(kind::HEADERS, flags, stream_id, &[0x88])
+            .await;
+    }
+
+    pub async fn goaway(&mut self, last_stream_id: u32, code: u32, debug: &[u8]) {
+        let mut b = Vec::new();
+        frame::encode_goaway(&mut b, last_stream_id, code, debug);
+        self.peer.io.write_all(&b).await.unwrap();
+    }
+
+    /// The next HEADERS frame's stream id, skipping everything else.
+    pub async fn next_request(&mut self) -> Option<u32> {
+        loop {
+            let f = self.peer.next_frame().await?;
+            if f.kind() == kind::HEADERS {
+                return Some(f.header.stream_id);
+            }
+        }
+    }
+}
+
+/// A request head for tests.
+pub fn get(path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://test{path}"))
+        .body(())
+        .unwrap()
+}

@@ -1,0 +1,352 @@
+//! The channel's connection pool and its dialer task.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::conn::{Conn, establish};
+use super::{ChannelConfig, Connect, Connectivity};
+use crate::io::shared::Shared;
+use crate::{Counters, Error};
+
+pub(crate) struct Inner {
+    pub config: ChannelConfig,
+    addr: String,
+    pub pool: ArcSwap<Vec<Arc<Conn>>>,
+    /// Serialises writers of `pool`.
+    pool_write: Mutex<()>,
+    pub state: watch::Sender<Connectivity>,
+    /// Wakes the dialer.
+    dial: Notify,
+    /// Wakes streams waiting for a connection or a free slot.
+    changed: Notify,
+    /// Streams waiting for a connection.
+    waiting: AtomicUsize,
+    dialing: AtomicBool,
+    /// Keep a connection open even with no stream asking for one.
+    eager: AtomicBool,
+    shut: AtomicBool,
+    next_id: AtomicU64,
+    /// Keepalive time for new connections, in nanoseconds; 0 = off.
+    keepalive_nanos: AtomicU64,
+    status: Mutex<DialStatus>,
+}
+
+#[derive(Default)]
+struct DialStatus {
+    last_error: Option<String>,
+    next_attempt: Option<Instant>,
+}
+
+impl Inner {
+    pub fn new(config: ChannelConfig, addr: String) -> Arc<Self> {
+        let keepalive = config.params.time.map_or(0, |t| t.as_nanos().max(1) as u64);
+        Arc::new(Inner {
+            config,
+            addr,
+            pool: ArcSwap::from_pointee(Vec::new()),
+            pool_write: Mutex::new(()),
+            state: watch::Sender::new(Connectivity::Idle),
+            dial: Notify::new(),
+            changed: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            dialing: AtomicBool::new(false),
+            eager: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            keepalive_nanos: AtomicU64::new(keepalive),
+            status: Mutex::new(DialStatus::default()),
+        })
+    }
+
+    pub fn keepalive_time(&self) -> Option<Duration> {
+        match self.keepalive_nanos.load(Acquire) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, DialStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, s: Connectivity) {
+        self.state.send_if_modified(|cur| {
+            if *cur == s || *cur == Connectivity::Shutdown {
+                return false;
+            }
+            tracing::debug!(upstream = %self.addr, from = ?*cur, to = ?s, "connectivity");
+            *cur = s;
+            true
+        });
+    }
+
+    fn has_usable(&self) -> bool {
+        self.pool.load().iter().any(|c| c.usable())
+    }
+
+    /// Whether the dialer should open a connection now.
+    fn needs_connection(&self) -> bool {
+        if self.shut.load(Acquire) {
+            return false;
+        }
+        let pool = self.pool.load();
+        let usable = pool.iter().filter(|c| c.usable()).count();
+        if self.waiting.load(Acquire) == 0 {
+            return usable == 0 && self.eager.load(Acquire);
+        }
+        usable == 0
+            || (usable < self.config.max_connections && !pool.iter().any(|c| c.has_capacity()))
+    }
+
+    /// Keeps at least one connection open from now on, without waiting
+    /// for a stream to ask for it.
+    pub fn want_connection(&self) {
+        self.eager.store(true, Release);
+        self.dial.notify_one();
+    }
+
+    fn pick(&self) -> Option<Arc<Conn>> {
+        let pool = self.pool.load();
+        if let Some(c) = pool.iter().find(|c| c.try_reserve(false)) {
+            return Some(c.clone());
+        }
+        // At the connection cap: share the least loaded and let h2 queue.
+        let usable = pool.iter().filter(|c| c.usable()).count();
+        if usable >= self.config.max_connections {
+            return pool
+                .iter()
+                .filter(|c| c.usable())
+                .min_by_key(|c| c.in_flight())
+                .filter(|c| c.try_reserve(true))
+                .cloned();
+        }
+        None
+    }
+
+    /// A connection with a reserved stream slot, waiting until `deadline`.
+    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Conn>, Error> {
+        if let Some(c) = self.pick() {
+            return Ok(c);
+        }
+        let _waiting = Waiting::new(self);
+        loop {
+            if self.shut.load(Acquire) {
+                return Err(Error::Shutdown);
+            }
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(c) = self.pick() {
+                return Ok(c);
+            }
+            self.dial.notify_one();
+            {
+                let status = self.status();
+                let failing = *self.state.borrow() == Connectivity::TransientFailure;
+                if failing && status.next_attempt.is_some_and(|at| at > deadline) {
+                    return Err(self.unavailable(&status));
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                if let Some(c) = self.pick() {
+                    return Ok(c);
+                }
+                return Err(self.unavailable(&self.status()));
+            }
+        }
+    }
+
+    fn unavailable(&self, status: &DialStatus) -> Error {
+        let message = match &status.last_error {
+            Some(e) => e.clone(),
+            None => "no connection became ready in time".into(),
+        };
+        Error::Connect {
+            addr: self.addr.clone(),
+            message,
+        }
+    }
+
+    fn add(&self, conn: Arc<Conn>) {
+        let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = self.pool.load().iter().cloned().collect();
+        v.push(conn);
+        self.pool.store(Arc::new(v));
+    }
+
+    /// Forgets a connection (closed, or going away).
+    pub fn remove(&self, id: u64) {
+        {
+            let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = self.pool.load();
+            if !pool.iter().any(|c| c.id == id) {
+                return;
+            }
+            let v: Vec<_> = pool.iter().filter(|c| c.id != id).cloned().collect();
+            self.pool.store(Arc::new(v));
+        }
+        if !self.has_usable() && !self.dialing.load(Acquire) {
+            let failing = *self.state.borrow() == Connectivity::TransientFailure;
+            if !failing {
+                self.set_state(Connectivity::Idle);
+            }
+        }
+        self.dial.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// A connection received GOAWAY: no new streams there.
+    pub fn on_goaway(&self, shared: &Shared) {
+        if shared.peer_too_many_pings.load(Acquire) {
+            let doubled = self
+                .keepalive_nanos
+                .fetch_update(AcqRel, Acquire, |n| (n != 0).then(|| n.saturating_mul(2)))
+                .map(|n| Duration::from_nanos(n.saturating_mul(2)));
+            if let Ok(time) = doubled {
+                tracing::error!(
+                    upstream = %self.addr,
+                    keepalive_time = ?time,
+                    "upstream sent GOAWAY too_many_pings; doubled the keepalive time for new connections"
+                );
+            }
+        }
+        let pool = self.pool.load();
+        if let Some(c) = pool
+            .iter()
+            .find(|c| std::ptr::eq(Arc::as_ptr(&c.shared), shared))
+        {
+            self.remove(c.id);
+        }
+    }
+
+    /// A stream slot freed up somewhere.
+    pub fn slot_freed(&self) {
+        if self.waiting.load(Acquire) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    pub fn shutdown(&self) {
+        if self.shut.swap(true, AcqRel) {
+            return;
+        }
+        self.state.send_replace(Connectivity::Shutdown);
+        {
+            let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
+            for c in self.pool.load().iter() {
+                c.mark_unusable();
+            }
+            self.pool.store(Arc::new(Vec::new()));
+        }
+        self.dial.notify_one();
+        self.changed.notify_waiters();
+    }
+}
+
+/// Counts a stream waiting for a connection.
+struct Waiting<'a>(&'a Inner);
+
+impl<'a> Waiting<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.waiting.fetch_add(1, AcqRel);
+        Waiting(inner)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, AcqRel);
+    }
+}
+
+/// Opens connections while streams wait for one, with gRPC backoff
+/// between failed attempts.
+pub(crate) async fn dialer<C: Connect>(inner: Arc<Inner>, connector: C) {
+    let mut backoff = Backoff::new(inner.config.backoff);
+    loop {
+        let woken = inner.dial.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if inner.shut.load(Acquire) {
+            return;
+        }
+        if !inner.needs_connection() {
+            woken.await;
+            continue;
+        }
+        if let Some(at) = backoff.next_attempt()
+            && Instant::now() < at
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = &mut woken => continue,
+            }
+            if !inner.needs_connection() {
+                if !inner.has_usable()
+                    && *inner.state.borrow() == super::Connectivity::TransientFailure
+                {
+                    inner.set_state(Connectivity::Idle);
+                }
+                continue;
+            }
+        }
+        inner.dialing.store(true, Release);
+        if !inner.has_usable() {
+            inner.set_state(Connectivity::Connecting);
+        }
+        let now = Instant::now();
+        let deadline = backoff.start_attempt(now, rand::random::<f64>);
+        inner.status().next_attempt = backoff.next_attempt();
+        let id = inner.next_id.fetch_add(1, Relaxed);
+        let attempt = async {
+            let io = connector.connect().await?;
+            establish(io, &inner, id).await
+        };
+        let result = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Connect {
+                addr: connector.describe(),
+                message: format!("timed out after {:?}", deadline - now),
+            }),
+        };
+        inner.dialing.store(false, Release);
+        match result {
+            Ok(conn) => {
+                backoff.reset();
+                {
+                    let mut s = inner.status();
+                    s.next_attempt = None;
+                    s.last_error = None;
+                }
+                Counters::inc(&inner.config.counters.upstream_connects);
+                tracing::debug!(upstream = %inner.addr, conn = id, "upstream connected");
+                if inner.shut.load(Acquire) {
+                    conn.mark_unusable();
+                    return;
+                }
+                inner.add(conn);
+                inner.set_state(Connectivity::Ready);
+            }
+            Err(e) => {
+                Counters::inc(&inner.config.counters.upstream_connect_failures);
+                let message = match &e {
+                    Error::Connect { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                tracing::warn!(upstream = %inner.addr, error = %message, "upstream connect failed");
+                inner.status().last_error = Some(message);
+                if !inner.has_usable() {
+                    inner.set_state(Connectivity::TransientFailure);
+                }
+            }
+        }
+        inner.changed.notify_waiters();
+    }
+}
