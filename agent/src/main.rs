@@ -1,1 +1,77 @@
-fn main() {}
+//! `goaway-agent`: parse the command line, start logging, hand over to the
+//! library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use goaway_agent::cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+// jemalloc keeps idle connections smaller than glibc malloc does (see the
+// transport's idle_connections benchmark).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let threads = match &cli.command {
+        Command::Run(args) => args.worker_threads,
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("goaway-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => goaway_agent::run::run(args).await,
+            Command::Drain(args) => drain(args).await,
+            Command::CheckConfig { file } => goaway_agent::run::check_config(&file),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("goaway-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn drain(args: goaway_agent::cli::DrainArgs) -> anyhow::Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(p)) => Some(std::fs::read_to_string(p)?.trim().to_owned()),
+        (None, None) => None,
+    };
+    let timeout = args
+        .timeout
+        .to_std()
+        .ok_or_else(|| anyhow::anyhow!("--timeout: must not be negative"))?;
+    let summary =
+        goaway_agent::drain_client::request_drain(&args.admin, token.as_deref(), timeout).await?;
+    println!("{}", summary.trim());
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("GOAWAY_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -42,7 +42,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn inc(c: &AtomicU64) {
+    /// Adds one.
+    pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
     }
 

@@ -96,10 +96,9 @@ where
         shared: shared.clone(),
         unusable: AtomicBool::new(false),
     });
-    let keepalive = inner
-        .keepalive_time()
-        .map(|time| (time, inner.config.params.timeout));
-    let permit_without_stream = inner.config.params.permit_without_stream;
+    let params = inner.params();
+    let keepalive = inner.keepalive_time().map(|time| (time, params.timeout));
+    let permit_without_stream = params.permit_without_stream;
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
         let reason = drive(h2, ping, &shared, keepalive, permit_without_stream, &weak).await;

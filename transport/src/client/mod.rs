@@ -127,7 +127,9 @@ pub struct ClientStreamGuard {
 }
 
 impl ClientStreamGuard {
-    fn is_unprocessed(&self, err: &h2::Error, id: h2::StreamId) -> bool {
+    /// Whether `err`, from the stream `id` this guard counts, proves the
+    /// peer never processed it (see [`ClientStream::is_unprocessed`]).
+    pub fn is_unprocessed(&self, err: &h2::Error, id: h2::StreamId) -> bool {
         if err.reason() == Some(h2::Reason::REFUSED_STREAM) && err.is_remote() && err.is_reset() {
             return true;
         }
@@ -185,6 +187,12 @@ impl Channel {
     /// `too_many_pings`), `None` when keepalive is off.
     pub fn keepalive_time(&self) -> Option<Duration> {
         self.inner.keepalive_time()
+    }
+
+    /// Parameters for connections opened from now on (policy reload).
+    /// Existing connections keep theirs until they are replaced.
+    pub fn set_params(&self, params: ClientParams) {
+        self.inner.set_params(params);
     }
 
     /// Connections currently taking streams.

@@ -13,7 +13,7 @@ use super::backoff::Backoff;
 use super::conn::{Conn, establish};
 use super::{ChannelConfig, Connect, Connectivity};
 use crate::io::shared::Shared;
-use crate::{Counters, Error};
+use crate::{ClientParams, Counters, Error};
 
 pub(crate) struct Inner {
     pub config: ChannelConfig,
@@ -35,6 +35,9 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     /// Keepalive time for new connections, in nanoseconds; 0 = off.
     keepalive_nanos: AtomicU64,
+    /// Parameters for new connections (the keepalive time lives in
+    /// `keepalive_nanos`, which `too_many_pings` doubles).
+    params: Mutex<ClientParams>,
     status: Mutex<DialStatus>,
 }
 
@@ -46,7 +49,8 @@ struct DialStatus {
 
 impl Inner {
     pub fn new(config: ChannelConfig, addr: String) -> Arc<Self> {
-        let keepalive = config.params.time.map_or(0, |t| t.as_nanos().max(1) as u64);
+        let keepalive = keepalive_nanos(config.params.time);
+        let params = config.params;
         Arc::new(Inner {
             config,
             addr,
@@ -61,8 +65,21 @@ impl Inner {
             shut: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             keepalive_nanos: AtomicU64::new(keepalive),
+            params: Mutex::new(params),
             status: Mutex::new(DialStatus::default()),
         })
+    }
+
+    /// Parameters for the next connection.
+    pub fn params(&self) -> ClientParams {
+        *self.params.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New parameters for new connections; resets any doubling.
+    pub fn set_params(&self, params: ClientParams) {
+        *self.params.lock().unwrap_or_else(|e| e.into_inner()) = params;
+        self.keepalive_nanos
+            .store(keepalive_nanos(params.time), Release);
     }
 
     pub fn keepalive_time(&self) -> Option<Duration> {
@@ -248,6 +265,12 @@ impl Inner {
         self.dial.notify_one();
         self.changed.notify_waiters();
     }
+}
+
+fn keepalive_nanos(time: Option<Duration>) -> u64 {
+    time.map_or(0, |t| {
+        u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 /// Counts a stream waiting for a connection.

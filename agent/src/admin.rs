@@ -1,0 +1,119 @@
+//! The admin HTTP server (SPEC §4): health, readiness, drain, metrics,
+//! the effective policy and live connections.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Acquire;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::Agent;
+
+/// The admin routes.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/drain", get(drain).post(drain))
+        .route("/metrics", get(metrics))
+        .route("/policy", get(policy))
+        .route("/connections", get(connections))
+        .with_state(agent)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
+    if agent.ready.load(Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+/// Starts (or joins) the drain and answers when it has finished.
+async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &agent.drain_token
+        && !presented(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    {
+        tracing::warn!("drain request without a valid token refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "drain token required\n",
+        )
+            .into_response();
+    }
+    Json(agent.drain().await).into_response()
+}
+
+/// The token from `Authorization: Bearer …` or `X-Goaway-Drain-Token`.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(str::trim);
+    }
+    headers
+        .get("x-goaway-drain-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// Compares without an early exit, so timing does not reveal the prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        agent.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The effective policy (every default filled in) at the top level, and
+/// where it came from under `source`.
+async fn policy(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
+    let mut v = serde_json::to_value(agent.policy.current().effective()).unwrap_or_default();
+    v["source"] = json!(agent.policy.status());
+    Json(v)
+}
+
+async fn connections(
+    State(agent): State<Arc<Agent>>,
+) -> Json<Vec<crate::registry::ConnectionView>> {
+    Json(agent.registry.views())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert("x-goaway-drain-token", "xyz".parse().unwrap());
+        assert_eq!(presented(&h), Some("xyz"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(presented(&h), None);
+    }
+}

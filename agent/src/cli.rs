@@ -1,0 +1,102 @@
+//! Command line (SPEC §4). Every flag may also come from `GOAWAY_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use goaway_transport::policy::GoDuration;
+
+/// goaway-agent: drains gRPC connections before the pod stops.
+#[derive(Debug, Parser)]
+#[command(name = "goaway-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "GOAWAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy: the sidecar's main command.
+    Run(RunArgs),
+    /// Ask a running agent to drain and wait until it has (for exec preStop
+    /// hooks). Prints the drain summary.
+    Drain(DrainArgs),
+    /// Validate a policy file: exit 0 if valid, non-zero with the field and
+    /// the reason otherwise.
+    CheckConfig {
+        /// The policy file (YAML or JSON).
+        file: PathBuf,
+    },
+}
+
+/// `goaway-agent run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Where clients connect (HTTP/2 prior knowledge, h2c).
+    #[arg(long, env = "GOAWAY_LISTEN")]
+    pub listen: SocketAddr,
+    /// The application's gRPC port, `host:port`.
+    #[arg(long, env = "GOAWAY_UPSTREAM")]
+    pub upstream: String,
+    /// Admin HTTP server: health, readiness, drain, metrics.
+    #[arg(long, env = "GOAWAY_ADMIN")]
+    pub admin: SocketAddr,
+    /// Policy file (SPEC §1); reloaded when it changes. Defaults apply
+    /// without one.
+    #[arg(long, env = "GOAWAY_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Require this token on /drain (`Authorization: Bearer <token>`).
+    #[arg(long, env = "GOAWAY_DRAIN_TOKEN", hide_env_values = true)]
+    pub drain_token: Option<String>,
+    /// Read the drain token from this file.
+    #[arg(long, env = "GOAWAY_DRAIN_TOKEN_FILE", conflicts_with = "drain_token")]
+    pub drain_token_file: Option<PathBuf>,
+    /// Longest a request waits for an upstream connection before it is
+    /// answered with UNAVAILABLE (its own deadline permitting).
+    #[arg(long, env = "GOAWAY_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s")]
+    pub upstream_connect_timeout: GoDuration,
+    /// Most connections opened to the application when its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS is reached.
+    #[arg(long, env = "GOAWAY_UPSTREAM_MAX_CONNECTIONS", default_value_t = 16)]
+    pub upstream_max_connections: usize,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients (default:
+    /// unlimited, as grpc-go).
+    #[arg(long, env = "GOAWAY_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// How often the policy file is checked for changes.
+    #[arg(long, env = "GOAWAY_POLICY_POLL_INTERVAL", default_value = "1s")]
+    pub policy_poll_interval: GoDuration,
+    /// Runtime worker threads (default: the CPUs available to the process).
+    #[arg(long, env = "GOAWAY_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+/// `goaway-agent drain`.
+#[derive(Clone, Debug, Args)]
+pub struct DrainArgs {
+    /// The agent's admin address.
+    #[arg(long, env = "GOAWAY_ADMIN", default_value = "127.0.0.1:15021")]
+    pub admin: String,
+    /// The drain token, if the agent requires one.
+    #[arg(long, env = "GOAWAY_DRAIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the drain token from this file.
+    #[arg(long, env = "GOAWAY_DRAIN_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Give up after this long.
+    #[arg(long, default_value = "10m")]
+    pub timeout: GoDuration,
+}

@@ -1,0 +1,72 @@
+//! The goaway agent: a per-pod HTTP/2 (h2c) proxy in front of a gRPC
+//! application that applies grpc-go's connection management (via
+//! `goaway-transport`) to every client connection and drains them all
+//! before the pod stops.
+//!
+//! This crate owns the proxying, the admin API, metrics, policy hot reload
+//! and the drain sequence. HTTP/2 connection behaviour lives in the
+//! transport; Kubernetes in the operator.
+
+pub mod admin;
+pub mod cli;
+pub mod drain;
+pub mod drain_client;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod registry;
+pub mod run;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use goaway_transport::Counters;
+use goaway_transport::server::ServerConfig;
+
+pub use drain::DrainSummary;
+
+/// Everything a running agent shares between its tasks.
+pub struct Agent {
+    /// The policy in force.
+    pub policy: Arc<policy::PolicyStore>,
+    /// Open client connections.
+    pub registry: registry::Registry,
+    /// Transport event counters.
+    pub counters: Arc<Counters>,
+    /// The application side.
+    pub upstream: Arc<proxy::Upstream>,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// The drain state.
+    pub drain: drain::Drain,
+    /// True while serving; false from the moment a drain starts.
+    pub ready: Arc<AtomicBool>,
+    /// Required on `/drain` when set.
+    pub drain_token: Option<String>,
+    /// HTTP/2 settings for client connections.
+    pub server_h2: h2::server::Builder,
+}
+
+impl Agent {
+    /// The configuration for the next accepted connection, from the policy
+    /// in force.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            params: self.policy.current().server_params(),
+            counters: self.counters.clone(),
+            h2: self.server_h2.clone(),
+            handshake_timeout: goaway_transport::server::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Per-stream and per-connection flow-control windows, both directions:
+/// large enough for 16 MiB messages at loopback speed, small enough that a
+/// stalled peer pins at most this much per connection.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// How long a request may wait for an upstream connection by default.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,250 @@
+//! Prometheus metrics under SPEC §4's names.
+//!
+//! Connection, stream, GOAWAY and ping counts live in the transport's
+//! plain-atomic [`Counters`] and are read at scrape time by a collector,
+//! so the request path only ever does atomic adds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use goaway_transport::client::{Channel, Connectivity};
+use goaway_transport::{Counters, GoAwayReason};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `goaway_policy_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// How long client connections lived.
+    pub connection_duration: Histogram,
+    /// Duration of the last drain.
+    pub drain_duration: Gauge<f64, AtomicU64>,
+    /// Policy file reloads by result.
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers everything; `counters` and `upstream` are read per scrape.
+    pub fn new(counters: Arc<Counters>, upstream: Channel, ready: Arc<AtomicBool>) -> Self {
+        let mut registry = Registry::default();
+        let connection_duration = Histogram::new([
+            0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0,
+        ]);
+        registry.register(
+            "goaway_connection_duration_seconds",
+            "How long client connections lived",
+            connection_duration.clone(),
+        );
+        let drain_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "goaway_drain_duration_seconds",
+            "Duration of the last drain, from its start to the last connection closed",
+            drain_duration.clone(),
+        );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "goaway_policy_reloads",
+            "Policy file reloads, by result (ok, error)",
+            policy_reloads.clone(),
+        );
+        // Both series exist from the start, at zero.
+        for result in ["ok", "error"] {
+            let _ = policy_reloads.get_or_create(&ReloadLabels { result });
+        }
+        registry.register_collector(Box::new(TransportCollector {
+            counters,
+            upstream,
+            ready,
+        }));
+        Metrics {
+            registry,
+            connection_duration,
+            drain_duration,
+            policy_reloads,
+        }
+    }
+
+    /// Counts a policy reload.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.policy_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+struct TransportCollector {
+    counters: Arc<Counters>,
+    upstream: Channel,
+    ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for TransportCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransportCollector")
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+impl Collector for TransportCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        gauge(
+            &mut e,
+            "goaway_connections_open",
+            "Client connections open",
+            c.connections_open.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "goaway_connections",
+            "Client connections accepted",
+            get(&c.connections_total),
+        )?;
+        gauge(
+            &mut e,
+            "goaway_streams_active",
+            "Streams being proxied",
+            c.streams_active.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "goaway_streams",
+            "Streams proxied",
+            get(&c.streams_total),
+        )?;
+
+        let mut family = e.encode_descriptor(
+            "goaway_goaways_sent",
+            "Client connections sent GOAWAY, by reason (the two frames of a graceful drain count once)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for reason in GoAwayReason::ALL {
+            let value = ConstCounter::new(c.goaways(reason));
+            value.encode(family.encode_family(&ReasonLabel {
+                reason: reason.as_str(),
+            })?)?;
+        }
+
+        counter(
+            &mut e,
+            "goaway_pings_sent",
+            "Keepalive PINGs sent (client and upstream connections)",
+            get(&c.pings_sent),
+        )?;
+        counter(
+            &mut e,
+            "goaway_ping_timeouts",
+            "Connections closed because a keepalive PING went unanswered",
+            get(&c.ping_timeouts),
+        )?;
+        counter(
+            &mut e,
+            "goaway_ping_strikes",
+            "Ping-enforcement strikes given to clients",
+            get(&c.ping_strikes),
+        )?;
+        counter(
+            &mut e,
+            "goaway_hard_closes",
+            "Connections closed at a deadline with streams still open",
+            get(&c.hard_closes),
+        )?;
+        counter(
+            &mut e,
+            "goaway_upstream_connects",
+            "Connections opened to the application",
+            get(&c.upstream_connects),
+        )?;
+        counter(
+            &mut e,
+            "goaway_upstream_connect_failures",
+            "Failed connection attempts to the application",
+            get(&c.upstream_connect_failures),
+        )?;
+        counter(
+            &mut e,
+            "goaway_upstream_goaways_received",
+            "GOAWAY frames received from the application",
+            get(&c.upstream_goaways_received),
+        )?;
+        counter(
+            &mut e,
+            "goaway_upstream_retries",
+            "Requests retried on a new upstream connection because the application never processed them",
+            get(&c.upstream_retries),
+        )?;
+
+        let current = self.upstream.state();
+        let mut family = e.encode_descriptor(
+            "goaway_upstream_state",
+            "Connectivity state of the upstream channel (1 for the current state)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, label) in [
+            (Connectivity::Idle, "idle"),
+            (Connectivity::Connecting, "connecting"),
+            (Connectivity::Ready, "ready"),
+            (Connectivity::TransientFailure, "transient_failure"),
+            (Connectivity::Shutdown, "shutdown"),
+        ] {
+            ConstGauge::new(i64::from(current == state))
+                .encode(family.encode_family(&StateLabel { state: label })?)?;
+        }
+        gauge(
+            &mut e,
+            "goaway_ready",
+            "1 while serving, 0 once a drain started",
+            i64::from(self.ready.load(Relaxed)),
+        )?;
+        Ok(())
+    }
+}

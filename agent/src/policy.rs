@@ -1,0 +1,185 @@
+//! The policy in force, and its hot reload from a file.
+//!
+//! The file is polled (every second by default) rather than watched with
+//! inotify: Kubernetes ConfigMap volumes swap a `..data` symlink, editors
+//! and tools replace files by rename, and a poll of a file this small
+//! notices every one of those the same way, with no watch to re-arm.
+//! A changed file that does not parse or validate is rejected with an
+//! error log and `goaway_policy_reloads_total{result="error"}`; the last
+//! good policy stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use goaway_transport::Policy;
+use goaway_transport::policy::{PolicyError, Strictness};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// Why a policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Parsing or validation failed (the message names the field).
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: PolicyError,
+    },
+}
+
+/// Reads and validates a policy file, logging its warnings.
+pub fn load_file(path: &Path) -> Result<Policy, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+fn parse(path: &Path, text: &str) -> Result<Policy, LoadError> {
+    let (policy, warnings) =
+        Policy::load(text, Strictness::Permissive).map_err(|source| LoadError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
+    for w in warnings {
+        tracing::warn!(field = %w.field, message = %w.message, "policy warning");
+    }
+    Ok(policy)
+}
+
+/// Status of the policy source, for `/policy`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceStatus {
+    /// The file, if any.
+    pub file: Option<PathBuf>,
+    /// When the policy in force was loaded (seconds since the epoch).
+    pub loaded_at: Option<u64>,
+    /// The last rejected change, if the file currently holds one.
+    pub last_error: Option<String>,
+}
+
+/// The policy in force, readable without a lock.
+pub struct PolicyStore {
+    current: ArcSwap<Policy>,
+    changes: watch::Sender<Arc<Policy>>,
+    status: Mutex<SourceStatus>,
+}
+
+impl PolicyStore {
+    /// A store holding `initial`, loaded from `file`.
+    pub fn new(initial: Policy, file: Option<PathBuf>) -> Arc<Self> {
+        let initial = Arc::new(initial);
+        Arc::new(PolicyStore {
+            current: ArcSwap::new(initial.clone()),
+            changes: watch::Sender::new(initial),
+            status: Mutex::new(SourceStatus {
+                file,
+                loaded_at: Some(epoch_secs()),
+                last_error: None,
+            }),
+        })
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    /// Notified with every accepted change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Policy>> {
+        self.changes.subscribe()
+    }
+
+    /// Source status for display.
+    pub fn status(&self) -> SourceStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn accept(&self, policy: Policy) {
+        let policy = Arc::new(policy);
+        self.current.store(policy.clone());
+        self.changes.send_replace(policy);
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.loaded_at = Some(epoch_secs());
+        s.last_error = None;
+    }
+
+    fn reject(&self, error: &LoadError) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = Some(error.to_string());
+    }
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Polls `path` every `interval` and applies changes to `store`;
+/// `on_result(ok)` is called once per change seen (for metrics).
+pub async fn watch_file(
+    store: Arc<PolicyStore>,
+    path: PathBuf,
+    interval: Duration,
+    on_result: impl Fn(bool) + Send + 'static,
+) {
+    // What the file held last time: its content, or the read error.
+    let key = |r: &std::io::Result<String>| match r {
+        Ok(text) => Ok(text.clone()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut seen = key(&std::fs::read_to_string(&path));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::fs::read_to_string(&path);
+        let now_key = key(&now);
+        if now_key == seen {
+            continue;
+        }
+        seen = now_key;
+        let result = match now {
+            Ok(text) => parse(&path, &text),
+            Err(source) => Err(LoadError::Read {
+                path: path.clone(),
+                source,
+            }),
+        };
+        match result {
+            Ok(policy) => {
+                if *store.current() == policy {
+                    tracing::debug!(file = %path.display(), "policy file changed; values unchanged");
+                } else {
+                    tracing::info!(file = %path.display(), "policy reloaded");
+                }
+                store.accept(policy);
+                on_result(true);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy change rejected; keeping the last good policy");
+                store.reject(&e);
+                on_result(false);
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The live client connections: for `/connections`, for the drain, and for
+//! pushing a reloaded policy to each one. Touched once per connection
+//! open and close, never per request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use goaway_transport::server::ConnectionHandle;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+struct Entry {
+    peer: SocketAddr,
+    handle: ConnectionHandle,
+}
+
+/// All open client connections.
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next_id: AtomicU64,
+    removed: Notify,
+}
+
+/// One connection, as `/connections` shows it.
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    /// Registry id.
+    pub id: u64,
+    /// Client address.
+    pub peer: String,
+    /// Seconds since accepted.
+    pub age_seconds: f64,
+    /// Seconds with no active stream (0 while one is open).
+    pub idle_seconds: f64,
+    /// Seconds since anything was read.
+    pub last_read_seconds: f64,
+    /// Streams open now.
+    pub active_streams: usize,
+    /// Streams over the connection's life.
+    pub streams_total: u64,
+    /// Keepalive PINGs sent.
+    pub pings_sent: u64,
+    /// PINGs received from the client.
+    pub pings_received: u64,
+    /// Ping-enforcement strikes.
+    pub strikes: u32,
+    /// `open`, `draining` or `closed`.
+    pub state: goaway_transport::io::ConnState,
+    /// Why it is draining (`max_age`, `max_idle`, `too_many_pings`,
+    /// `graceful_stop`), if it is.
+    pub goaway_reason: Option<goaway_transport::GoAwayReason>,
+}
+
+/// Removes its connection from the registry when dropped.
+pub struct Registration<'a> {
+    registry: &'a Registry,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+        self.registry.removed.notify_waiters();
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection until the returned registration is dropped.
+    pub fn register(&self, peer: SocketAddr, handle: ConnectionHandle) -> Registration<'_> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.lock().insert(id, Entry { peer, handle });
+        Registration { registry: self, id }
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every open connection's handle.
+    pub fn handles(&self) -> Vec<ConnectionHandle> {
+        self.lock().values().map(|e| e.handle.clone()).collect()
+    }
+
+    /// A view of every open connection, oldest first.
+    pub fn views(&self) -> Vec<ConnectionView> {
+        let mut v: Vec<ConnectionView> = self
+            .lock()
+            .iter()
+            .map(|(&id, e)| {
+                let s = e.handle.stats();
+                ConnectionView {
+                    id,
+                    peer: e.peer.to_string(),
+                    age_seconds: s.age.as_secs_f64(),
+                    idle_seconds: s.idle.as_secs_f64(),
+                    last_read_seconds: s.since_last_read.as_secs_f64(),
+                    active_streams: s.active_streams,
+                    streams_total: s.streams_total,
+                    pings_sent: s.pings_sent,
+                    pings_received: s.pings_received,
+                    strikes: s.strikes,
+                    state: s.state,
+                    goaway_reason: s.goaway_reason,
+                }
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Waits until no connection is open, or `deadline`. True if empty.
+    pub async fn wait_empty(&self, deadline: Instant) -> bool {
+        loop {
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if self.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, removed).await.is_err() {
+                return self.is_empty();
+            }
+        }
+    }
+}

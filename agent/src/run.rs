@@ -1,0 +1,194 @@
+//! `goaway-agent run`: wires the proxy, admin server, policy reload and
+//! signal handling together.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Release};
+
+use anyhow::{Context, Result, bail};
+use goaway_transport::client::{Channel, ChannelConfig};
+use goaway_transport::{Counters, Policy};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::RunArgs;
+use crate::policy::{PolicyStore, load_file, watch_file};
+use crate::proxy::Upstream;
+use crate::{Agent, CONNECTION_WINDOW, STREAM_WINDOW, admin, metrics, proxy, registry};
+
+/// A bound, ready-to-serve agent (tests start it in-process).
+pub struct Running {
+    /// The shared state.
+    pub agent: Arc<Agent>,
+    /// Where clients connect.
+    pub listen: std::net::SocketAddr,
+    /// Where the admin API answers.
+    pub admin: std::net::SocketAddr,
+}
+
+/// Validates the arguments and the policy, binds both ports and starts
+/// serving. Fails — before binding anything — on an invalid policy file
+/// or flag, with the field and the reason.
+pub async fn start(args: &RunArgs) -> Result<Running> {
+    let policy = match &args.policy {
+        Some(path) => load_file(path)?,
+        None => Policy::default(),
+    };
+    let connect_timeout = args
+        .upstream_connect_timeout
+        .to_std()
+        .filter(|d| !d.is_zero())
+        .context("--upstream-connect-timeout: must be greater than zero")?;
+    let poll_interval = args
+        .policy_poll_interval
+        .to_std()
+        .filter(|d| !d.is_zero())
+        .context("--policy-poll-interval: must be greater than zero")?;
+    if args.upstream_max_connections == 0 {
+        bail!("--upstream-max-connections: must be at least 1");
+    }
+    let drain_token = match (&args.drain_token, &args.drain_token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--drain-token-file: reading {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if drain_token.as_deref() == Some("") {
+        bail!("--drain-token: must not be empty");
+    }
+
+    let counters = Arc::new(Counters::default());
+    let mut client_h2 = h2::client::Builder::new();
+    client_h2
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    let channel = Channel::tcp(
+        args.upstream.clone(),
+        ChannelConfig {
+            params: policy.client_params(),
+            counters: counters.clone(),
+            h2: client_h2,
+            max_connections: args.upstream_max_connections,
+            ..ChannelConfig::default()
+        },
+    );
+    channel.connect();
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen: binding {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("--admin: binding {}", args.admin))?;
+
+    let mut server_h2 = h2::server::Builder::new();
+    server_h2
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    if let Some(n) = args.max_concurrent_streams {
+        server_h2.max_concurrent_streams(n);
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let store = PolicyStore::new(policy, args.policy.clone());
+    let agent = Arc::new(Agent {
+        metrics: metrics::Metrics::new(counters.clone(), channel.clone(), ready.clone()),
+        upstream: Arc::new(Upstream {
+            channel,
+            addr: args.upstream.clone(),
+            connect_timeout,
+            counters: counters.clone(),
+        }),
+        policy: store.clone(),
+        registry: registry::Registry::default(),
+        counters,
+        drain: Default::default(),
+        ready,
+        drain_token,
+        server_h2,
+    });
+
+    if let Some(path) = args.policy.clone() {
+        let a = agent.clone();
+        tokio::spawn(watch_file(store.clone(), path, poll_interval, move |ok| {
+            a.metrics.reload(ok)
+        }));
+        tokio::spawn(apply_reloads(agent.clone()));
+    }
+    let listen = listener.local_addr()?;
+    let admin = admin_listener.local_addr()?;
+    tokio::spawn(proxy::accept_loop(
+        listener,
+        agent.clone(),
+        agent.drain.stop_signal(),
+    ));
+    let router = admin::router(agent.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, router).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    agent.ready.store(true, Release);
+    tracing::info!(%listen, %admin, upstream = %args.upstream, "serving");
+    Ok(Running {
+        agent,
+        listen,
+        admin,
+    })
+}
+
+/// Pushes each accepted policy to live connections and the upstream.
+async fn apply_reloads(agent: Arc<Agent>) {
+    let mut changes = agent.policy.subscribe();
+    while changes.changed().await.is_ok() {
+        let policy = changes.borrow_and_update().clone();
+        let params = policy.server_params();
+        let handles = agent.registry.handles();
+        for h in &handles {
+            h.update_params(params);
+        }
+        agent.upstream.channel.set_params(policy.client_params());
+        tracing::info!(connections = handles.len(), "new policy applied");
+    }
+}
+
+/// Runs until SIGTERM or SIGINT. A drain that already ran (the preStop
+/// hook) means exit 0 at once; otherwise the drain runs first.
+pub async fn run(args: RunArgs) -> Result<()> {
+    let running = start(&args).await?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    let agent = running.agent;
+    if agent.drain.summary().is_some() {
+        tracing::info!("drained earlier; exiting");
+        return Ok(());
+    }
+    // No preStop drain ran (or one is running): drain, then exit. A second
+    // signal exits at once.
+    tokio::select! {
+        summary = agent.drain() => tracing::info!(?summary, "exiting after drain"),
+        _ = term.recv() => tracing::warn!("second SIGTERM; exiting without waiting"),
+        _ = int.recv() => tracing::warn!("second SIGINT; exiting without waiting"),
+    }
+    Ok(())
+}
+
+/// `goaway-agent check-config FILE`.
+pub fn check_config(path: &std::path::Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (policy, warnings) = Policy::load(&text, goaway_transport::policy::Strictness::Permissive)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let effective = serde_json::to_string_pretty(&policy.effective())?;
+    println!("{}: valid\n{effective}", path.display());
+    Ok(())
+}
