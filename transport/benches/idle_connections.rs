@@ -241,10 +241,18 @@ fn raise_nofile() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain syscalls on a valid struct.
+    // SAFETY: plain syscalls on a valid struct. As root the hard limit can
+    // go up too (HAProxy wants room for 2 descriptors per connection);
+    // otherwise the soft limit rises to the hard one.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        let want = libc::rlimit {
+            rlim_cur: 262_144,
+            rlim_max: 262_144,
+        };
+        if lim.rlim_max >= want.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

@@ -34,8 +34,11 @@ pub struct Counters {
     pub upstream_connects: AtomicU64,
     /// Client connection attempts that failed.
     pub upstream_connect_failures: AtomicU64,
-    /// GOAWAY frames received on client connections.
+    /// GOAWAY frames received on client connections (a graceful drain
+    /// sends two).
     pub upstream_goaways_received: AtomicU64,
+    /// Client connections that received a GOAWAY (each counted once).
+    pub upstream_connections_goaway: AtomicU64,
     /// Client streams retried on a new connection after a GOAWAY or
     /// REFUSED_STREAM said they were never processed.
     pub upstream_retries: AtomicU64,

@@ -102,13 +102,25 @@ pub enum Error {
     },
     /// An HTTP/2 error from h2.
     #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
+    H2(h2::Error),
     /// A socket error.
     #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The channel was shut down.
     #[error("channel shut down")]
     Shutdown,
+}
+
+impl From<h2::Error> for Error {
+    fn from(e: h2::Error) -> Self {
+        Error::H2(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 /// Result alias.

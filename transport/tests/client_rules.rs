@@ -61,6 +61,8 @@ async fn keepalive_pings_at_time_and_closes_at_time_plus_timeout() {
     assert_at(start.elapsed(), secs(12));
     assert_eq!(counters.ping_timeouts.load(Ordering::Relaxed), 1);
     let _again = RawServer::accept(rx.recv().await.unwrap(), None).await;
+    // Counted once the client has read the server's SETTINGS.
+    tokio::time::sleep(ms(1)).await;
     assert_eq!(counters.upstream_connects.load(Ordering::Relaxed), 2);
 }
 
@@ -339,4 +341,70 @@ async fn works_against_our_own_server() {
         assert_eq!(resp.status(), 200);
     }
     assert_eq!(ch.state(), Connectivity::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_that_never_sends_settings_is_a_connect_failure_not_a_hang() {
+    let (ch, mut rx, _c, counters) = channel(ClientParams::default());
+    let start = Instant::now();
+    let task = tokio::spawn({
+        let ch = ch.clone();
+        async move {
+            ch.start(|| get("/x"), true, Instant::now() + secs(30))
+                .await
+        }
+    });
+    // Accept at the TCP level, then say nothing at all: the attempt fails
+    // at its connect deadline (20s), and the stream at its own (30s).
+    let _silent = rx.recv().await.unwrap();
+    let _silent_too = tokio::spawn(async move {
+        while let Some(io) = rx.recv().await {
+            std::mem::forget(io)
+        }
+    });
+    let err = task.await.unwrap().err().expect("no usable connection");
+    assert!(start.elapsed() <= secs(30) + ms(2), "{:?}", start.elapsed());
+    assert!(err.to_string().contains("timed out after 20s"), "{err}");
+    assert_eq!(counters.upstream_connects.load(Ordering::Relaxed), 0);
+    assert!(counters.upstream_connect_failures.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_limit_is_known_before_the_first_stream() {
+    // Ten streams at once on a fresh channel against a server allowing
+    // two per connection: five connections, none over its limit.
+    let (ch, mut rx, _c, counters) = channel(ClientParams::default());
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let ch = ch.clone();
+        streams.push(tokio::spawn(async move {
+            ch.start(|| get("/x"), false, far()).await.map(|s| s.guard)
+        }));
+    }
+    let mut servers = Vec::new();
+    while servers.len() < 5 {
+        let io = tokio::time::timeout(secs(5), rx.recv())
+            .await
+            .expect("more connections")
+            .unwrap();
+        servers.push(tokio::spawn(async move {
+            let mut s = RawServer::accept(io, Some(2)).await;
+            let mut ids = Vec::new();
+            while let Ok(Some(id)) = tokio::time::timeout(secs(1), s.next_request()).await {
+                ids.push(id);
+            }
+            ids.len()
+        }));
+    }
+    let mut guards = Vec::new();
+    for s in streams {
+        guards.push(s.await.unwrap().unwrap());
+    }
+    let mut per_conn = Vec::new();
+    for s in servers {
+        per_conn.push(s.await.unwrap());
+    }
+    assert_eq!(per_conn.iter().sum::<usize>(), 10, "{per_conn:?}");
+    assert!(per_conn.iter().all(|n| *n <= 2), "{per_conn:?}");
+    assert_eq!(counters.upstream_connects.load(Ordering::Relaxed), 5);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::pool::Inner;
@@ -100,14 +101,34 @@ where
     let keepalive = inner.keepalive_time().map(|time| (time, params.timeout));
     let permit_without_stream = params.permit_without_stream;
     let weak = Arc::downgrade(inner);
+    let (ready_tx, ready_rx) = oneshot::channel();
     tokio::spawn(async move {
-        let reason = drive(h2, ping, &shared, keepalive, permit_without_stream, &weak).await;
+        let reason = drive(
+            h2,
+            ping,
+            &shared,
+            keepalive,
+            permit_without_stream,
+            &weak,
+            ready_tx,
+        )
+        .await;
         tracing::debug!(conn = id, reason, "upstream connection closed");
         shared.set_state(ConnState::Closed);
         if let Some(inner) = weak.upgrade() {
             inner.remove(id);
         }
     });
+    // Usable only once the server has spoken HTTP/2: its SETTINGS also
+    // carry the stream limit the pool must respect. A peer that accepts
+    // TCP and says nothing runs into the caller's connect deadline; the
+    // driver then notices this receiver is gone and closes the socket.
+    if ready_rx.await.is_err() {
+        return Err(Error::Connect {
+            addr: inner.addr().to_owned(),
+            message: "connection closed before the server's HTTP/2 SETTINGS".into(),
+        });
+    }
     Ok(conn)
 }
 
@@ -119,6 +140,7 @@ async fn drive<T>(
     keepalive: Option<(Duration, Duration)>,
     permit_without_stream: bool,
     inner: &Weak<Inner>,
+    ready: oneshot::Sender<()>,
 ) -> &'static str
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -128,13 +150,22 @@ where
     let mut timer = Box::pin(tokio::time::sleep_until(far()));
     let mut armed = None;
     let mut goaway_seen = false;
+    let mut ready = Some(ready);
     poll_fn(|cx| {
         shared.waker.register(cx.waker());
         loop {
+            if let Some(tx) = ready.as_mut() {
+                if shared.peer_settings.load(Acquire) {
+                    let _ = ready.take().map(|tx| tx.send(()));
+                } else if tx.poll_closed(cx).is_ready() {
+                    return Poll::Ready("abandoned before the server's SETTINGS");
+                }
+            }
             let closed = std::pin::Pin::new(&mut h2).poll(cx);
             let events = shared.take_events();
             if events & event::PEER_GOAWAY != 0 && !goaway_seen {
                 goaway_seen = true;
+                Counters::inc(&shared.counters.upstream_connections_goaway);
                 shared.set_state(ConnState::Draining);
                 if let Some(inner) = inner.upgrade() {
                     inner.on_goaway(shared);

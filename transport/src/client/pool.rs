@@ -82,6 +82,11 @@ impl Inner {
             .store(keepalive_nanos(params.time), Release);
     }
 
+    /// The address dialled, for messages.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     pub fn keepalive_time(&self) -> Option<Duration> {
         match self.keepalive_nanos.load(Acquire) {
             0 => None,

@@ -53,6 +53,8 @@ struct Observer {
     expect_shutdown_ping: bool,
     shutdown_payload: Option<[u8; 8]>,
     shutdown_acked: bool,
+    /// The peer's first SETTINGS is being read.
+    settings_pending: bool,
 }
 
 impl<T> FrameIo<T> {
@@ -76,6 +78,7 @@ impl<T> FrameIo<T> {
                 expect_shutdown_ping: false,
                 shutdown_payload: None,
                 shutdown_acked: false,
+                settings_pending: false,
             },
         }
     }
@@ -127,6 +130,10 @@ impl WriteObserver for Observer {
 
 impl Observer {
     fn on_read(&mut self, ev: FrameEvent, now: Instant) {
+        if self.settings_pending && matches!(ev, FrameEvent::Header(_)) {
+            // The next frame began: the first SETTINGS is complete.
+            self.settings_done();
+        }
         let shared = &*self.shared;
         match ev {
             FrameEvent::Ping { ack: false, .. } => {
@@ -182,8 +189,19 @@ impl Observer {
             FrameEvent::Setting { id, value } if id == frame::SETTINGS_MAX_CONCURRENT_STREAMS => {
                 shared.peer_max_streams.store(value, Release);
             }
+            FrameEvent::Header(h) if h.kind == kind::SETTINGS && !h.is_ack() => {
+                // Reported once the whole frame is read: its settings come
+                // first, as Setting events, before the next frame's header.
+                self.settings_pending = !shared.peer_settings.load(Acquire);
+            }
             _ => {}
         }
+    }
+
+    fn settings_done(&mut self) {
+        self.settings_pending = false;
+        self.shared.peer_settings.store(true, Release);
+        self.shared.notify(event::PEER_SETTINGS);
     }
 
     /// Whether the read half should hand h2 the shutdown PING's ACK now.
@@ -252,6 +270,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
                 .store(shared.nanos_since_base(now), Release);
             let obs = &mut this.obs;
             this.read.feed(new, |e| obs.on_read(e, now));
+            if obs.settings_pending && this.read.at_boundary() {
+                obs.settings_done();
+            }
         }
         Poll::Ready(Ok(()))
     }

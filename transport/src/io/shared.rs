@@ -35,6 +35,8 @@ pub(crate) mod event {
     pub const PEER_GOAWAY: u32 = 1 << 5;
     /// A control message (drain, new parameters) is waiting.
     pub const CONTROL: u32 = 1 << 6;
+    /// The peer's first SETTINGS frame arrived.
+    pub const PEER_SETTINGS: u32 = 1 << 7;
 }
 
 /// Which end of the connection this side is.
@@ -104,6 +106,8 @@ pub(crate) struct Shared {
     pub min_time_nanos: AtomicU64,
     pub permit_without_stream: AtomicBool,
 
+    /// The peer's first SETTINGS frame has been read.
+    pub peer_settings: AtomicBool,
     /// Client side: the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
     pub peer_max_streams: AtomicU32,
     /// Client side: a GOAWAY was received; open no new stream here.
@@ -137,6 +141,7 @@ impl Shared {
             inject_shutdown_ack: AtomicBool::new(false),
             min_time_nanos: AtomicU64::new(0),
             permit_without_stream: AtomicBool::new(false),
+            peer_settings: AtomicBool::new(false),
             peer_max_streams: AtomicU32::new(u32::MAX),
             peer_goaway: AtomicBool::new(false),
             peer_goaway_last_stream: AtomicU32::new(u32::MAX),
