@@ -40,6 +40,12 @@ pub enum Command {
         /// The policy file (YAML or JSON).
         file: PathBuf,
     },
+    /// Run a rolling deploy on this machine, with and without agents, and
+    /// print what the clients saw. No cluster needed.
+    Demo(crate::demo::DemoArgs),
+    /// Internal: the demo's app process.
+    #[command(hide = true)]
+    DemoBackend(crate::demo::BackendArgs),
 }
 
 /// `goaway-agent run`.

@@ -1,5 +1,5 @@
-//! `goaway-agent drain`: asks a running agent to drain, for exec preStop
-//! hooks, and waits for the summary.
+//! A small HTTP/1.1 client for the admin API: `goaway-agent drain` (for
+//! exec preStop hooks) and the demo use it.
 
 use std::time::Duration;
 
@@ -9,10 +9,16 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// POSTs `/drain` to `admin` and returns the JSON summary.
-pub async fn request_drain(admin: &str, token: Option<&str>, timeout: Duration) -> Result<String> {
-    let url = format!("http://{admin}/drain");
-    let mut req = hyper::Request::post(&url);
+/// Sends `method` to `http://{admin}{path}`; returns status and body.
+pub async fn call(
+    method: hyper::Method,
+    admin: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(hyper::StatusCode, String)> {
+    let url = format!("http://{admin}{path}");
+    let mut req = hyper::Request::builder().method(method).uri(&url);
     if let Some(t) = token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -31,9 +37,14 @@ pub async fn request_drain(admin: &str, token: Option<&str>, timeout: Duration) 
         .await
         .context("reading the answer")?
         .to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// POSTs `/drain` to `admin` and returns the JSON summary.
+pub async fn request_drain(admin: &str, token: Option<&str>, timeout: Duration) -> Result<String> {
+    let (status, body) = call(hyper::Method::POST, admin, "/drain", token, timeout).await?;
     if !status.is_success() {
-        bail!("{url} answered {status}: {}", body.trim());
+        bail!("http://{admin}/drain answered {status}: {}", body.trim());
     }
     Ok(body)
 }

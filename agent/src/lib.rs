@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod demo;
 pub mod drain;
 pub mod drain_client;
 pub mod metrics;

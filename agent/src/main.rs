@@ -14,7 +14,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo prints its own progress; its clients' reconnect warnings
+    // would only bury it.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "error",
+        _ => "info,h2=warn",
+    };
+    init_logging(cli.log_format, default_filter);
     let threads = match &cli.command {
         Command::Run(args) => args.worker_threads,
         _ => None,
@@ -36,6 +42,8 @@ fn main() -> ExitCode {
             Command::Run(args) => goaway_agent::run::run(args).await,
             Command::Drain(args) => drain(args).await,
             Command::CheckConfig { file } => goaway_agent::run::check_config(&file),
+            Command::Demo(args) => goaway_agent::demo::run(args).await,
+            Command::DemoBackend(args) => goaway_agent::demo::run_backend(args).await,
         }
     });
     match result {
@@ -63,10 +71,10 @@ async fn drain(args: goaway_agent::cli::DrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_env("GOAWAY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

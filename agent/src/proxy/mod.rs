@@ -32,7 +32,7 @@ pub async fn accept_loop(
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let span = tracing::info_span!("conn", %peer);
+                    let span = tracing::debug_span!("conn", %peer);
                     tokio::spawn(serve_connection(tcp, peer, agent.clone()).instrument(span));
                 }
                 Err(e) => {
@@ -48,11 +48,14 @@ pub async fn accept_loop(
 }
 
 async fn serve_connection(tcp: TcpStream, peer: SocketAddr, agent: Arc<Agent>) {
-    let config = agent.server_config();
-    if let Err(e) = tcp::configure_accepted(&tcp, &config.params) {
-        tracing::debug!(error = %e, "could not set socket options");
-    }
-    let mut conn = match ServerConnection::handshake(tcp, &config).await {
+    let handshake = async {
+        let config = agent.server_config();
+        if let Err(e) = tcp::configure_accepted(&tcp, &config.params) {
+            tracing::debug!(error = %e, "could not set socket options");
+        }
+        ServerConnection::handshake(tcp, &config).await
+    };
+    let mut conn = match handshake.await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(error = %e, "handshake failed");
