@@ -11,14 +11,31 @@ No generated code: methods take and return raw bytes.
       Runs MODE and prints one JSON summary line.
 
 Methods of echo.Echo:
-  Unary          echoes the request; metadata x-status/x-message make it
-                 fail with that status; x-sleep-ms delays the answer
-                 (honouring the deadline); x-echo-* request metadata is
-                 returned as initial and trailing metadata.
+  Unary          echoes the request; metadata x-status/x-message
+                 (percent-encoded) make it fail with that status;
+                 x-sleep-ms delays the answer (ended early by a cancel
+                 or the deadline); x-echo-* request metadata is returned
+                 as initial and trailing metadata.
   ServerStream   request b"N:SIZE" -> N messages of SIZE bytes
   ClientStream   returns the concatenation of all requests
   Bidi           echoes every request as it arrives
   Stats          returns JSON: calls seen and calls cancelled by the client
+
+  More request metadata: x-report-deadline makes the server return the
+  time left before the call's deadline as initial metadata
+  x-time-remaining-ms; on ServerStream, x-status/x-message fail the call
+  after its messages were sent (status in trailers, not trailers-only).
+
+Client modes (one JSON line each):
+  loop, concurrent, idle   calls for --seconds (see the code)
+  call                     one call of --shape with --metadata, --messages
+                           and --size; prints the status, the x-echo-*
+                           metadata seen and whether the echo matched
+  futures                  --count unary calls started at once on one
+                           channel, then all awaited
+  cancel                   one call of --shape cancelled by the client
+                           after --cancel-after-ms, then the server's
+                           Stats once it has counted the cancellation
 """
 
 import argparse
@@ -26,6 +43,7 @@ import json
 import sys
 import threading
 import time
+import urllib.parse
 from concurrent import futures
 
 import grpc
@@ -53,27 +71,44 @@ def bump(key):
 
 def echo_metadata(ctx):
     md = [(k, v) for k, v in ctx.invocation_metadata() if k.startswith("x-echo-")]
+    initial = list(md)
+    request = dict(ctx.invocation_metadata())
+    if "x-report-deadline" in request:
+        left = ctx.time_remaining()
+        initial.append(("x-time-remaining-ms", "none" if left is None else str(int(left * 1000))))
+    if initial:
+        ctx.send_initial_metadata(initial)
     if md:
-        ctx.send_initial_metadata(md)
         ctx.set_trailing_metadata(md)
-    return dict(ctx.invocation_metadata())
+    return request
+
+
+def sleep_unless_cancelled(ctx, seconds):
+    """Sleeps; False (and counted) if the call ended first."""
+    ended = threading.Event()
+    ctx.add_callback(ended.set)
+    ended.wait(seconds)
+    if not ctx.is_active():
+        bump("cancelled")
+        return False
+    return True
 
 
 def unary(req, ctx):
     bump("calls")
     md = echo_metadata(ctx)
     sleep_ms = int(md.get("x-sleep-ms", "0"))
-    if sleep_ms:
-        end = time.time() + sleep_ms / 1000.0
-        while time.time() < end:
-            if not ctx.is_active():
-                bump("cancelled")
-                return b""
-            time.sleep(0.005)
+    if sleep_ms and not sleep_unless_cancelled(ctx, sleep_ms / 1000.0):
+        return b""
     if "x-status" in md:
-        ctx.abort(grpc.StatusCode(_code(int(md["x-status"]))), md.get("x-message", ""))
+        ctx.abort(grpc.StatusCode(_code(int(md["x-status"]))), status_message(md))
     bump("ok")
     return req
+
+
+def status_message(md):
+    """x-message, percent-decoded (metadata is ASCII; messages need not be)."""
+    return urllib.parse.unquote(md.get("x-message", ""))
 
 
 def _code(n):
@@ -85,16 +120,18 @@ def _code(n):
 
 def server_stream(req, ctx):
     bump("calls")
-    echo_metadata(ctx)
+    md = echo_metadata(ctx)
     n, size = (int(x) for x in req.decode().split(":"))
     for i in range(n):
         if not ctx.is_active():
             bump("cancelled")
             return
         yield bytes([i % 256]) * size
-        md = dict(ctx.invocation_metadata())
         if "x-stream-sleep-ms" in md:
-            time.sleep(int(md["x-stream-sleep-ms"]) / 1000.0)
+            if not sleep_unless_cancelled(ctx, int(md["x-stream-sleep-ms"]) / 1000.0):
+                return
+    if "x-status" in md:
+        ctx.abort(grpc.StatusCode(_code(int(md["x-status"]))), status_message(md))
     bump("ok")
 
 
@@ -231,10 +268,129 @@ def client(args):
             record(None)
         except grpc.RpcError as e:
             record(e.code(), e.details())
+    elif args.mode == "call":
+        result = one_call(channel, args)
+    elif args.mode == "futures":
+        # --count calls in flight at once on this one channel (one HTTP/2
+        # connection): all are started before any is awaited.
+        payload = b"f" * args.size
+        md = parse_metadata(args.metadata)
+        start = time.time()
+        futs = [unary_call.future(payload, timeout=args.timeout, metadata=md) for _ in range(args.count)]
+        for f in futs:
+            try:
+                got = f.result()
+                record(None if got == payload else grpc.StatusCode.DATA_LOSS, None if got == payload else "echo mismatch")
+            except grpc.RpcError as e:
+                record(e.code(), e.details())
+        result["elapsed_ms"] = int((time.time() - start) * 1000)
+    elif args.mode == "cancel":
+        result = cancel_call(channel, args)
     else:
         raise SystemExit(f"unknown mode {args.mode}")
     channel.close()
     print(json.dumps(result), flush=True)
+
+
+def parse_metadata(pairs):
+    """KEY=VALUE pairs; a key ending in -bin takes hex and sends bytes."""
+    out = []
+    for p in pairs or []:
+        k, v = p.split("=", 1)
+        out.append((k, bytes.fromhex(v) if k.endswith("-bin") else v))
+    return out
+
+
+def show_metadata(md):
+    """x-* metadata as a dict (binary values as hex)."""
+    out = {}
+    for k, v in md or ():
+        if k.startswith("x-"):
+            out[k] = v.hex() if isinstance(v, bytes) else v
+    return out
+
+
+def one_call(channel, args):
+    """One call of --shape; reports what a gRPC user would see."""
+    md = parse_metadata(args.metadata)
+    size, n = args.size, args.messages
+    requests = [bytes([(i * 7 + 1) % 256]) * size for i in range(n)]
+    out = {"shape": args.shape, "code": "OK", "details": "", "responses": 0, "response_bytes": 0}
+    start = time.time()
+    call = None
+    got = []
+    try:
+        if args.shape == "unary":
+            resp, call = channel.unary_unary("/echo.Echo/Unary").with_call(
+                requests[0], timeout=args.timeout, metadata=md
+            )
+            got, want = [resp], [requests[0]]
+        elif args.shape == "client_stream":
+            resp, call = channel.stream_unary("/echo.Echo/ClientStream").with_call(
+                iter(requests), timeout=args.timeout, metadata=md
+            )
+            got, want = [resp], [b"".join(requests)]
+        elif args.shape == "server_stream":
+            call = channel.unary_stream("/echo.Echo/ServerStream")(
+                f"{n}:{size}".encode(), timeout=args.timeout, metadata=md
+            )
+            want = [bytes([i % 256]) * size for i in range(n)]
+            for r in call:
+                got.append(r)
+        elif args.shape == "bidi":
+            call = channel.stream_stream("/echo.Echo/Bidi")(iter(requests), timeout=args.timeout, metadata=md)
+            want = requests
+            for r in call:
+                got.append(r)
+        elif args.shape == "stats":
+            resp = channel.unary_unary("/echo.Echo/Stats")(b"", timeout=args.timeout)
+            return {"shape": "stats", "code": "OK", "stats": json.loads(resp)}
+        else:
+            raise SystemExit(f"unknown shape {args.shape}")
+        out["echo_ok"] = got == want
+    except grpc.RpcError as e:
+        call = e
+        out["code"] = e.code().name
+        out["details"] = e.details() or ""
+        out["echo_ok"] = False
+    out["elapsed_ms"] = int((time.time() - start) * 1000)
+    out["responses"] = len(got)
+    out["response_bytes"] = sum(len(r) for r in got)
+    if call is not None:
+        out["initial_metadata"] = show_metadata(call.initial_metadata())
+        out["trailing_metadata"] = show_metadata(call.trailing_metadata())
+    return out
+
+
+def cancel_call(channel, args):
+    """Starts a call the server holds, cancels it, then waits (up to 10s)
+    for the server to count the cancellation."""
+    md = parse_metadata(args.metadata)
+    stats_call = channel.unary_unary("/echo.Echo/Stats")
+    before = json.loads(stats_call(b"", timeout=args.timeout))
+    if args.shape == "unary":
+        call = channel.unary_unary("/echo.Echo/Unary").future(
+            b"c", timeout=args.timeout, metadata=md + [("x-sleep-ms", "60000")]
+        )
+    elif args.shape == "server_stream":
+        call = channel.unary_stream("/echo.Echo/ServerStream")(
+            b"100000:16", timeout=args.timeout, metadata=md + [("x-stream-sleep-ms", "20")]
+        )
+    else:
+        raise SystemExit(f"cancel: unsupported shape {args.shape}")
+    time.sleep(args.cancel_after_ms / 1000.0)
+    cancelled_at = time.time()
+    call.cancel()
+    out = {"shape": args.shape, "client_cancelled": call.cancelled(), "stats_before": before}
+    stats = before
+    while time.time() < cancelled_at + 10:
+        stats = json.loads(stats_call(b"", timeout=args.timeout))
+        if stats["cancelled"] > before["cancelled"]:
+            break
+        time.sleep(0.05)
+    out["stats_after"] = stats
+    out["server_saw_cancel_ms"] = int((time.time() - cancelled_at) * 1000)
+    return out
 
 
 def main():
@@ -254,7 +410,12 @@ def main():
     c.add_argument("--size", type=int, default=16)
     c.add_argument("--threads", type=int, default=4)
     c.add_argument("--interval-ms", type=float, default=0)
-    c.add_argument("mode", choices=["loop", "concurrent", "idle"])
+    c.add_argument("--shape", default="unary", choices=["unary", "client_stream", "server_stream", "bidi", "stats"])
+    c.add_argument("--metadata", action="append", help="KEY=VALUE (hex for -bin keys)")
+    c.add_argument("--messages", type=int, default=1)
+    c.add_argument("--count", type=int, default=100)
+    c.add_argument("--cancel-after-ms", type=float, default=300)
+    c.add_argument("mode", choices=["loop", "concurrent", "idle", "call", "futures", "cancel"])
     args = ap.parse_args()
     if args.cmd == "server":
         serve(args)

@@ -15,6 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod agent;
+
 /// A child process, killed on drop, whose stdout is read as JSON lines.
 pub struct Proc {
     pub name: String,
@@ -234,6 +236,25 @@ pub fn grpc_peer_command(args: &[&str]) -> Result<Command> {
     let mut cmd = Command::new(python());
     cmd.arg("-u").arg(script).args(args);
     Ok(cmd)
+}
+
+/// Starts the hyper-h2 peer script (`tests/python/h2_peer.py`) with `args`.
+pub fn h2_peer(name: &str, args: &[&str]) -> Result<Proc> {
+    require_python_module("h2", "h2")?;
+    let script = repo_root().join("tests/python/h2_peer.py");
+    let mut cmd = Command::new(python());
+    cmd.arg("-u").arg(script).args(args);
+    Proc::spawn(name, &mut cmd)
+}
+
+/// Starts the hyper-h2 upstream and returns it with its port.
+pub fn h2_upstream(options: &[&str]) -> Result<(Proc, u16)> {
+    let mut args = vec!["upstream"];
+    args.extend_from_slice(options);
+    let p = h2_peer("h2-upstream", &args)?;
+    let v = p.json_where(Duration::from_secs(20), |v| v.get("port").is_some())?;
+    let port = v["port"].as_u64().context("port")? as u16;
+    Ok((p, port))
 }
 
 /// Starts a grpcio server and returns it with its port.

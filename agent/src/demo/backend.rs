@@ -1,6 +1,10 @@
 //! The demo's application: a gRPC echo server on plain h2, written the way
 //! many real services are — no keepalive policy, no GOAWAY on SIGTERM.
 //! SIGTERM stops it on the spot, with whatever connections it has open.
+//!
+//! With `--graceful` it shuts down like a grpc-go server's `GracefulStop`
+//! instead (connections managed by the transport: two-step GOAWAY, streams
+//! finish, then exit); the agent's app-restart test uses that.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,13 +28,19 @@ pub struct BackendArgs {
     /// Longest time spent on a call.
     #[arg(long, default_value_t = 80)]
     pub max_ms: u64,
+    /// On SIGTERM, stop like grpc-go's GracefulStop instead of at once.
+    #[arg(long)]
+    pub graceful: bool,
 }
 
-/// Serves until SIGTERM, then exits at once.
+/// Serves until SIGTERM, then exits at once (or drains, `--graceful`).
 pub async fn run(args: BackendArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    if args.graceful {
+        return run_graceful(listener, args).await;
+    }
     let mut term = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -54,6 +64,60 @@ pub async fn run(args: BackendArgs) -> Result<()> {
             }
         }
     }
+}
+
+/// GracefulStop semantics: on SIGTERM the listener closes, every
+/// connection gets the two-step GOAWAY, streams finish, then the process
+/// exits.
+async fn run_graceful(listener: TcpListener, args: BackendArgs) -> Result<()> {
+    use goaway_transport::GoAwayReason;
+    use goaway_transport::server::{ServerConfig, ServerConnection};
+
+    let config = ServerConfig::default();
+    let (conns_tx, mut conns_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut open = 0usize;
+    let mut handles = Vec::new();
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            Some(h) = conns_rx.recv() => { open += 1; handles.push(h); }
+            Some(()) = done_rx.recv() => open -= 1,
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let (args, config, conns_tx, done_tx) = (args.clone(), config.clone(), conns_tx.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = ServerConnection::handshake(tcp, &config).await else { return };
+                    let _ = conns_tx.send(conn.handle());
+                    while let Some(stream) = conn.accept().await {
+                        let args = args.clone();
+                        tokio::spawn(async move {
+                            let (req, respond, _guard) = stream.into_parts();
+                            let _ = echo(req, respond, &args).await;
+                        });
+                    }
+                    let _ = done_tx.send(());
+                });
+            }
+        }
+    }
+    drop(listener);
+    while let Ok(h) = conns_rx.try_recv() {
+        open += 1;
+        handles.push(h);
+    }
+    for h in &handles {
+        h.drain(GoAwayReason::GracefulStop, None);
+    }
+    while open > 0 {
+        if done_rx.recv().await.is_none() {
+            break;
+        }
+        open -= 1;
+    }
+    Ok(())
 }
 
 async fn echo(

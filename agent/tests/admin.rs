@@ -1,0 +1,323 @@
+//! The admin API (SPEC §4) of a real agent while real clients use it:
+//! health, readiness, `/metrics` names and counters, `/connections`,
+//! `/policy`; and the §2 connection management the metrics count
+//! (keepalive pings, ping enforcement, max age) against grpcio clients.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::{BIN, Scratch, agent, collect_until_exit, events, grpc_client};
+use goaway_tests::agent::{Agent, wait_for};
+use goaway_tests::{Proc, grpc_peer_command, grpc_server, h2_peer};
+use serde_json::Value;
+
+/// Every metric SPEC §4 names.
+const SPEC_METRICS: [&str; 13] = [
+    "goaway_connections_open",
+    "goaway_connections_total",
+    "goaway_streams_active",
+    "goaway_streams_total",
+    "goaway_goaways_sent_total",
+    "goaway_pings_sent_total",
+    "goaway_ping_timeouts_total",
+    "goaway_ping_strikes_total",
+    "goaway_connection_duration_seconds",
+    "goaway_drain_duration_seconds",
+    "goaway_upstream_connects_total",
+    "goaway_upstream_goaways_received_total",
+    "goaway_policy_reloads_total",
+];
+
+fn agent_with_policy(app_port: u16, policy: &str) -> Result<(Agent, Scratch)> {
+    let dir = Scratch::new("admin")?;
+    let file = dir.write("policy.yaml", policy)?;
+    Ok((agent(app_port).policy(file).start()?, dir))
+}
+
+#[test]
+fn healthz_and_readyz_answer_200_while_serving() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).start()?;
+    assert_eq!(agent.get("/healthz")?.0, 200);
+    assert_eq!(agent.readyz()?, 200);
+    assert_eq!(agent.get("/no-such-endpoint")?.0, 404);
+    Ok(())
+}
+
+#[test]
+fn metrics_expose_every_name_the_spec_lists() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).start()?;
+    let (status, _) = agent.get("/metrics")?;
+    assert_eq!(status, 200);
+    let m = agent.metrics()?;
+    let missing: Vec<_> = SPEC_METRICS.iter().filter(|n| !m.has(n)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{}", m.text);
+    for reason in ["max_age", "max_idle", "too_many_pings", "graceful_stop"] {
+        m.value(&format!("goaway_goaways_sent_total{{reason=\"{reason}\"}}"))?;
+    }
+    for result in ["ok", "error"] {
+        m.value(&format!(
+            "goaway_policy_reloads_total{{result=\"{result}\"}}"
+        ))?;
+    }
+    assert!(
+        m.has("goaway_connection_duration_seconds_bucket"),
+        "not a histogram:\n{}",
+        m.text
+    );
+    Ok(())
+}
+
+#[test]
+fn metrics_counters_move_as_calls_run() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).start()?;
+    let before = agent.metrics()?;
+    let r = grpc_client(&agent.target(), &["--seconds", "1", "loop"])?;
+    assert_eq!(r["failed"], 0, "{r}");
+    let calls = r["ok"].as_f64().unwrap();
+    assert!(calls > 10.0, "{r}");
+    // The client has exited; its connection closes.
+    wait_for(Duration::from_secs(5), "the connection to close", || {
+        Ok(agent.metrics()?.value("goaway_connections_open")? == 0.0)
+    })?;
+    let after = agent.metrics()?;
+    let delta = |name: &str| -> Result<f64> { Ok(after.value(name)? - before.value(name)?) };
+    assert_eq!(delta("goaway_streams_total")?, calls);
+    assert_eq!(delta("goaway_connections_total")?, 1.0);
+    assert_eq!(delta("goaway_connection_duration_seconds_count")?, 1.0);
+    assert_eq!(after.value("goaway_streams_active")?, 0.0);
+    assert!(after.value("goaway_upstream_connects_total")? >= 1.0);
+    Ok(())
+}
+
+#[test]
+fn max_connection_age_moves_grpcio_clients_without_failed_calls() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let (agent, _dir) = agent_with_policy(port, "server: {maxConnectionAge: 500ms}")?;
+    let r = grpc_client(&agent.target(), &["--seconds", "4", "loop"])?;
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["ok"].as_u64().unwrap() > 50, "{r}");
+    let m = agent.metrics()?;
+    // Four seconds of half-second connections: about eight; three for slack.
+    assert!(
+        m.value("goaway_goaways_sent_total{reason=\"max_age\"}")? >= 3.0,
+        "{}",
+        m.text
+    );
+    assert!(m.value("goaway_connections_total")? >= 3.0, "{}", m.text);
+    Ok(())
+}
+
+#[test]
+fn connections_lists_each_client_connection_with_its_fields() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).start()?;
+    let idle_a = h2_peer(
+        "h2-idle",
+        &[
+            "client",
+            "--target",
+            &agent.target(),
+            "--seconds",
+            "30",
+            "idle",
+        ],
+    )?;
+    let idle_b = h2_peer(
+        "h2-idle",
+        &[
+            "client",
+            "--target",
+            &agent.target(),
+            "--seconds",
+            "30",
+            "idle",
+        ],
+    )?;
+    let ports: Vec<u64> = [&idle_a, &idle_b]
+        .iter()
+        .map(|p| p.json_where(Duration::from_secs(20), |v| v["event"] == "connected"))
+        .map(|v| v.map(|v| v["local_port"].as_u64().unwrap()))
+        .collect::<Result<_>>()?;
+    let call = common::spawn_grpc_client(
+        &agent.target(),
+        &["--timeout", "60", "--metadata", "x-sleep-ms=3000", "call"],
+    )?;
+    let mut conns = Vec::new();
+    wait_for(
+        Duration::from_secs(20),
+        "three connections, one busy",
+        || {
+            conns = agent.connections()?;
+            Ok(conns.len() == 3 && conns.iter().any(|c| c["active_streams"] == 1))
+        },
+    )?;
+    for c in &conns {
+        for field in [
+            "peer",
+            "age_seconds",
+            "idle_seconds",
+            "active_streams",
+            "pings_sent",
+            "pings_received",
+            "strikes",
+            "state",
+        ] {
+            assert!(c.get(field).is_some(), "{field} missing: {c}");
+        }
+        assert_eq!(c["state"], "open", "{c}");
+        assert!(c["age_seconds"].as_f64().unwrap() >= 0.0, "{c}");
+    }
+    let peer_of = |port: u64| -> Option<&Value> {
+        conns
+            .iter()
+            .find(|c| c["peer"].as_str() == Some(&format!("127.0.0.1:{port}")))
+    };
+    for port in &ports {
+        let c =
+            peer_of(*port).unwrap_or_else(|| panic!("no entry for peer port {port}: {conns:?}"));
+        assert_eq!(c["active_streams"], 0, "{c}");
+    }
+    let busy: Vec<_> = conns.iter().filter(|c| c["active_streams"] == 1).collect();
+    assert_eq!(busy.len(), 1, "{conns:?}");
+    assert_eq!(
+        busy[0]["idle_seconds"], 0.0,
+        "a connection with a stream is not idle: {conns:?}"
+    );
+    let r = call.finish_json(Duration::from_secs(30))?;
+    assert_eq!(r["code"], "OK", "{r}");
+    // One gone: one fewer entry.
+    drop(idle_a);
+    wait_for(Duration::from_secs(10), "the entry to go", || {
+        Ok(agent.connections()?.len() == 1)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn keepalive_pings_go_to_idle_clients_and_are_counted() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let (agent, _dir) = agent_with_policy(port, "server: {time: 500ms, timeout: 5s}")?;
+    let idle = h2_peer(
+        "h2-idle",
+        &[
+            "client",
+            "--target",
+            &agent.target(),
+            "--seconds",
+            "3",
+            "idle",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(2500));
+    let conns = agent.connections()?;
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    let sent = conns[0]["pings_sent"].as_u64().unwrap();
+    let seen = collect_until_exit(idle, Duration::from_secs(20))?;
+    let pings = events(&seen, "ping").len() as u64;
+    assert!(
+        pings >= 2,
+        "the client saw {pings} pings in 3s at a 500ms keepalive"
+    );
+    assert!(sent >= 2, "{conns:?}");
+    assert!(agent.metrics()?.value("goaway_pings_sent_total")? >= sent as f64);
+    // The client answered every ping: no timeouts.
+    assert_eq!(agent.metrics()?.value("goaway_ping_timeouts_total")?, 0.0);
+    Ok(())
+}
+
+#[test]
+fn policy_shows_the_effective_policy_with_defaults_filled_in() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let (agent, dir) = agent_with_policy(
+        port,
+        "server:\n  maxConnectionAge: 90s\nenforcement:\n  permitWithoutStream: true\n",
+    )?;
+    let p = agent.policy()?;
+    assert_eq!(p["server"]["maxConnectionAge"], "1m30s", "{p}");
+    assert_eq!(p["enforcement"]["permitWithoutStream"], true, "{p}");
+    // Defaults (SPEC §1).
+    assert_eq!(p["server"]["time"], "2h0m0s", "{p}");
+    assert_eq!(p["server"]["timeout"], "20s", "{p}");
+    assert_eq!(p["server"]["maxConnectionIdle"], "infinite", "{p}");
+    assert_eq!(p["enforcement"]["minTime"], "5m0s", "{p}");
+    assert_eq!(p["drain"]["delay"], "0s", "{p}");
+    assert_eq!(p["drain"]["timeout"], "30s", "{p}");
+    assert_eq!(p["drain"]["goawayAckTimeout"], "5s", "{p}");
+    let file = dir.path().join("policy.yaml");
+    assert_eq!(p["source"]["file"], file.display().to_string(), "{p}");
+
+    // No file: all defaults.
+    let plain = agent_without_policy(port)?;
+    let p = plain.policy()?;
+    assert_eq!(p["server"]["maxConnectionAge"], "infinite", "{p}");
+    assert_eq!(p["enforcement"]["permitWithoutStream"], false, "{p}");
+    Ok(())
+}
+
+fn agent_without_policy(port: u16) -> Result<Agent> {
+    agent(port).start()
+}
+
+#[test]
+fn grpcio_client_pinging_too_often_gets_too_many_pings() -> Result<()> {
+    // Defaults: minTime 5m, no pings without streams.
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).start()?;
+    let mut cmd = grpc_peer_command(&[
+        "client",
+        "--target",
+        &agent.target(),
+        "--option",
+        "grpc.keepalive_time_ms=100",
+        "--option",
+        "grpc.keepalive_permit_without_calls=1",
+        "--option",
+        "grpc.http2.max_pings_without_data=0",
+        // C-core pings at most once a second without data; strikes 1-3
+        // need four more seconds after the first call.
+        "--seconds",
+        "8",
+        "idle",
+    ])?;
+    cmd.env("GRPC_VERBOSITY", "ERROR");
+    let mut client = Proc::spawn_capturing("grpcio-client", &mut cmd)?;
+    client.wait(Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(100));
+    let stderr = client.stderr();
+    let r = client.finish_json(Duration::from_secs(5))?;
+    assert!(
+        stderr.contains("too_many_pings"),
+        "grpcio did not report too_many_pings; stderr:\n{stderr}"
+    );
+    assert!(r["ok"].as_u64().unwrap() >= 1, "{r}");
+    let m = agent.metrics()?;
+    assert!(
+        m.value("goaway_goaways_sent_total{reason=\"too_many_pings\"}")? >= 1.0,
+        "{}",
+        m.text
+    );
+    assert!(m.value("goaway_ping_strikes_total")? >= 3.0, "{}", m.text);
+    Ok(())
+}
+
+#[test]
+fn flags_can_come_from_the_environment() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run"])
+        .env("GOAWAY_LOG_FORMAT", "json")
+        .env("GOAWAY_LISTEN", "127.0.0.1:0")
+        .env("GOAWAY_ADMIN", "127.0.0.1:0")
+        .env("GOAWAY_UPSTREAM", format!("127.0.0.1:{port}"))
+        .env_remove("GOAWAY_DRAIN_TOKEN");
+    let agent = Agent::attach(Proc::spawn_capturing("goaway-agent", &mut cmd)?)?;
+    let r = grpc_client(&agent.target(), &["call"])?;
+    assert_eq!(r["code"], "OK", "{r}");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Shared by the agent's black-box tests: the binary, its peers, and
+//! scratch directories for policy files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use goaway_tests::agent::AgentBuilder;
+use goaway_tests::{Proc, grpc_peer, grpc_peer_command};
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_goaway-agent");
+
+/// An agent in front of `127.0.0.1:{port}`.
+pub fn agent(upstream_port: u16) -> AgentBuilder {
+    AgentBuilder::new(BIN, format!("127.0.0.1:{upstream_port}"))
+}
+
+/// Runs the grpcio client with `args` and returns its JSON summary.
+pub fn grpc_client(target: &str, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["client", "--target", target];
+    all.extend_from_slice(args);
+    grpc_peer("grpcio-client", &all)?.finish_json(Duration::from_secs(120))
+}
+
+/// Starts the grpcio client with `args` (to run while the test acts).
+pub fn spawn_grpc_client(target: &str, args: &[&str]) -> Result<Proc> {
+    let mut all = vec!["client", "--target", target];
+    all.extend_from_slice(args);
+    let mut cmd = grpc_peer_command(&all)?;
+    cmd.env("GRPC_VERBOSITY", "ERROR");
+    Proc::spawn("grpcio-client", &mut cmd)
+}
+
+/// `goaway-agent ARGS…`, run to completion: (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, String)> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("GOAWAY_DRAIN_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Result<Scratch> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "goaway-agent-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `name` with `text` and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let p = self.0.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    }
+
+    /// Replaces `name` the way editors and tools do: write a temporary
+    /// file beside it, then rename it over the original.
+    pub fn replace_by_rename(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        let p = self.0.join(name);
+        std::fs::rename(&tmp, &p)?;
+        Ok(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The events the h2 peer printed so far with `event == kind`.
+pub fn events(all: &[Value], kind: &str) -> Vec<Value> {
+    all.iter().filter(|v| v["event"] == kind).cloned().collect()
+}
+
+/// Reads the h2 peer's JSON lines until it exits (or `timeout`).
+pub fn collect_until_exit(mut p: Proc, timeout: Duration) -> Result<Vec<Value>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        out.extend(p.drain_json());
+        if p.wait(Duration::ZERO).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+            out.extend(p.drain_json());
+            return Ok(out);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{} still running after {timeout:?}; printed {out:?}",
+                p.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

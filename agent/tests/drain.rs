@@ -1,0 +1,418 @@
+//! The drain (SPEC §4), black-box: `/drain`, `goaway-agent drain` and
+//! SIGTERM against a real agent with grpcio and hyper-h2 clients.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use common::{Scratch, agent, collect_until_exit, events, run_bin, spawn_grpc_client};
+use goaway_tests::agent::{Agent, wait_for};
+use goaway_tests::{Proc, free_port, grpc_server, h2_peer};
+use serde_json::Value;
+
+/// An agent in front of a fresh grpcio server, with `policy` (YAML).
+fn agent_with_policy(policy: &str) -> Result<(Agent, Proc, Scratch)> {
+    let (server, port) = grpc_server(&[])?;
+    let dir = Scratch::new("drain")?;
+    let file = dir.write("policy.yaml", policy)?;
+    let agent = agent(port).policy(file).start()?;
+    Ok((agent, server, dir))
+}
+
+/// Whether a TCP connection to `addr` is refused (vs accepted).
+fn refused(addr: SocketAddr) -> bool {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(_) => false,
+        Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+    }
+}
+
+/// Waits until `n` client connections are open with `streams` active
+/// streams in all.
+fn wait_connections(agent: &Agent, n: usize, streams: u64) -> Result<()> {
+    let mut last = Vec::new();
+    wait_for(Duration::from_secs(20), "client connections", || {
+        last = agent.connections()?;
+        let active: u64 = last
+            .iter()
+            .filter_map(|c| c["active_streams"].as_u64())
+            .sum();
+        Ok(last.len() == n && active == streams)
+    })
+    .map_err(|e| e.context(format!("/connections: {last:?}")))
+}
+
+/// A grpcio call the app holds for `ms`, through `agent`.
+fn held_call(agent: &Agent, ms: u64) -> Result<Proc> {
+    spawn_grpc_client(
+        &agent.target(),
+        &[
+            "--timeout",
+            "60",
+            "--metadata",
+            &format!("x-sleep-ms={ms}"),
+            "call",
+        ],
+    )
+}
+
+/// An HTTP/2 connection with no streams, printing what it receives.
+fn idle_h2_client(agent: &Agent) -> Result<Proc> {
+    h2_peer(
+        "h2-idle",
+        &[
+            "client",
+            "--target",
+            &agent.target(),
+            "--seconds",
+            "30",
+            "idle",
+        ],
+    )
+}
+
+#[test]
+fn drain_fails_readiness_waits_the_delay_refuses_connections_and_finishes_in_flight_calls()
+-> Result<()> {
+    let (agent, _server, _dir) = agent_with_policy("drain: {delay: 1s, timeout: 20s}")?;
+    let idle = idle_h2_client(&agent)?;
+    wait_connections(&agent, 1, 0)?;
+    let call = held_call(&agent, 3000)?;
+    wait_connections(&agent, 2, 1)?;
+
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let api = agent.api();
+        let drain = s.spawn(move || api.drain(&[]));
+        // Readiness fails at once.
+        wait_for(Duration::from_millis(500), "readiness to fail", || {
+            Ok(agent.readyz()? == 503)
+        })?;
+        // During drain.delay the listener still accepts.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!refused(agent.listen), "listener closed before drain.delay");
+        // Then it closes.
+        wait_for(
+            Duration::from_secs(5),
+            "new connections to be refused",
+            || Ok(refused(agent.listen)),
+        )?;
+        let closed_after = start.elapsed();
+        assert!(
+            closed_after >= Duration::from_millis(900),
+            "listener closed after {closed_after:?}, before drain.delay"
+        );
+
+        // The held call finishes normally.
+        let r = call.finish_json(Duration::from_secs(30))?;
+        assert_eq!(r["code"], "OK", "{r}");
+        assert_eq!(r["echo_ok"], true, "{r}");
+
+        let summary = drain.join().unwrap()?;
+        assert_eq!(summary["connections_drained"], 2, "{summary}");
+        assert_eq!(summary["connections_hard_closed"], 0, "{summary}");
+        assert!(
+            summary["streams_completed"].as_u64().unwrap() >= 1,
+            "{summary}"
+        );
+        let duration = summary["duration_seconds"].as_f64().unwrap();
+        assert!((1.0..20.0).contains(&duration), "{summary}");
+        Ok(())
+    })?;
+
+    // The idle connection got GOAWAY graceful_stop (first with the
+    // maximum stream id, RFC 9113 §6.8) and was closed.
+    let seen = collect_until_exit(idle, Duration::from_secs(40))?;
+    let goaways = events(&seen, "goaway");
+    assert!(
+        !goaways.is_empty(),
+        "idle connection got no GOAWAY: {seen:?}"
+    );
+    assert_eq!(goaways[0]["debug"], "graceful_stop", "{seen:?}");
+    assert_eq!(goaways[0]["code"], 0, "{seen:?}");
+    assert_eq!(goaways[0]["last_stream_id"], 2_147_483_647u64, "{seen:?}");
+    // After the PING round trip, the second GOAWAY names the last stream
+    // actually accepted: none.
+    assert_eq!(goaways.len(), 2, "{seen:?}");
+    assert_eq!(goaways[1]["last_stream_id"], 0, "{seen:?}");
+    assert_eq!(
+        events(&seen, "closed").len(),
+        1,
+        "idle connection not closed: {seen:?}"
+    );
+
+    let m = agent.metrics()?;
+    assert_eq!(
+        m.value("goaway_goaways_sent_total{reason=\"graceful_stop\"}")?,
+        2.0
+    );
+    assert!(m.value("goaway_drain_duration_seconds")? >= 1.0);
+    assert_eq!(m.value("goaway_connections_open")?, 0.0);
+    // The process stays up after the drain.
+    assert_eq!(agent.get("/healthz")?.0, 200);
+    assert_eq!(agent.readyz()?, 503);
+    Ok(())
+}
+
+#[test]
+fn drain_hard_closes_streams_still_open_at_drain_timeout() -> Result<()> {
+    let (agent, _server, _dir) =
+        agent_with_policy("drain: {timeout: 1s, goawayAckTimeout: 500ms}")?;
+    let call = held_call(&agent, 30_000)?;
+    wait_connections(&agent, 1, 1)?;
+    let start = Instant::now();
+    let summary = agent.drain(&[])?;
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(summary["connections_hard_closed"], 1, "{summary}");
+    assert_eq!(summary["streams_cut"], 1, "{summary}");
+    assert_eq!(summary["connections_drained"], 0, "{summary}");
+    let r = call.finish_json(Duration::from_secs(30))?;
+    assert_ne!(r["code"], "OK", "a cut call cannot succeed: {r}");
+    assert!(r["elapsed_ms"].as_u64().unwrap() < 10_000, "{r}");
+    assert!(agent.metrics()?.value("goaway_hard_closes_total")? >= 1.0);
+    Ok(())
+}
+
+#[test]
+fn concurrent_drain_requests_share_one_drain_and_later_ones_get_its_summary() -> Result<()> {
+    let (agent, _server, _dir) = agent_with_policy("drain: {delay: 500ms}")?;
+    let _idle = idle_h2_client(&agent)?;
+    wait_connections(&agent, 1, 0)?;
+    let bodies: Vec<(u16, String)> = std::thread::scope(|s| {
+        let api = agent.api();
+        let handles: Vec<_> = (0..5)
+            .map(|_| s.spawn(move || api.post("/drain", &[])))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Result<_>>()
+    })?;
+    for (status, body) in &bodies {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(
+            body, &bodies[0].1,
+            "concurrent callers got different summaries"
+        );
+    }
+    let summary: Value = serde_json::from_str(&bodies[0].1)?;
+    assert_eq!(summary["connections_drained"], 1, "{summary}");
+    // Idempotent: a later call (GET too) answers the same at once.
+    let start = Instant::now();
+    let (status, again) = agent.get("/drain")?;
+    assert_eq!(status, 200);
+    assert_eq!(again, bodies[0].1);
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "the second drain waited the delay again"
+    );
+    // One drain: one GOAWAY reason count for the one connection.
+    let m = agent.metrics()?;
+    assert_eq!(
+        m.value("goaway_goaways_sent_total{reason=\"graceful_stop\"}")?,
+        1.0
+    );
+    Ok(())
+}
+
+/// `/drain` refuses without the token and with a wrong one (and does not
+/// start a drain), and accepts the right one.
+fn check_drain_token(agent: &Agent, token: &str) -> Result<()> {
+    let (status, _) = agent.post("/drain", &[])?;
+    assert_eq!(status, 401, "no token");
+    let (status, _) = agent.post("/drain", &[("Authorization", "Bearer wrong-token")])?;
+    assert_eq!(status, 401, "wrong token");
+    let (status, _) = agent.get("/drain")?;
+    assert_eq!(status, 401, "GET without token");
+    assert_eq!(agent.readyz()?, 200, "a refused request started the drain");
+    let bearer = format!("Bearer {token}");
+    let summary = agent.drain(&[("Authorization", &bearer)])?;
+    assert!(summary.get("connections_drained").is_some(), "{summary}");
+    assert_eq!(agent.readyz()?, 503);
+    Ok(())
+}
+
+#[test]
+fn drain_token_from_flag_env_or_file_is_required() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let from_flag = agent(port).args(["--drain-token", "flag-s3cret"]).start()?;
+    check_drain_token(&from_flag, "flag-s3cret")?;
+
+    let from_env = agent(port)
+        .env("GOAWAY_DRAIN_TOKEN", "env-s3cret")
+        .start()?;
+    check_drain_token(&from_env, "env-s3cret")?;
+
+    let dir = Scratch::new("token")?;
+    // Trailing newline, as `echo` or a Secret volume leaves it.
+    let file = dir.write("token", "file-s3cret\n")?;
+    let from_file = agent(port)
+        .args(["--drain-token-file".to_string(), file.display().to_string()])
+        .start()?;
+    check_drain_token(&from_file, "file-s3cret")?;
+    Ok(())
+}
+
+#[test]
+fn drain_subcommand_prints_the_summary_and_exits_zero() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).args(["--drain-token", "hook-token"]).start()?;
+    let admin = agent.admin.to_string();
+    // Without the token: non-zero, saying why, and no drain.
+    let (code, _, stderr) = run_bin(&["drain", "--admin", &admin], &[])?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert_eq!(agent.readyz()?, 200);
+
+    let (code, stdout, stderr) =
+        run_bin(&["drain", "--admin", &admin, "--token", "hook-token"], &[])?;
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim())?;
+    for field in [
+        "connections_drained",
+        "streams_completed",
+        "connections_hard_closed",
+        "duration_seconds",
+    ] {
+        assert!(
+            summary.get(field).is_some(),
+            "summary lacks {field}: {stdout}"
+        );
+    }
+    assert_eq!(agent.readyz()?, 503);
+    // Again (idempotent), with the token from the environment.
+    let (code, again, stderr) = run_bin(
+        &["drain", "--admin", &admin],
+        &[("GOAWAY_DRAIN_TOKEN", "hook-token")],
+    )?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(again.trim(), stdout.trim());
+    Ok(())
+}
+
+#[test]
+fn drain_subcommand_fails_when_no_agent_answers() -> Result<()> {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (code, stdout, stderr) = run_bin(&["drain", "--admin", &admin, "--timeout", "5s"], &[])?;
+    assert_ne!(code, 0, "{stdout}");
+    assert!(stderr.contains(&admin), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn sigterm_without_a_prior_drain_drains_then_exits_zero() -> Result<()> {
+    let (mut agent, _server, _dir) = agent_with_policy("drain: {timeout: 20s}")?;
+    let call = held_call(&agent, 2000)?;
+    wait_connections(&agent, 1, 1)?;
+    agent.proc.signal("TERM")?;
+    wait_for(Duration::from_secs(2), "readiness to fail", || {
+        Ok(agent.readyz().unwrap_or(503) == 503)
+    })?;
+    wait_for(
+        Duration::from_secs(5),
+        "new connections to be refused",
+        || Ok(refused(agent.listen)),
+    )?;
+    let r = call.finish_json(Duration::from_secs(30))?;
+    assert_eq!(r["code"], "OK", "{r}");
+    let status = agent.proc.wait(Duration::from_secs(10))?;
+    assert!(status.success(), "{status}");
+    let finished = agent.log_events("drain finished");
+    assert_eq!(finished.len(), 1, "{}", agent.log());
+    assert_eq!(finished[0]["connections_drained"], 1, "{}", agent.log());
+    Ok(())
+}
+
+#[test]
+fn after_a_drain_the_agent_stays_up_until_sigterm_then_exits_zero_at_once() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let mut agent = agent(port).start()?;
+    let summary = agent.drain(&[])?;
+    assert_eq!(summary["connections_drained"], 0, "{summary}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        agent.proc.wait(Duration::ZERO).is_err(),
+        "exited after the drain"
+    );
+    assert_eq!(agent.get("/healthz")?.0, 200);
+    let start = Instant::now();
+    agent.proc.signal("TERM")?;
+    let status = agent.proc.wait(Duration::from_secs(5))?;
+    assert!(status.success(), "{status}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "took {:?} to exit",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn rolling_drain_across_two_agents_under_round_robin_load_fails_no_call() -> Result<()> {
+    let (_app1, app1) = grpc_server(&[])?;
+    let (_app2, app2) = grpc_server(&[])?;
+    let listen1 = format!("127.0.0.1:{}", free_port());
+    let listen2 = format!("127.0.0.1:{}", free_port());
+    let mut agent1 = agent(app1).listen(&listen1).start()?;
+    let mut agent2 = agent(app2).listen(&listen2).start()?;
+    let target = format!("ipv4:{listen1},{listen2}");
+    let client = spawn_grpc_client(
+        &target,
+        &[
+            "--option",
+            "grpc.lb_policy_name=round_robin",
+            // As a Kubernetes client's DNS name would give it (see
+            // proxy::multi_address_target_authority_passes_through).
+            "--option",
+            "grpc.default_authority=echo.default.svc:50051",
+            "--seconds",
+            "16",
+            "--threads",
+            "4",
+            "--interval-ms",
+            "0",
+            "concurrent",
+        ],
+    )?;
+    let serving = |a: &Agent| -> Result<()> {
+        wait_for(Duration::from_secs(20), "the client to connect", || {
+            Ok(!a.connections()?.is_empty())
+        })
+    };
+    serving(&agent1)?;
+    serving(&agent2)?;
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Pod 1 rolls: drain, SIGTERM, a new agent on the same port.
+    let summary = agent1.drain(&[])?;
+    assert!(
+        summary["connections_drained"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    assert_eq!(summary["connections_hard_closed"], 0, "{summary}");
+    agent1.proc.signal("TERM")?;
+    assert!(agent1.proc.wait(Duration::from_secs(5))?.success());
+    let agent1b = agent(app1).listen(&listen1).start()?;
+    serving(&agent1b)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Pod 2 rolls.
+    let summary = agent2.drain(&[])?;
+    assert_eq!(summary["connections_hard_closed"], 0, "{summary}");
+    agent2.proc.signal("TERM")?;
+    assert!(agent2.proc.wait(Duration::from_secs(5))?.success());
+
+    let r = client.finish_json(Duration::from_secs(60))?;
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["ok"].as_u64().unwrap() > 100, "{r}");
+    // The replacement took traffic after pod 2 left.
+    assert!(agent1b.metrics()?.value("goaway_streams_total")? > 0.0);
+    Ok(())
+}
