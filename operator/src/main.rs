@@ -1,1 +1,72 @@
-fn main() {}
+//! `goaway-operator`: parse the command line, start tracing, hand over to
+//! the library.
+
+use std::io::Read;
+
+use anyhow::Context as _;
+use clap::Parser;
+use goaway_operator::cli::inject;
+use goaway_operator::config::{Cli, Command, InjectArgs, LogFormat};
+use goaway_operator::{rbac, run, shutdown};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    match cli.command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let (trigger, signal) = shutdown::channel();
+                tokio::spawn(async move {
+                    shutdown::os_signal().await;
+                    tracing::info!("shutting down");
+                    trigger.fire();
+                });
+                run::run(*args, signal).await
+            })?;
+        }
+        Command::Inject(args) => inject_command(&args)?,
+        Command::Crd => print!("{}", goaway_operator::crd::manifest()?),
+        Command::Rbac => println!("{}", rbac::to_json()),
+    }
+    Ok(())
+}
+
+fn inject_command(args: &InjectArgs) -> anyhow::Result<()> {
+    let mut policies = Vec::new();
+    for path in &args.policies {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        policies.extend(
+            inject::load_policies(&text, &args.namespace)
+                .with_context(|| path.display().to_string())?,
+        );
+    }
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading manifests from stdin")?;
+    let report = inject::inject_manifests(
+        &input,
+        &policies,
+        &args.namespace,
+        &args.agent.agent_config(),
+        &mut goaway_operator::inject::new_drain_token,
+    )?;
+    print!("{}", report.output);
+    for line in &report.injected {
+        eprintln!("injected {line}");
+    }
+    for line in &report.warnings {
+        eprintln!("warning: {line}");
+    }
+    Ok(())
+}

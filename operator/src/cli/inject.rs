@@ -1,0 +1,254 @@
+//! `goaway-operator inject --policy POLICY.yaml < manifests.yaml`, like
+//! `linkerd inject`: prints the manifests with every pod template a policy
+//! selects mutated exactly as the webhook would — through
+//! [`inject::mutate`], the webhook's own function, and the very JSON patch
+//! it returns — for GitOps and for review.
+//!
+//! Documents that do not change are printed byte for byte as read,
+//! comments included; a changed document is re-serialised (its comments
+//! are lost). Running the command on its own output changes nothing: the
+//! injected templates carry `goaway.dev/injected`. Each template gets its
+//! own random drain token, so two runs on the same input differ in the
+//! token only.
+//!
+//! Templates understood: Pod, Deployment, StatefulSet, DaemonSet,
+//! ReplicaSet, ReplicationController, Job, CronJob, and `kind: List`
+//! items holding any of them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use crate::inject::{self, AgentConfig, Outcome};
+use crate::{Error, KeepalivePolicy, Result};
+
+/// What a run produced.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The manifests to print.
+    pub output: String,
+    /// One line per injected template: `Kind/name: policy`.
+    pub injected: Vec<String>,
+    /// Things the user should know (kept preStop hooks, templates that
+    /// could not be injected and were left unchanged).
+    pub warnings: Vec<String>,
+}
+
+/// Parses a file of KeepalivePolicy manifests and validates each.
+/// Policies without a namespace get `namespace`.
+pub fn load_policies(text: &str, namespace: &str) -> Result<Vec<Arc<KeepalivePolicy>>> {
+    let mut policies = Vec::new();
+    for (i, doc) in split_documents(text).into_iter().enumerate() {
+        let value: Value = serde_yaml::from_str(doc.body)
+            .map_err(|e| Error::Manifest(format!("policy document {}: {e}", i + 1)))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if kind != "KeepalivePolicy" {
+            return Err(Error::Manifest(format!(
+                "policy document {} is a {kind:?}, not a KeepalivePolicy",
+                i + 1
+            )));
+        }
+        let mut policy: KeepalivePolicy = serde_json::from_value(value)
+            .map_err(|e| Error::Manifest(format!("policy document {}: {e}", i + 1)))?;
+        let name = kube::ResourceExt::name_any(&policy);
+        policy
+            .spec
+            .check()
+            .map_err(|e| Error::Manifest(format!("KeepalivePolicy {name}: {e}")))?;
+        policy
+            .metadata
+            .namespace
+            .get_or_insert_with(|| namespace.to_string());
+        policies.push(Arc::new(policy));
+    }
+    Ok(policies)
+}
+
+/// Injects every pod template of the manifests in `input`.
+pub fn inject_manifests(
+    input: &str,
+    policies: &[Arc<KeepalivePolicy>],
+    namespace: &str,
+    agent: &AgentConfig,
+    token: &mut dyn FnMut() -> String,
+) -> Result<Report> {
+    let mut report = Report::default();
+    for (i, doc) in split_documents(input).into_iter().enumerate() {
+        report.output.push_str(doc.separator);
+        let mut value: Value = serde_yaml::from_str(doc.body)
+            .map_err(|e| Error::Manifest(format!("document {}: {e}", i + 1)))?;
+        let mut ctx = Ctx {
+            policies,
+            agent,
+            token: &mut *token,
+            report: &mut report,
+        };
+        if !value.is_null() && ctx.object(&mut value, namespace)? {
+            let text = serde_yaml::to_string(&value).map_err(Error::Render)?;
+            report.output.push_str(&text);
+        } else {
+            report.output.push_str(doc.body);
+        }
+    }
+    Ok(report)
+}
+
+struct Ctx<'a> {
+    policies: &'a [Arc<KeepalivePolicy>],
+    agent: &'a AgentConfig,
+    token: &'a mut dyn FnMut() -> String,
+    report: &'a mut Report,
+}
+
+impl Ctx<'_> {
+    /// Mutates the object's pod template(s); true when anything changed.
+    fn object(&mut self, object: &mut Value, default_namespace: &str) -> Result<bool> {
+        let kind = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>")
+            .to_string();
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(default_namespace)
+            .to_string();
+        let path = match kind.as_str() {
+            "List" => {
+                let mut changed = false;
+                if let Some(Value::Array(items)) = object.get_mut("items") {
+                    for item in items {
+                        changed |= self.object(item, default_namespace)?;
+                    }
+                }
+                return Ok(changed);
+            }
+            "Pod" => "",
+            "Deployment"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "ReplicaSet"
+            | "ReplicationController"
+            | "Job" => "/spec/template",
+            "CronJob" => "/spec/jobTemplate/spec/template",
+            _ => return Ok(false),
+        };
+        let Some(template) = object.pointer_mut(path) else {
+            return Ok(false);
+        };
+        self.template(template, &format!("{kind}/{name}"), &namespace)
+    }
+
+    fn template(&mut self, template: &mut Value, what: &str, namespace: &str) -> Result<bool> {
+        let Some(spec) = template.get("spec") else {
+            return Ok(false);
+        };
+        let bad = |e: serde_json::Error| Error::Manifest(format!("{what}: {e}"));
+        let spec: PodSpec = serde_json::from_value(spec.clone()).map_err(bad)?;
+        let meta: ObjectMeta = match template.get("metadata") {
+            Some(m) if !m.is_null() => serde_json::from_value(m.clone()).map_err(bad)?,
+            _ => ObjectMeta::default(),
+        };
+        let token = (self.token)();
+        let mutation =
+            match inject::mutate(&meta, &spec, namespace, self.policies, self.agent, &token) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.report
+                        .warnings
+                        .push(format!("{what}: not injected: {e}"));
+                    return Ok(false);
+                }
+            };
+        let Outcome::Injected(injection) = mutation.outcome else {
+            return Ok(false);
+        };
+        if let Some(obj) = template.as_object_mut() {
+            let meta = obj
+                .entry("metadata")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if meta.is_null() {
+                *meta = Value::Object(Default::default());
+            }
+        }
+        json_patch::patch(template, &mutation.patch)
+            .map_err(|e| Error::Manifest(format!("{what}: {e}")))?;
+        self.report
+            .injected
+            .push(format!("{what}: {}", injection.policy));
+        if !injection.kept_pre_stop.is_empty() {
+            self.report.warnings.push(format!(
+                "{what}: container(s) {} keep their own preStop hook and are not held until the agent has drained",
+                injection.kept_pre_stop.join(", ")
+            ));
+        }
+        Ok(true)
+    }
+}
+
+/// One YAML document and the separator line before it ("" for the first).
+struct Document<'a> {
+    separator: &'a str,
+    body: &'a str,
+}
+
+/// Splits a YAML stream on `---` lines, keeping every byte.
+fn split_documents(input: &str) -> Vec<Document<'_>> {
+    let mut docs = Vec::new();
+    let mut separator = "";
+    let mut start = 0;
+    let mut pos = 0;
+    for line in input.split_inclusive('\n') {
+        if is_separator(line) {
+            docs.push(Document {
+                separator,
+                body: &input[start..pos],
+            });
+            separator = line;
+            start = pos + line.len();
+        }
+        pos += line.len();
+    }
+    docs.push(Document {
+        separator,
+        body: &input[start..],
+    });
+    docs
+}
+
+fn is_separator(line: &str) -> bool {
+    line.strip_prefix("---")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r', '#']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting_keeps_every_byte() {
+        let input = "# head\na: 1\n---\nb: 2\n--- # c\n\n---\n";
+        let docs = split_documents(input);
+        let joined: String = docs
+            .iter()
+            .map(|d| format!("{}{}", d.separator, d.body))
+            .collect();
+        assert_eq!(joined, input);
+        assert_eq!(docs.len(), 4);
+        assert_eq!(docs[1].body, "b: 2\n");
+        assert!(!is_separator("----\n"));
+    }
+}

@@ -1,0 +1,234 @@
+//! Command line and environment. Every flag has a `GOAWAY_*` variable so
+//! the Helm chart can set each value one to one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::inject::{AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
+use crate::leader::LeaseConfig;
+use crate::tls::Source;
+
+/// The operator's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "goaway-operator",
+    version,
+    about = "KeepalivePolicy controller and sidecar-injecting admission webhook"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, env = "GOAWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator: webhook and admin server on every replica, the
+    /// controller on the leader.
+    Run(Box<RunArgs>),
+    /// Inject the agent into Kubernetes manifests read from stdin, exactly
+    /// as the webhook would, and print them.
+    Inject(Box<InjectArgs>),
+    /// Print the KeepalivePolicy CRD as YAML.
+    Crd,
+    /// Print the API permissions the operator uses, as JSON.
+    Rbac,
+}
+
+/// How the sidecar is run (shared by `run` and `inject`).
+#[derive(Clone, Debug, Args)]
+pub struct AgentArgs {
+    /// The agent image.
+    #[arg(long, env = "GOAWAY_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+    /// The agent's imagePullPolicy.
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub agent_image_pull_policy: String,
+    /// The agent's admin port (health, readiness, /drain).
+    #[arg(long, env = "GOAWAY_AGENT_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    pub agent_admin_port: u16,
+    /// The agent's log format (`json` or `text`).
+    #[arg(long, env = "GOAWAY_AGENT_LOG_FORMAT", default_value = "json")]
+    pub agent_log_format: String,
+    /// The agent's CPU request (empty: none).
+    #[arg(long, env = "GOAWAY_AGENT_CPU_REQUEST", default_value = "10m")]
+    pub agent_cpu_request: String,
+    /// The agent's memory request (empty: none).
+    #[arg(long, env = "GOAWAY_AGENT_MEMORY_REQUEST", default_value = "32Mi")]
+    pub agent_memory_request: String,
+    /// The agent's CPU limit (empty: none).
+    #[arg(long, env = "GOAWAY_AGENT_CPU_LIMIT", default_value = "")]
+    pub agent_cpu_limit: String,
+    /// The agent's memory limit (empty: none).
+    #[arg(long, env = "GOAWAY_AGENT_MEMORY_LIMIT", default_value = "128Mi")]
+    pub agent_memory_limit: String,
+}
+
+impl AgentArgs {
+    /// The injector's agent settings.
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            image: self.agent_image.clone(),
+            image_pull_policy: self.agent_image_pull_policy.clone(),
+            admin_port: self.agent_admin_port,
+            log_format: self.agent_log_format.clone(),
+            cpu_request: self.agent_cpu_request.clone(),
+            memory_request: self.agent_memory_request.clone(),
+            cpu_limit: self.agent_cpu_limit.clone(),
+            memory_limit: self.agent_memory_limit.clone(),
+        }
+    }
+}
+
+/// Where the webhook's certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    /// The operator's own CA in a Secret; the leader patches the caBundle.
+    Generate,
+    /// Files written by cert-manager (or others) in `--tls-dir`.
+    Files,
+}
+
+/// `goaway-operator run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How the sidecar is run.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// The webhook's HTTPS listen address.
+    #[arg(long, env = "GOAWAY_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// The admin HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GOAWAY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// The operator's own namespace (Lease, certificate Secret).
+    #[arg(long, env = "GOAWAY_NAMESPACE", default_value = "goaway-system")]
+    pub namespace: String,
+    /// Watch only this namespace's policies and pods (default: all).
+    #[arg(long, env = "GOAWAY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Where the webhook certificate comes from.
+    #[arg(long, env = "GOAWAY_TLS_MODE", value_enum, default_value_t = TlsMode::Generate)]
+    pub tls_mode: TlsMode,
+    /// Generate mode: the Secret holding the CA and serving certificate.
+    #[arg(
+        long,
+        env = "GOAWAY_TLS_SECRET",
+        default_value = "goaway-operator-webhook-tls"
+    )]
+    pub tls_secret: String,
+    /// Files mode: the directory with tls.crt and tls.key.
+    #[arg(long, env = "GOAWAY_TLS_DIR", default_value = "/var/run/goaway/tls")]
+    pub tls_dir: PathBuf,
+    /// The webhook Service's name (the certificate's DNS names).
+    #[arg(
+        long,
+        env = "GOAWAY_WEBHOOK_SERVICE",
+        default_value = "goaway-operator"
+    )]
+    pub webhook_service: String,
+    /// The MutatingWebhookConfiguration whose caBundle the leader patches.
+    #[arg(long, env = "GOAWAY_WEBHOOK_CONFIG", default_value = "goaway-operator")]
+    pub webhook_config: String,
+    /// Elect a leader on a Lease (disable only with one replica).
+    #[arg(long, env = "GOAWAY_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    pub leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, env = "GOAWAY_LEASE_NAME", default_value = "goaway-operator")]
+    pub lease_name: String,
+    /// This replica's identity (default: the hostname, i.e. the pod name).
+    #[arg(long, env = "GOAWAY_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+impl RunArgs {
+    /// The webhook certificate source.
+    pub fn tls_source(&self) -> Source {
+        match self.tls_mode {
+            TlsMode::Generate => Source::Generate {
+                secret: self.tls_secret.clone(),
+                service: self.webhook_service.clone(),
+                webhook_config: self.webhook_config.clone(),
+            },
+            TlsMode::Files => Source::Files(self.tls_dir.clone()),
+        }
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("goaway-operator-{}", std::process::id()))
+    }
+
+    /// The Lease, when leader election is on.
+    pub fn lease(&self) -> Option<LeaseConfig> {
+        self.leader_election.then(|| LeaseConfig {
+            name: self.lease_name.clone(),
+            namespace: self.namespace.clone(),
+            identity: self.identity(),
+        })
+    }
+}
+
+/// `goaway-operator inject`.
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// A file of KeepalivePolicy manifests (repeatable), as applied.
+    #[arg(long = "policy", short = 'p', required = true)]
+    pub policies: Vec<PathBuf>,
+    /// The namespace of objects (and policies) that do not name one.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// How the sidecar is run.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_run_flag_has_an_environment_variable() {
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            if arg.get_long().is_some() && arg.get_id() != "help" && arg.get_id() != "version" {
+                assert!(arg.get_env().is_some(), "--{} has no env", arg.get_id());
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The KeepalivePolicy controller (kube-runtime `Controller`).
+//!
+//! Each policy is reconciled ([`reconcile`]) into the ConfigMap
+//! `goaway-<name>` holding the agent's policy file, owned by the policy so
+//! deleting the policy deletes it, and into its status. Triggers: the
+//! policy itself, its ConfigMap (an edited or deleted ConfigMap is put
+//! back) and pods, mapped to the policies that select them or that
+//! injected them, so the pod counts follow. Run it only on the leader
+//! ([`crate::leader`]).
+
+mod reconcile;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{debug, warn};
+
+pub use reconcile::reconcile;
+
+use crate::inject::ANNOTATION_INJECTED;
+use crate::metrics::Metrics;
+use crate::{Error, KeepalivePolicy, MANAGER, selection};
+
+/// Label on every object the operator creates.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Selector for the operator's ConfigMaps.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=goaway-operator";
+
+/// How long a healthy policy waits before a periodic re-check.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// How long a failed reconciliation waits before the retry.
+pub const RETRY: Duration = Duration::from_secs(10);
+
+/// What reconciliations share.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Every policy the controller sees (to find conflicts).
+    pub policies: Store<KeepalivePolicy>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose Events are reported by `instance` (the pod name).
+    pub fn new(
+        client: Client,
+        policies: Store<KeepalivePolicy>,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            policies,
+            metrics,
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` completes, then lets running
+/// reconciliations finish. `namespace` limits it to one namespace.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    instance: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (policies, pods, config_maps) = match namespace.as_deref() {
+        Some(ns) => (
+            Api::<KeepalivePolicy>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let controller = Controller::new(policies, watcher::Config::default());
+    let store = controller.store();
+    let ctx = Arc::new(Context::new(client, store.clone(), metrics, instance));
+    controller
+        .owns(
+            config_maps,
+            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+        )
+        .watches(pods, watcher::Config::default(), move |pod| {
+            policies_for_pod(&store, &pod)
+        })
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((policy, _)) => debug!(policy = %policy, "reconciled"),
+                Err(error) => debug!(%error, "reconcile loop"),
+            }
+        })
+        .await;
+}
+
+/// The policies a pod event concerns: those selecting it now, and the one
+/// that injected it (its selector may have stopped matching).
+pub fn policies_for_pod(
+    store: &Store<KeepalivePolicy>,
+    pod: &Pod,
+) -> Vec<ObjectRef<KeepalivePolicy>> {
+    let Some(namespace) = pod.namespace() else {
+        return Vec::new();
+    };
+    let mut refs: Vec<_> = store
+        .state()
+        .iter()
+        .filter(|p| selection::selects(p, &namespace, pod.labels()))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect();
+    if let Some(name) = pod.annotations().get(ANNOTATION_INJECTED) {
+        let injected = ObjectRef::new(name).within(&namespace);
+        if !refs.contains(&injected) {
+            refs.push(injected);
+        }
+    }
+    refs
+}
+
+/// Failed reconciliations are logged and retried after [`RETRY`].
+pub fn error_policy(policy: Arc<KeepalivePolicy>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(
+        namespace = policy.namespace().as_deref(),
+        policy = %policy.name_any(),
+        %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(RETRY)
+}
+
+#[cfg(test)]
+mod tests;

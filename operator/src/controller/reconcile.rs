@@ -1,0 +1,276 @@
+//! One reconciliation of one policy.
+//!
+//! Valid policy: apply the ConfigMap (server-side apply, owner reference),
+//! count the pods the selector matches and those injected with this
+//! policy, find pods an older policy wins, apply the status. Invalid
+//! policy: only the status changes (Ready=False with every invalid field)
+//! and the last good ConfigMap stays, so running agents keep their policy.
+//! Events are published on transitions, not on every pass.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::Selector;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::status::{Cond, apply_body, changed};
+use super::{Context, LABEL_MANAGED_BY, RESYNC};
+use crate::crd::{CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY, render_policy_file};
+use crate::inject::ANNOTATION_INJECTED;
+use crate::{Error, KeepalivePolicy, KeepalivePolicyStatus, MANAGER, Result, selection};
+
+/// Reconciles one policy; see the module documentation.
+#[instrument(skip_all, fields(namespace = policy.metadata.namespace.as_deref(), policy = policy.metadata.name.as_deref()))]
+pub async fn reconcile(policy: Arc<KeepalivePolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = Reconciler::new(&policy, &ctx)?.run().await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    result
+}
+
+struct Reconciler<'a> {
+    policy: &'a KeepalivePolicy,
+    ctx: &'a Context,
+    namespace: String,
+    name: String,
+    previous: KeepalivePolicyStatus,
+    now: Timestamp,
+}
+
+impl<'a> Reconciler<'a> {
+    fn new(policy: &'a KeepalivePolicy, ctx: &'a Context) -> Result<Self> {
+        let namespace = policy.namespace().ok_or(Error::MissingField {
+            kind: "KeepalivePolicy",
+            field: "metadata.namespace",
+        })?;
+        Ok(Reconciler {
+            policy,
+            ctx,
+            namespace,
+            name: policy.name_any(),
+            previous: policy.status.clone().unwrap_or_default(),
+            now: Timestamp::now(),
+        })
+    }
+
+    async fn run(&self) -> Result<Action> {
+        let generation = self.policy.metadata.generation;
+        let warnings = match self.policy.spec.check() {
+            Ok(w) => w,
+            Err(invalid) => {
+                let message = invalid.to_string();
+                let ready = Cond {
+                    type_: CONDITION_READY,
+                    status: false,
+                    reason: "InvalidPolicy",
+                    message: &message,
+                }
+                .build(generation, &self.previous, self.now);
+                let status = KeepalivePolicyStatus {
+                    observed_generation: generation,
+                    conditions: vec![ready.clone()],
+                    selector: selector_text(self.policy),
+                    ..self.previous.clone()
+                };
+                self.apply_status(&status).await?;
+                info!(error = %message, "policy is invalid");
+                if changed(&self.previous, &ready) {
+                    self.publish(EventType::Warning, "InvalidPolicy", "Validate", message)
+                        .await;
+                }
+                return Ok(Action::await_change());
+            }
+        };
+
+        let config_map = self.apply_config_map().await?;
+        let counts = self.count_pods().await?;
+
+        let mut ready_message = format!("ConfigMap {config_map} holds the policy");
+        if !warnings.is_empty() {
+            let list: Vec<_> = warnings.iter().map(ToString::to_string).collect();
+            ready_message = format!("{ready_message}; warnings: {}", list.join("; "));
+        }
+        let ready = Cond {
+            type_: CONDITION_READY,
+            status: true,
+            reason: "PolicyRendered",
+            message: &ready_message,
+        }
+        .build(generation, &self.previous, self.now);
+        let conflict_message = counts.conflict_message();
+        let conflicted = match &conflict_message {
+            Some(m) => Cond {
+                type_: CONDITION_CONFLICTED,
+                status: true,
+                reason: "PodsSelectedByOlderPolicy",
+                message: m,
+            },
+            None => Cond {
+                type_: CONDITION_CONFLICTED,
+                status: false,
+                reason: "NoConflict",
+                message: "no other policy selects these pods",
+            },
+        }
+        .build(generation, &self.previous, self.now);
+
+        let status = KeepalivePolicyStatus {
+            observed_generation: generation,
+            conditions: vec![ready.clone(), conflicted.clone()],
+            matched_pods: counts.matched,
+            injected_pods: counts.injected,
+            selector: selector_text(self.policy),
+            config_map: Some(config_map.clone()),
+        };
+        self.apply_status(&status).await?;
+
+        if self.previous.observed_generation != generation {
+            let note = format!(
+                "rendered generation {} into ConfigMap {config_map}",
+                generation.unwrap_or(0)
+            );
+            self.publish(EventType::Normal, "PolicyRendered", "Render", note)
+                .await;
+            if !warnings.is_empty() {
+                let list: Vec<_> = warnings.iter().map(ToString::to_string).collect();
+                self.publish(
+                    EventType::Warning,
+                    "PolicyWarning",
+                    "Validate",
+                    list.join("; "),
+                )
+                .await;
+            }
+        }
+        if let (Some(message), true) = (conflict_message, changed(&self.previous, &conflicted)) {
+            self.publish(EventType::Warning, "SelectorConflict", "Select", message)
+                .await;
+        }
+        Ok(Action::requeue(RESYNC))
+    }
+
+    /// Server-side applies `goaway-<name>`, owned by the policy.
+    async fn apply_config_map(&self) -> Result<String> {
+        let name = self.policy.config_map_name();
+        let owner = self
+            .policy
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingField {
+                kind: "KeepalivePolicy",
+                field: "metadata.uid",
+            })?;
+        let config_map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some([(LABEL_MANAGED_BY.to_string(), MANAGER.to_string())].into()),
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            data: Some(
+                [(
+                    POLICY_FILE_KEY.to_string(),
+                    render_policy_file(&self.policy.spec)?,
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.namespace)
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&config_map),
+            )
+            .await?;
+        Ok(name)
+    }
+
+    /// Lists the selected pods' metadata and sorts them out.
+    async fn count_pods(&self) -> Result<PodCounts> {
+        let mut counts = PodCounts::default();
+        let Some(selector) = selector_text(self.policy) else {
+            return Ok(counts);
+        };
+        let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), &self.namespace)
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await?;
+        let policies = self.ctx.policies.state();
+        for pod in &pods.items {
+            counts.matched += 1;
+            if pod.annotations().get(ANNOTATION_INJECTED) == Some(&self.name) {
+                counts.injected += 1;
+            }
+            let winner = selection::winner(&policies, &self.namespace, pod.labels());
+            if let Some(w) = winner.filter(|w| w.name_any() != self.name)
+                && selection::wins_over(w, self.policy)
+            {
+                counts.lost += 1;
+                counts.winners.insert(w.name_any());
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn apply_status(&self, status: &KeepalivePolicyStatus) -> Result<()> {
+        Api::<KeepalivePolicy>::namespaced(self.ctx.client.clone(), &self.namespace)
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(apply_body(status)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Events are best effort: a failure is logged, never fails the pass.
+    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        let reference = self.policy.object_ref(&());
+        if let Err(error) = self.ctx.recorder.publish(&event, &reference).await {
+            warn!(%error, reason, "publishing event failed");
+        }
+    }
+}
+
+#[derive(Default)]
+struct PodCounts {
+    matched: i32,
+    injected: i32,
+    lost: i32,
+    winners: BTreeSet<String>,
+}
+
+impl PodCounts {
+    fn conflict_message(&self) -> Option<String> {
+        (self.lost > 0).then(|| {
+            let names: Vec<_> = self.winners.iter().map(String::as_str).collect();
+            format!(
+                "{} of {} selected pods are also selected by older policy {}, which wins them",
+                self.lost,
+                self.matched,
+                names.join(", ")
+            )
+        })
+    }
+}
+
+/// The selector in `kubectl get -l` form; `None` when empty or invalid.
+fn selector_text(policy: &KeepalivePolicy) -> Option<String> {
+    let selector = Selector::try_from(policy.spec.selector.clone()).ok()?;
+    (!selector.selects_all()).then(|| selector.to_string())
+}

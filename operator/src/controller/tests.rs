@@ -1,0 +1,344 @@
+//! Reconcile scenarios against a mocked API (controller-rs style): each
+//! test states the exact requests a reconciliation makes, in order, and
+//! what they carry.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::{reflector, watcher};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+use super::*;
+use crate::KeepalivePolicyStatus;
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn policy(name: &str, created: &str, extra: &str) -> KeepalivePolicy {
+    let text = format!(
+        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {{name: {name}, namespace: ns, uid: uid-{name}, generation: 1, creationTimestamp: '{created}'}}\nspec:\n  selector: {{matchLabels: {{app: api}}}}\n  port: grpc\n{extra}"
+    );
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn context(policies: &[&KeepalivePolicy]) -> (Arc<Context>, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (store, mut writer) = reflector::store();
+    for p in policies {
+        writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
+    }
+    let ctx = Context::new(
+        client,
+        store,
+        Arc::new(Metrics::default()),
+        Some("test".into()),
+    );
+    (Arc::new(ctx), handle)
+}
+
+/// Expects the next request, checks method and path, answers `reply`,
+/// returns the request body as JSON (Null when empty).
+async fn expect(
+    handle: &mut ApiHandle,
+    method: Method,
+    path: &str,
+    reply: Value,
+) -> (String, Value) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no {method} {path}"))
+        .unwrap_or_else(|| panic!("client gone before {method} {path}"));
+    assert_eq!(request.method(), method, "{}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    let uri = request.uri().to_string();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    (uri, body)
+}
+
+async fn expect_silence(handle: &mut ApiHandle) {
+    let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
+    if let Ok(Some((request, _))) = next {
+        panic!("unexpected {} {}", request.method(), request.uri());
+    }
+}
+
+fn pods(items: Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items})
+}
+
+fn pod_meta(name: &str, injected: Option<&str>) -> Value {
+    let mut meta = json!({"name": name, "namespace": "ns", "labels": {"app": "api"}});
+    if let Some(p) = injected {
+        meta["annotations"] = json!({ "goaway.dev/injected": p });
+    }
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta})
+}
+
+const CM_PATH: &str = "/api/v1/namespaces/ns/configmaps/goaway-grpc";
+const PODS_PATH: &str = "/api/v1/namespaces/ns/pods";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn new_policy_gets_its_config_map_status_and_an_event() {
+    let p = policy(
+        "grpc",
+        "2024-01-01T00:00:00Z",
+        "  server: {maxConnectionAge: 30m}\n",
+    );
+    let (ctx, mut api) = context(&[&p]);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+
+    let (uri, cm) = expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    assert!(
+        uri.contains("fieldManager=goaway-operator") && uri.contains("force=true"),
+        "{uri}"
+    );
+    assert_eq!(
+        cm["data"]["policy.yaml"],
+        "server:\n  maxConnectionAge: 30m0s\n"
+    );
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "goaway-operator"
+    );
+    let owner = &cm["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            owner["kind"].as_str(),
+            owner["uid"].as_str(),
+            owner["controller"].as_bool()
+        ),
+        (Some("KeepalivePolicy"), Some("uid-grpc"), Some(true))
+    );
+
+    let (uri, _) = expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([pod_meta("a", Some("grpc")), pod_meta("b", None)])),
+    )
+    .await;
+    assert!(uri.contains("labelSelector=app%3Dapi"), "{uri}");
+
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (uri, status) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    assert!(uri.contains("fieldManager=goaway-operator"), "{uri}");
+    assert_eq!(status["status"]["observedGeneration"], 1);
+    assert_eq!(status["status"]["matchedPods"], 2);
+    assert_eq!(status["status"]["injectedPods"], 1);
+    assert_eq!(status["status"]["selector"], "app=api");
+    assert_eq!(status["status"]["configMap"], "goaway-grpc");
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("True"), Some("PolicyRendered"))
+    );
+    assert_eq!(condition(&status, "Conflicted")["status"], "False");
+
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(event["reason"], "PolicyRendered");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["name"], "grpc");
+
+    assert_eq!(run.await.unwrap().unwrap(), Action::requeue(RESYNC));
+    expect_silence(&mut api).await;
+}
+
+#[tokio::test]
+async fn invalid_policy_only_reports_ready_false_with_the_fields() {
+    let p = policy(
+        "grpc",
+        "2024-01-01T00:00:00Z",
+        "  server: {time: 100ms}\n  upstream: {time: 1s}\n",
+    );
+    let (ctx, mut api) = context(&[&p]);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (_, status) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("InvalidPolicy"))
+    );
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.server.time: must be at least 1s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.upstream.time: must be at least 10s"),
+        "{message}"
+    );
+    assert_eq!(status["status"]["observedGeneration"], 1);
+
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(
+        (event["reason"].as_str(), event["type"].as_str()),
+        (Some("InvalidPolicy"), Some("Warning"))
+    );
+
+    assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+    // No ConfigMap write, no pod list: nothing else is touched.
+    expect_silence(&mut api).await;
+}
+
+#[tokio::test]
+async fn newer_policy_selecting_the_same_pods_reports_the_conflict() {
+    let older = policy("a-old", "2024-01-01T00:00:00Z", "");
+    let mut newer = policy("grpc", "2024-06-01T00:00:00Z", "");
+    newer.metadata.generation = Some(2);
+    newer.status = Some(KeepalivePolicyStatus {
+        observed_generation: Some(2),
+        ..Default::default()
+    });
+    let (ctx, mut api) = context(&[&older, &newer]);
+    let run = tokio::spawn(reconcile(Arc::new(newer.clone()), ctx));
+
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([pod_meta("a", Some("a-old"))])),
+    )
+    .await;
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (_, status) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&newer).unwrap(),
+    )
+    .await;
+    let conflicted = condition(&status, "Conflicted");
+    assert_eq!(conflicted["status"], "True");
+    assert_eq!(conflicted["reason"], "PodsSelectedByOlderPolicy");
+    assert_eq!(
+        conflicted["message"],
+        "1 of 1 selected pods are also selected by older policy a-old, which wins them"
+    );
+    assert_eq!(status["status"]["injectedPods"], 0);
+
+    // Same generation as observed: no PolicyRendered event, only the conflict.
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(
+        (event["reason"].as_str(), event["type"].as_str()),
+        (Some("SelectorConflict"), Some("Warning"))
+    );
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
+#[tokio::test]
+async fn the_older_policy_wins_and_reports_no_conflict() {
+    let older = policy("grpc", "2024-01-01T00:00:00Z", "");
+    let newer = policy("b-new", "2024-06-01T00:00:00Z", "");
+    let (ctx, mut api) = context(&[&older, &newer]);
+    let run = tokio::spawn(reconcile(Arc::new(older.clone()), ctx));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([pod_meta("a", Some("grpc"))])),
+    )
+    .await;
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (_, status) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&older).unwrap(),
+    )
+    .await;
+    assert_eq!(condition(&status, "Conflicted")["status"], "False");
+    expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn steady_state_pass_publishes_no_event_and_keeps_transition_times() {
+    let mut p = policy("grpc", "2024-01-01T00:00:00Z", "");
+    let (ctx, mut api) = context(&[&p]);
+    let first = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(&mut api, Method::GET, PODS_PATH, pods(json!([]))).await;
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (_, applied) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    first.await.unwrap().unwrap();
+
+    p.status = Some(serde_json::from_value(applied["status"].clone()).unwrap());
+    let second = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(&mut api, Method::GET, PODS_PATH, pods(json!([]))).await;
+    let (_, again) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        again["status"]["conditions"],
+        applied["status"]["conditions"]
+    );
+    second.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
+#[test]
+fn pods_map_to_selecting_and_injecting_policies() {
+    let a = policy("a", "2024-01-01T00:00:00Z", "");
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(a));
+    let pod: Pod = serde_yaml::from_str(
+        "metadata: {name: p, namespace: ns, labels: {app: api}, annotations: {goaway.dev/injected: old}}",
+    )
+    .unwrap();
+    let names: Vec<_> = policies_for_pod(&store, &pod)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["a", "old"]);
+}

@@ -1,0 +1,195 @@
+//! The `KeepalivePolicy` custom resource (`goaway.dev/v1alpha1`, SPEC §5).
+//!
+//! The spec embeds [`goaway_transport::Policy`] flattened, so `server`,
+//! `enforcement`, `upstream` and `drain` mean exactly what they mean in the
+//! agent's policy file — one set of types, one schema, one validator.
+//! The schema gets CEL rules ([`rules`]) for what it cannot say itself, and
+//! [`KeepalivePolicySpec::check`] is the same check in Rust, run by the
+//! reconciler and the webhook in case the CRD in the cluster is older.
+
+// Each printcolumn(...) repeats `type_`; clippy takes that for a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
+mod rules;
+mod validate;
+
+use goaway_transport::Policy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use rules::{CelRule, RULES};
+pub use validate::{SpecError, SpecWarning};
+
+/// The agent's listening port when the policy does not say.
+pub const DEFAULT_AGENT_PORT: u16 = 15051;
+
+/// Condition type: the policy is valid and its ConfigMap is current.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: some selected pods go to an older policy instead.
+pub const CONDITION_CONFLICTED: &str = "Conflicted";
+
+/// Connection management for the gRPC pods a label selector picks.
+///
+/// The operator injects the goaway agent into every matching pod created
+/// after the policy exists. The agent fronts the container port named by
+/// `port`, enforces the keepalive and connection-age settings on every
+/// client connection, and drains connections with GOAWAY before the pod
+/// stops.
+#[derive(CustomResource, JsonSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "goaway.dev",
+    version = "v1alpha1",
+    kind = "KeepalivePolicy",
+    namespaced,
+    shortname = "kap",
+    category = "goaway",
+    status = "KeepalivePolicyStatus",
+    derive = "PartialEq",
+    doc = "KeepalivePolicy gives the pods its selector matches grpc-go's server keepalive, connection age and idle limits, client-ping enforcement and a GOAWAY drain before they stop, through an injected goaway agent sidecar.",
+    printcolumn(
+        name = "Selector",
+        type_ = "string",
+        json_path = ".status.selector",
+        description = "The pod selector"
+    ),
+    printcolumn(
+        name = "Port",
+        type_ = "string",
+        json_path = ".spec.port",
+        description = "The application port the agent fronts"
+    ),
+    printcolumn(
+        name = "Max Age",
+        type_ = "string",
+        json_path = ".spec.server.maxConnectionAge",
+        description = "server.maxConnectionAge"
+    ),
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.matchedPods",
+        description = "Pods the selector matches"
+    ),
+    printcolumn(
+        name = "Injected",
+        type_ = "integer",
+        json_path = ".status.injectedPods",
+        description = "Matched pods running the agent with this policy"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the policy is valid and rendered"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::add_to_schema)]
+pub struct KeepalivePolicySpec {
+    /// Pods in this namespace that get the agent. Must not be empty. When
+    /// two policies select the same pod, the older policy wins (then the
+    /// name in alphabetical order) and the other reports Conflicted.
+    pub selector: LabelSelector,
+    /// The application's container port the agent fronts: its name (for
+    /// example "grpc") or its number. The agent takes over a named port's
+    /// name, so Services with that targetPort send traffic through the
+    /// agent; Services with a numeric targetPort bypass it.
+    pub port: IntOrString,
+    /// The port the agent listens on inside the pod. Default 15051.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub agent_port: Option<i32>,
+    /// The connection-management policy: the `server`, `enforcement`,
+    /// `upstream` and `drain` groups of the agent's policy file.
+    #[serde(flatten)]
+    pub policy: Policy,
+}
+
+/// What the operator observed about a policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepalivePolicyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready: the policy is valid and its ConfigMap holds it (False with
+    /// the invalid fields otherwise). Conflicted: pods this policy selects
+    /// are also selected by an older policy, which wins them.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Pods in the namespace the selector matches.
+    #[serde(default)]
+    pub matched_pods: i32,
+    /// Matched pods running the agent with this policy.
+    #[serde(default)]
+    pub injected_pods: i32,
+    /// The selector in `kubectl get -l` form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The ConfigMap holding the rendered policy file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+}
+
+/// Conditions are a map keyed by type, so server-side apply merges them.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+impl KeepalivePolicy {
+    /// The name of the ConfigMap holding this policy's agent file.
+    pub fn config_map_name(&self) -> String {
+        config_map_name(&kube::ResourceExt::name_any(self))
+    }
+
+    /// The agent port, defaulted.
+    pub fn agent_port(&self) -> i32 {
+        self.spec
+            .agent_port
+            .unwrap_or(i32::from(DEFAULT_AGENT_PORT))
+    }
+
+    /// The condition of the given type, if reported.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+    }
+}
+
+/// `goaway-<policyName>`: the agent contract's ConfigMap name.
+pub fn config_map_name(policy: &str) -> String {
+    format!("goaway-{policy}")
+}
+
+/// The ConfigMap key the agent reads (`/etc/goaway/policy.yaml`).
+pub const POLICY_FILE_KEY: &str = "policy.yaml";
+
+/// The agent's policy file: the YAML serialisation of the embedded policy.
+pub fn render_policy_file(spec: &KeepalivePolicySpec) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&spec.policy)
+}
+
+/// The CRD manifest as committed in `crds/keepalivepolicy.yaml`.
+pub fn manifest() -> Result<String, serde_yaml::Error> {
+    let crd = <KeepalivePolicy as kube::CustomResourceExt>::crd();
+    Ok(format!(
+        "# Generated by `cargo run -p goaway-operator --bin crdgen`; do not edit.\n{}",
+        serde_yaml::to_string(&crd)?
+    ))
+}

@@ -1,0 +1,152 @@
+//! The Rust side of spec validation: [`Policy::validate`] in production
+//! strictness plus the spec's own fields. The reconciler reports its
+//! errors in the Ready condition; the webhook never injects a policy that
+//! fails it.
+
+use std::fmt;
+
+use goaway_transport::policy::{FieldError, PolicyWarning, Strictness};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::KeepalivePolicySpec;
+
+/// Every invalid field of a spec, with spec-relative dotted paths
+/// (`server.time`, `selector`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError(pub Vec<FieldError>);
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for e in &self.0 {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "spec.{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A valid but questionable setting (from [`Policy::validate`]).
+///
+/// [`Policy::validate`]: goaway_transport::Policy::validate
+pub type SpecWarning = PolicyWarning;
+
+impl KeepalivePolicySpec {
+    /// Checks the whole spec: the selector is not empty, `port` and
+    /// `agentPort` are usable, and the embedded policy passes
+    /// [`Policy::validate`](goaway_transport::Policy::validate) with
+    /// production strictness. Returns every error, not just the first.
+    pub fn check(&self) -> Result<Vec<SpecWarning>, SpecError> {
+        let mut errors = Vec::new();
+        let mut error = |field: &str, reason: &str| {
+            errors.push(FieldError {
+                field: field.into(),
+                reason: reason.into(),
+            })
+        };
+        let labels = self.selector.match_labels.as_ref().map_or(0, |m| m.len());
+        let exprs = self
+            .selector
+            .match_expressions
+            .as_ref()
+            .map_or(0, |m| m.len());
+        if labels + exprs == 0 {
+            error("selector", "must not be empty");
+        } else if kube::core::Selector::try_from(self.selector.clone()).is_err() {
+            error("selector", "has an invalid matchExpressions operator");
+        }
+        match &self.port {
+            IntOrString::Int(p) if !(1..=65535).contains(p) => {
+                error("port", "must be between 1 and 65535")
+            }
+            IntOrString::String(name) if !is_port_name(name) => error(
+                "port",
+                "must be a container port name (at most 15 lowercase letters, digits and '-')",
+            ),
+            _ => {}
+        }
+        if let Some(p) = self.agent_port {
+            if !(1..=65535).contains(&p) {
+                error("agentPort", "must be between 1 and 65535");
+            } else if self.port == IntOrString::Int(p) {
+                error("agentPort", "must differ from port");
+            }
+        }
+        let warnings = match self.policy.validate(Strictness::Production) {
+            Ok(w) => w,
+            Err(e) => {
+                errors.extend(e.fields());
+                Vec::new()
+            }
+        };
+        if errors.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(SpecError(errors))
+        }
+    }
+}
+
+/// Kubernetes' IANA_SVC_NAME: what a container port name may be.
+pub(crate) fn is_port_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !name.contains("--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> KeepalivePolicySpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn valid_spec_passes_with_policy_warnings() {
+        let s = spec(
+            "selector: {matchLabels: {app: a}}\nport: grpc\nserver: {maxConnectionAgeGrace: 10s}\n",
+        );
+        let warnings = s.check().unwrap();
+        assert_eq!(warnings[0].field, "server.maxConnectionAgeGrace");
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let s = spec("selector: {}\nport: GRPC\nagentPort: 0\nserver: {time: 100ms}\n");
+        let err = s.check().unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["selector", "port", "agentPort", "server.time"]);
+        assert!(
+            err.to_string()
+                .starts_with("spec.selector: must not be empty; spec.port:")
+        );
+    }
+
+    #[test]
+    fn port_names_follow_iana_svc_name() {
+        for ok in ["grpc", "h2c-8080", "a"] {
+            assert!(is_port_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "8080",
+            "-grpc",
+            "grpc-",
+            "gr--pc",
+            "Grpc",
+            "a-very-long-port-name",
+        ] {
+            assert!(!is_port_name(bad), "{bad}");
+        }
+    }
+}

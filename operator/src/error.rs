@@ -1,0 +1,40 @@
+//! Errors of the operator library.
+
+/// Why an operation of the operator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object lacked a field the API always sets (name, namespace).
+    #[error("{kind} has no {field}")]
+    MissingField {
+        /// The kind of the object.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// The policy could not be rendered into the agent's file.
+    #[error("rendering the policy file: {0}")]
+    Render(#[from] serde_yaml::Error),
+    /// Generating or loading the webhook certificate failed.
+    #[error("webhook certificate: {0}")]
+    Certificate(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// A manifest given to the command line is not what it should be.
+    #[error("{0}")]
+    Manifest(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

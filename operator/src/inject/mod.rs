@@ -1,0 +1,333 @@
+//! The pod mutation (SPEC §5 injection rules), as a pure function.
+//!
+//! [`mutate`] takes a pod's (or pod template's) metadata and spec, the
+//! policies of its namespace and the agent settings, and returns what
+//! happens — injected with which policy, or unchanged and why — plus the
+//! RFC 6902 JSON patch that does it. The admission webhook sends that
+//! patch to the API server; `goaway-operator inject` applies it to pod
+//! templates in manifests. One code path, so the two cannot drift.
+//!
+//! What injection does, for the policy that [wins](crate::selection) the
+//! pod:
+//! - appends the agent as a native sidecar (an init container with
+//!   `restartPolicy: Always`) with a hardened securityContext, a startup
+//!   and liveness probe on `/healthz` and a readiness probe on `/readyz`;
+//! - takes over the application port's name ([`ports`]) and rewrites the
+//!   application's probes that used the name to the number;
+//! - gives every application container a `preStop.httpGet` to the agent's
+//!   `/drain` carrying the pod's drain token, keeping (and reporting) any
+//!   preStop the container already has;
+//! - raises `terminationGracePeriodSeconds` to cover `drain.delay +
+//!   drain.timeout` plus [`DRAIN_MARGIN_SECONDS`], never lowering it;
+//! - mounts the policy ConfigMap at `/etc/goaway` (the directory, so
+//!   updates reach the agent) and marks the pod `goaway.dev/injected`.
+//!
+//! hostNetwork pods, pods opted out and pods already injected are left
+//! alone, which also makes a second pass a no-op.
+
+mod ports;
+mod sidecar;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodSpec, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+pub use sidecar::{AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
+
+use crate::KeepalivePolicy;
+use crate::selection;
+
+/// Pod annotation: `"false"` opts the pod out.
+pub const ANNOTATION_INJECT: &str = "goaway.dev/inject";
+/// Pod annotation set on injection: the policy's name.
+pub const ANNOTATION_INJECTED: &str = "goaway.dev/injected";
+/// Namespace or object label the chart's selectors use to opt out.
+pub const LABEL_INJECT: &str = "goaway.dev/inject";
+/// The [`LABEL_INJECT`] value that opts out.
+pub const LABEL_INJECT_DISABLED: &str = "disabled";
+/// The sidecar's container name.
+pub const CONTAINER_NAME: &str = "goaway-agent";
+/// The policy volume's name.
+pub const VOLUME_NAME: &str = "goaway-policy";
+/// Where the policy ConfigMap is mounted.
+pub const MOUNT_PATH: &str = "/etc/goaway";
+/// The file the agent reads.
+pub const POLICY_PATH: &str = "/etc/goaway/policy.yaml";
+/// The agent's drain endpoint.
+pub const DRAIN_PATH: &str = "/drain";
+/// Added to `drain.delay + drain.timeout` for the grace period.
+pub const DRAIN_MARGIN_SECONDS: i64 = 5;
+/// What the kubelet uses when the pod does not say.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// Why a pod was admitted unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// `spec.hostNetwork: true`: the agent's ports would be the node's.
+    HostNetwork,
+    /// Annotation `goaway.dev/inject: "false"` or label `goaway.dev/inject=disabled`.
+    OptedOut,
+    /// Already carries the agent or the injected annotation.
+    AlreadyInjected,
+    /// No valid policy in the namespace selects it.
+    NoPolicy,
+}
+
+impl Skip {
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::HostNetwork => "host_network",
+            Skip::OptedOut => "opted_out",
+            Skip::AlreadyInjected => "already_injected",
+            Skip::NoPolicy => "no_policy",
+        }
+    }
+}
+
+/// What injection did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Injection {
+    /// The winning policy's name.
+    pub policy: String,
+    /// Application containers whose own preStop hook was kept, so the
+    /// drain does not run before they get SIGTERM.
+    pub kept_pre_stop: Vec<String>,
+    /// The application port the agent forwards to.
+    pub app_port: i32,
+    /// The port name the agent took over, if the port had one.
+    pub port_name: Option<String>,
+}
+
+/// What [`mutate`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pod gets the agent.
+    Injected(Injection),
+    /// The pod is admitted unchanged.
+    Unchanged(Skip),
+}
+
+/// The decision and the patch that carries it out (empty when unchanged).
+/// Paths are relative to an object with `metadata` and `spec`: a Pod or a
+/// pod template.
+#[derive(Clone, Debug)]
+pub struct Mutation {
+    /// What happens to the pod.
+    pub outcome: Outcome,
+    /// RFC 6902 operations on `{metadata, spec}`.
+    pub patch: json_patch::Patch,
+}
+
+/// Why a selected pod could not be injected. The webhook admits such pods
+/// unchanged and logs the error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The policy names a container port no container declares.
+    #[error("policy {policy}: no container declares a port named {port:?}")]
+    PortNotFound {
+        /// The policy.
+        policy: String,
+        /// The port name.
+        port: String,
+    },
+    /// A port the agent needs is taken by a container.
+    #[error("port {port} is already used by container {container:?}")]
+    PortInUse {
+        /// The port number.
+        port: i32,
+        /// The container declaring it.
+        container: String,
+    },
+    /// The pod already has a volume with the agent's volume name.
+    #[error("the pod already has a volume named {VOLUME_NAME:?}")]
+    VolumeExists,
+    /// The pod could not be turned into JSON (never for real pods).
+    #[error("serialising the pod: {0}")]
+    Serialize(String),
+}
+
+/// Decides and builds the injection for one pod or pod template.
+///
+/// `namespace` is the pod's; `policies` may hold policies of any
+/// namespace (others are ignored). `token` is the pod's drain token, set
+/// on the agent and sent by the preStop hooks. Never panics on user input.
+pub fn mutate(
+    meta: &ObjectMeta,
+    spec: &PodSpec,
+    namespace: &str,
+    policies: &[Arc<KeepalivePolicy>],
+    agent: &AgentConfig,
+    token: &str,
+) -> Result<Mutation, InjectError> {
+    let unchanged = |skip| Mutation {
+        outcome: Outcome::Unchanged(skip),
+        patch: json_patch::Patch(Vec::new()),
+    };
+    if let Some(skip) = skip_reason(meta, spec) {
+        return Ok(unchanged(skip));
+    }
+    let labels = meta.labels.clone().unwrap_or_default();
+    let Some(policy) = selection::winner(policies, namespace, &labels) else {
+        return Ok(unchanged(Skip::NoPolicy));
+    };
+    let (mut new_meta, mut new_spec) = (meta.clone(), spec.clone());
+    let injection = apply(&mut new_meta, &mut new_spec, policy, agent, token)?;
+    let before = to_json(meta, spec)?;
+    let after = to_json(&new_meta, &new_spec)?;
+    Ok(Mutation {
+        outcome: Outcome::Injected(injection),
+        patch: json_patch::diff(&before, &after),
+    })
+}
+
+fn to_json(meta: &ObjectMeta, spec: &PodSpec) -> Result<serde_json::Value, InjectError> {
+    let s = |e: serde_json::Error| InjectError::Serialize(e.to_string());
+    Ok(serde_json::json!({
+        "metadata": serde_json::to_value(meta).map_err(s)?,
+        "spec": serde_json::to_value(spec).map_err(s)?,
+    }))
+}
+
+/// Why the pod must be left alone whatever the policies say.
+pub fn skip_reason(meta: &ObjectMeta, spec: &PodSpec) -> Option<Skip> {
+    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k));
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+    if spec.host_network == Some(true) {
+        Some(Skip::HostNetwork)
+    } else if annotation(ANNOTATION_INJECT).map(String::as_str) == Some("false")
+        || label(LABEL_INJECT).map(String::as_str) == Some(LABEL_INJECT_DISABLED)
+    {
+        Some(Skip::OptedOut)
+    } else if annotation(ANNOTATION_INJECTED).is_some()
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .any(|c| c.name == CONTAINER_NAME)
+    {
+        Some(Skip::AlreadyInjected)
+    } else {
+        None
+    }
+}
+
+/// Applies the injection to copies of the pod's metadata and spec.
+fn apply(
+    meta: &mut ObjectMeta,
+    spec: &mut PodSpec,
+    policy: &KeepalivePolicy,
+    agent: &AgentConfig,
+    token: &str,
+) -> Result<Injection, InjectError> {
+    let name = policy.name_any();
+    let app = ports::find(spec, &policy.spec.port).ok_or_else(|| InjectError::PortNotFound {
+        policy: name.clone(),
+        port: match &policy.spec.port {
+            IntOrString::String(s) => s.clone(),
+            IntOrString::Int(i) => i.to_string(),
+        },
+    })?;
+    let agent_port = policy.agent_port();
+    let admin_port = i32::from(agent.admin_port);
+    for port in [agent_port, admin_port] {
+        if let Some(container) = ports::user_of(spec, port) {
+            return Err(InjectError::PortInUse { port, container });
+        }
+    }
+    if port_clash(app.number, agent_port, admin_port) {
+        return Err(InjectError::PortInUse {
+            port: app.number,
+            container: CONTAINER_NAME.into(),
+        });
+    }
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    if volumes.iter().any(|v| v.name == VOLUME_NAME) {
+        return Err(InjectError::VolumeExists);
+    }
+    volumes.push(Volume {
+        name: VOLUME_NAME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: policy.config_map_name(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+
+    let port_name = ports::take_over(spec, &app);
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .push(sidecar::container(
+            agent,
+            agent_port,
+            &app,
+            port_name.as_deref(),
+            token,
+        ));
+
+    let mut kept_pre_stop = Vec::new();
+    for c in &mut spec.containers {
+        let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
+        if lifecycle.pre_stop.is_some() {
+            kept_pre_stop.push(c.name.clone());
+        } else {
+            lifecycle.pre_stop = Some(drain_hook(admin_port, token));
+        }
+    }
+
+    let drain = policy.spec.policy.drain_params();
+    let needed = (drain.delay + drain.timeout).as_secs_f64().ceil() as i64 + DRAIN_MARGIN_SECONDS;
+    if spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        < needed
+    {
+        spec.termination_grace_period_seconds = Some(needed);
+    }
+
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_INJECTED.into(), name.clone());
+    Ok(Injection {
+        policy: name,
+        kept_pre_stop,
+        app_port: app.number,
+        port_name,
+    })
+}
+
+fn port_clash(app: i32, agent: i32, admin: i32) -> bool {
+    app == agent || app == admin || agent == admin
+}
+
+/// The application's preStop: block until the agent has drained.
+fn drain_hook(admin_port: i32, token: &str) -> LifecycleHandler {
+    LifecycleHandler {
+        http_get: Some(HTTPGetAction {
+            path: Some(DRAIN_PATH.into()),
+            port: IntOrString::Int(admin_port),
+            scheme: Some("HTTP".into()),
+            http_headers: Some(vec![HTTPHeader {
+                name: "Authorization".into(),
+                value: format!("Bearer {token}"),
+            }]),
+            host: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A fresh random drain token: 32 bytes, hex.
+pub fn new_drain_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

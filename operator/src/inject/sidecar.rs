@@ -1,0 +1,184 @@
+//! The agent container (SPEC §5, the agent contract in SPEC §4).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::ports::AppPort;
+use super::{CONTAINER_NAME, MOUNT_PATH, POLICY_PATH, VOLUME_NAME};
+
+/// The agent's admin port (health, readiness, drain, metrics).
+pub const DEFAULT_ADMIN_PORT: u16 = 15021;
+/// The agent image of this release.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!(
+    "ghcr.io/goaway-dev/goaway-agent:",
+    env!("CARGO_PKG_VERSION")
+);
+/// The agent port's name when the application port had none to take over.
+pub const PROXY_PORT_NAME: &str = "goaway-proxy";
+/// The admin port's name.
+pub const ADMIN_PORT_NAME: &str = "goaway-admin";
+/// The non-root user the agent runs as (distroless `nonroot`).
+pub const AGENT_UID: i64 = 65532;
+
+/// How the operator runs the agent: everything about the sidecar that is
+/// not in the policy. Each field is one operator flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The agent image.
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub image_pull_policy: String,
+    /// The admin HTTP port.
+    pub admin_port: u16,
+    /// `json` or `text`.
+    pub log_format: String,
+    /// CPU request; empty for none.
+    pub cpu_request: String,
+    /// Memory request; empty for none.
+    pub memory_request: String,
+    /// CPU limit; empty for none.
+    pub cpu_limit: String,
+    /// Memory limit; empty for none.
+    pub memory_limit: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            image: DEFAULT_AGENT_IMAGE.into(),
+            image_pull_policy: "IfNotPresent".into(),
+            admin_port: DEFAULT_ADMIN_PORT,
+            log_format: "json".into(),
+            cpu_request: "10m".into(),
+            memory_request: "32Mi".into(),
+            cpu_limit: String::new(),
+            memory_limit: "128Mi".into(),
+        }
+    }
+}
+
+impl AgentConfig {
+    fn resources(&self) -> Option<ResourceRequirements> {
+        let map = |pairs: [(&str, &str); 2]| {
+            let m: BTreeMap<String, Quantity> = pairs
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect();
+            (!m.is_empty()).then_some(m)
+        };
+        let requests = map([("cpu", &self.cpu_request), ("memory", &self.memory_request)]);
+        let limits = map([("cpu", &self.cpu_limit), ("memory", &self.memory_limit)]);
+        (requests.is_some() || limits.is_some()).then(|| ResourceRequirements {
+            requests,
+            limits,
+            ..Default::default()
+        })
+    }
+}
+
+fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(port)),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+/// The native sidecar. Its startup probe holds the application containers
+/// back until the agent runs; readiness fails as soon as a drain starts, so
+/// the pod leaves its Services' endpoints before any GOAWAY.
+pub(super) fn container(
+    agent: &AgentConfig,
+    agent_port: i32,
+    app: &AppPort,
+    port_name: Option<&str>,
+    token: &str,
+) -> Container {
+    let admin = agent.admin_port;
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(agent.image.clone()),
+        image_pull_policy: Some(agent.image_pull_policy.clone()),
+        restart_policy: Some("Always".into()),
+        args: Some(vec![
+            "run".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{agent_port}"),
+            "--upstream".into(),
+            format!("127.0.0.1:{}", app.number),
+            "--admin".into(),
+            format!("0.0.0.0:{admin}"),
+            "--policy".into(),
+            POLICY_PATH.into(),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "GOAWAY_DRAIN_TOKEN".into(),
+                value: Some(token.into()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "GOAWAY_LOG_FORMAT".into(),
+                value: Some(agent.log_format.clone()),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(port_name.unwrap_or(PROXY_PORT_NAME).into()),
+                container_port: agent_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some(ADMIN_PORT_NAME.into()),
+                container_port: i32::from(admin),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        startup_probe: Some(http_probe("/healthz", admin, 1, 30)),
+        liveness_probe: Some(http_probe("/healthz", admin, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", admin, 2, 1)),
+        resources: agent.resources(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(AGENT_UID),
+            run_as_group: Some(AGENT_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: VOLUME_NAME.into(),
+            mount_path: MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,294 @@
+use super::*;
+
+use k8s_openapi::api::core::v1::Pod;
+
+fn policy(yaml: &str) -> Arc<KeepalivePolicy> {
+    let mut p: KeepalivePolicy = serde_yaml::from_str(yaml).unwrap();
+    p.metadata.namespace.get_or_insert_with(|| "ns".into());
+    Arc::new(p)
+}
+
+fn grpc_policy() -> Arc<KeepalivePolicy> {
+    policy(
+        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: grpc}\nspec:\n  selector: {matchLabels: {app: api}}\n  port: grpc\n  drain: {delay: 5s, timeout: 40s}\n",
+    )
+}
+
+fn pod(yaml: &str) -> Pod {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const API_POD: &str = r#"
+metadata: {labels: {app: api}}
+spec:
+  containers:
+  - name: app
+    image: app
+    ports: [{name: grpc, containerPort: 8080}, {name: metrics, containerPort: 9090}]
+    readinessProbe: {grpc: {port: 8080}}
+    livenessProbe: {tcpSocket: {port: grpc}}
+    startupProbe: {httpGet: {path: /ready, port: metrics}}
+"#;
+
+/// Runs [`mutate`] and applies its patch, as the API server would.
+fn run(pod: &Pod, policies: &[Arc<KeepalivePolicy>]) -> (Outcome, Pod) {
+    let spec = pod.spec.clone().unwrap();
+    let m = mutate(
+        &pod.metadata,
+        &spec,
+        "ns",
+        policies,
+        &AgentConfig::default(),
+        "tok",
+    )
+    .unwrap();
+    let mut value = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut value, &m.patch).unwrap();
+    (m.outcome, serde_json::from_value(value).unwrap())
+}
+
+fn spec(p: &Pod) -> &PodSpec {
+    p.spec.as_ref().unwrap()
+}
+
+#[test]
+fn named_port_moves_to_the_agent_and_probes_use_the_number() {
+    let (outcome, out) = run(&pod(API_POD), &[grpc_policy()]);
+    let Outcome::Injected(i) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        (i.policy.as_str(), i.app_port, i.port_name.as_deref()),
+        ("grpc", 8080, Some("grpc"))
+    );
+    let app = &spec(&out).containers[0];
+    let ports = app.ports.as_ref().unwrap();
+    assert_eq!(ports[0].name, None);
+    assert_eq!(ports[0].container_port, 8080);
+    assert_eq!(ports[1].name.as_deref(), Some("metrics"));
+    let live = app
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .tcp_socket
+        .as_ref()
+        .unwrap();
+    assert_eq!(live.port, IntOrString::Int(8080));
+    // Probes on other names are left alone.
+    let startup = app
+        .startup_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(startup.port, IntOrString::String("metrics".into()));
+
+    let agent = &spec(&out).init_containers.as_ref().unwrap()[0];
+    assert_eq!(agent.name, CONTAINER_NAME);
+    assert_eq!(agent.restart_policy.as_deref(), Some("Always"));
+    let agent_ports = agent.ports.as_ref().unwrap();
+    assert_eq!(agent_ports[0].name.as_deref(), Some("grpc"));
+    assert_eq!(agent_ports[0].container_port, 15051);
+    assert_eq!(
+        agent.args.as_ref().unwrap().join(" "),
+        "run --listen 0.0.0.0:15051 --upstream 127.0.0.1:8080 --admin 0.0.0.0:15021 --policy /etc/goaway/policy.yaml"
+    );
+    let sc = agent.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+}
+
+#[test]
+fn app_containers_drain_through_the_agent_before_sigterm() {
+    let (_, out) = run(&pod(API_POD), &[grpc_policy()]);
+    let hook = spec(&out).containers[0]
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap();
+    let get = hook.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/drain"));
+    assert_eq!(get.port, IntOrString::Int(15021));
+    let header = &get.http_headers.as_ref().unwrap()[0];
+    assert_eq!(
+        (header.name.as_str(), header.value.as_str()),
+        ("Authorization", "Bearer tok")
+    );
+    let env = spec(&out).init_containers.as_ref().unwrap()[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "GOAWAY_DRAIN_TOKEN" && e.value.as_deref() == Some("tok"))
+    );
+    // 5s delay + 40s timeout + 5s margin.
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(50));
+    let volume = &spec(&out).volumes.as_ref().unwrap()[0];
+    assert_eq!(volume.config_map.as_ref().unwrap().name, "goaway-grpc");
+    assert_eq!(
+        out.metadata.annotations.unwrap()[ANNOTATION_INJECTED],
+        "grpc"
+    );
+}
+
+#[test]
+fn grace_period_is_raised_never_lowered() {
+    let mut p = pod(API_POD);
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(120);
+    let (_, out) = run(&p, &[grpc_policy()]);
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(120));
+    // Defaults (0s + 30s + 5s) exceed the kubelet's implicit 30s.
+    let default =
+        policy("metadata: {name: d}\nspec: {selector: {matchLabels: {app: api}}, port: 8080}\n");
+    let (_, out) = run(&pod(API_POD), &[default]);
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(35));
+}
+
+#[test]
+fn existing_pre_stop_is_kept_and_reported() {
+    let mut p = pod(API_POD);
+    let hook: LifecycleHandler = serde_yaml::from_str("exec: {command: [sleep, '5']}").unwrap();
+    p.spec.as_mut().unwrap().containers[0].lifecycle = Some(Lifecycle {
+        pre_stop: Some(hook.clone()),
+        ..Default::default()
+    });
+    let (outcome, out) = run(&p, &[grpc_policy()]);
+    let Outcome::Injected(i) = outcome else {
+        panic!()
+    };
+    assert_eq!(i.kept_pre_stop, ["app"]);
+    assert_eq!(
+        spec(&out).containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop,
+        Some(hook)
+    );
+}
+
+#[test]
+fn numeric_port_is_used_even_when_undeclared() {
+    let p8081 = policy(
+        "metadata: {name: n}\nspec: {selector: {matchLabels: {app: api}}, port: 8081, agentPort: 9000}\n",
+    );
+    let (outcome, out) = run(&pod(API_POD), &[p8081]);
+    let Outcome::Injected(i) = outcome else {
+        panic!()
+    };
+    assert_eq!((i.app_port, i.port_name), (8081, None));
+    let agent = &spec(&out).init_containers.as_ref().unwrap()[0];
+    assert_eq!(
+        agent.ports.as_ref().unwrap()[0].name.as_deref(),
+        Some(sidecar::PROXY_PORT_NAME)
+    );
+    assert_eq!(agent.ports.as_ref().unwrap()[0].container_port, 9000);
+}
+
+#[test]
+fn numeric_port_of_a_named_container_port_takes_the_name_too() {
+    let p =
+        policy("metadata: {name: n}\nspec: {selector: {matchLabels: {app: api}}, port: 8080}\n");
+    let (outcome, _) = run(&pod(API_POD), &[p]);
+    let Outcome::Injected(i) = outcome else {
+        panic!()
+    };
+    assert_eq!(i.port_name.as_deref(), Some("grpc"));
+}
+
+#[test]
+fn second_pass_changes_nothing() {
+    let (_, once) = run(&pod(API_POD), &[grpc_policy()]);
+    let (outcome, twice) = run(&once, &[grpc_policy()]);
+    assert_eq!(outcome, Outcome::Unchanged(Skip::AlreadyInjected));
+    assert_eq!(once, twice);
+}
+
+#[test]
+fn host_network_opted_out_and_unselected_pods_are_unchanged() {
+    let mut host = pod(API_POD);
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    assert_eq!(
+        run(&host, &[grpc_policy()]).0,
+        Outcome::Unchanged(Skip::HostNetwork)
+    );
+
+    let mut opted = pod(API_POD);
+    opted.metadata.annotations =
+        Some([(ANNOTATION_INJECT.to_string(), "false".to_string())].into());
+    assert_eq!(
+        run(&opted, &[grpc_policy()]).0,
+        Outcome::Unchanged(Skip::OptedOut)
+    );
+
+    let mut labelled = pod(API_POD);
+    labelled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(LABEL_INJECT.into(), "disabled".into());
+    assert_eq!(
+        run(&labelled, &[grpc_policy()]).0,
+        Outcome::Unchanged(Skip::OptedOut)
+    );
+
+    let other = pod("metadata: {labels: {app: web}}\nspec: {containers: [{name: web}]}\n");
+    assert_eq!(
+        run(&other, &[grpc_policy()]).0,
+        Outcome::Unchanged(Skip::NoPolicy)
+    );
+}
+
+#[test]
+fn conflicts_are_errors_not_silent_changes() {
+    let missing = pod("metadata: {labels: {app: api}}\nspec: {containers: [{name: app}]}\n");
+    let spec_ = missing.spec.clone().unwrap();
+    let err = mutate(
+        &missing.metadata,
+        &spec_,
+        "ns",
+        &[grpc_policy()],
+        &AgentConfig::default(),
+        "t",
+    )
+    .unwrap_err();
+    assert!(matches!(err, InjectError::PortNotFound { .. }), "{err}");
+
+    let mut taken = pod(API_POD);
+    taken.spec.as_mut().unwrap().containers[0]
+        .ports
+        .as_mut()
+        .unwrap()[1]
+        .container_port = 15021;
+    let spec_ = taken.spec.clone().unwrap();
+    let err = mutate(
+        &taken.metadata,
+        &spec_,
+        "ns",
+        &[grpc_policy()],
+        &AgentConfig::default(),
+        "t",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        InjectError::PortInUse {
+            port: 15021,
+            container: "app".into()
+        }
+    );
+}
+
+#[test]
+fn drain_tokens_are_random_hex() {
+    let (a, b) = (new_drain_token(), new_drain_token());
+    assert_eq!(a.len(), 64);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b);
+}

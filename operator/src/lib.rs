@@ -1,0 +1,42 @@
+//! The goaway Kubernetes operator (SPEC §5).
+//!
+//! It owns the `KeepalivePolicy` custom resource ([`crd`]), the controller
+//! that renders each policy into the ConfigMap the agent reads and reports
+//! status ([`controller`]), and the mutating admission webhook that injects
+//! the agent as a native sidecar ([`webhook`], built on the pure pod
+//! mutation in [`inject`], which the `inject` command line ([`cli`]) shares
+//! byte for byte).
+//!
+//! It does not own the policy semantics: the CRD embeds
+//! [`goaway_transport::Policy`] and validation is
+//! [`goaway_transport::Policy::validate`] with
+//! [`Strictness::Production`](goaway_transport::policy::Strictness), the
+//! same function the agent runs on its file. It knows nothing about HTTP/2.
+//!
+//! Runtime plumbing: [`config`] (flags), [`leader`] (Lease-based leader
+//! election), [`tls`] (the webhook's certificate authority and serving
+//! certificate), [`admin`] (health and metrics endpoints), [`metrics`],
+//! [`shutdown`] and [`rbac`] (the API permissions the code uses, for the
+//! Helm chart to check against).
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod crd;
+mod error;
+pub mod inject;
+pub mod leader;
+pub mod metrics;
+pub mod rbac;
+pub mod run;
+pub mod selection;
+pub mod shutdown;
+pub mod tls;
+pub mod webhook;
+
+pub use crd::{KeepalivePolicy, KeepalivePolicySpec, KeepalivePolicyStatus};
+pub use error::{Error, Result};
+
+/// The field manager and event reporter name used for every write.
+pub const MANAGER: &str = "goaway-operator";

@@ -1,0 +1,97 @@
+//! The Kubernetes API permissions the operator's code uses, resource by
+//! resource, so the Helm chart's ClusterRole and Role can be checked
+//! against them (`goaway-operator rbac` prints this list as JSON).
+
+use serde::Serialize;
+
+/// Where a permission is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// In every watched namespace (a ClusterRole, or a Role per namespace
+    /// with `--watch-namespace`).
+    Cluster,
+    /// Only in the operator's own namespace (a Role).
+    OperatorNamespace,
+}
+
+/// One RBAC rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// The API group (`""` for core).
+    pub api_group: &'static str,
+    /// The resource, with `/subresource` when it is one.
+    pub resource: &'static str,
+    /// The verbs, sorted.
+    pub verbs: &'static [&'static str],
+    /// Where.
+    pub scope: Scope,
+    /// Which code needs it.
+    pub why: &'static str,
+}
+
+/// Every permission, one entry per resource.
+pub const RBAC: &[Rule] = &[
+    Rule {
+        api_group: "goaway.dev",
+        resource: "keepalivepolicies",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        why: "controller and webhook watch policies",
+    },
+    Rule {
+        api_group: "goaway.dev",
+        resource: "keepalivepolicies/status",
+        verbs: &["patch"],
+        scope: Scope::Cluster,
+        why: "controller applies status",
+    },
+    Rule {
+        api_group: "",
+        resource: "configmaps",
+        verbs: &["create", "list", "patch", "watch"],
+        scope: Scope::Cluster,
+        why: "controller applies and watches the policy ConfigMaps (apply may create)",
+    },
+    Rule {
+        api_group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        why: "controller counts and watches selected pods",
+    },
+    Rule {
+        api_group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: Scope::Cluster,
+        why: "controller and webhook publish Events",
+    },
+    Rule {
+        api_group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "patch"],
+        scope: Scope::Cluster,
+        why: "leader writes the caBundle (--tls-mode generate)",
+    },
+    Rule {
+        api_group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["create", "get", "patch"],
+        scope: Scope::OperatorNamespace,
+        why: "leader election",
+    },
+    Rule {
+        api_group: "",
+        resource: "secrets",
+        verbs: &["create", "get", "update"],
+        scope: Scope::OperatorNamespace,
+        why: "webhook CA and serving certificate (--tls-mode generate)",
+    },
+];
+
+/// [`RBAC`] as pretty JSON.
+pub fn to_json() -> String {
+    serde_json::to_string_pretty(RBAC).unwrap_or_default()
+}

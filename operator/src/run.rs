@@ -1,0 +1,132 @@
+//! `goaway-operator run`: wires the parts together.
+//!
+//! Every replica: a reflector keeps the policies for the webhook, the
+//! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
+//! webhook serves on TLS, the admin server serves health and metrics.
+//! The leader (or the only replica without leader election) runs the
+//! controller. On shutdown the listeners close first, in-flight reviews
+//! and reconciliations finish, then the lease is released.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::{self, Readiness};
+use crate::config::RunArgs;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::tls::{self, CertStore};
+use crate::webhook::{self, Webhook};
+use crate::{KeepalivePolicy, MANAGER, Result, controller, leader};
+
+/// Runs the operator until `shutdown`.
+pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
+    // Bind first: a taken port is a startup error, not a half-running operator.
+    let webhook_listener = admin::bind(args.webhook_addr).await?;
+    let admin_listener = admin::bind(args.admin_addr).await?;
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let identity = args.identity();
+    let certs = Arc::new(CertStore::new(tls::provider()));
+    let readiness = Arc::new(Readiness::with_certs(certs.clone()));
+
+    let policies_api: Api<KeepalivePolicy> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (policies, writer) = reflector::store();
+    let reflect = reflector(writer, watcher(policies_api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(|_| async {});
+    let mut reflector_stop = shutdown.clone();
+    let reflector_task = tokio::spawn(async move {
+        tokio::select! {
+            () = reflect => {}
+            () = reflector_stop.signalled() => {}
+        }
+    });
+    let synced = policies.clone();
+    let ready = readiness.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            info!("policy cache synced");
+            ready.policies_synced();
+        }
+    });
+
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let tls_task = tokio::spawn(tls::secret::maintain(
+        client.clone(),
+        args.namespace.clone(),
+        args.tls_source(),
+        certs.clone(),
+        leader_rx,
+        shutdown.clone(),
+    ));
+
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(identity.clone()),
+    };
+    let webhook = Arc::new(
+        Webhook::new(policies, args.agent.agent_config(), metrics.clone())
+            .with_recorder(Recorder::new(client.clone(), reporter)),
+    );
+    let webhook_task = tokio::spawn(webhook::server::serve(
+        webhook_listener,
+        webhook.router(),
+        certs,
+        shutdown.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::router(metrics.clone(), readiness),
+        shutdown.clone(),
+    ));
+
+    let watch_namespace = args.watch_namespace.clone();
+    let lead = |term: Shutdown| {
+        controller::run(
+            client.clone(),
+            watch_namespace.clone(),
+            metrics.clone(),
+            Some(identity.clone()),
+            term.wait(),
+        )
+    };
+    match args.lease() {
+        Some(lease) => {
+            leader::run_as_leader(
+                client.clone(),
+                &lease,
+                metrics.clone(),
+                leader_tx,
+                shutdown.clone(),
+                lead,
+            )
+            .await?
+        }
+        None => {
+            metrics.set_leader(true);
+            leader_tx.send_replace(true);
+            lead(shutdown.clone()).await;
+        }
+    }
+
+    for (name, task) in [("webhook", webhook_task), ("admin", admin_task)] {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, server = name, "server failed"),
+            Err(error) => warn!(%error, server = name, "server task failed"),
+        }
+    }
+    let _ = tls_task.await;
+    let _ = reflector_task.await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Keeping the webhook certificate current.
+//!
+//! Generate mode: every replica reads the Secret and serves its
+//! certificate; the first replica to find it missing creates it (a create
+//! conflict means another replica won, and its Secret is used). Only the
+//! leader renews the serving certificate — [`RENEW_BEFORE_DAYS`] before it
+//! expires or when the Service's DNS names changed — and writes the CA
+//! into the MutatingWebhookConfiguration's `caBundle`. Files mode: reload
+//! `tls.crt`/`tls.key` when their bytes change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::{Timestamp, ToSpan};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::ca::{self, Pem};
+use super::{CertStore, Source};
+use crate::shutdown::Shutdown;
+use crate::{Error, MANAGER, Result};
+
+/// Renew the serving certificate this long before it expires.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+const NOT_AFTER: &str = "goaway.dev/not-after";
+const DNS_NAMES: &str = "goaway.dev/dns-names";
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const TLS_CERT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
+
+/// Keeps `store` loaded from `source` until shutdown; see the module doc.
+pub async fn maintain(
+    client: Client,
+    namespace: String,
+    source: Source,
+    store: Arc<CertStore>,
+    mut leader: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
+) {
+    let mut last_files = None;
+    loop {
+        let period = match &source {
+            Source::Generate {
+                secret,
+                service,
+                webhook_config,
+            } => {
+                let is_leader = *leader.borrow_and_update();
+                let names = ca::service_dns_names(service, &namespace);
+                let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
+                match sync_secret(&secrets, secret, &names, is_leader, &store).await {
+                    Ok(ca) if is_leader => {
+                        if let Err(error) = patch_ca_bundle(&client, webhook_config, &ca).await {
+                            warn!(%error, webhook_config, "patching caBundle failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, secret, "webhook certificate sync failed"),
+                }
+                Duration::from_secs(60)
+            }
+            Source::Files(dir) => {
+                if let Err(error) = reload_files(dir, &store, &mut last_files) {
+                    warn!(%error, dir = %dir.display(), "loading webhook certificate failed");
+                }
+                Duration::from_secs(10)
+            }
+        };
+        let period = if store.is_loaded() {
+            period
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = leader.changed() => {}
+            () = shutdown.signalled() => return,
+        }
+    }
+}
+
+fn reload_files(
+    dir: &Path,
+    store: &CertStore,
+    last: &mut Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<()> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let files = (read(TLS_CERT)?, read(TLS_KEY)?);
+    if last.as_ref() != Some(&files) {
+        store.load_pem(&files.0, &files.1)?;
+        info!(dir = %dir.display(), "loaded webhook certificate");
+        *last = Some(files);
+    }
+    Ok(())
+}
+
+/// Makes sure the Secret holds a usable certificate, loads it, and
+/// returns the CA certificate PEM.
+pub async fn sync_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    dns_names: &[String],
+    is_leader: bool,
+    store: &CertStore,
+) -> Result<String> {
+    let (ca, serving) = match secrets.get_opt(name).await? {
+        Some(secret) => {
+            let stored = Stored::read(&secret)?;
+            if is_leader && stored.needs_renewal(dns_names) {
+                let (serving, until) = ca::new_serving(&stored.ca, dns_names)?;
+                let mut renewed = build(name, &stored.ca, &serving, until, dns_names);
+                renewed.metadata.resource_version = secret.metadata.resource_version.clone();
+                secrets
+                    .replace(name, &PostParams::default(), &renewed)
+                    .await?;
+                info!(secret = name, not_after = %until, "renewed webhook serving certificate");
+                (stored.ca, serving)
+            } else {
+                (stored.ca, stored.serving)
+            }
+        }
+        None => {
+            let ca = ca::new_ca()?;
+            let (serving, until) = ca::new_serving(&ca, dns_names)?;
+            let secret = build(name, &ca, &serving, until, dns_names);
+            match secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => {
+                    info!(secret = name, "created webhook CA and serving certificate");
+                    (ca, serving)
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    debug!(
+                        secret = name,
+                        "another replica created the certificate first"
+                    );
+                    let stored = Stored::read(&secrets.get(name).await?)?;
+                    (stored.ca, stored.serving)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    store.load_pem(serving.cert.as_bytes(), serving.key.as_bytes())?;
+    Ok(ca.cert)
+}
+
+struct Stored {
+    ca: Pem,
+    serving: Pem,
+    not_after: Option<Timestamp>,
+    dns_names: String,
+}
+
+impl Stored {
+    fn read(secret: &Secret) -> Result<Stored> {
+        let data = secret.data.clone().unwrap_or_default();
+        let field = |key: &str| {
+            data.get(key)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .ok_or_else(|| Error::Certificate(format!("Secret has no usable {key}")))
+        };
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        Ok(Stored {
+            ca: Pem {
+                cert: field(CA_CERT)?,
+                key: field(CA_KEY)?,
+            },
+            serving: Pem {
+                cert: field(TLS_CERT)?,
+                key: field(TLS_KEY)?,
+            },
+            not_after: annotations.get(NOT_AFTER).and_then(|t| t.parse().ok()),
+            dns_names: annotations.get(DNS_NAMES).cloned().unwrap_or_default(),
+        })
+    }
+
+    fn needs_renewal(&self, dns_names: &[String]) -> bool {
+        let horizon = Timestamp::now()
+            .checked_add((RENEW_BEFORE_DAYS * 24).hours())
+            .ok();
+        let expiring = match (self.not_after, horizon) {
+            (Some(not_after), Some(horizon)) => not_after < horizon,
+            _ => true,
+        };
+        expiring || self.dns_names != dns_names.join(",")
+    }
+}
+
+fn build(
+    name: &str,
+    ca: &Pem,
+    serving: &Pem,
+    not_after: Timestamp,
+    dns_names: &[String],
+) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let data: BTreeMap<String, ByteString> = [
+        (TLS_CERT.to_string(), bytes(&serving.cert)),
+        (TLS_KEY.to_string(), bytes(&serving.key)),
+        (CA_CERT.to_string(), bytes(&ca.cert)),
+        (CA_KEY.to_string(), bytes(&ca.key)),
+    ]
+    .into();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [(
+                    crate::controller::LABEL_MANAGED_BY.to_string(),
+                    MANAGER.to_string(),
+                )]
+                .into(),
+            ),
+            annotations: Some(
+                [
+                    (NOT_AFTER.to_string(), not_after.to_string()),
+                    (DNS_NAMES.to_string(), dns_names.join(",")),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Writes `ca_pem` into every webhook of the configuration whose
+/// `caBundle` differs. A JSON patch with a `test` on each webhook's name,
+/// so a concurrent reorder fails instead of patching the wrong entry.
+pub async fn patch_ca_bundle(client: &Client, config: &str, ca_pem: &str) -> Result<()> {
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let Some(current) = api.get_opt(config).await? else {
+        debug!(
+            config,
+            "MutatingWebhookConfiguration not found; nothing to patch"
+        );
+        return Ok(());
+    };
+    let want = ByteString(ca_pem.as_bytes().to_vec());
+    let encoded = serde_json::to_value(&want).map_err(|e| Error::Certificate(e.to_string()))?;
+    let mut ops = Vec::new();
+    for (i, webhook) in current.webhooks.iter().flatten().enumerate() {
+        if webhook.client_config.ca_bundle.as_ref() != Some(&want) {
+            ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": webhook.name}));
+            ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": encoded}));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    api.patch(config, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
+    info!(config, "patched webhook caBundle");
+    Ok(())
+}

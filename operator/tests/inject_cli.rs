@@ -1,0 +1,188 @@
+//! `goaway-operator inject`: the real binary on manifests of every pod
+//! template kind. Selected templates are mutated exactly as the webhook
+//! mutates pods; everything else comes out byte for byte; a second run
+//! changes nothing.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
+}
+
+fn inject(input: &str) -> (String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+        .args(["inject", "--policy"])
+        .arg(fixtures().join("policy.yaml"))
+        .args(["--namespace", "shop"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+fn documents(text: &str) -> Vec<&str> {
+    text.split("---\n").collect()
+}
+
+fn template(doc: &Value) -> &Value {
+    match doc["kind"].as_str().unwrap() {
+        "Pod" => doc,
+        "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"],
+        _ => &doc["spec"]["template"],
+    }
+}
+
+#[test]
+fn every_template_kind_is_injected_and_the_rest_is_byte_for_byte() {
+    let input = std::fs::read_to_string(fixtures().join("manifests.yaml")).unwrap();
+    let (output, stderr) = inject(&input);
+    let (ins, outs) = (documents(&input), documents(&output));
+    assert_eq!(ins.len(), outs.len());
+    for line in [
+        "Deployment/api: api",
+        "StatefulSet/statefulset: api",
+        "DaemonSet/daemonset: api",
+        "ReplicaSet/replicaset: api",
+        "Job/job: api",
+        "CronJob/nightly: api",
+        "Pod/bare: api",
+        "Pod/listed: api",
+    ] {
+        assert!(
+            stderr.contains(&format!("injected {line}")),
+            "{line} missing from\n{stderr}"
+        );
+    }
+    for (before, after) in ins.iter().zip(&outs) {
+        let doc: Value = serde_yaml::from_str(before).unwrap();
+        let kind = doc["kind"].as_str().unwrap();
+        let selected = match kind {
+            "Service" | "ConfigMap" => false,
+            "List" => true,
+            _ => template(&doc)["metadata"]["labels"]["tier"] == "backend",
+        };
+        if !selected {
+            assert_eq!(before, after, "{kind} changed");
+            continue;
+        }
+        let mutated: Value = serde_yaml::from_str(after).unwrap();
+        let pods: Vec<&Value> = match kind {
+            "List" => mutated["items"].as_array().unwrap().iter().collect(),
+            _ => vec![template(&mutated)],
+        };
+        for pod in pods {
+            assert_eq!(
+                pod["metadata"]["annotations"]["goaway.dev/injected"], "api",
+                "{kind}"
+            );
+            let spec: PodSpec = serde_json::from_value(pod["spec"].clone()).unwrap();
+            let agent = &spec.init_containers.as_ref().unwrap()[0];
+            assert_eq!(agent.name, "goaway-agent");
+            assert_eq!(
+                agent.ports.as_ref().unwrap()[0].name.as_deref(),
+                Some("grpc")
+            );
+            assert!(
+                spec.containers[0]
+                    .lifecycle
+                    .as_ref()
+                    .unwrap()
+                    .pre_stop
+                    .is_some()
+            );
+        }
+        // Fields the mutation does not touch keep their exact values.
+        if kind == "Deployment" {
+            assert_eq!(mutated["spec"]["replicas"], 3);
+            assert_eq!(
+                mutated["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+                0.5
+            );
+        }
+    }
+}
+
+#[test]
+fn running_on_its_own_output_changes_nothing() {
+    let input = std::fs::read_to_string(fixtures().join("manifests.yaml")).unwrap();
+    let (once, _) = inject(&input);
+    let (twice, stderr) = inject(&once);
+    assert_eq!(once, twice);
+    assert!(!stderr.contains("injected"), "{stderr}");
+}
+
+#[test]
+fn the_cli_mutation_equals_the_webhook_mutation() {
+    // The bare Pod through the CLI and through inject::mutate (the
+    // webhook's function) with the CLI's token give the same pod.
+    let input = std::fs::read_to_string(fixtures().join("manifests.yaml")).unwrap();
+    let bare = documents(&input)
+        .into_iter()
+        .find(|d| d.contains("name: bare"))
+        .unwrap()
+        .to_string();
+    let (output, _) = inject(&bare);
+    let cli: Pod = serde_yaml::from_str(&output).unwrap();
+    let token = cli.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+        .env
+        .as_ref()
+        .unwrap()[0]
+        .value
+        .clone()
+        .unwrap();
+
+    let pod: Pod = serde_yaml::from_str(&bare).unwrap();
+    let policies = goaway_operator::cli::inject::load_policies(
+        &std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap(),
+        "shop",
+    )
+    .unwrap();
+    let m = goaway_operator::inject::mutate(
+        &pod.metadata,
+        pod.spec.as_ref().unwrap(),
+        "shop",
+        &policies,
+        &Default::default(),
+        &token,
+    )
+    .unwrap();
+    let mut value = serde_json::to_value(&pod).unwrap();
+    json_patch::patch(&mut value, &m.patch).unwrap();
+    assert_eq!(serde_json::to_value(&cli).unwrap(), value);
+}
+
+#[test]
+fn invalid_policy_files_are_refused_with_the_field() {
+    let dir = std::env::temp_dir().join(format!("goaway-inject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: bad}\nspec: {selector: {matchLabels: {a: b}}, port: grpc, server: {time: 10ms}}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+        .args(["inject", "--policy"])
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("spec.server.time: must be at least 1s"),
+        "{stderr}"
+    );
+}

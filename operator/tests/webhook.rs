@@ -1,0 +1,233 @@
+//! AdmissionReview fixtures in, patched pods out, through the webhook's
+//! real HTTP router. `tests/fixtures/admission/NAME.json` is the review the
+//! API server sends; `NAME.expected.json` the pod after applying the
+//! returned patch (regenerate with `UPDATE_FIXTURES=1`). Every fixture is
+//! also reviewed a second time on its own output: nothing changes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use goaway_operator::KeepalivePolicy;
+use goaway_operator::cli::inject::load_policies;
+use goaway_operator::inject::AgentConfig;
+use goaway_operator::metrics::Metrics;
+use goaway_operator::webhook::Webhook;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use kube::runtime::{reflector, watcher};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission")
+}
+
+fn policies() -> Vec<Arc<KeepalivePolicy>> {
+    let text = std::fs::read_to_string(dir().join("policies.yaml")).unwrap();
+    load_policies(&text, "shop").unwrap()
+}
+
+fn webhook() -> (Arc<Webhook>, Arc<Metrics>) {
+    let (store, mut writer) = reflector::store();
+    for p in policies() {
+        writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let w = Webhook::new(store, AgentConfig::default(), metrics.clone())
+        .with_token_source(|| "fixture-token".into());
+    (Arc::new(w), metrics)
+}
+
+/// Posts a review; returns (allowed, uid, patched object or None when unpatched).
+async fn review(webhook: &Arc<Webhook>, body: &Value) -> (bool, String, Option<Value>) {
+    let req = Request::post("/mutate")
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    let resp = webhook.clone().router().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = &answer["response"];
+    let patched = response.get("patch").map(|p| {
+        assert_eq!(response["patchType"], "JSONPatch");
+        let raw: Vec<u8> = serde_json::from_value(p.clone()).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+        let mut object = body["request"]["object"].clone();
+        json_patch::patch(&mut object, &patch).unwrap();
+        object
+    });
+    (
+        response["allowed"].as_bool().unwrap(),
+        response["uid"].as_str().unwrap().into(),
+        patched,
+    )
+}
+
+fn load(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join(format!("{name}.json"))).unwrap())
+        .unwrap()
+}
+
+/// Reviews a fixture, compares with (or writes) its golden pod, checks
+/// idempotence, returns the patched pod.
+async fn fixture(name: &str, injected: bool) -> Value {
+    let (webhook, _) = webhook();
+    let input = load(name);
+    let (allowed, uid, patched) = review(&webhook, &input).await;
+    assert!(allowed, "{name}: not allowed");
+    assert_eq!(uid, input["request"]["uid"].as_str().unwrap());
+    assert_eq!(patched.is_some(), injected, "{name}: injected?");
+    let pod = patched.unwrap_or_else(|| input["request"]["object"].clone());
+    let golden = dir().join(format!("{name}.expected.json"));
+    if std::env::var_os("UPDATE_FIXTURES").is_some() {
+        std::fs::write(&golden, serde_json::to_string_pretty(&pod).unwrap() + "\n").unwrap();
+    }
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(&golden).unwrap()).unwrap();
+    assert_eq!(pod, expected, "{name}: differs from {}", golden.display());
+
+    let mut again = input.clone();
+    again["request"]["object"] = pod.clone();
+    let (_, _, repatched) = review(&webhook, &again).await;
+    assert_eq!(repatched, None, "{name}: second pass patched");
+    pod
+}
+
+fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod["spec"][list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn named_port_is_taken_over_and_probes_rewritten() {
+    let pod = fixture("named_port", true).await;
+    let app = container(&pod, "containers", "api");
+    assert_eq!(
+        app["ports"][0],
+        json!({"containerPort": 8080, "protocol": "TCP"})
+    );
+    assert_eq!(app["livenessProbe"]["tcpSocket"]["port"], 8080);
+    assert_eq!(app["startupProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(app["lifecycle"]["preStop"]["httpGet"]["path"], "/drain");
+    assert_eq!(
+        app["lifecycle"]["preStop"]["httpGet"]["httpHeaders"][0]["value"],
+        "Bearer fixture-token"
+    );
+    let agent = container(&pod, "initContainers", "goaway-agent");
+    assert_eq!(agent["restartPolicy"], "Always");
+    assert_eq!(
+        agent["ports"][0],
+        json!({"name": "grpc", "containerPort": 15051, "protocol": "TCP"})
+    );
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 50);
+    assert_eq!(pod["metadata"]["annotations"]["goaway.dev/injected"], "api");
+
+    if std::env::var_os("UPDATE_FIXTURES").is_some() {
+        let mut already = load("named_port");
+        already["request"]["uid"] = json!("11111111-0000-4000-8000-000000000007");
+        already["request"]["object"] = pod;
+        std::fs::write(
+            dir().join("already_injected.json"),
+            serde_json::to_string_pretty(&already).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn numeric_target_port_is_fronted_without_a_name() {
+    let pod = fixture("numeric_target_port", true).await;
+    let agent = container(&pod, "initContainers", "goaway-agent");
+    assert_eq!(
+        agent["ports"][0],
+        json!({"name": "goaway-proxy", "containerPort": 15052, "protocol": "TCP"})
+    );
+    assert_eq!(agent["args"][4], "127.0.0.1:50051");
+    // Defaults: 0s delay + 30s timeout + 5s margin.
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 35);
+}
+
+#[tokio::test]
+async fn existing_pre_stop_is_kept() {
+    let pod = fixture("existing_prestop", true).await;
+    let app = container(&pod, "containers", "api");
+    assert_eq!(
+        app["lifecycle"]["preStop"],
+        json!({"exec": {"command": ["/bin/sh", "-c", "sleep 10"]}})
+    );
+}
+
+#[tokio::test]
+async fn several_containers_each_drain_and_the_agent_comes_after_init_containers() {
+    let pod = fixture("several_containers", true).await;
+    for name in ["log-shipper", "api"] {
+        assert_eq!(
+            container(&pod, "containers", name)["lifecycle"]["preStop"]["httpGet"]["port"],
+            15021
+        );
+    }
+    let inits: Vec<_> = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(inits, [json!("migrate"), json!("goaway-agent")]);
+    assert_eq!(
+        container(&pod, "containers", "log-shipper")["ports"][0]["name"],
+        "http"
+    );
+    // 120s already covers the drain.
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 120);
+}
+
+#[tokio::test]
+async fn host_network_opted_out_already_injected_and_unselected_pods_are_admitted_unchanged() {
+    for name in [
+        "host_network",
+        "opted_out",
+        "already_injected",
+        "no_matching_policy",
+    ] {
+        fixture(name, false).await;
+    }
+}
+
+#[tokio::test]
+async fn broken_input_is_admitted_or_refused_never_patched() {
+    let (webhook, metrics) = webhook();
+    // An UPDATE is none of the webhook's business.
+    let mut update = load("named_port");
+    update["request"]["operation"] = json!("UPDATE");
+    assert_eq!(review(&webhook, &update).await.2, None);
+    // A pod that does not parse is admitted unchanged, by uid.
+    let mut weird = load("named_port");
+    weird["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let (allowed, uid, patched) = review(&webhook, &weird).await;
+    assert!(allowed && patched.is_none());
+    assert_eq!(uid, "11111111-0000-4000-8000-000000000001");
+    // Not a review at all: 400, which failurePolicy Ignore turns into admit.
+    let req = Request::post("/mutate").body(Body::from("{")).unwrap();
+    assert_eq!(
+        webhook
+            .clone()
+            .router()
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("outcome=\"error\",reason=\"unreadable_pod\""),
+        "{text}"
+    );
+}
