@@ -10,7 +10,7 @@
 
 mod scanner;
 
-pub use scanner::{FrameEvent, FrameScanner};
+pub use scanner::{DebugData, FULL_CAPTURE, FrameEvent, FrameScanner};
 
 /// Length of a frame header.
 pub const HEADER_LEN: usize = 9;
@@ -18,8 +18,9 @@ pub const HEADER_LEN: usize = 9;
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest stream identifier (2^31−1); the first GOAWAY of a graceful drain.
 pub const MAX_STREAM_ID: u32 = (1 << 31) - 1;
-/// Debug data kept from a received GOAWAY; the rest is skipped.
-pub const MAX_DEBUG_CAPTURE: usize = 64;
+/// Debug data kept from a received GOAWAY; the rest is skipped. (Enough
+/// for every reason gRPC sends; larger texts are only ever logged.)
+pub const MAX_DEBUG_CAPTURE: usize = 32;
 
 /// Frame types (RFC 9113 §6).
 #[allow(missing_docs)]

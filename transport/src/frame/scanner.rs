@@ -53,17 +53,23 @@ impl std::fmt::Debug for DebugData {
     }
 }
 
-const CAPTURE: usize = 8 + MAX_DEBUG_CAPTURE;
+/// Payload bytes kept to decode PING, SETTINGS and GOAWAY in full.
+pub const FULL_CAPTURE: usize = 8 + MAX_DEBUG_CAPTURE;
 
 /// Tracks frame boundaries in one direction of a connection.
+///
+/// `CAP` bounds the payload bytes kept per frame: [`FULL_CAPTURE`] reports
+/// GOAWAY debug data; 8 is enough for PING payloads, SETTINGS and the
+/// fixed part of GOAWAY (the write half uses that, to stay small inside
+/// every connection).
 #[derive(Clone, Debug)]
-pub struct FrameScanner {
+pub struct FrameScanner<const CAP: usize = FULL_CAPTURE> {
     preface_left: u8,
     header: [u8; HEADER_LEN],
     header_len: u8,
     current: FrameHeader,
     payload_left: u32,
-    capture: [u8; CAPTURE],
+    capture: [u8; CAP],
     capture_len: u8,
 }
 
@@ -77,8 +83,23 @@ impl FrameScanner {
     /// A scanner for a stream that starts with a frame (server→client, or
     /// client→server after the preface).
     pub fn new() -> Self {
+        Self::starting(false)
+    }
+
+    /// A scanner for the client→server direction, which starts with the
+    /// 24-byte connection preface.
+    pub fn after_preface() -> Self {
+        Self::starting(true)
+    }
+}
+
+impl<const CAP: usize> FrameScanner<CAP> {
+    /// A scanner keeping `CAP` payload bytes per frame; `preface` when the
+    /// stream starts with the client connection preface.
+    pub fn starting(preface: bool) -> Self {
+        const { assert!(CAP >= 8, "PING payloads need 8 bytes") };
         FrameScanner {
-            preface_left: 0,
+            preface_left: if preface { PREFACE.len() as u8 } else { 0 },
             header: [0; HEADER_LEN],
             header_len: 0,
             current: FrameHeader {
@@ -88,17 +109,8 @@ impl FrameScanner {
                 stream_id: 0,
             },
             payload_left: 0,
-            capture: [0; CAPTURE],
+            capture: [0; CAP],
             capture_len: 0,
-        }
-    }
-
-    /// A scanner for the client→server direction, which starts with the
-    /// 24-byte connection preface.
-    pub fn after_preface() -> Self {
-        FrameScanner {
-            preface_left: PREFACE.len() as u8,
-            ..Self::new()
         }
     }
 
@@ -173,7 +185,7 @@ impl FrameScanner {
         let h = self.current;
         match h.kind {
             kind::PING if h.len == 8 => self.keep(chunk, 8),
-            kind::GOAWAY if h.len >= 8 => self.keep(chunk, CAPTURE),
+            kind::GOAWAY if h.len >= 8 => self.keep(chunk, CAP),
             kind::SETTINGS if !h.is_ack() && h.len.is_multiple_of(6) && h.stream_id == 0 => {
                 for &b in chunk {
                     self.capture[usize::from(self.capture_len)] = b;
@@ -212,12 +224,13 @@ impl FrameScanner {
                 });
             }
             kind::GOAWAY if h.len >= 8 => {
+                let kept = &c[8..usize::from(self.capture_len).max(8)];
+                let kept = &kept[..kept.len().min(MAX_DEBUG_CAPTURE)];
                 let mut debug = DebugData {
                     buf: [0; MAX_DEBUG_CAPTURE],
-                    len: self.capture_len - 8,
+                    len: kept.len() as u8,
                 };
-                debug.buf[..usize::from(debug.len)]
-                    .copy_from_slice(&c[8..usize::from(self.capture_len)]);
+                debug.buf[..kept.len()].copy_from_slice(kept);
                 on(FrameEvent::GoAway {
                     last_stream_id: u32::from_be_bytes([c[0], c[1], c[2], c[3]])
                         & super::MAX_STREAM_ID,

@@ -53,7 +53,7 @@ impl Pending {
 }
 
 pub(crate) struct WriteState {
-    scan: FrameScanner,
+    scan: FrameScanner<8>,
     pending: Pending,
     hold: [u8; PLAIN_GOAWAY],
     hold_len: usize,
@@ -63,11 +63,7 @@ impl WriteState {
     /// `preface`: the stream starts with the client connection preface.
     pub fn new(preface: bool) -> Self {
         WriteState {
-            scan: if preface {
-                FrameScanner::after_preface()
-            } else {
-                FrameScanner::new()
-            },
+            scan: FrameScanner::starting(preface),
             pending: Pending {
                 buf: [0; PLAIN_GOAWAY + MAX_DEBUG_CAPTURE],
                 start: 0,

@@ -81,7 +81,8 @@ pub struct DrainRequest {
 #[derive(Default)]
 pub(crate) struct Control {
     pub drain: Option<DrainRequest>,
-    pub params: Option<ServerParams>,
+    /// Boxed: rare, and large next to the rest of the connection's state.
+    pub params: Option<Box<ServerParams>>,
 }
 
 pub(crate) struct Shared {

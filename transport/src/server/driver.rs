@@ -38,6 +38,8 @@ pub struct ServerConnection<T> {
     outcome: Option<CloseReason>,
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// The timer fired (or nothing was armed yet): run the timers.
+    timers_due: bool,
 }
 
 struct DrainState {
@@ -64,18 +66,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         let shared = Shared::new(Role::Server, config.counters.clone());
         shared.set_enforcement(&config.params);
         let io = FrameIo::new(io, shared.clone());
-        let mut h2 = tokio::time::timeout(config.handshake_timeout, config.h2.handshake(io))
+        let h2 = tokio::time::timeout(config.handshake_timeout, config.h2.handshake(io))
             .await
             .map_err(|_| Error::HandshakeTimeout)?
             .map_err(Error::H2)?;
-        let ping = h2.ping_pong();
         let counters = &config.counters;
         Counters::inc(&counters.connections_total);
         counters.connections_open.fetch_add(1, Relaxed);
         let now = Instant::now();
         Ok(ServerConnection {
             h2: Some(h2),
-            ping,
+            // Taken when the first keepalive ping is due (h2 allocates its
+            // ping state on the call; most connections never ping).
+            ping: None,
             keepalive: Keepalive::new(config.params.time, config.params.timeout, shared.base),
             shared,
             params: config.params,
@@ -89,6 +92,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
                 now + Duration::from_secs(86400 * 365),
             )),
             armed: None,
+            timers_due: true,
         })
     }
 
@@ -143,17 +147,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
                 }
                 Poll::Pending => {}
             }
-            // Events raised while h2 ran (or by other tasks), then timers.
-            // Either may queue frames for h2, so poll it again after them.
-            if self.handle_events() | self.handle_timers(cx) {
+            // Events raised while h2 ran (or by other tasks), then timers —
+            // only when something could have moved a deadline: most polls
+            // are stream traffic and skip this. Either may queue frames for
+            // h2, so poll it again after them.
+            let mut changed = self.handle_events();
+            if changed || self.timers_due {
+                self.timers_due = false;
+                changed |= self.handle_timers(cx);
+                if self.h2.is_none() {
+                    return Poll::Ready(None);
+                }
+                self.arm_timer();
+            }
+            if changed {
                 continue;
             }
-            if self.h2.is_none() {
-                return Poll::Ready(None);
-            }
-            self.arm_timer();
             if self.timer.as_mut().poll(cx).is_ready() {
                 self.armed = None;
+                self.timers_due = true;
                 continue;
             }
             return Poll::Pending;
@@ -171,7 +183,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         if events & event::CONTROL != 0 {
             let control = self.shared.take_control();
             if let Some(params) = control.params {
-                self.apply_params(params);
+                self.apply_params(*params);
             }
             if let Some(req) = control.drain {
                 if let Some(deadline) = req.deadline {
@@ -316,6 +328,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
     }
 
     fn send_ping(&mut self, cx: &mut Context<'_>) {
+        if self.ping.is_none() {
+            self.ping = self.h2.as_mut().and_then(Connection::ping_pong);
+        }
         let Some(ping) = self.ping.as_mut() else {
             return;
         };

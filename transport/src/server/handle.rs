@@ -80,7 +80,8 @@ impl ConnectionHandle {
     /// Applies new parameters: timers are re-armed at once (SPEC §4 hot
     /// reload). The age jitter drawn for this connection is kept.
     pub fn update_params(&self, params: ServerParams) {
-        self.shared.send_control(|c| c.params = Some(params));
+        self.shared
+            .send_control(|c| c.params = Some(Box::new(params)));
     }
 
     /// A snapshot of the connection's counters and state.
