@@ -9,6 +9,9 @@
 //! rotation, and prints req/s, mean/p50/p99 latency and the ratios. Then
 //! opens 10,000 idle client connections to a fresh agent and a fresh
 //! HAProxy and prints RSS per connection. Prints figures; asserts nothing.
+//!
+//! `-- --memory-only` skips the throughput rounds; `BENCH_AGENT_ARGS`
+//! passes extra flags to the agent (e.g. `--worker-threads 1`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -74,27 +77,46 @@ fn main() {
         ("haproxy", haproxy_port),
     ];
     if !memory_only {
-        throughput(&dir, &body, &targets);
+        let pids = [_backend.id(), _agent.id(), _haproxy.id()];
+        throughput(&dir, &body, &targets, &pids);
     }
     drop((_agent, _haproxy));
     memory(&dir, backend_port);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn throughput(dir: &Path, body: &Path, targets: &[(&str, u16)]) {
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn throughput(dir: &Path, body: &Path, targets: &[(&str, u16)], pids: &[u32; 3]) {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     println!("\nh2load -t 1 -c 16 -m 8, 10s after 2s warm-up, {ROUNDS} rounds in rotation:");
     for round in 0..ROUNDS {
         for (i, (name, port)) in targets.iter().enumerate() {
-            let r = h2load(dir, body, *port);
+            // The proxy's own CPU per request (the backend's for direct).
+            let pid = pids[i];
+            let before = cpu_seconds(pid);
+            let mut r = h2load(dir, body, *port);
+            r.cpu_us = (cpu_seconds(pid) - before) * 1e6 / r.requests.max(1) as f64;
             println!(
-                "  round {} {:<8} {:>10.0} req/s  mean {:>7.2} ms  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} failed)",
+                "  round {} {:<8} {:>10.0} req/s  mean {:>7.2} ms  p50 {:>7.2} ms  p99 {:>7.2} ms  {:>5.1} µs CPU/req  ({} failed)",
                 round + 1,
                 name,
                 r.rps,
                 r.mean_ms,
                 r.p50_ms,
                 r.p99_ms,
+                r.cpu_us,
                 r.failed
             );
             results[i].push(r);
@@ -102,12 +124,14 @@ fn throughput(dir: &Path, body: &Path, targets: &[(&str, u16)]) {
     }
     let med: Vec<Run> = results.iter().map(|runs| median(runs)).collect();
     println!("\nmedian of {ROUNDS} rounds:");
-    println!("| target | req/s | mean latency | p50 | p99 |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| target | req/s | mean latency | p50 | p99 | CPU per request (server or proxy process) |"
+    );
+    println!("|---|---|---|---|---|---|");
     for ((name, _), r) in targets.iter().zip(&med) {
         println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
-            r.rps, r.mean_ms, r.p50_ms, r.p99_ms
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} µs |",
+            r.rps, r.mean_ms, r.p50_ms, r.p99_ms, r.cpu_us
         );
     }
     println!(
@@ -141,12 +165,18 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     failed: u64,
+    /// Requests completed, including the warm-up.
+    requests: u64,
+    cpu_us: f64,
 }
 
 fn median(runs: &[Run]) -> Run {
     let mut sorted = runs.to_vec();
     sorted.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     let mut m = sorted[sorted.len() / 2];
+    let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
+    cpu.sort_by(f64::total_cmp);
+    m.cpu_us = cpu[cpu.len() / 2];
     let mut lat: Vec<(f64, f64, f64)> = runs
         .iter()
         .map(|r| (r.mean_ms, r.p50_ms, r.p99_ms))
@@ -204,8 +234,16 @@ fn h2load(dir: &Path, body: &Path, port: u16) -> Run {
             .copied()
             .unwrap_or(0.0)
     };
+    let requests = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with(" done")))
+        .and_then(|p| p.trim_end_matches(" done").trim().parse().ok())
+        .unwrap_or(0);
     Run {
         rps,
+        requests,
+        cpu_us: 0.0,
         mean_ms: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
@@ -218,6 +256,12 @@ fn start_agent(backend_port: u16) -> (Guard, u16, u16) {
     let child = spawn(
         Command::new(AGENT)
             .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(
+                std::env::var("BENCH_AGENT_ARGS")
+                    .ok()
+                    .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
             .args(["--upstream", &format!("127.0.0.1:{backend_port}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             // Default log level: what a deployment runs with.

@@ -85,7 +85,9 @@ pub struct RunArgs {
     /// How often the policy file is checked for changes.
     #[arg(long, env = "GOAWAY_POLICY_POLL_INTERVAL", default_value = "1s")]
     pub policy_poll_interval: GoDuration,
-    /// Runtime worker threads (default: the CPUs available to the process).
+    /// Worker threads, each serving its share of client connections with
+    /// its own upstream connections (default: the CPUs available to the
+    /// process, at most 2).
     #[arg(long, env = "GOAWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod run;
+pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -35,8 +36,8 @@ pub struct Agent {
     pub registry: registry::Registry,
     /// Transport event counters.
     pub counters: Arc<Counters>,
-    /// The application side.
-    pub upstream: Arc<proxy::Upstream>,
+    /// The worker threads, each with its own upstream pool.
+    pub workers: Vec<Arc<workers::Worker>>,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// The drain state.

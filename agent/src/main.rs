@@ -12,6 +12,13 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc options: return freed memory to the system after about a
+/// second (not jemalloc's default ten) from a background thread, so a
+/// burst of connection churn does not stay in the sidecar's RSS.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own progress; its clients' reconnect warnings
@@ -21,15 +28,13 @@ fn main() -> ExitCode {
         _ => "info,h2=warn",
     };
     init_logging(cli.log_format, default_filter);
-    let threads = match &cli.command {
-        Command::Run(args) => args.worker_threads,
-        _ => None,
+    // `run` serves on its own worker threads (see workers.rs); this runtime
+    // only accepts connections and runs the admin API and signal handling.
+    let mut builder = match &cli.command {
+        Command::Run(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(n) = threads {
-        builder.worker_threads(n.max(1));
-    }
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -37,7 +37,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers everything; `counters` and `upstream` are read per scrape.
-    pub fn new(counters: Arc<Counters>, upstream: Channel, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(counters: Arc<Counters>, upstreams: Vec<Channel>, ready: Arc<AtomicBool>) -> Self {
         let mut registry = Registry::default();
         let connection_duration = Histogram::new([
             0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0,
@@ -65,7 +65,7 @@ impl Metrics {
         }
         registry.register_collector(Box::new(TransportCollector {
             counters,
-            upstream,
+            upstreams,
             ready,
         }));
         Metrics {
@@ -95,8 +95,24 @@ impl Metrics {
 
 struct TransportCollector {
     counters: Arc<Counters>,
-    upstream: Channel,
+    /// One pool per worker thread.
+    upstreams: Vec<Channel>,
     ready: Arc<AtomicBool>,
+}
+
+/// The upstream as one state: READY if any worker's pool is, otherwise
+/// the most hopeful of the others.
+fn combined(upstreams: &[Channel]) -> Connectivity {
+    let states: Vec<Connectivity> = upstreams.iter().map(Channel::state).collect();
+    [
+        Connectivity::Ready,
+        Connectivity::Connecting,
+        Connectivity::TransientFailure,
+        Connectivity::Idle,
+    ]
+    .into_iter()
+    .find(|s| states.contains(s))
+    .unwrap_or(Connectivity::Shutdown)
 }
 
 impl std::fmt::Debug for TransportCollector {
@@ -222,7 +238,7 @@ impl Collector for TransportCollector {
             get(&c.upstream_retries),
         )?;
 
-        let current = self.upstream.state();
+        let current = combined(&self.upstreams);
         let mut family = e.encode_descriptor(
             "goaway_upstream_state",
             "Connectivity state of the upstream channel (1 for the current state)",

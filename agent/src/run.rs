@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::RunArgs;
 use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
-use crate::{Agent, CONNECTION_WINDOW, STREAM_WINDOW, admin, metrics, proxy, registry};
+use crate::{Agent, CONNECTION_WINDOW, STREAM_WINDOW, admin, metrics, proxy, registry, workers};
 
 /// A bound, ready-to-serve agent (tests start it in-process).
 pub struct Running {
@@ -61,21 +61,40 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     }
 
     let counters = Arc::new(Counters::default());
-    let mut client_h2 = h2::client::Builder::new();
-    client_h2
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
-    let channel = Channel::tcp(
-        args.upstream.clone(),
-        ChannelConfig {
-            params: policy.client_params(),
-            counters: counters.clone(),
-            h2: client_h2,
-            max_connections: args.upstream_max_connections,
-            ..ChannelConfig::default()
-        },
-    );
-    channel.connect();
+    let workers = {
+        let (counters, addr, client_params) = (
+            counters.clone(),
+            args.upstream.clone(),
+            policy.client_params(),
+        );
+        let max_connections = args.upstream_max_connections;
+        workers::spawn(
+            args.worker_threads.unwrap_or_else(default_workers),
+            move || {
+                let mut client_h2 = h2::client::Builder::new();
+                client_h2
+                    .initial_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW);
+                let channel = Channel::tcp(
+                    addr.clone(),
+                    ChannelConfig {
+                        params: client_params,
+                        counters: counters.clone(),
+                        h2: client_h2,
+                        max_connections,
+                        ..ChannelConfig::default()
+                    },
+                );
+                channel.connect();
+                Upstream {
+                    channel,
+                    addr: addr.clone(),
+                    connect_timeout,
+                    counters: counters.clone(),
+                }
+            },
+        )?
+    };
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -93,14 +112,10 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     }
     let ready = Arc::new(AtomicBool::new(false));
     let store = PolicyStore::new(policy, args.policy.clone());
+    let channels = workers.iter().map(|w| w.upstream.channel.clone()).collect();
     let agent = Arc::new(Agent {
-        metrics: metrics::Metrics::new(counters.clone(), channel.clone(), ready.clone()),
-        upstream: Arc::new(Upstream {
-            channel,
-            addr: args.upstream.clone(),
-            connect_timeout,
-            counters: counters.clone(),
-        }),
+        metrics: metrics::Metrics::new(counters.clone(), channels, ready.clone()),
+        workers,
         policy: store.clone(),
         registry: registry::Registry::default(),
         counters,
@@ -131,12 +146,18 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         }
     });
     agent.ready.store(true, Release);
-    tracing::info!(%listen, %admin, upstream = %args.upstream, "serving");
+    tracing::info!(%listen, %admin, upstream = %args.upstream, workers = agent.workers.len(), "serving");
     Ok(Running {
         agent,
         listen,
         admin,
     })
+}
+
+/// Worker threads by default: the CPUs this process may use, at most two —
+/// a sidecar shares its pod's CPU with the application.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 /// Pushes each accepted policy to live connections and the upstream.
@@ -149,7 +170,9 @@ async fn apply_reloads(agent: Arc<Agent>) {
         for h in &handles {
             h.update_params(params);
         }
-        agent.upstream.channel.set_params(policy.client_params());
+        for w in &agent.workers {
+            w.upstream.channel.set_params(policy.client_params());
+        }
         tracing::info!(connections = handles.len(), "new policy applied");
     }
 }

@@ -8,6 +8,12 @@ mod stream;
 pub use stream::{Upstream, forward};
 
 use std::net::SocketAddr;
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::Agent;
+use crate::{Agent, workers};
 
 /// Accepts connections until `stop` turns true, then drops the listener so
 /// new connections are refused.
@@ -31,10 +37,7 @@ pub async fn accept_loop(
             biased;
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let span = tracing::debug_span!("conn", %peer);
-                    tokio::spawn(serve_connection(tcp, peer, agent.clone()).instrument(span));
-                }
+                Ok((tcp, peer)) => hand_off(tcp, peer, &agent),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -47,42 +50,130 @@ pub async fn accept_loop(
     tracing::info!("listener closed; new connections are refused");
 }
 
-async fn serve_connection(tcp: TcpStream, peer: SocketAddr, agent: Arc<Agent>) {
-    let handshake = async {
-        let config = agent.server_config();
-        if let Err(e) = tcp::configure_accepted(&tcp, &config.params) {
-            tracing::debug!(error = %e, "could not set socket options");
-        }
-        ServerConnection::handshake(tcp, &config).await
-    };
-    let mut conn = match handshake.await {
-        Ok(conn) => conn,
+/// Moves an accepted connection to the least loaded worker thread, where
+/// it lives until closed.
+fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>) {
+    let worker = workers::least_loaded(&agent.workers).clone();
+    let seat = worker.enter();
+    // Re-registered with the worker's own reactor below.
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
         Err(e) => {
-            tracing::debug!(error = %e, "handshake failed");
+            tracing::warn!(error = %e, "could not hand the connection to a worker");
             return;
         }
     };
-    let handle = conn.handle();
-    let _registration = agent.registry.register(peer, handle.clone());
-    agent.drain.adopt(&handle);
-    tracing::debug!("connection accepted");
-    while let Some(stream) = conn.accept().await {
-        tokio::spawn(forward(stream, agent.upstream.clone()));
+    let agent = agent.clone();
+    let span = tracing::debug_span!("conn", %peer);
+    let handle = worker.handle.clone();
+    let fut = async move {
+        let _seat = seat;
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => serve_connection(tcp, peer, agent, worker.upstream.clone()).await,
+            Err(e) => tracing::warn!(error = %e, "could not register the connection"),
+        }
     }
-    let stats = handle.stats();
-    agent
-        .metrics
-        .connection_duration
-        .observe(stats.age.as_secs_f64());
-    let reason = conn.outcome().cloned();
-    if let Some(r) = &reason
-        && r.is_hard_close()
-    {
-        agent.drain.record_cut(stats.active_streams);
+    .instrument(span);
+    handle.spawn(fut);
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    agent: Arc<Agent>,
+    upstream: Arc<Upstream>,
+) {
+    // Two phases in two functions, so the task's storage holds one phase's
+    // state at a time: the handshake's h2 codec, then the connection.
+    // (No named binding for the connection between the two awaits: rustc
+    // would keep storage for it beside the second phase.)
+    let Some(serving) = handshake(tcp, &agent)
+        .await
+        .map(|conn| serve(conn, peer, agent.clone(), upstream))
+    else {
+        return;
+    };
+    serving.await;
+}
+
+async fn handshake(tcp: TcpStream, agent: &Agent) -> Option<ServerConnection<TcpStream>> {
+    let config = agent.server_config();
+    if let Err(e) = tcp::configure_accepted(&tcp, &config.params) {
+        tracing::debug!(error = %e, "could not set socket options");
     }
-    tracing::debug!(
-        reason = reason.as_ref().map_or("unknown", |r| r.as_str()),
-        streams = stats.streams_total,
-        "connection closed"
-    );
+    match ServerConnection::handshake(tcp, &config).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            None
+        }
+    }
+}
+
+/// Not an `async fn`: those move their arguments into a second copy
+/// inside the future, and the connection is most of a task's size.
+// An `async fn` would keep a second copy of its by-value arguments.
+#[allow(clippy::manual_async_fn)]
+fn serve(
+    mut conn: ServerConnection<TcpStream>,
+    peer: SocketAddr,
+    agent: Arc<Agent>,
+    upstream: Arc<Upstream>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let handle = conn.handle();
+        let _registration = agent.registry.register(peer, handle.clone());
+        agent.drain.adopt(&handle);
+        tracing::debug!("connection accepted");
+        // The connection's streams run inside this task, not spawned: a frame
+        // for a stream wakes one task, which moves the data and flushes the
+        // connection in the same poll (the worker thread is the same either
+        // way; this saves a scheduler round trip per wake-up). The set is made
+        // with the first stream: it allocates even when empty, and many
+        // connections sit idle.
+        let mut streams = None::<FuturesUnordered<_>>;
+        poll_fn(|cx| {
+            loop {
+                let accepted = match conn.poll_accept(cx) {
+                    Poll::Ready(Some(stream)) => {
+                        streams
+                            .get_or_insert_with(FuturesUnordered::new)
+                            .push(forward(stream, upstream.clone()));
+                        true
+                    }
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => false,
+                };
+                if let Some(s) = streams.as_mut() {
+                    while let Poll::Ready(Some(())) = s.poll_next_unpin(cx) {}
+                }
+                if !accepted {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        // Streams still counted now were cut off by the close.
+        let stats = handle.stats();
+        agent
+            .metrics
+            .connection_duration
+            .observe(stats.age.as_secs_f64());
+        let reason = conn.outcome().cloned();
+        if let Some(r) = &reason
+            && r.is_hard_close()
+        {
+            agent.drain.record_cut(stats.active_streams);
+        }
+        tracing::debug!(
+            reason = reason.as_ref().map_or("unknown", |r| r.as_str()),
+            streams = stats.streams_total,
+            "connection closed"
+        );
+        drop(conn);
+        // The connection is gone; what is left only has errors to report.
+        if let Some(mut streams) = streams {
+            while streams.next().await.is_some() {}
+        }
+    }
 }

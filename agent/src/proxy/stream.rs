@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use goaway_transport::Counters;
 use goaway_transport::client::{Channel, ClientStream, ClientStreamGuard};
-use goaway_transport::server::Incoming;
+use goaway_transport::server::{Incoming, StreamGuard};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::request::Parts;
@@ -91,27 +91,47 @@ impl Ctx<'_> {
 }
 
 /// Proxies one accepted stream to the application.
-pub async fn forward(incoming: Incoming, up: Arc<Upstream>) {
-    let (request, mut respond, _guard) = incoming.into_parts();
+///
+/// (The futures here are `async move` blocks in plain functions, not
+/// `async fn`s: an `async fn` keeps a second copy of each by-value
+/// argument, and this future is built, moved and kept once per stream.)
+pub fn forward(incoming: Incoming, up: Arc<Upstream>) -> impl Future<Output = ()> + Send {
+    let (request, respond, guard) = incoming.into_parts();
     let (head, body) = request.into_parts();
-    let received = Instant::now();
-    let ctx = Ctx {
-        grpc: grpc::is_grpc(&head.headers),
-        deadline: grpc::timeout(&head.headers).map(|t| received + t),
-        received,
-        head: &head,
-    };
-    let eos = body.is_end_stream();
-    let Some(stream) = open(&ctx, &up, &mut respond, eos).await else {
-        return;
-    };
-    let ClientStream {
-        response,
-        body: sink,
-        guard,
-    } = stream;
-    let pump = Pump::new(body, sink, true);
-    exchange(&ctx, &up, respond, pump, response, guard).await;
+    proxy(head, body, respond, guard, up)
+}
+
+// An `async fn` would keep a second copy of its by-value arguments.
+#[allow(clippy::manual_async_fn)]
+fn proxy(
+    head: Parts,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    guard: StreamGuard,
+    up: Arc<Upstream>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Counts the stream as active until this future ends.
+        let _ = &guard;
+        let received = Instant::now();
+        let ctx = Ctx {
+            grpc: grpc::is_grpc(&head.headers),
+            deadline: grpc::timeout(&head.headers).map(|t| received + t),
+            received,
+            head: &head,
+        };
+        let eos = body.is_end_stream();
+        let Some(stream) = open(&ctx, &up, &mut respond, eos).await else {
+            return;
+        };
+        let ClientStream {
+            response,
+            body: sink,
+            guard,
+        } = stream;
+        let pump = Pump::new(body, sink, true);
+        exchange(&ctx, &up, respond, pump, response, guard).await;
+    }
 }
 
 /// Opens the upstream stream, answering the client itself on failure.
@@ -149,124 +169,129 @@ enum Head {
     Failed(h2::Error),
 }
 
-async fn exchange(
-    ctx: &Ctx<'_>,
-    up: &Upstream,
+// An `async fn` would keep a second copy of its by-value arguments.
+#[allow(clippy::manual_async_fn)]
+fn exchange<'a>(
+    ctx: &'a Ctx<'a>,
+    up: &'a Upstream,
     mut respond: SendResponse<Bytes>,
     mut req: Pump,
     mut response: h2::client::ResponseFuture,
     mut guard: ClientStreamGuard,
-) {
-    let mut attempts = 1;
-    // Until the response head: the request flows, a retry is possible.
-    let head = loop {
-        let outcome = poll_fn(|cx| {
-            if respond.poll_reset(cx).is_ready() {
-                return Poll::Ready(Head::ClientGone);
-            }
-            match req.poll(cx) {
-                Poll::Ready(Err(PumpError::Source(_))) => return Poll::Ready(Head::ClientGone),
-                // The upstream side failed: its response future says how.
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = ?e, "upstream stopped taking request data");
-                    req.done = true;
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let mut attempts = 1;
+        // Until the response head: the request flows, a retry is possible.
+        let head = loop {
+            let outcome = poll_fn(|cx| {
+                if respond.poll_reset(cx).is_ready() {
+                    return Poll::Ready(Head::ClientGone);
                 }
-                _ => {}
+                match req.poll(cx) {
+                    Poll::Ready(Err(PumpError::Source(_))) => return Poll::Ready(Head::ClientGone),
+                    // The upstream side failed: its response future says how.
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!(error = ?e, "upstream stopped taking request data");
+                        req.done = true;
+                    }
+                    _ => {}
+                }
+                match Pin::new(&mut response).poll(cx) {
+                    Poll::Ready(Ok(r)) => Poll::Ready(Head::Response(r)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Head::Failed(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match outcome {
+                Head::Response(r) => break r,
+                Head::ClientGone => {
+                    req.sink.send_reset(Reason::CANCEL);
+                    return;
+                }
+                Head::Failed(e) => {
+                    let unprocessed = guard.is_unprocessed(&e, response.stream_id());
+                    if unprocessed && attempts < MAX_ATTEMPTS && req.replay.is_complete() {
+                        attempts += 1;
+                        Counters::inc(&up.counters.upstream_retries);
+                        tracing::debug!(error = %e, attempts, "upstream never processed the stream; retrying on another connection");
+                        let Some(stream) = open(ctx, up, &mut respond, req.eos_on_headers).await
+                        else {
+                            return;
+                        };
+                        if !req.rewind(stream.body) {
+                            let _ = respond.send_response(
+                                ctx.unavailable(up, &"request could not be replayed"),
+                                true,
+                            );
+                            return;
+                        }
+                        response = stream.response;
+                        guard = stream.guard;
+                        continue;
+                    }
+                    fail_before_head(ctx, up, &mut respond, &e);
+                    return;
+                }
             }
-            match Pin::new(&mut response).poll(cx) {
-                Poll::Ready(Ok(r)) => Poll::Ready(Head::Response(r)),
-                Poll::Ready(Err(e)) => Poll::Ready(Head::Failed(e)),
+        };
+        // `guard` keeps counting the stream on its upstream connection until
+        // the exchange is over.
+        let _ = &guard;
+        req.replay.discard();
+
+        // The response head goes to the client; then both directions flow.
+        let (parts, body) = head.into_parts();
+        let eos = body.is_end_stream();
+        let sink = match respond.send_response(Response::from_parts(parts, ()), eos) {
+            Ok(s) => s,
+            Err(_) => {
+                req.sink.send_reset(Reason::CANCEL);
+                return;
+            }
+        };
+        if eos {
+            // Trailers-only response: the call is over.
+            return;
+        }
+        let mut resp = Pump::new(body, sink, false);
+        poll_fn(|cx| {
+            if let Poll::Ready(reason) = resp.sink.poll_reset(cx) {
+                tracing::trace!(?reason, "client reset the stream");
+                req.sink.send_reset(Reason::CANCEL);
+                return Poll::Ready(());
+            }
+            if !req.done {
+                match req.poll(cx) {
+                    Poll::Ready(Err(PumpError::Source(_))) => {
+                        req.sink.send_reset(Reason::CANCEL);
+                        return Poll::Ready(());
+                    }
+                    // Upstream refused more request data; the response side
+                    // reports how the upstream stream ended.
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!(error = ?e, "upstream stopped taking request data");
+                        req.done = true;
+                    }
+                    _ => {}
+                }
+            }
+            match resp.poll(cx) {
                 Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(()),
+                Poll::Ready(Err(PumpError::Source(e))) => {
+                    fail_after_head(ctx, up, &mut resp, &e);
+                    Poll::Ready(())
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::trace!(error = ?e, "client side of the response went away");
+                    req.sink.send_reset(Reason::CANCEL);
+                    Poll::Ready(())
+                }
             }
         })
         .await;
-        match outcome {
-            Head::Response(r) => break r,
-            Head::ClientGone => {
-                req.sink.send_reset(Reason::CANCEL);
-                return;
-            }
-            Head::Failed(e) => {
-                let unprocessed = guard.is_unprocessed(&e, response.stream_id());
-                if unprocessed && attempts < MAX_ATTEMPTS && req.replay.is_complete() {
-                    attempts += 1;
-                    Counters::inc(&up.counters.upstream_retries);
-                    tracing::debug!(error = %e, attempts, "upstream never processed the stream; retrying on another connection");
-                    let Some(stream) = open(ctx, up, &mut respond, req.eos_on_headers).await else {
-                        return;
-                    };
-                    if !req.rewind(stream.body) {
-                        let _ = respond.send_response(
-                            ctx.unavailable(up, &"request could not be replayed"),
-                            true,
-                        );
-                        return;
-                    }
-                    response = stream.response;
-                    guard = stream.guard;
-                    continue;
-                }
-                fail_before_head(ctx, up, &mut respond, &e);
-                return;
-            }
-        }
-    };
-    // `guard` keeps counting the stream on its upstream connection until
-    // the exchange is over.
-    let _guard = guard;
-    req.replay.discard();
-
-    // The response head goes to the client; then both directions flow.
-    let (parts, body) = head.into_parts();
-    let eos = body.is_end_stream();
-    let sink = match respond.send_response(Response::from_parts(parts, ()), eos) {
-        Ok(s) => s,
-        Err(_) => {
-            req.sink.send_reset(Reason::CANCEL);
-            return;
-        }
-    };
-    if eos {
-        // Trailers-only response: the call is over.
-        return;
     }
-    let mut resp = Pump::new(body, sink, false);
-    poll_fn(|cx| {
-        if let Poll::Ready(reason) = resp.sink.poll_reset(cx) {
-            tracing::trace!(?reason, "client reset the stream");
-            req.sink.send_reset(Reason::CANCEL);
-            return Poll::Ready(());
-        }
-        if !req.done {
-            match req.poll(cx) {
-                Poll::Ready(Err(PumpError::Source(_))) => {
-                    req.sink.send_reset(Reason::CANCEL);
-                    return Poll::Ready(());
-                }
-                // Upstream refused more request data; the response side
-                // reports how the upstream stream ended.
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = ?e, "upstream stopped taking request data");
-                    req.done = true;
-                }
-                _ => {}
-            }
-        }
-        match resp.poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(()),
-            Poll::Ready(Err(PumpError::Source(e))) => {
-                fail_after_head(ctx, up, &mut resp, &e);
-                Poll::Ready(())
-            }
-            Poll::Ready(Err(e)) => {
-                tracing::trace!(error = ?e, "client side of the response went away");
-                req.sink.send_reset(Reason::CANCEL);
-                Poll::Ready(())
-            }
-        }
-    })
-    .await;
 }
 
 /// The upstream failed before sending a response head.
