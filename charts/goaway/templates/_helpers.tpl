@@ -1,0 +1,124 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "goaway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<name>, or the release name when it already contains the name. */}}
+{{- define "goaway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's name: its Deployment, Service, ServiceAccount, RBAC,
+MutatingWebhookConfiguration and Lease ("goaway-operator" for a release
+named goaway, the operator's own defaults).
+*/}}
+{{- define "goaway.operator" -}}
+{{- printf "%s-operator" (include "goaway.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "goaway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "goaway.operator" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* --tls-secret: generate mode's CA and serving certificate. */}}
+{{- define "goaway.tlsSecret" -}}
+{{- printf "%s-webhook-tls" (include "goaway.operator" .) }}
+{{- end }}
+
+{{/* cert-manager mode: the Certificate and the Secret it writes. */}}
+{{- define "goaway.certificate" -}}
+{{- printf "%s-webhook" (include "goaway.operator" .) }}
+{{- end }}
+{{- define "goaway.certificateSecret" -}}
+{{- printf "%s-webhook-cert" (include "goaway.operator" .) }}
+{{- end }}
+
+{{/* --tls-dir: where the operator reads tls.crt and tls.key in files mode. */}}
+{{- define "goaway.tlsDir" -}}
+/var/run/goaway/tls
+{{- end }}
+
+{{/* --tls-mode for webhook.tls.mode. */}}
+{{- define "goaway.tlsMode" -}}
+{{- if eq .Values.webhook.tls.mode "certManager" }}files{{ else }}generate{{ end }}
+{{- end }}
+
+{{- define "goaway.certManager" -}}
+{{- if eq .Values.webhook.tls.mode "certManager" }}true{{ end }}
+{{- end }}
+
+{{- define "goaway.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "goaway.agentImage" -}}
+{{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) }}
+{{- end }}
+
+{{- define "goaway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "goaway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "goaway.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "goaway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: goaway
+{{- end }}
+
+{{/*
+The label every operator pod carries; the webhook's objectSelector skips
+pods that have it, so the operator is never sent its own pods (and no
+goaway operator injects into another's).
+*/}}
+{{- define "goaway.operatorPodLabel" -}}
+goaway.dev/operator
+{{- end }}
+
+{{/* The opt-out label the operator honours (inject::LABEL_INJECT=disabled). */}}
+{{- define "goaway.optOutLabel" -}}
+goaway.dev/inject
+{{- end }}
+
+{{/* The permissions needed wherever the operator works (see rbac.yaml). */}}
+{{- define "goaway.workRules" -}}
+- apiGroups: ["goaway.dev"]
+  resources: ["keepalivepolicies"]
+  verbs: ["list", "watch"]
+- apiGroups: ["goaway.dev"]
+  resources: ["keepalivepolicies/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "list", "patch", "watch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* The operator's ServiceAccount as an RBAC subject. */}}
+{{- define "goaway.subject" -}}
+- kind: ServiceAccount
+  name: {{ include "goaway.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
