@@ -160,6 +160,12 @@ impl Agent {
             duration_seconds: start.elapsed().as_secs_f64(),
         };
         self.metrics.drain_duration.set(summary.duration_seconds);
+        // Nothing will reach the application through this agent any more:
+        // stop keeping connections to it (the app is about to get SIGTERM,
+        // and reconnecting to it would only log failures).
+        for w in &self.workers {
+            w.upstream.channel.shutdown();
+        }
         tracing::info!(
             connections_drained = summary.connections_drained,
             streams_completed = summary.streams_completed,

@@ -244,7 +244,7 @@ async fn start_replica(name: &str, policy: Option<&std::path::Path>) -> Result<R
         ])
         .arg("--policy")
         .arg(policy)
-        .env("GOAWAY_LOG", "warn")
+        .env("GOAWAY_LOG", "error")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
