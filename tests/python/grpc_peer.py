@@ -122,14 +122,27 @@ def server_stream(req, ctx):
     bump("calls")
     md = echo_metadata(ctx)
     n, size = (int(x) for x in req.decode().split(":"))
+    # A cancelled call is counted when the RPC ends, not when this generator
+    # notices: grpcio may stop iterating it (leaving it parked at `yield`)
+    # as soon as a send fails.
+    finished = threading.Event()
+
+    def on_done():
+        if not finished.is_set() and not ctx.is_active():
+            bump("cancelled")
+
+    ctx.add_callback(on_done)
+    ended = threading.Event()
+    ctx.add_callback(ended.set)
     for i in range(n):
         if not ctx.is_active():
-            bump("cancelled")
             return
         yield bytes([i % 256]) * size
         if "x-stream-sleep-ms" in md:
-            if not sleep_unless_cancelled(ctx, int(md["x-stream-sleep-ms"]) / 1000.0):
+            ended.wait(int(md["x-stream-sleep-ms"]) / 1000.0)
+            if not ctx.is_active():
                 return
+    finished.set()
     if "x-status" in md:
         ctx.abort(grpc.StatusCode(_code(int(md["x-status"]))), status_message(md))
     bump("ok")

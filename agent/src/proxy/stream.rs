@@ -127,10 +127,10 @@ fn proxy(
         let ClientStream {
             response,
             body: sink,
-            guard,
+            guard: upstream_guard,
         } = stream;
         let pump = Pump::new(body, sink, true);
-        exchange(&ctx, &up, respond, pump, response, guard).await;
+        exchange(&ctx, &up, respond, pump, response, upstream_guard).await;
     }
 }
 
