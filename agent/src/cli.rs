@@ -51,14 +51,16 @@ pub enum Command {
 /// `goaway-agent run`.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
-    /// Where clients connect (HTTP/2 prior knowledge, h2c).
-    #[arg(long, env = "GOAWAY_LISTEN")]
+    /// Where clients connect (HTTP/2 prior knowledge, h2c). `host:port`,
+    /// `ip:port`, or `:port` for every interface.
+    #[arg(long, env = "GOAWAY_LISTEN", value_parser = parse_bind)]
     pub listen: SocketAddr,
     /// The application's gRPC port, `host:port`.
     #[arg(long, env = "GOAWAY_UPSTREAM")]
     pub upstream: String,
-    /// Admin HTTP server: health, readiness, drain, metrics.
-    #[arg(long, env = "GOAWAY_ADMIN")]
+    /// Admin HTTP server: health, readiness, drain, metrics. Same forms as
+    /// `--listen`.
+    #[arg(long, env = "GOAWAY_ADMIN", value_parser = parse_bind)]
     pub admin: SocketAddr,
     /// Policy file (SPEC §1); reloaded when it changes. Defaults apply
     /// without one.
@@ -107,4 +109,43 @@ pub struct DrainArgs {
     /// Give up after this long.
     #[arg(long, default_value = "10m")]
     pub timeout: GoDuration,
+}
+
+/// A bind address: `ip:port`, `[v6]:port`, `host:port` (resolved once), or
+/// Go's `:port` for every interface.
+pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address (ip:port, host:port or :port): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_take_every_usual_form() {
+        assert_eq!(
+            parse_bind(":15051").unwrap(),
+            "0.0.0.0:15051".parse().unwrap()
+        );
+        assert_eq!(
+            parse_bind("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(parse_bind("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        assert!(parse_bind("localhost:8080").unwrap().ip().is_loopback());
+        for bad in ["", ":", ":http", "8080", "nonsense"] {
+            assert!(parse_bind(bad).is_err(), "{bad:?}");
+        }
+    }
 }

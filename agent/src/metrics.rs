@@ -91,6 +91,44 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics: counters are declared under their `_total`
+    /// sample name and there is no `# EOF`.
+    pub fn encode_classic(&self) -> String {
+        classic(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4.
+fn classic(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name);
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 struct TransportCollector {
@@ -262,5 +300,31 @@ impl Collector for TransportCollector {
             i64::from(self.ready.load(Relaxed)),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_declares_counters_by_their_sample_name() {
+        let om = "# HELP goaway_connections Client connections accepted.\n\
+                  # TYPE goaway_connections counter\n\
+                  goaway_connections_total 2\n\
+                  # HELP goaway_connections_open Client connections open.\n\
+                  # TYPE goaway_connections_open gauge\n\
+                  goaway_connections_open 1\n\
+                  # EOF\n";
+        let text = classic(om);
+        assert_eq!(
+            text,
+            "# HELP goaway_connections_total Client connections accepted.\n\
+             # TYPE goaway_connections_total counter\n\
+             goaway_connections_total 2\n\
+             # HELP goaway_connections_open Client connections open.\n\
+             # TYPE goaway_connections_open gauge\n\
+             goaway_connections_open 1\n"
+        );
     }
 }

@@ -321,3 +321,72 @@ fn flags_can_come_from_the_environment() -> Result<()> {
     assert_eq!(r["code"], "OK", "{r}");
     Ok(())
 }
+
+/// Parses `text` with the official Prometheus Python client.
+fn parse_with_prometheus_client(format: &str, text: &str) -> Result<Value> {
+    use std::io::Write;
+    goaway_tests::require_python_module("prometheus_client", "prometheus-client")?;
+    let script = goaway_tests::repo_root().join("tests/python/parse_metrics.py");
+    let mut child = Command::new(goaway_tests::python())
+        .arg(script)
+        .arg(format)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "prometheus_client rejected the {format} text: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn metrics_parse_with_prometheus_client_in_both_formats() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).start()?;
+    let r = grpc_client(&agent.target(), &["--seconds", "0.5", "loop"])?;
+    assert_eq!(r["failed"], 0, "{r}");
+    let url = agent.api().url("/metrics");
+
+    // Without an Accept header: Prometheus text format 0.0.4.
+    let (status, classic) = goaway_tests::agent::http("GET", &url, &[])?;
+    assert_eq!(status, 200);
+    let parsed = parse_with_prometheus_client("classic", &classic)?;
+    // And with it, as Prometheus asks: OpenMetrics.
+    let (status, om) = goaway_tests::agent::http(
+        "GET",
+        &url,
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+    )?;
+    assert_eq!(status, 200);
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    let parsed_om = parse_with_prometheus_client("openmetrics", &om)?;
+
+    for parsed in [&parsed, &parsed_om] {
+        let samples = parsed["samples"].as_object().unwrap();
+        let families = parsed["families"].as_object().unwrap();
+        for name in SPEC_METRICS {
+            // A sample by that name (counters, gauges, labelled or not), or
+            // a family (the histogram's samples are _bucket, _sum, _count).
+            assert!(
+                samples
+                    .keys()
+                    .any(|k| k == name || k.starts_with(&format!("{name}{{")))
+                    || families.contains_key(name),
+                "{name} missing from {parsed}"
+            );
+        }
+        let streams = samples["goaway_streams_total"].as_f64().unwrap();
+        assert!(streams >= r["ok"].as_f64().unwrap(), "{parsed}");
+    }
+    assert_eq!(
+        parsed["families"]["goaway_connection_duration_seconds"],
+        "histogram"
+    );
+    assert_eq!(parsed["families"]["goaway_connections_open"], "gauge");
+    Ok(())
+}
