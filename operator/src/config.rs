@@ -1,14 +1,26 @@
 //! Command line and environment. Every flag has a `GOAWAY_*` variable so
 //! the Helm chart can set each value one to one.
+//!
+//! Values are checked where they are parsed, so `run` and `inject` refuse
+//! a bad one before doing anything, naming the flag: clap checks each
+//! value on its own (the agent's log format, pull policy and resource
+//! quantities, Go durations), and [`AgentArgs::agent_config`] and
+//! [`PolicyDefaultsArgs::policy_defaults`] check the values against each
+//! other. A value the API server would refuse in every injected pod is a
+//! startup error, not a webhook that "succeeds" at making unschedulable
+//! pods.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use goaway_transport::policy::{DrainPolicy, GoDuration};
 
+use crate::defaults::PolicyDefaults;
 use crate::inject::{AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
 use crate::leader::LeaseConfig;
 use crate::tls::Source;
+use crate::{Error, FlagError, Result, quantity};
 
 /// The operator's command line.
 #[derive(Debug, Parser)]
@@ -60,33 +72,106 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "GOAWAY_AGENT_IMAGE_PULL_POLICY",
-        default_value = "IfNotPresent"
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
     )]
     pub agent_image_pull_policy: String,
     /// The agent's admin port (health, readiness, /drain).
     #[arg(long, env = "GOAWAY_AGENT_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
     pub agent_admin_port: u16,
     /// The agent's log format (`json` or `text`).
-    #[arg(long, env = "GOAWAY_AGENT_LOG_FORMAT", default_value = "json")]
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_LOG_FORMAT",
+        default_value = "json",
+        value_parser = ["json", "text"]
+    )]
     pub agent_log_format: String,
-    /// The agent's CPU request (empty: none).
-    #[arg(long, env = "GOAWAY_AGENT_CPU_REQUEST", default_value = "10m")]
+    /// The agent's CPU request, a Kubernetes quantity (empty: none).
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_CPU_REQUEST",
+        default_value = "10m",
+        value_parser = resource_quantity,
+        allow_hyphen_values = true
+    )]
     pub agent_cpu_request: String,
-    /// The agent's memory request (empty: none).
-    #[arg(long, env = "GOAWAY_AGENT_MEMORY_REQUEST", default_value = "32Mi")]
+    /// The agent's memory request, a Kubernetes quantity (empty: none).
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_MEMORY_REQUEST",
+        default_value = "32Mi",
+        value_parser = resource_quantity,
+        allow_hyphen_values = true
+    )]
     pub agent_memory_request: String,
-    /// The agent's CPU limit (empty: none).
-    #[arg(long, env = "GOAWAY_AGENT_CPU_LIMIT", default_value = "")]
+    /// The agent's CPU limit, a Kubernetes quantity (empty: none).
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_CPU_LIMIT",
+        default_value = "",
+        value_parser = resource_quantity,
+        allow_hyphen_values = true
+    )]
     pub agent_cpu_limit: String,
-    /// The agent's memory limit (empty: none).
-    #[arg(long, env = "GOAWAY_AGENT_MEMORY_LIMIT", default_value = "128Mi")]
+    /// The agent's memory limit, a Kubernetes quantity (empty: none).
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_MEMORY_LIMIT",
+        default_value = "128Mi",
+        value_parser = resource_quantity,
+        allow_hyphen_values = true
+    )]
     pub agent_memory_limit: String,
 }
 
+/// A resource flag's value: empty, or a quantity the API server accepts
+/// for a container's resources (well-formed and not negative).
+fn resource_quantity(value: &str) -> Result<String, String> {
+    if !value.is_empty() {
+        let q = quantity::parse(value).map_err(|e| e.to_string())?;
+        if q.0 < 0 {
+            return Err(format!("must not be negative (got {value})"));
+        }
+    }
+    Ok(value.to_string())
+}
+
 impl AgentArgs {
-    /// The injector's agent settings.
-    pub fn agent_config(&self) -> AgentConfig {
-        AgentConfig {
+    /// The injector's agent settings. Fails, naming the flags, when a
+    /// request exceeds its limit: the API server refuses such a container.
+    pub fn agent_config(&self) -> Result<AgentConfig> {
+        let mut errors = Vec::new();
+        for (resource, request, limit, flag) in [
+            (
+                "CPU",
+                &self.agent_cpu_request,
+                &self.agent_cpu_limit,
+                "--agent-cpu-request",
+            ),
+            (
+                "memory",
+                &self.agent_memory_request,
+                &self.agent_memory_limit,
+                "--agent-memory-request",
+            ),
+        ] {
+            let (Ok(r), Ok(l)) = (quantity::parse(request), quantity::parse(limit)) else {
+                continue;
+            };
+            if r > l {
+                errors.push(FlagError {
+                    flag,
+                    reason: format!(
+                        "the {resource} request {request} exceeds the limit {limit}; the API server would refuse every injected pod"
+                    ),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::InvalidFlags(errors));
+        }
+        Ok(AgentConfig {
             image: self.agent_image.clone(),
             image_pull_policy: self.agent_image_pull_policy.clone(),
             admin_port: self.agent_admin_port,
@@ -95,7 +180,52 @@ impl AgentArgs {
             memory_request: self.agent_memory_request.clone(),
             cpu_limit: self.agent_cpu_limit.clone(),
             memory_limit: self.agent_memory_limit.clone(),
-        }
+        })
+    }
+}
+
+/// Drain settings for the policies that leave them out (shared by `run`
+/// and `inject`). Unset: the SPEC §1 default. A policy's own value wins.
+#[derive(Clone, Debug, Default, Args)]
+pub struct PolicyDefaultsArgs {
+    /// drain.delay for policies that do not set it, a Go duration such as
+    /// 5s (unset: 0s).
+    #[arg(
+        long,
+        env = "GOAWAY_DEFAULT_DRAIN_DELAY",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub default_drain_delay: Option<GoDuration>,
+    /// drain.timeout for policies that do not set it (unset: 30s).
+    #[arg(
+        long,
+        env = "GOAWAY_DEFAULT_DRAIN_TIMEOUT",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub default_drain_timeout: Option<GoDuration>,
+    /// drain.goawayAckTimeout for policies that do not set it (unset: 5s).
+    /// Must be less than the drain timeout.
+    #[arg(
+        long,
+        env = "GOAWAY_DEFAULT_DRAIN_GOAWAY_ACK_TIMEOUT",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub default_drain_goaway_ack_timeout: Option<GoDuration>,
+}
+
+impl PolicyDefaultsArgs {
+    /// The defaults, checked as a policy of their own (see
+    /// [`PolicyDefaults::new`]); errors name the flags.
+    pub fn policy_defaults(&self) -> Result<PolicyDefaults> {
+        PolicyDefaults::new(DrainPolicy {
+            delay: self.default_drain_delay,
+            timeout: self.default_drain_timeout,
+            goaway_ack_timeout: self.default_drain_goaway_ack_timeout,
+        })
+        .map_err(Error::InvalidFlags)
     }
 }
 
@@ -114,6 +244,9 @@ pub struct RunArgs {
     /// How the sidecar is run.
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// Drain settings for policies that leave them out.
+    #[command(flatten)]
+    pub defaults: PolicyDefaultsArgs,
     /// The webhook's HTTPS listen address.
     #[arg(long, env = "GOAWAY_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
     pub webhook_addr: SocketAddr,
@@ -209,26 +342,10 @@ pub struct InjectArgs {
     /// How the sidecar is run.
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// Drain settings for policies that leave them out.
+    #[command(flatten)]
+    pub defaults: PolicyDefaultsArgs,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn command_line_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn every_run_flag_has_an_environment_variable() {
-        let cmd = Cli::command();
-        let run = cmd.find_subcommand("run").unwrap();
-        for arg in run.get_arguments() {
-            if arg.get_long().is_some() && arg.get_id() != "help" && arg.get_id() != "version" {
-                assert!(arg.get_env().is_some(), "--{} has no env", arg.get_id());
-            }
-        }
-    }
-}
+mod tests;

@@ -1,5 +1,7 @@
 //! Errors of the operator library.
 
+use std::fmt;
+
 /// Why an operation of the operator failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +36,33 @@ pub enum Error {
     /// A manifest given to the command line is not what it should be.
     #[error("{0}")]
     Manifest(String),
+    /// Command-line flags (or their `GOAWAY_*` variables) the operator
+    /// cannot run with; found before it binds a port or reads anything.
+    #[error("{}", join(.0))]
+    InvalidFlags(Vec<FlagError>),
+}
+
+/// A flag whose value the operator refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagError {
+    /// The flag, with its dashes (`--default-drain-timeout`).
+    pub flag: &'static str,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+impl fmt::Display for FlagError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.flag, self.reason)
+    }
+}
+
+fn join(errors: &[FlagError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Result alias.

@@ -13,6 +13,10 @@
 //! [`Strictness::Production`](goaway_transport::policy::Strictness), the
 //! same function the agent runs on its file. It knows nothing about HTTP/2.
 //!
+//! Operator-wide defaults for the drain settings a policy leaves out
+//! ([`defaults`]) are merged into each policy by the controller, the
+//! webhook and `inject` alike.
+//!
 //! Runtime plumbing: [`config`] (flags), [`leader`] (Lease-based leader
 //! election), [`tls`] (the webhook's certificate authority and serving
 //! certificate), [`admin`] (health and metrics endpoints), [`metrics`],
@@ -24,10 +28,12 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod defaults;
 mod error;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
+mod quantity;
 pub mod rbac;
 pub mod run;
 pub mod selection;
@@ -36,7 +42,8 @@ pub mod tls;
 pub mod webhook;
 
 pub use crd::{KeepalivePolicy, KeepalivePolicySpec, KeepalivePolicyStatus};
-pub use error::{Error, Result};
+pub use defaults::PolicyDefaults;
+pub use error::{Error, FlagError, Result};
 
 /// The field manager and event reporter name used for every write.
 pub const MANAGER: &str = "goaway-operator";

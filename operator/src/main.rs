@@ -41,12 +41,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn inject_command(args: &InjectArgs) -> anyhow::Result<()> {
+    // Flags first: a bad one is refused before any file is read.
+    let agent = args.agent.agent_config()?;
+    let defaults = args.defaults.policy_defaults()?;
     let mut policies = Vec::new();
     for path in &args.policies {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         policies.extend(
-            inject::load_policies(&text, &args.namespace)
+            inject::load_policies(&text, &args.namespace, &defaults)
                 .with_context(|| path.display().to_string())?,
         );
     }
@@ -58,7 +61,8 @@ fn inject_command(args: &InjectArgs) -> anyhow::Result<()> {
         &input,
         &policies,
         &args.namespace,
-        &args.agent.agent_config(),
+        &defaults,
+        &agent,
         &mut goaway_operator::inject::new_drain_token,
     )?;
     print!("{}", report.output);

@@ -15,6 +15,19 @@ pub enum Scope {
     OperatorNamespace,
 }
 
+/// When the operator uses a permission, by the flags it runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Needed {
+    /// However the operator runs.
+    Always,
+    /// Only with `--tls-mode generate` (the certificate Secret and the
+    /// caBundle patch, [`crate::tls::secret`]).
+    TlsModeGenerate,
+    /// Only with `--leader-election` ([`crate::leader`]).
+    LeaderElection,
+}
+
 /// One RBAC rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -27,6 +40,9 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
     /// Where.
     pub scope: Scope,
+    /// When: a chart grants the rule exactly when the operator it runs
+    /// needs it.
+    pub needed: Needed,
     /// Which code needs it.
     pub why: &'static str,
 }
@@ -38,6 +54,7 @@ pub const RBAC: &[Rule] = &[
         resource: "keepalivepolicies",
         verbs: &["list", "watch"],
         scope: Scope::Cluster,
+        needed: Needed::Always,
         why: "controller and webhook watch policies",
     },
     Rule {
@@ -45,6 +62,7 @@ pub const RBAC: &[Rule] = &[
         resource: "keepalivepolicies/status",
         verbs: &["patch"],
         scope: Scope::Cluster,
+        needed: Needed::Always,
         why: "controller applies status",
     },
     Rule {
@@ -52,6 +70,7 @@ pub const RBAC: &[Rule] = &[
         resource: "configmaps",
         verbs: &["create", "list", "patch", "watch"],
         scope: Scope::Cluster,
+        needed: Needed::Always,
         why: "controller applies and watches the policy ConfigMaps (apply may create)",
     },
     Rule {
@@ -59,6 +78,7 @@ pub const RBAC: &[Rule] = &[
         resource: "pods",
         verbs: &["list", "watch"],
         scope: Scope::Cluster,
+        needed: Needed::Always,
         why: "controller counts and watches selected pods",
     },
     Rule {
@@ -66,6 +86,7 @@ pub const RBAC: &[Rule] = &[
         resource: "events",
         verbs: &["create", "patch"],
         scope: Scope::Cluster,
+        needed: Needed::Always,
         why: "controller and webhook publish Events",
     },
     Rule {
@@ -73,6 +94,7 @@ pub const RBAC: &[Rule] = &[
         resource: "mutatingwebhookconfigurations",
         verbs: &["get", "patch"],
         scope: Scope::Cluster,
+        needed: Needed::TlsModeGenerate,
         why: "leader writes the caBundle (--tls-mode generate)",
     },
     Rule {
@@ -80,6 +102,7 @@ pub const RBAC: &[Rule] = &[
         resource: "leases",
         verbs: &["create", "get", "patch"],
         scope: Scope::OperatorNamespace,
+        needed: Needed::LeaderElection,
         why: "leader election",
     },
     Rule {
@@ -87,6 +110,7 @@ pub const RBAC: &[Rule] = &[
         resource: "secrets",
         verbs: &["create", "get", "update"],
         scope: Scope::OperatorNamespace,
+        needed: Needed::TlsModeGenerate,
         why: "webhook CA and serving certificate (--tls-mode generate)",
     },
 ];
@@ -94,4 +118,40 @@ pub const RBAC: &[Rule] = &[
 /// [`RBAC`] as pretty JSON.
 pub fn to_json() -> String {
     serde_json::to_string_pretty(RBAC).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_say_what_needed_says() {
+        for rule in RBAC {
+            let generate = rule.why.contains("--tls-mode generate");
+            let leader = rule.why.contains("leader election");
+            let said = match (generate, leader) {
+                (true, false) => Needed::TlsModeGenerate,
+                (false, true) => Needed::LeaderElection,
+                (false, false) => Needed::Always,
+                (true, true) => panic!("{}: two conditions", rule.resource),
+            };
+            assert_eq!(rule.needed, said, "{}: {}", rule.resource, rule.why);
+        }
+    }
+
+    #[test]
+    fn the_json_carries_when_each_rule_is_needed() {
+        let rules: serde_json::Value = serde_json::from_str(&to_json()).unwrap();
+        let needed = |resource: &str| {
+            rules
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["resource"] == resource)
+                .map(|r| r["needed"].clone())
+        };
+        assert_eq!(needed("pods"), Some("always".into()));
+        assert_eq!(needed("secrets"), Some("tlsModeGenerate".into()));
+        assert_eq!(needed("leases"), Some("leaderElection".into()));
+    }
 }

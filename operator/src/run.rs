@@ -24,9 +24,12 @@ use crate::tls::{self, CertStore};
 use crate::webhook::{self, Webhook};
 use crate::{KeepalivePolicy, MANAGER, Result, controller, leader};
 
-/// Runs the operator until `shutdown`.
+/// Runs the operator until `shutdown`. Flags the operator cannot run with
+/// are refused first, before anything is bound or read.
 pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
-    // Bind first: a taken port is a startup error, not a half-running operator.
+    let agent = args.agent.agent_config()?;
+    let defaults = args.defaults.policy_defaults()?;
+    // Bind next: a taken port is a startup error, not a half-running operator.
     let webhook_listener = admin::bind(args.webhook_addr).await?;
     let admin_listener = admin::bind(args.admin_addr).await?;
     let client = Client::try_default().await?;
@@ -74,7 +77,8 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         instance: Some(identity.clone()),
     };
     let webhook = Arc::new(
-        Webhook::new(policies, args.agent.agent_config(), metrics.clone())
+        Webhook::new(policies, agent, metrics.clone())
+            .with_policy_defaults(defaults.clone())
             .with_recorder(Recorder::new(client.clone(), reporter)),
     );
     let webhook_task = tokio::spawn(webhook::server::serve(
@@ -94,6 +98,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         controller::run(
             client.clone(),
             watch_namespace.clone(),
+            defaults.clone(),
             metrics.clone(),
             Some(identity.clone()),
             term.wait(),

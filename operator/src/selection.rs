@@ -2,7 +2,8 @@
 //! command line and the reconciler, so all three agree.
 //!
 //! A policy selects the pods of its own namespace whose labels its
-//! selector matches. Only valid policies take part. When several select
+//! selector matches. Only valid policies take part, valid merged with the
+//! operator's [`PolicyDefaults`] too. When several select
 //! the same pod the winner is deterministic and stable: the oldest
 //! (`metadata.creationTimestamp`), then the name in byte order — the rule
 //! Gateway API uses for conflicting routes. A policy without a creation
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::KeepalivePolicy;
+use crate::{KeepalivePolicy, PolicyDefaults};
 
 /// True when `policy` is in `namespace` and its selector matches `labels`.
 /// An empty or unparsable selector matches nothing (validation rejects it).
@@ -47,15 +48,18 @@ pub fn wins_over(a: &KeepalivePolicy, b: &KeepalivePolicy) -> bool {
     precedence(a) < precedence(b)
 }
 
-/// The valid policy that owns a pod with these labels in `namespace`, if any.
+/// The valid policy that owns a pod with these labels in `namespace`, if
+/// any. Valid means [`check_with`](crate::KeepalivePolicySpec::check_with)
+/// the operator's `defaults` passes.
 pub fn winner<'a>(
     policies: &'a [Arc<KeepalivePolicy>],
     namespace: &str,
     labels: &BTreeMap<String, String>,
+    defaults: &PolicyDefaults,
 ) -> Option<&'a Arc<KeepalivePolicy>> {
     policies
         .iter()
-        .filter(|p| selects(p, namespace, labels) && p.spec.check().is_ok())
+        .filter(|p| selects(p, namespace, labels) && p.spec.check_with(defaults).is_ok())
         .min_by_key(|p| precedence(p))
 }
 
@@ -91,7 +95,13 @@ mod tests {
                 "{matchExpressions: [{key: app, operator: In, values: [a]}]}",
             ),
         ];
-        let w = winner(&ps, "ns", &labels(&[("app", "a")])).unwrap();
+        let w = winner(
+            &ps,
+            "ns",
+            &labels(&[("app", "a")]),
+            &PolicyDefaults::default(),
+        )
+        .unwrap();
         assert_eq!(w.name_any(), "a");
         assert!(wins_over(&ps[2], &ps[1]));
         assert!(!wins_over(&ps[0], &ps[1]));
@@ -104,9 +114,14 @@ mod tests {
             policy("z", Some(5), "{matchLabels: {app: a}}"),
         ];
         assert_eq!(
-            winner(&ps, "ns", &labels(&[("app", "a")]))
-                .unwrap()
-                .name_any(),
+            winner(
+                &ps,
+                "ns",
+                &labels(&[("app", "a")]),
+                &PolicyDefaults::default()
+            )
+            .unwrap()
+            .name_any(),
             "z"
         );
     }
@@ -121,10 +136,32 @@ mod tests {
         invalid.spec.policy.server.time = Some("10ms".parse().unwrap());
         let ps = vec![Arc::new(invalid), p];
         assert_eq!(
-            winner(&ps, "ns", &labels(&[("app", "a")]))
-                .unwrap()
-                .name_any(),
+            winner(
+                &ps,
+                "ns",
+                &labels(&[("app", "a")]),
+                &PolicyDefaults::default()
+            )
+            .unwrap()
+            .name_any(),
             "p"
         );
+    }
+
+    #[test]
+    fn a_policy_invalid_only_with_the_operator_defaults_selects_nothing() {
+        let mut short = (*policy("s", Some(0), "{matchLabels: {app: a}}")).clone();
+        short.spec.policy.drain.timeout = Some("8s".parse().unwrap());
+        let other = policy("p", Some(1), "{matchLabels: {app: a}}");
+        let ps = vec![Arc::new(short), other];
+        let app = labels(&[("app", "a")]);
+        let none = PolicyDefaults::default();
+        assert_eq!(winner(&ps, "ns", &app, &none).unwrap().name_any(), "s");
+        let ack = PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
+            goaway_ack_timeout: Some("10s".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(winner(&ps, "ns", &app, &ack).unwrap().name_any(), "p");
     }
 }

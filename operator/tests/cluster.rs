@@ -71,6 +71,7 @@ async fn controller_works_against_a_real_cluster() {
     let task = tokio::spawn(controller::run(
         client.clone(),
         Some(ns.clone()),
+        Default::default(),
         Arc::new(Metrics::default()),
         Some("e2e".into()),
         signal.wait(),

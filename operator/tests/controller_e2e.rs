@@ -6,9 +6,9 @@ mod support;
 
 use std::sync::Arc;
 
-use goaway_operator::controller;
 use goaway_operator::metrics::Metrics;
-use goaway_operator::shutdown;
+use goaway_operator::{PolicyDefaults, controller, shutdown};
+use goaway_transport::policy::DrainPolicy;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -45,12 +45,18 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(PolicyDefaults::default()).await
+}
+
+/// The controller of an operator run with policy defaults.
+async fn start_with(defaults: PolicyDefaults) -> Running {
     let api = FakeApi::new();
     let client = api.client();
     let (stop, signal) = shutdown::channel();
     let task = tokio::spawn(controller::run(
         client.clone(),
         None,
+        defaults,
         Arc::new(Metrics::default()),
         Some("e2e".into()),
         signal.wait(),
@@ -235,6 +241,55 @@ async fn invalid_policy_is_ready_false_and_keeps_the_last_good_config_map() {
             .any(|e| e["reason"] == "InvalidPolicy" && e["type"] == "Warning"),
         "{events:?}"
     );
+    r.stop.fire();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_defaults_fill_the_config_map_and_a_policy_they_break_goes_ready_false() {
+    let defaults = PolicyDefaults::new(DrainPolicy {
+        delay: Some("10s".parse().unwrap()),
+        timeout: Some("1m".parse().unwrap()),
+        goaway_ack_timeout: Some("10s".parse().unwrap()),
+    })
+    .unwrap();
+    let r = start_with(defaults).await;
+    apply_policy(&r.client, policy(json!({"drain": {"timeout": "45s"}}))).await;
+    let p = eventually("Ready=True", || {
+        r.api
+            .get("keepalivepolicies", "ns", "grpc")
+            .filter(|p| ready(p).is_some_and(|(s, _)| s == "True"))
+    })
+    .await;
+    assert_eq!(p["status"]["observedGeneration"], 1);
+    // The policy's own timeout; the operator's delay and ack bound.
+    let good = r.api.get("configmaps", "ns", "goaway-grpc").unwrap();
+    assert_eq!(
+        good["data"]["policy.yaml"],
+        "server:\n  maxConnectionAge: 30m0s\ndrain:\n  delay: 10s\n  timeout: 45s\n  goawayAckTimeout: 10s\n"
+    );
+
+    // 8s is a valid drain.timeout as written (above the built-in 5s ack
+    // bound) but not with this operator's 10s.
+    apply_policy(&r.client, policy(json!({"drain": {"timeout": "8s"}}))).await;
+    let p = eventually("Ready=False", || {
+        r.api
+            .get("keepalivepolicies", "ns", "grpc")
+            .filter(|p| ready(p).is_some_and(|(s, _)| s == "False"))
+    })
+    .await;
+    assert_eq!(p["status"]["observedGeneration"], 2);
+    let (_, message) = ready(&p).unwrap();
+    assert!(
+        message.starts_with("spec.drain.goawayAckTimeout: must be less than drain.timeout (8s)")
+            && message.ends_with(
+                "so it is the operator default 10s (--default-drain-goaway-ack-timeout)"
+            ),
+        "{message}"
+    );
+    // Running agents keep the last good file.
+    let cm = r.api.get("configmaps", "ns", "goaway-grpc").unwrap();
+    assert_eq!(cm["data"], good["data"]);
     r.stop.fire();
     r.task.await.unwrap();
 }

@@ -57,6 +57,41 @@ fn crd_has_short_name_status_subresource_and_printer_columns() {
     );
 }
 
+#[test]
+fn drain_fields_say_an_unset_value_takes_the_operators_default() {
+    let crd = KeepalivePolicy::crd();
+    let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
+    let drain = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["drain"];
+    let text = |v: &Value| v["description"].as_str().unwrap_or_default().to_string();
+    assert!(
+        text(drain)
+            .contains("A field left unset takes the operator's default: the one named below"),
+        "{drain}"
+    );
+    for (field, flag, built_in) in [
+        ("delay", "--default-drain-delay", "Default 0s."),
+        ("timeout", "--default-drain-timeout", "Default 30s."),
+        (
+            "goawayAckTimeout",
+            "--default-drain-goaway-ack-timeout",
+            "Default 5s",
+        ),
+    ] {
+        let description = text(&drain["properties"][field]);
+        // The policy type's own words first, then the operator's note.
+        assert!(description.contains(built_in), "{field}: {description}");
+        assert!(
+            description.ends_with(&format!(
+                "Unset: the operator's default ({flag}, Helm value agent.drain.{field}) when it has one."
+            )),
+            "{field}: {description}"
+        );
+    }
+    // The other groups are the policy type's documentation alone.
+    let server = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["server"];
+    assert!(!server.to_string().contains("operator's default"));
+}
+
 fn object(spec: Value) -> KeepalivePolicy {
     serde_json::from_value(json!({
         "apiVersion": "goaway.dev/v1alpha1",

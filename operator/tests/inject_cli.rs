@@ -15,10 +15,16 @@ fn fixtures() -> PathBuf {
 }
 
 fn inject(input: &str) -> (String, String) {
+    inject_with(input, &[])
+}
+
+/// `inject` with extra flags.
+fn inject_with(input: &str, flags: &[&str]) -> (String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
         .args(["inject", "--policy"])
         .arg(fixtures().join("policy.yaml"))
         .args(["--namespace", "shop"])
+        .args(flags)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -151,6 +157,7 @@ fn the_cli_mutation_equals_the_webhook_mutation() {
     let policies = goaway_operator::cli::inject::load_policies(
         &std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap(),
         "shop",
+        &Default::default(),
     )
     .unwrap();
     let m = goaway_operator::inject::mutate(
@@ -158,6 +165,7 @@ fn the_cli_mutation_equals_the_webhook_mutation() {
         pod.spec.as_ref().unwrap(),
         "shop",
         &policies,
+        &Default::default(),
         &Default::default(),
         &token,
     )
@@ -185,4 +193,151 @@ fn invalid_policy_files_are_refused_with_the_field() {
         stderr.contains("spec.server.time: must be at least 1s"),
         "{stderr}"
     );
+}
+
+/// The bare Pod of the fixture, injected with `flags`.
+fn bare_pod_with(flags: &[&str]) -> Pod {
+    let input = std::fs::read_to_string(fixtures().join("manifests.yaml")).unwrap();
+    let bare = documents(&input)
+        .into_iter()
+        .find(|d| d.contains("name: bare"))
+        .unwrap()
+        .to_string();
+    serde_yaml::from_str(&inject_with(&bare, flags).0).unwrap()
+}
+
+#[test]
+fn drain_default_flags_set_the_grace_period_of_a_policy_without_drain_settings() {
+    let grace = |flags: &[&str]| {
+        bare_pod_with(flags)
+            .spec
+            .unwrap()
+            .termination_grace_period_seconds
+    };
+    // Built in: 0s + 30s + 5s margin.
+    assert_eq!(grace(&[]), Some(35));
+    assert_eq!(
+        grace(&["--default-drain-delay=10s", "--default-drain-timeout", "1m"]),
+        Some(75)
+    );
+}
+
+#[test]
+fn a_policy_invalid_with_the_drain_defaults_is_refused_naming_the_default() {
+    let dir = std::env::temp_dir().join(format!("goaway-inject-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("short.yaml");
+    std::fs::write(&policy, "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: short}\nspec: {selector: {matchLabels: {a: b}}, port: grpc, drain: {timeout: 8s}}\n").unwrap();
+    let run = |flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+            .args(["inject", "--policy"])
+            .arg(&policy)
+            .args(flags)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert!(run(&[]).status.success());
+    let out = run(&["--default-drain-goaway-ack-timeout=10s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("KeepalivePolicy short: spec.drain.goawayAckTimeout: must be less than drain.timeout (8s)")
+            && stderr.contains("operator default 10s (--default-drain-goaway-ack-timeout)"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Flags no injected pod could run with. Each case: the flags, what the
+/// error must name. Some are refused by the parser, the others by the
+/// checks of values against each other.
+const BAD_FLAGS: &[(&[&str], &str)] = &[
+    (&["--agent-log-format=xml"], "--agent-log-format"),
+    (
+        &["--agent-image-pull-policy=Sometimes"],
+        "--agent-image-pull-policy",
+    ),
+    (&["--agent-memory-limit=lots"], "--agent-memory-limit"),
+    (
+        &["--agent-cpu-request=1", "--agent-cpu-limit=500m"],
+        "--agent-cpu-request",
+    ),
+    (&["--default-drain-delay=soon"], "--default-drain-delay"),
+    (
+        &["--default-drain-delay=-5s"],
+        "--default-drain-delay: must not be negative",
+    ),
+    (
+        &["--default-drain-timeout=2s"],
+        "--default-drain-goaway-ack-timeout: must be less than drain.timeout (2s)",
+    ),
+];
+
+#[test]
+fn inject_refuses_bad_flags_before_reading_any_file() {
+    for (flags, names) in BAD_FLAGS {
+        let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+            .args(["inject", "--policy", "/nonexistent/policy.yaml"])
+            .args(*flags)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{flags:?} accepted");
+        assert!(stderr.contains(names), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("nonexistent"),
+            "{flags:?} read a file first: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_refuses_bad_flags_and_variables_before_binding_a_port() {
+    // Both listeners on a port already taken: an operator that bound
+    // before checking its flags would fail on the port instead.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = |flags: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+            .arg("run")
+            .args(["--webhook-addr", &addr, "--admin-addr", &addr])
+            .args(flags)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stderr).unwrap())
+    };
+    for (flags, names) in BAD_FLAGS {
+        let (ok, stderr) = run(flags, &[]);
+        assert!(!ok, "{flags:?} accepted");
+        assert!(stderr.contains(names), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("in use"),
+            "{flags:?} bound first: {stderr}"
+        );
+    }
+    // The same values from the chart's variables.
+    for (env, names) in [
+        (("GOAWAY_AGENT_LOG_FORMAT", "yaml"), "--agent-log-format"),
+        (
+            ("GOAWAY_AGENT_CPU_REQUEST", "1 core"),
+            "--agent-cpu-request",
+        ),
+        (
+            ("GOAWAY_DEFAULT_DRAIN_GOAWAY_ACK_TIMEOUT", "30s"),
+            "--default-drain-goaway-ack-timeout",
+        ),
+    ] {
+        let (ok, stderr) = run(&[], &[env]);
+        assert!(!ok, "{env:?} accepted");
+        assert!(stderr.contains(names), "{env:?}: {stderr}");
+        assert!(!stderr.contains("in use"), "{env:?} bound first: {stderr}");
+    }
+    // Good flags get as far as the port.
+    let (ok, stderr) = run(&["--default-drain-timeout=1m"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains(&addr), "{stderr}");
 }

@@ -1,8 +1,9 @@
 //! The injected spec really works: a pod mutated by the webhook's code,
 //! the agent binary started with exactly the sidecar's args and env and
 //! the policy file the controller renders (mounted where the volume
-//! mount says), then the application's `preStop.httpGet` performed
-//! exactly as written — and the drain observed from a client.
+//! mount says, the operator's drain defaults filled in), then the
+//! application's `preStop.httpGet` performed exactly as written — and the
+//! drain observed from a client.
 //!
 //! The agent binary is looked up next to this test's target directory
 //! (`<target>/<profile>/goaway-agent`) and built with
@@ -15,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use goaway_operator::KeepalivePolicy;
 use goaway_operator::crd::render_policy_file;
 use goaway_operator::inject::{self, AgentConfig, Outcome};
+use goaway_operator::{KeepalivePolicy, PolicyDefaults};
+use goaway_transport::policy::DrainPolicy;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -148,8 +150,15 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 async fn app_pre_stop_drains_the_injected_agent() {
     let (app_port, agent_port, admin_port) = (free_port(), free_port(), free_port());
     let policy: KeepalivePolicy = serde_yaml::from_str(&format!(
-        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {{name: api, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: api}}}}\n  port: grpc\n  agentPort: {agent_port}\n  drain: {{delay: 0s, timeout: 3s, goawayAckTimeout: 1s}}\n"
+        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {{name: api, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: api}}}}\n  port: grpc\n  agentPort: {agent_port}\n  drain: {{delay: 0s}}\n"
     ))
+    .unwrap();
+    // The operator's defaults give the drain its timeouts.
+    let defaults = PolicyDefaults::new(DrainPolicy {
+        delay: Some("20s".parse().unwrap()),
+        timeout: Some("3s".parse().unwrap()),
+        goaway_ack_timeout: Some("1s".parse().unwrap()),
+    })
     .unwrap();
     let pod: Pod = serde_yaml::from_str(&format!(
         "metadata: {{labels: {{app: api}}}}\nspec:\n  containers:\n  - name: app\n    image: app\n    ports: [{{name: grpc, containerPort: {app_port}}}]\n"
@@ -165,6 +174,7 @@ async fn app_pre_stop_drains_the_injected_agent() {
         pod.spec.as_ref().unwrap(),
         "shop",
         &[Arc::new(policy.clone())],
+        &defaults,
         &agent_config,
         &token,
     )
@@ -196,7 +206,7 @@ async fn app_pre_stop_drains_the_injected_agent() {
     std::fs::create_dir_all(&mount).unwrap();
     std::fs::write(
         mount.join("policy.yaml"),
-        render_policy_file(&policy.spec).unwrap(),
+        render_policy_file(&policy.spec, &defaults).unwrap(),
     )
     .unwrap();
 
@@ -217,6 +227,19 @@ async fn app_pre_stop_drains_the_injected_agent() {
         http_get(&probe(&sidecar), true).await.0 == 200
     })
     .await;
+
+    // The agent runs with the policy's delay and the operator's timeouts.
+    let effective = HTTPGetAction {
+        path: Some("/policy".into()),
+        ..startup.clone()
+    };
+    let (status, body) = http_get(&effective, false).await;
+    assert_eq!(status, 200, "{body}");
+    let effective: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        effective["drain"],
+        serde_json::json!({"delay": "0s", "timeout": "3s", "goawayAckTimeout": "1s"})
+    );
 
     // A client talks to the application through the agent's port.
     let tcp = TcpStream::connect(("127.0.0.1", agent_port)).await.unwrap();

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use goaway_operator::KeepalivePolicy;
 use goaway_operator::cli::inject::load_policies;
 use goaway_operator::inject::AgentConfig;
 use goaway_operator::metrics::Metrics;
 use goaway_operator::webhook::Webhook;
+use goaway_operator::{KeepalivePolicy, PolicyDefaults};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use kube::runtime::{reflector, watcher};
@@ -25,16 +25,22 @@ fn dir() -> PathBuf {
 
 fn policies() -> Vec<Arc<KeepalivePolicy>> {
     let text = std::fs::read_to_string(dir().join("policies.yaml")).unwrap();
-    load_policies(&text, "shop").unwrap()
+    load_policies(&text, "shop", &PolicyDefaults::default()).unwrap()
 }
 
 fn webhook() -> (Arc<Webhook>, Arc<Metrics>) {
+    webhook_with(PolicyDefaults::default())
+}
+
+/// The webhook of an operator run with policy defaults.
+fn webhook_with(defaults: PolicyDefaults) -> (Arc<Webhook>, Arc<Metrics>) {
     let (store, mut writer) = reflector::store();
     for p in policies() {
         writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
     }
     let metrics = Arc::new(Metrics::default());
     let w = Webhook::new(store, AgentConfig::default(), metrics.clone())
+        .with_policy_defaults(defaults)
         .with_token_source(|| "fixture-token".into());
     (Arc::new(w), metrics)
 }
@@ -152,6 +158,32 @@ async fn numeric_target_port_is_fronted_without_a_name() {
     assert_eq!(agent["args"][4], "127.0.0.1:50051");
     // Defaults: 0s delay + 30s timeout + 5s margin.
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 35);
+}
+
+fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(dir().join(format!("{name}.expected.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn drain_defaults_change_only_the_grace_period_of_policies_without_drain_settings() {
+    let defaults = PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
+        delay: Some("10s".parse().unwrap()),
+        timeout: Some("1m".parse().unwrap()),
+        goaway_ack_timeout: None,
+    })
+    .unwrap();
+    let (webhook, _) = webhook_with(defaults);
+    // Policy `numeric` sets no drain: 10s + 60s + 5s instead of 35s, and
+    // nothing else differs from the golden pod.
+    let (_, _, patched) = review(&webhook, &load("numeric_target_port")).await;
+    let mut want = expected("numeric_target_port");
+    assert_eq!(want["spec"]["terminationGracePeriodSeconds"], 35);
+    want["spec"]["terminationGracePeriodSeconds"] = json!(75);
+    assert_eq!(patched, Some(want));
+    // Policy `api` sets its own drain (5s + 40s): the golden pod as is.
+    let (_, _, patched) = review(&webhook, &load("named_port")).await;
+    assert_eq!(patched, Some(expected("named_port")));
 }
 
 #[tokio::test]

@@ -29,7 +29,9 @@ use std::collections::BTreeSet;
 
 use clap::Parser;
 use goaway_operator::config::{Cli, Command as OperatorCommand};
-use goaway_operator::inject::{ANNOTATION_INJECT, DEFAULT_AGENT_IMAGE};
+// AGENT_UID: distroless's `nonroot` user, which the images run as and the
+// operator runs the injected agent as.
+use goaway_operator::inject::{AGENT_UID, ANNOTATION_INJECT, DEFAULT_AGENT_IMAGE};
 use goaway_operator::leader::LeaseConfig;
 use goaway_tests::repo_root;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -43,9 +45,6 @@ const RELEASE: &str = "goaway";
 const NAMESPACE: &str = "goaway-system";
 /// The workspace version, which is the chart's appVersion.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// distroless's `nonroot` user, which the images run as and the operator
-/// runs the injected agent as (`inject::sidecar::AGENT_UID`, not exported).
-const AGENT_UID: i64 = 65532;
 /// The pod name the downward API would give `--identity`.
 const POD_NAME: &str = "goaway-operator-5d8f7c9b4-x2x7q";
 

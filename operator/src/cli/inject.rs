@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::inject::{self, AgentConfig, Outcome};
-use crate::{Error, KeepalivePolicy, Result};
+use crate::{Error, KeepalivePolicy, PolicyDefaults, Result};
 
 /// What a run produced.
 #[derive(Debug, Default)]
@@ -36,9 +36,15 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// Parses a file of KeepalivePolicy manifests and validates each.
-/// Policies without a namespace get `namespace`.
-pub fn load_policies(text: &str, namespace: &str) -> Result<Vec<Arc<KeepalivePolicy>>> {
+/// Parses a file of KeepalivePolicy manifests and validates each, merged
+/// with the operator's `defaults` as the webhook would (a policy the
+/// webhook would skip is an error here). Policies without a namespace get
+/// `namespace`.
+pub fn load_policies(
+    text: &str,
+    namespace: &str,
+    defaults: &PolicyDefaults,
+) -> Result<Vec<Arc<KeepalivePolicy>>> {
     let mut policies = Vec::new();
     for (i, doc) in split_documents(text).into_iter().enumerate() {
         let value: Value = serde_yaml::from_str(doc.body)
@@ -61,7 +67,7 @@ pub fn load_policies(text: &str, namespace: &str) -> Result<Vec<Arc<KeepalivePol
         let name = kube::ResourceExt::name_any(&policy);
         policy
             .spec
-            .check()
+            .check_with(defaults)
             .map_err(|e| Error::Manifest(format!("KeepalivePolicy {name}: {e}")))?;
         policy
             .metadata
@@ -77,6 +83,7 @@ pub fn inject_manifests(
     input: &str,
     policies: &[Arc<KeepalivePolicy>],
     namespace: &str,
+    defaults: &PolicyDefaults,
     agent: &AgentConfig,
     token: &mut dyn FnMut() -> String,
 ) -> Result<Report> {
@@ -87,6 +94,7 @@ pub fn inject_manifests(
             .map_err(|e| Error::Manifest(format!("document {}: {e}", i + 1)))?;
         let mut ctx = Ctx {
             policies,
+            defaults,
             agent,
             token: &mut *token,
             report: &mut report,
@@ -103,6 +111,7 @@ pub fn inject_manifests(
 
 struct Ctx<'a> {
     policies: &'a [Arc<KeepalivePolicy>],
+    defaults: &'a PolicyDefaults,
     agent: &'a AgentConfig,
     token: &'a mut dyn FnMut() -> String,
     report: &'a mut Report,
@@ -163,16 +172,23 @@ impl Ctx<'_> {
             _ => ObjectMeta::default(),
         };
         let token = (self.token)();
-        let mutation =
-            match inject::mutate(&meta, &spec, namespace, self.policies, self.agent, &token) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.report
-                        .warnings
-                        .push(format!("{what}: not injected: {e}"));
-                    return Ok(false);
-                }
-            };
+        let mutation = match inject::mutate(
+            &meta,
+            &spec,
+            namespace,
+            self.policies,
+            self.defaults,
+            self.agent,
+            &token,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                self.report
+                    .warnings
+                    .push(format!("{what}: not injected: {e}"));
+                return Ok(false);
+            }
+        };
         let Outcome::Injected(injection) = mutation.outcome else {
             return Ok(false);
         };

@@ -1,7 +1,8 @@
 //! The KeepalivePolicy controller (kube-runtime `Controller`).
 //!
 //! Each policy is reconciled ([`reconcile`]) into the ConfigMap
-//! `goaway-<name>` holding the agent's policy file, owned by the policy so
+//! `goaway-<name>` holding the agent's policy file (the policy with the
+//! operator's [`PolicyDefaults`] filled in), owned by the policy so
 //! deleting the policy deletes it, and into its status. Triggers: the
 //! policy itself, its ConfigMap (an edited or deleted ConfigMap is put
 //! back) and pods, mapped to the policies that select them or that
@@ -28,7 +29,7 @@ pub use reconcile::reconcile;
 
 use crate::inject::ANNOTATION_INJECTED;
 use crate::metrics::Metrics;
-use crate::{Error, KeepalivePolicy, MANAGER, selection};
+use crate::{Error, KeepalivePolicy, MANAGER, PolicyDefaults, selection};
 
 /// Label on every object the operator creates.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -46,6 +47,8 @@ pub struct Context {
     pub client: Client,
     /// Every policy the controller sees (to find conflicts).
     pub policies: Store<KeepalivePolicy>,
+    /// The operator's defaults, merged into each policy it renders.
+    pub defaults: PolicyDefaults,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Operator metrics.
@@ -57,6 +60,7 @@ impl Context {
     pub fn new(
         client: Client,
         policies: Store<KeepalivePolicy>,
+        defaults: PolicyDefaults,
         metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
@@ -68,16 +72,19 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             policies,
+            defaults,
             metrics,
         }
     }
 }
 
 /// Runs the controller until `shutdown` completes, then lets running
-/// reconciliations finish. `namespace` limits it to one namespace.
+/// reconciliations finish. `namespace` limits it to one namespace;
+/// `defaults` are merged into every policy it renders.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
+    defaults: PolicyDefaults,
     metrics: Arc<Metrics>,
     instance: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -96,7 +103,13 @@ pub async fn run(
     };
     let controller = Controller::new(policies, watcher::Config::default());
     let store = controller.store();
-    let ctx = Arc::new(Context::new(client, store.clone(), metrics, instance));
+    let ctx = Arc::new(Context::new(
+        client,
+        store.clone(),
+        defaults,
+        metrics,
+        instance,
+    ));
     controller
         .owns(
             config_maps,

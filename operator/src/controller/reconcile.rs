@@ -1,8 +1,10 @@
 //! One reconciliation of one policy.
 //!
-//! Valid policy: apply the ConfigMap (server-side apply, owner reference),
-//! count the pods the selector matches and those injected with this
-//! policy, find pods an older policy wins, apply the status. Invalid
+//! Valid policy (as written and merged with the operator's defaults):
+//! apply the ConfigMap holding the merged policy (server-side apply,
+//! owner reference), count the pods the selector matches and those
+//! injected with this policy, find pods an older policy wins, apply the
+//! status. Invalid
 //! policy: only the status changes (Ready=False with every invalid field)
 //! and the last good ConfigMap stays, so running agents keep their policy.
 //! Events are published on transitions, not on every pass.
@@ -63,7 +65,7 @@ impl<'a> Reconciler<'a> {
 
     async fn run(&self) -> Result<Action> {
         let generation = self.policy.metadata.generation;
-        let warnings = match self.policy.spec.check() {
+        let warnings = match self.policy.spec.check_with(&self.ctx.defaults) {
             Ok(w) => w,
             Err(invalid) => {
                 let message = invalid.to_string();
@@ -178,7 +180,7 @@ impl<'a> Reconciler<'a> {
             data: Some(
                 [(
                     POLICY_FILE_KEY.to_string(),
-                    render_policy_file(&self.policy.spec)?,
+                    render_policy_file(&self.policy.spec, &self.ctx.defaults)?,
                 )]
                 .into(),
             ),
@@ -209,7 +211,8 @@ impl<'a> Reconciler<'a> {
             if pod.annotations().get(ANNOTATION_INJECTED) == Some(&self.name) {
                 counts.injected += 1;
             }
-            let winner = selection::winner(&policies, &self.namespace, pod.labels());
+            let winner =
+                selection::winner(&policies, &self.namespace, pod.labels(), &self.ctx.defaults);
             if let Some(w) = winner.filter(|w| w.name_any() != self.name)
                 && selection::wins_over(w, self.policy)
             {

@@ -23,6 +23,14 @@ fn policy(name: &str, created: &str, extra: &str) -> KeepalivePolicy {
 }
 
 fn context(policies: &[&KeepalivePolicy]) -> (Arc<Context>, ApiHandle) {
+    context_with(policies, PolicyDefaults::default())
+}
+
+/// [`context`] for an operator run with policy defaults.
+fn context_with(
+    policies: &[&KeepalivePolicy],
+    defaults: PolicyDefaults,
+) -> (Arc<Context>, ApiHandle) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (store, mut writer) = reflector::store();
@@ -32,6 +40,7 @@ fn context(policies: &[&KeepalivePolicy]) -> (Arc<Context>, ApiHandle) {
     let ctx = Context::new(
         client,
         store,
+        defaults,
         Arc::new(Metrics::default()),
         Some("test".into()),
     );
@@ -213,6 +222,95 @@ async fn invalid_policy_only_reports_ready_false_with_the_fields() {
 
     assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
     // No ConfigMap write, no pod list: nothing else is touched.
+    expect_silence(&mut api).await;
+}
+
+fn drain_defaults(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str>) -> PolicyDefaults {
+    let d = |s: Option<&str>| s.map(|s| s.parse().unwrap());
+    PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
+        delay: d(delay),
+        timeout: d(timeout),
+        goaway_ack_timeout: d(ack),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn operator_drain_defaults_fill_the_rendered_file_where_the_policy_is_silent() {
+    let p = policy(
+        "grpc",
+        "2024-01-01T00:00:00Z",
+        "  server: {maxConnectionAge: 30m}\n  drain: {delay: 5s}\n",
+    );
+    let defaults = drain_defaults(Some("10s"), Some("1m"), None);
+    let (ctx, mut api) = context_with(&[&p], defaults);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+
+    let (_, cm) = expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    // The policy's delay wins; its missing timeout is the operator's; the
+    // acknowledgement bound has no operator default and stays unset.
+    let file = cm["data"]["policy.yaml"].as_str().unwrap();
+    assert_eq!(
+        file,
+        "server:\n  maxConnectionAge: 30m0s\ndrain:\n  delay: 5s\n  timeout: 1m0s\n"
+    );
+    // The agent reads it as it would any file, with those values in force.
+    let (agent_policy, _) =
+        goaway_transport::Policy::load(file, goaway_transport::policy::Strictness::Permissive)
+            .unwrap();
+    let drain = agent_policy.drain_params();
+    assert_eq!(
+        (
+            drain.delay.as_secs(),
+            drain.timeout.as_secs(),
+            drain.goaway_ack_timeout.as_secs()
+        ),
+        (5, 60, 5)
+    );
+
+    expect(&mut api, Method::GET, PODS_PATH, pods(json!([]))).await;
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (_, status) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
+#[tokio::test]
+async fn policy_invalid_with_the_operator_defaults_is_ready_false_naming_the_default() {
+    let p = policy("grpc", "2024-01-01T00:00:00Z", "  drain: {timeout: 8s}\n");
+    let defaults = drain_defaults(None, None, Some("10s"));
+    let (ctx, mut api) = context_with(&[&p], defaults);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    let (_, status) = expect(
+        &mut api,
+        Method::PATCH,
+        path,
+        serde_json::to_value(&p).unwrap(),
+    )
+    .await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("InvalidPolicy"))
+    );
+    assert_eq!(
+        ready["message"],
+        "spec.drain.goawayAckTimeout: must be less than drain.timeout (8s), or the second GOAWAY would come after the hard close (got 10s); the policy does not set drain.goawayAckTimeout, so it is the operator default 10s (--default-drain-goaway-ack-timeout)"
+    );
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(event["reason"], "InvalidPolicy");
+    assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+    // The last good ConfigMap (if any) is left alone.
     expect_silence(&mut api).await;
 }
 

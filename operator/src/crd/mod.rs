@@ -5,11 +5,15 @@
 //! agent's policy file — one set of types, one schema, one validator.
 //! The schema gets CEL rules ([`rules`]) for what it cannot say itself, and
 //! [`KeepalivePolicySpec::check`] is the same check in Rust, run by the
-//! reconciler and the webhook in case the CRD in the cluster is older.
+//! reconciler and the webhook in case the CRD in the cluster is older;
+//! [`KeepalivePolicySpec::check_with`] adds the operator's defaults, which
+//! the API server cannot see. The `drain` fields' documentation says that
+//! an unset field takes the operator's default ([`docs`]).
 
 // Each printcolumn(...) repeats `type_`; clippy takes that for a duplicate.
 #![allow(clippy::duplicated_attributes)]
 
+mod docs;
 mod rules;
 mod validate;
 
@@ -22,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use rules::{CelRule, RULES};
 pub use validate::{SpecError, SpecWarning};
+
+use crate::defaults::PolicyDefaults;
 
 /// The agent's listening port when the policy does not say.
 pub const DEFAULT_AGENT_PORT: u16 = 15051;
@@ -92,7 +98,7 @@ pub const CONDITION_CONFLICTED: &str = "Conflicted";
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = rules::add_to_schema)]
+#[schemars(transform = rules::add_to_schema, transform = docs::add_operator_defaults)]
 pub struct KeepalivePolicySpec {
     /// Pods in this namespace that get the agent. Must not be empty. When
     /// two policies select the same pod, the older policy wins (then the
@@ -180,9 +186,14 @@ pub fn config_map_name(policy: &str) -> String {
 /// The ConfigMap key the agent reads (`/etc/goaway/policy.yaml`).
 pub const POLICY_FILE_KEY: &str = "policy.yaml";
 
-/// The agent's policy file: the YAML serialisation of the embedded policy.
-pub fn render_policy_file(spec: &KeepalivePolicySpec) -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&spec.policy)
+/// The agent's policy file: the YAML serialisation of the embedded policy
+/// with the operator's `defaults` filled into the fields it leaves out.
+/// With no defaults it is the policy as written.
+pub fn render_policy_file(
+    spec: &KeepalivePolicySpec,
+    defaults: &PolicyDefaults,
+) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&defaults.merge(&spec.policy))
 }
 
 /// The CRD manifest as committed in `crds/keepalivepolicy.yaml`.

@@ -1,7 +1,9 @@
 //! The Rust side of spec validation: [`Policy::validate`] in production
-//! strictness plus the spec's own fields. The reconciler reports its
-//! errors in the Ready condition; the webhook never injects a policy that
-//! fails it.
+//! strictness plus the spec's own fields, then the policy merged with the
+//! operator's [`PolicyDefaults`]. The reconciler reports its errors in the
+//! Ready condition; the webhook never injects a policy that fails it.
+//!
+//! [`Policy::validate`]: goaway_transport::Policy::validate
 
 use std::fmt;
 
@@ -9,6 +11,7 @@ use goaway_transport::policy::{FieldError, PolicyWarning, Strictness};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::KeepalivePolicySpec;
+use crate::defaults::PolicyDefaults;
 
 /// Every invalid field of a spec, with spec-relative dotted paths
 /// (`server.time`, `selector`).
@@ -35,11 +38,42 @@ impl fmt::Display for SpecError {
 pub type SpecWarning = PolicyWarning;
 
 impl KeepalivePolicySpec {
-    /// Checks the whole spec: the selector is not empty, `port` and
-    /// `agentPort` are usable, and the embedded policy passes
+    /// Checks the whole spec as written: the selector is not empty, `port`
+    /// and `agentPort` are usable, and the embedded policy passes
     /// [`Policy::validate`](goaway_transport::Policy::validate) with
-    /// production strictness. Returns every error, not just the first.
+    /// production strictness, SPEC §1 defaults filling the rest. This is
+    /// what the CRD's CEL rules check. Returns every error, not just the
+    /// first.
     pub fn check(&self) -> Result<Vec<SpecWarning>, SpecError> {
+        self.check_with(&PolicyDefaults::default())
+    }
+
+    /// [`check`](Self::check), then the policy merged with the operator's
+    /// `defaults` must pass the same validation: a default that does not
+    /// fit a value the policy sets (a default `drain.goawayAckTimeout` at
+    /// or above the policy's `drain.timeout`) is an error on the policy,
+    /// and its message says the value is the operator's default and which
+    /// flag set it. The API server cannot know the defaults, so a policy
+    /// must pass both.
+    pub fn check_with(&self, defaults: &PolicyDefaults) -> Result<Vec<SpecWarning>, SpecError> {
+        let warnings = self.check_as_written()?;
+        if defaults.is_empty() {
+            return Ok(warnings);
+        }
+        defaults
+            .merge(&self.policy)
+            .validate(Strictness::Production)
+            .map_err(|e| {
+                SpecError(
+                    e.fields()
+                        .into_iter()
+                        .map(|f| defaults.explain(&self.policy, f))
+                        .collect(),
+                )
+            })
+    }
+
+    fn check_as_written(&self) -> Result<Vec<SpecWarning>, SpecError> {
         let mut errors = Vec::new();
         let mut error = |field: &str, reason: &str| {
             errors.push(FieldError {
@@ -130,6 +164,62 @@ mod tests {
             err.to_string()
                 .starts_with("spec.selector: must not be empty; spec.port:")
         );
+    }
+
+    fn defaults(timeout: Option<&str>, ack: Option<&str>) -> PolicyDefaults {
+        PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
+            delay: None,
+            timeout: timeout.map(|t| t.parse().unwrap()),
+            goaway_ack_timeout: ack.map(|t| t.parse().unwrap()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_default_ack_timeout_at_or_above_the_policys_drain_timeout_is_an_error_on_the_policy() {
+        let s = spec("selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {timeout: 8s}\n");
+        // Valid as written (the built-in 5s) and with the built-in defaults.
+        s.check().unwrap();
+        s.check_with(&PolicyDefaults::default()).unwrap();
+        let err = s.check_with(&defaults(None, Some("8s"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.drain.goawayAckTimeout: must be less than drain.timeout (8s), or the second GOAWAY would come after the hard close (got 8s); the policy does not set drain.goawayAckTimeout, so it is the operator default 8s (--default-drain-goaway-ack-timeout)"
+        );
+        s.check_with(&defaults(None, Some("7s"))).unwrap();
+    }
+
+    #[test]
+    fn a_default_timeout_at_or_below_the_policys_ack_timeout_names_the_default_timeout() {
+        let s =
+            spec("selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {goawayAckTimeout: 10s}\n");
+        s.check().unwrap();
+        let err = s
+            .check_with(&defaults(Some("10s"), Some("1s")))
+            .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].field, "drain.goawayAckTimeout");
+        assert!(
+            err.0[0].reason.ends_with(
+                "; the policy does not set drain.timeout, so it is the operator default 10s (--default-drain-timeout)"
+            ),
+            "{err}"
+        );
+        // A policy that sets both is judged on its own values.
+        let both = spec(
+            "selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {goawayAckTimeout: 10s, timeout: 1m}\n",
+        );
+        both.check_with(&defaults(Some("10s"), Some("1s"))).unwrap();
+    }
+
+    #[test]
+    fn a_policy_invalid_as_written_reports_its_own_errors_whatever_the_defaults() {
+        let s = spec("selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {timeout: 1s}\n");
+        // 5s (built in) >= 1s: the API server's CEL rule refuses this
+        // policy too, so it is the policy's mistake, not the operator's.
+        let err = s.check_with(&defaults(None, Some("500ms"))).unwrap_err();
+        assert_eq!(err, s.check().unwrap_err());
+        assert!(!err.to_string().contains("operator default"), "{err}");
     }
 
     #[test]

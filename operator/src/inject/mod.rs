@@ -18,7 +18,9 @@
 //!   `/drain` carrying the pod's drain token, keeping (and reporting) any
 //!   preStop the container already has;
 //! - raises `terminationGracePeriodSeconds` to cover `drain.delay +
-//!   drain.timeout` plus [`DRAIN_MARGIN_SECONDS`], never lowering it;
+//!   drain.timeout` (the operator's [`PolicyDefaults`] filling what the
+//!   policy leaves out, as in the file the agent reads) plus
+//!   [`DRAIN_MARGIN_SECONDS`], never lowering it;
 //! - mounts the policy ConfigMap at `/etc/goaway` (the directory, so
 //!   updates reach the agent) and marks the pod `goaway.dev/injected`.
 //!
@@ -37,10 +39,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-pub use sidecar::{AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
+pub use sidecar::{AGENT_UID, AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
 
-use crate::KeepalivePolicy;
-use crate::selection;
+use crate::defaults::PolicyDefaults;
+use crate::{KeepalivePolicy, selection};
 
 /// Pod annotation: `"false"` opts the pod out.
 pub const ANNOTATION_INJECT: &str = "goaway.dev/inject";
@@ -155,13 +157,16 @@ pub enum InjectError {
 /// Decides and builds the injection for one pod or pod template.
 ///
 /// `namespace` is the pod's; `policies` may hold policies of any
-/// namespace (others are ignored). `token` is the pod's drain token, set
-/// on the agent and sent by the preStop hooks. Never panics on user input.
+/// namespace (others are ignored); `defaults` are the operator's, merged
+/// into each policy (a policy invalid once merged selects nothing).
+/// `token` is the pod's drain token, set on the agent and sent by the
+/// preStop hooks. Never panics on user input.
 pub fn mutate(
     meta: &ObjectMeta,
     spec: &PodSpec,
     namespace: &str,
     policies: &[Arc<KeepalivePolicy>],
+    defaults: &PolicyDefaults,
     agent: &AgentConfig,
     token: &str,
 ) -> Result<Mutation, InjectError> {
@@ -173,11 +178,11 @@ pub fn mutate(
         return Ok(unchanged(skip));
     }
     let labels = meta.labels.clone().unwrap_or_default();
-    let Some(policy) = selection::winner(policies, namespace, &labels) else {
+    let Some(policy) = selection::winner(policies, namespace, &labels, defaults) else {
         return Ok(unchanged(Skip::NoPolicy));
     };
     let (mut new_meta, mut new_spec) = (meta.clone(), spec.clone());
-    let injection = apply(&mut new_meta, &mut new_spec, policy, agent, token)?;
+    let injection = apply(&mut new_meta, &mut new_spec, policy, defaults, agent, token)?;
     let before = to_json(meta, spec)?;
     let after = to_json(&new_meta, &new_spec)?;
     Ok(Mutation {
@@ -223,6 +228,7 @@ fn apply(
     meta: &mut ObjectMeta,
     spec: &mut PodSpec,
     policy: &KeepalivePolicy,
+    defaults: &PolicyDefaults,
     agent: &AgentConfig,
     token: &str,
 ) -> Result<Injection, InjectError> {
@@ -281,7 +287,7 @@ fn apply(
         }
     }
 
-    let drain = policy.spec.policy.drain_params();
+    let drain = defaults.merge(&policy.spec.policy).drain_params();
     let needed = (drain.delay + drain.timeout).as_secs_f64().ceil() as i64 + DRAIN_MARGIN_SECONDS;
     if spec
         .termination_grace_period_seconds

@@ -32,12 +32,22 @@ spec:
 
 /// Runs [`mutate`] and applies its patch, as the API server would.
 fn run(pod: &Pod, policies: &[Arc<KeepalivePolicy>]) -> (Outcome, Pod) {
+    run_with(pod, policies, &PolicyDefaults::default())
+}
+
+/// [`run`] with the operator's policy defaults.
+fn run_with(
+    pod: &Pod,
+    policies: &[Arc<KeepalivePolicy>],
+    defaults: &PolicyDefaults,
+) -> (Outcome, Pod) {
     let spec = pod.spec.clone().unwrap();
     let m = mutate(
         &pod.metadata,
         &spec,
         "ns",
         policies,
+        defaults,
         &AgentConfig::default(),
         "tok",
     )
@@ -149,6 +159,50 @@ fn grace_period_is_raised_never_lowered() {
     assert_eq!(spec(&out).termination_grace_period_seconds, Some(35));
 }
 
+fn drain_defaults(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str>) -> PolicyDefaults {
+    let d = |s: Option<&str>| s.map(|s| s.parse().unwrap());
+    PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
+        delay: d(delay),
+        timeout: d(timeout),
+        goaway_ack_timeout: d(ack),
+    })
+    .unwrap()
+}
+
+#[test]
+fn grace_period_covers_the_operator_drain_defaults_the_policy_leaves_out() {
+    let defaults = drain_defaults(Some("10s"), Some("1m"), None);
+    // Nothing set in the policy: 10s + 60s + 5s margin.
+    let bare =
+        policy("metadata: {name: d}\nspec: {selector: {matchLabels: {app: api}}, port: 8080}\n");
+    let (_, out) = run_with(&pod(API_POD), &[bare], &defaults);
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(75));
+    // The policy's own 5s delay and 40s timeout win: 50s as without defaults.
+    let (_, out) = run_with(&pod(API_POD), &[grpc_policy()], &defaults);
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(50));
+    // Only the delay left out: 10s + the policy's 20s + 5s.
+    let timeout_only = policy(
+        "metadata: {name: t}\nspec: {selector: {matchLabels: {app: api}}, port: 8080, drain: {timeout: 20s}}\n",
+    );
+    let (_, out) = run_with(&pod(API_POD), &[timeout_only], &defaults);
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(35));
+}
+
+#[test]
+fn a_policy_invalid_with_the_operator_defaults_is_not_injected() {
+    // drain.timeout 8s is fine with the built-in 5s acknowledgement bound,
+    // not with an operator default of 10s.
+    let short = policy(
+        "metadata: {name: s}\nspec: {selector: {matchLabels: {app: api}}, port: grpc, drain: {timeout: 8s}}\n",
+    );
+    let (outcome, _) = run(&pod(API_POD), std::slice::from_ref(&short));
+    assert!(matches!(outcome, Outcome::Injected(_)), "{outcome:?}");
+    let defaults = drain_defaults(None, None, Some("10s"));
+    let (outcome, out) = run_with(&pod(API_POD), &[short], &defaults);
+    assert_eq!(outcome, Outcome::Unchanged(Skip::NoPolicy));
+    assert_eq!(out, pod(API_POD));
+}
+
 #[test]
 fn existing_pre_stop_is_kept_and_reported() {
     let mut p = pod(API_POD);
@@ -254,6 +308,7 @@ fn conflicts_are_errors_not_silent_changes() {
         &spec_,
         "ns",
         &[grpc_policy()],
+        &PolicyDefaults::default(),
         &AgentConfig::default(),
         "t",
     )
@@ -272,6 +327,7 @@ fn conflicts_are_errors_not_silent_changes() {
         &spec_,
         "ns",
         &[grpc_policy()],
+        &PolicyDefaults::default(),
         &AgentConfig::default(),
         "t",
     )

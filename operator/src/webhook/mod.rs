@@ -24,17 +24,19 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use tracing::warn;
 
-use crate::KeepalivePolicy;
 use crate::inject::{self, AgentConfig};
 use crate::metrics::Metrics;
+use crate::{KeepalivePolicy, PolicyDefaults};
 
 /// The path the chart's MutatingWebhookConfiguration calls.
 pub const MUTATE_PATH: &str = "/mutate";
 
 /// The webhook's state: the policies (a reflector store kept current on
-/// every replica), the agent settings and where to report.
+/// every replica), the operator's policy defaults, the agent settings and
+/// where to report.
 pub struct Webhook {
     policies: Store<KeepalivePolicy>,
+    defaults: PolicyDefaults,
     agent: AgentConfig,
     metrics: Arc<Metrics>,
     recorder: Option<Recorder>,
@@ -42,7 +44,8 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A webhook injecting with `agent` for the policies in `policies`.
+    /// A webhook injecting with `agent` for the policies in `policies`,
+    /// used as written (see [`Webhook::with_policy_defaults`]).
     pub fn new(
         policies: Store<KeepalivePolicy>,
         agent: AgentConfig,
@@ -50,11 +53,19 @@ impl Webhook {
     ) -> Self {
         Webhook {
             policies,
+            defaults: PolicyDefaults::default(),
             agent,
             metrics,
             recorder: None,
             token: inject::new_drain_token,
         }
+    }
+
+    /// Merges the operator's `defaults` into every policy (grace period,
+    /// which policies are valid), as the controller does for the file.
+    pub fn with_policy_defaults(mut self, defaults: PolicyDefaults) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     /// Publishes Events (kept preStop hooks) with `recorder`.

@@ -80,6 +80,7 @@ impl Webhook {
                 &spec,
                 &namespace,
                 &policies,
+                &self.defaults,
                 &self.agent,
                 &token,
             )

@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 
+use goaway_operator::PolicyDefaults;
 use goaway_operator::config::LogFormat;
 use goaway_operator::inject::{AgentConfig, DEFAULT_AGENT_IMAGE};
 use goaway_operator::tls::Source;
+use goaway_transport::policy::DrainPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::helm::{render, render_all};
@@ -123,7 +125,12 @@ fn deployment_runs_two_hardened_replicas_with_leader_election() {
 #[test]
 fn chart_defaults_for_the_agent_are_the_operators_defaults() {
     let (args, _) = render("").operator_args();
-    assert_eq!(args.agent.agent_config(), AgentConfig::default());
+    assert_eq!(args.agent.agent_config().unwrap(), AgentConfig::default());
+    // No drain defaults: policies are used as written.
+    assert_eq!(
+        args.defaults.policy_defaults().unwrap(),
+        PolicyDefaults::default()
+    );
     assert_eq!(args.agent.agent_image, DEFAULT_AGENT_IMAGE);
     assert_eq!(
         args.tls_source(),
@@ -189,6 +196,7 @@ agent:
   adminPort: 15099
   logFormat: text
   resources: {requests: {cpu: 20m, memory: 64Mi}, limits: {cpu: 200m, memory: 256Mi}}
+  drain: {delay: 5s, timeout: 1m30s, goawayAckTimeout: 2500ms}
 "#,
     );
     let c = r.container();
@@ -238,7 +246,15 @@ agent:
     assert_eq!(log_format, LogFormat::Text);
     assert_eq!(args.watch_namespace.as_deref(), Some("shop"));
     assert_eq!(
-        args.agent.agent_config(),
+        args.defaults.policy_defaults().unwrap().drain(),
+        &DrainPolicy {
+            delay: Some("5s".parse().unwrap()),
+            timeout: Some("90s".parse().unwrap()),
+            goaway_ack_timeout: Some("2.5s".parse().unwrap()),
+        }
+    );
+    assert_eq!(
+        args.agent.agent_config().unwrap(),
         AgentConfig {
             image: "registry.example.com/goaway-agent:1.2.3".into(),
             image_pull_policy: "Always".into(),

@@ -100,6 +100,23 @@ pub fn render_all(cases: &[(&str, &str, &str)]) -> Vec<Rendered> {
         .collect()
 }
 
+/// `helm template` as `goaway` for each of `values`: the render, or
+/// Helm's error message when it refuses the values.
+pub fn try_render_all(values: &[&str]) -> Vec<Result<Rendered, String>> {
+    let commands = values
+        .iter()
+        .map(|v| render_args(RELEASE, NAMESPACE, v))
+        .collect();
+    values
+        .iter()
+        .zip(batch(commands))
+        .map(|(values, out)| match out.get("error") {
+            Some(error) => Err(format!("{values}: {error}")),
+            None => Ok(Rendered::parse(RELEASE, NAMESPACE, &out["manifests"])),
+        })
+        .collect()
+}
+
 /// The Helm error for `values`: (error type, message).
 pub fn render_error(values: &str) -> (String, String) {
     render_errors(&[values]).remove(0)

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use goaway_operator::config::{RunArgs, TlsMode};
-use goaway_operator::rbac::{RBAC, Scope};
+use goaway_operator::rbac::{Needed, RBAC, Rule, Scope};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 
 use crate::helm::{render, render_all, render_error};
@@ -35,21 +35,13 @@ fn cluster_scoped(resource: &str) -> bool {
     }
 }
 
-/// Whether the operator, run with `args`, uses `resource` at all: the
-/// Secret and the caBundle patch only in generate mode (`tls::secret`),
-/// the Lease only with leader election (`leader`). RBAC's `why` says the
-/// same; if the two disagree the operator changed and this must follow.
-fn used(resource: &str, why: &str, args: &RunArgs) -> bool {
-    let generate_only = why.contains("--tls-mode generate");
-    assert_eq!(
-        generate_only,
-        matches!(resource, "secrets" | "mutatingwebhookconfigurations"),
-        "rbac::RBAC's {resource}: {why}"
-    );
-    match resource {
-        "secrets" | "mutatingwebhookconfigurations" => args.tls_mode == TlsMode::Generate,
-        "leases" => args.leader_election,
-        _ => true,
+/// Whether the operator, run with `args`, uses the rule at all, as the
+/// rule itself says (`rbac::Needed`).
+fn used(rule: &Rule, args: &RunArgs) -> bool {
+    match rule.needed {
+        Needed::Always => true,
+        Needed::TlsModeGenerate => args.tls_mode == TlsMode::Generate,
+        Needed::LeaderElection => args.leader_election,
     }
 }
 
@@ -59,7 +51,7 @@ fn used(resource: &str, why: &str, args: &RunArgs) -> bool {
 fn expected_grants(args: &RunArgs) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for rule in RBAC {
-        if !used(rule.resource, rule.why, args) {
+        if !used(rule, args) {
             continue;
         }
         let place = match rule.scope {

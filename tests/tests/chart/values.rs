@@ -3,12 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use clap::CommandFactory;
-use goaway_operator::config::Cli;
+use clap::{CommandFactory, Parser};
+use goaway_operator::config::{Cli, Command as OperatorCommand};
+use goaway_tests::repo_root;
+use goaway_transport::policy::{DURATION_PATTERN, GoDuration};
 use serde_json::{Value, json};
 
 use crate::VERSION;
-use crate::helm::{render_all, render_errors, show};
+use crate::helm::{render, render_all, render_errors, show, try_render_all};
 use crate::{NAMESPACE, RELEASE};
 
 #[test]
@@ -24,6 +26,11 @@ fn every_operator_flag_is_set_by_the_chart() {
         (RELEASE, NAMESPACE, ""),
         (RELEASE, NAMESPACE, "webhook: {tls: {mode: certManager}}"),
         (RELEASE, NAMESPACE, "watchNamespace: shop"),
+        (
+            RELEASE,
+            NAMESPACE,
+            "agent: {drain: {delay: 5s, timeout: 45s, goawayAckTimeout: 2s}}",
+        ),
     ])
     .iter()
     .flat_map(|r| r.env().into_keys())
@@ -139,6 +146,24 @@ fn flag_values() -> Vec<FlagValue> {
             "GOAWAY_AGENT_MEMORY_LIMIT",
             "",
         ),
+        v(
+            "agent.drain.delay",
+            json!("5s"),
+            "GOAWAY_DEFAULT_DRAIN_DELAY",
+            "5s",
+        ),
+        v(
+            "agent.drain.timeout",
+            json!("1m30s"),
+            "GOAWAY_DEFAULT_DRAIN_TIMEOUT",
+            "1m30s",
+        ),
+        v(
+            "agent.drain.goawayAckTimeout",
+            json!("2500ms"),
+            "GOAWAY_DEFAULT_DRAIN_GOAWAY_ACK_TIMEOUT",
+            "2500ms",
+        ),
     ]
 }
 
@@ -237,27 +262,118 @@ fn every_value_sets_one_operator_flag_or_is_plumbing() {
             "{}",
             row.path
         );
-        // And the operator accepts it.
-        r.operator_args();
+        // And the operator accepts it, values checked against each other.
+        let (args, _) = r.operator_args();
+        args.agent.agent_config().unwrap();
+        args.defaults.policy_defaults().unwrap();
     }
 }
 
 #[test]
-fn there_is_no_chart_level_drain_default_because_the_operator_has_none() {
-    // Drain settings come from each KeepalivePolicy; a value for them
-    // would map to no flag, so the schema refuses one.
-    for (kind, message) in render_errors(&["drain: {timeout: 30s}", "agent: {drain: {delay: 5s}}"])
-    {
-        assert_eq!(kind, "HelmValuesError", "{message}");
-        assert!(message.contains("drain"), "{message}");
-    }
+fn each_drain_flag_of_the_operator_is_an_agent_drain_value_unset_by_default() {
+    // Every drain flag is the default for what a policy leaves out, set by
+    // exactly one agent.drain value (the rows above, which the mapping
+    // test renders one by one).
     let cmd = Cli::command();
     let run = cmd.find_subcommand("run").unwrap();
-    assert!(
-        !run.get_arguments()
-            .any(|a| a.get_id().as_str().contains("drain")),
-        "the operator grew a drain flag: give it a chart value"
+    let drain_flags: BTreeSet<String> = run
+        .get_arguments()
+        .filter(|a| a.get_id().as_str().contains("drain"))
+        .map(|a| a.get_env().unwrap().to_str().unwrap().to_string())
+        .collect();
+    let drain_values: BTreeSet<String> = flag_values()
+        .iter()
+        .filter(|r| r.path.starts_with("agent.drain."))
+        .map(|r| r.env.to_string())
+        .collect();
+    assert_eq!(
+        drain_flags, drain_values,
+        "drain flags vs agent.drain values"
     );
+    assert_eq!(drain_flags.len(), 3);
+
+    // Empty by default: no variable, so policies are used as written.
+    let r = render("");
+    for env in &drain_flags {
+        assert_eq!(r.env_value(env), None, "{env} set by default");
+    }
+    // A value is the default the operator runs with.
+    let (args, _) = render("agent: {drain: {timeout: 45s}}").operator_args();
+    let defaults = args.defaults.policy_defaults().unwrap();
+    assert_eq!(defaults.drain().timeout, Some(GoDuration::from_secs(45)));
+    assert_eq!(defaults.drain().delay, None);
+
+    // Drain defaults belong to the agent settings, not the top level.
+    let (kind, message) = render_errors(&["drain: {timeout: 30s}"]).remove(0);
+    assert_eq!(kind, "HelmValuesError", "{message}");
+    assert!(message.contains("drain"), "{message}");
+
+    // The schema's durations are the CRD's, which Go and CEL both read.
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/goaway/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        schema["definitions"]["durationOrEmpty"]["pattern"],
+        format!("^$|{DURATION_PATTERN}")
+    );
+}
+
+#[test]
+fn drain_defaults_that_contradict_each_other_pass_the_schema_but_stop_the_operator() {
+    // The schema cannot compare durations; the operator refuses to start,
+    // naming the flag, so the old replicas keep serving (maxUnavailable 0).
+    let (args, _) = render("agent: {drain: {timeout: 3s}}").operator_args();
+    let err = args.defaults.policy_defaults().unwrap_err().to_string();
+    assert!(
+        err.starts_with("--default-drain-goaway-ack-timeout: must be less than drain.timeout (3s)"),
+        "{err}"
+    );
+    let (args, _) = render("agent: {drain: {timeout: 10s, goawayAckTimeout: 10s}}").operator_args();
+    assert!(args.defaults.policy_defaults().is_err());
+}
+
+#[test]
+fn agent_resources_the_schema_accepts_the_operator_accepts() {
+    // The schema is the stricter of the two (no signs, no n or u); what it
+    // lets through must never stop the operator.
+    let quantities = [
+        "0", "10m", "0.5", ".5", "5.", "1.e3", "128Mi", "1.5Gi", "1G", "1E", "1e3", "1E+3", "2e-3",
+        "lots", "-1", "+1", "1KB", "1 Mi", "Mi", "1e", "100n",
+    ];
+    let values: Vec<String> = quantities
+        .iter()
+        .map(|q| {
+            format!("agent: {{resources: {{requests: {{memory: ''}}, limits: {{memory: '{q}'}}}}}}")
+        })
+        .collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let operator_accepts = |q: &str| {
+        let flag = format!("--agent-memory-limit={q}");
+        let argv = ["goaway-operator", "run", "--agent-memory-request=", &flag];
+        Cli::try_parse_from(argv).is_ok_and(|cli| match cli.command {
+            OperatorCommand::Run(a) => a.agent.agent_config().is_ok(),
+            _ => false,
+        })
+    };
+    let mut accepted = Vec::new();
+    for (q, render) in quantities.iter().zip(try_render_all(&values)) {
+        if let Ok(r) = render {
+            accepted.push(*q);
+            assert_eq!(
+                r.env_value("GOAWAY_AGENT_MEMORY_LIMIT").as_deref(),
+                Some(*q)
+            );
+            assert!(
+                operator_accepts(q),
+                "the schema accepts {q:?}, the operator does not"
+            );
+        }
+    }
+    assert_eq!(accepted, &quantities[..13], "what the schema accepts");
+    for bad in ["lots", "-1", "1KB", "1 Mi", "Mi", "1e"] {
+        assert!(!operator_accepts(bad), "the operator accepts {bad:?}");
+    }
 }
 
 #[test]
@@ -277,6 +393,14 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         ),
         ("agent: {logFormat: yaml}", "/agent/logFormat"),
         ("agent: {adminPort: 0}", "/agent/adminPort"),
+        ("agent: {drain: {delay: 5}}", "/agent/drain/delay"),
+        ("agent: {drain: {timeout: \"30\"}}", "/agent/drain/timeout"),
+        ("agent: {drain: {timeout: 1d}}", "/agent/drain/timeout"),
+        (
+            "agent: {drain: {goawayAckTimeout: -1s}}",
+            "/agent/drain/goawayAckTimeout",
+        ),
+        ("agent: {drain: {grace: 5s}}", "/agent/drain"),
         (
             "agent: {resources: {limits: {memory: lots}}}",
             "/agent/resources/limits/memory",

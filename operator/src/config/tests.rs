@@ -1,0 +1,176 @@
+use super::*;
+use clap::CommandFactory;
+
+#[test]
+fn command_line_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn every_run_flag_has_an_environment_variable() {
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").unwrap();
+    for arg in run.get_arguments() {
+        if arg.get_long().is_some() && arg.get_id() != "help" && arg.get_id() != "version" {
+            assert!(arg.get_env().is_some(), "--{} has no env", arg.get_id());
+        }
+    }
+}
+
+fn parse(args: &[&str]) -> std::result::Result<Cli, String> {
+    Cli::try_parse_from(std::iter::once("goaway-operator").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())
+}
+
+/// The agent and defaults flags of `run`, or of `inject` with a policy.
+fn parse_both(flags: &[&str]) -> [std::result::Result<(AgentArgs, PolicyDefaultsArgs), String>; 2] {
+    let run = parse(&[&["run"], flags].concat()).map(|cli| match cli.command {
+        Command::Run(a) => (a.agent, a.defaults),
+        _ => unreachable!(),
+    });
+    let inject =
+        parse(&[&["inject", "-p", "p.yaml"], flags].concat()).map(|cli| match cli.command {
+            Command::Inject(a) => (a.agent, a.defaults),
+            _ => unreachable!(),
+        });
+    [run, inject]
+}
+
+#[test]
+fn agent_flags_the_api_server_would_refuse_do_not_parse_and_the_error_names_the_flag() {
+    for (flag, value) in [
+        ("--agent-log-format", "xml"),
+        ("--agent-image-pull-policy", "Sometimes"),
+        ("--agent-image-pull-policy", "always"),
+        ("--agent-cpu-request", "lots"),
+        ("--agent-memory-request", "32MB"),
+        ("--agent-cpu-limit", "-1"),
+        ("--agent-memory-limit", "1 Gi"),
+        ("--default-drain-delay", "5"),
+        ("--default-drain-timeout", "1d"),
+        ("--default-drain-goaway-ack-timeout", ""),
+    ] {
+        for result in parse_both(&[&format!("{flag}={value}")]) {
+            let err = result
+                .err()
+                .unwrap_or_else(|| panic!("{flag}={value} parsed"));
+            assert!(err.contains(flag), "{flag}={value}: {err}");
+        }
+    }
+}
+
+#[test]
+fn good_agent_flags_parse_into_the_agent_config() {
+    for result in parse_both(&[
+        "--agent-log-format=text",
+        "--agent-image-pull-policy=Never",
+        "--agent-cpu-request=0.25",
+        "--agent-cpu-limit",
+        "1",
+        "--agent-memory-request=64Mi",
+        "--agent-memory-limit=",
+    ]) {
+        let (agent, defaults) = result.unwrap();
+        let config = agent.agent_config().unwrap();
+        assert_eq!(
+            (
+                config.log_format.as_str(),
+                config.image_pull_policy.as_str()
+            ),
+            ("text", "Never")
+        );
+        assert_eq!(
+            [
+                config.cpu_request,
+                config.cpu_limit,
+                config.memory_request,
+                config.memory_limit
+            ],
+            ["0.25", "1", "64Mi", ""]
+        );
+        assert_eq!(
+            defaults.policy_defaults().unwrap(),
+            PolicyDefaults::default()
+        );
+    }
+    let [run, _] = parse_both(&[]);
+    assert_eq!(
+        run.unwrap().0.agent_config().unwrap(),
+        AgentConfig::default()
+    );
+}
+
+#[test]
+fn a_request_above_its_limit_is_refused_naming_the_flag() {
+    for result in parse_both(&["--agent-cpu-request=2", "--agent-cpu-limit=1500m"]) {
+        let err = result.unwrap().0.agent_config().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--agent-cpu-request: the CPU request 2 exceeds the limit 1500m; the API server would refuse every injected pod"
+        );
+    }
+    // The default request (32Mi) against a smaller limit; an empty
+    // limit (none) or an equal one is fine.
+    let [run, _] = parse_both(&["--agent-memory-limit=16Mi"]);
+    let err = run.unwrap().0.agent_config().unwrap_err().to_string();
+    assert!(
+        err.starts_with("--agent-memory-request: the memory request 32Mi exceeds the limit 16Mi"),
+        "{err}"
+    );
+    for flags in [
+        &["--agent-memory-limit="][..],
+        &["--agent-cpu-request=1", "--agent-cpu-limit=1000m"],
+    ] {
+        let [run, _] = parse_both(flags);
+        run.unwrap().0.agent_config().unwrap();
+    }
+}
+
+#[test]
+fn drain_default_flags_are_go_durations_checked_together() {
+    let [run, inject] = parse_both(&[
+        "--default-drain-delay=5s",
+        "--default-drain-timeout",
+        "1m30s",
+        "--default-drain-goaway-ack-timeout=2s",
+    ]);
+    for result in [run, inject] {
+        let defaults = result.unwrap().1.policy_defaults().unwrap();
+        let d = defaults.drain();
+        assert_eq!(
+            (d.delay, d.timeout, d.goaway_ack_timeout),
+            (
+                Some(GoDuration::from_secs(5)),
+                Some(GoDuration::from_secs(90)),
+                Some(GoDuration::from_secs(2))
+            )
+        );
+    }
+    for (flags, message) in [
+        (
+            &["--default-drain-delay", "-1s"][..],
+            "--default-drain-delay: must not be negative (got -1s)",
+        ),
+        (
+            &["--default-drain-timeout=0s"],
+            "--default-drain-timeout: must be greater than zero",
+        ),
+        // The built-in 5s acknowledgement bound against a 4s timeout.
+        (
+            &["--default-drain-timeout=4s"],
+            "--default-drain-goaway-ack-timeout: must be less than drain.timeout (4s)",
+        ),
+        (
+            &[
+                "--default-drain-timeout=10s",
+                "--default-drain-goaway-ack-timeout=10s",
+            ],
+            "--default-drain-goaway-ack-timeout: must be less than drain.timeout (10s)",
+        ),
+    ] {
+        for result in parse_both(flags) {
+            let err = result.unwrap().1.policy_defaults().unwrap_err().to_string();
+            assert!(err.starts_with(message), "{flags:?}: {err}");
+        }
+    }
+}
