@@ -15,7 +15,7 @@ use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
 use crate::{Agent, CONNECTION_WINDOW, STREAM_WINDOW, admin, metrics, proxy, registry, workers};
 
-/// A bound, ready-to-serve agent (tests start it in-process).
+/// A bound, serving agent.
 pub struct Running {
     /// The shared state.
     pub agent: Arc<Agent>,
@@ -60,6 +60,13 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         bail!("--drain-token: must not be empty");
     }
 
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen: binding {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("--admin: binding {}", args.admin))?;
+
     let counters = Arc::new(Counters::default());
     let workers = {
         let (counters, addr, client_params) = (
@@ -95,13 +102,6 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
             },
         )?
     };
-
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("--listen: binding {}", args.listen))?;
-    let admin_listener = TcpListener::bind(args.admin)
-        .await
-        .with_context(|| format!("--admin: binding {}", args.admin))?;
 
     let mut server_h2 = h2::server::Builder::new();
     server_h2

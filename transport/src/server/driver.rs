@@ -194,7 +194,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         }
         if events & event::TOO_MANY_PINGS != 0 && !self.too_many_pings {
             self.too_many_pings = true;
-            tracing::error!(
+            // warn, not error: it is the client's misconfiguration, and an
+            // abusive client must not be able to fill the error log.
+            tracing::warn!(
                 strikes = self.shared.strikes.load(Relaxed),
                 "client pinged too often; sending GOAWAY(ENHANCE_YOUR_CALM, too_many_pings)"
             );
