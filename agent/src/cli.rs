@@ -76,8 +76,8 @@ pub struct RunArgs {
     /// answered with UNAVAILABLE (its own deadline permitting).
     #[arg(long, env = "GOAWAY_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s")]
     pub upstream_connect_timeout: GoDuration,
-    /// Most connections opened to the application when its
-    /// SETTINGS_MAX_CONCURRENT_STREAMS is reached.
+    /// Most connections each worker thread opens to the application when
+    /// its SETTINGS_MAX_CONCURRENT_STREAMS is reached.
     #[arg(long, env = "GOAWAY_UPSTREAM_MAX_CONNECTIONS", default_value_t = 16)]
     pub upstream_max_connections: usize,
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients (default:
