@@ -24,6 +24,39 @@ pub const LEASE_DURATION_SECONDS: u64 = 15;
 /// Seconds before expiry the holder renews.
 pub const LEASE_GRACE_SECONDS: u64 = 5;
 
+/// How long a lease lasts and when its holder renews it. The default is
+/// [`LEASE_DURATION_SECONDS`] and [`LEASE_GRACE_SECONDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    duration_seconds: u64,
+    grace_seconds: u64,
+}
+
+impl LeaseTiming {
+    /// A lease valid for `duration_seconds` after each renewal, renewed
+    /// `grace_seconds` before it would expire. `None` unless
+    /// `0 < grace_seconds < duration_seconds` (kube-lease-manager's rule;
+    /// otherwise the holder renews in a busy loop or only once expired).
+    pub const fn new(duration_seconds: u64, grace_seconds: u64) -> Option<Self> {
+        if grace_seconds == 0 || grace_seconds >= duration_seconds {
+            return None;
+        }
+        Some(LeaseTiming {
+            duration_seconds,
+            grace_seconds,
+        })
+    }
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            duration_seconds: LEASE_DURATION_SECONDS,
+            grace_seconds: LEASE_GRACE_SECONDS,
+        }
+    }
+}
+
 /// Which Lease, and who we are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -36,11 +69,17 @@ pub struct LeaseConfig {
 }
 
 /// Runs `work` for each term this replica holds the lease, until
-/// `shutdown`. `work` gets a signal that fires when the term ends; the
-/// term is over when its future completes. `leader` mirrors the state.
+/// `shutdown`. `work` gets a signal that fires when the term ends (the
+/// lease is lost, or `shutdown`); the term is over when its future
+/// completes. `leader` and the leader metric mirror the state: true from
+/// the start of a term until `work` has finished.
+///
+/// Work that completes on its own ends the term too, and this replica
+/// stops campaigning: the lease is released for another replica.
 pub async fn run_as_leader<F, Fut>(
     client: Client,
     config: &LeaseConfig,
+    timing: LeaseTiming,
     metrics: Arc<Metrics>,
     leader: watch::Sender<bool>,
     mut shutdown: Shutdown,
@@ -53,8 +92,8 @@ where
     let manager = LeaseManagerBuilder::new(client, &config.name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
-        .with_duration(LEASE_DURATION_SECONDS)
-        .with_grace(LEASE_GRACE_SECONDS)
+        .with_duration(timing.duration_seconds)
+        .with_grace(timing.grace_seconds)
         .with_field_manager(format!("{MANAGER}-{}", config.identity))
         .build()
         .await?;
@@ -69,13 +108,16 @@ where
         leader.send_replace(true);
         let (end_term, term) = shutdown::channel();
         let mut term_work = std::pin::pin!(work(term));
-        let lost = tokio::select! {
-            () = &mut term_work => false,
-            lost = holder.wait_for(|h| !*h) => lost.is_ok(),
-            () = shutdown.signalled() => false,
+        let (finished, lost) = tokio::select! {
+            () = &mut term_work => (true, false),
+            lost = holder.wait_for(|h| !*h) => (false, lost.is_ok()),
+            () = shutdown.signalled() => (false, false),
         };
         end_term.fire();
-        term_work.await;
+        // A finished future must not be polled again.
+        if !finished {
+            term_work.await;
+        }
         metrics.set_leader(false);
         leader.send_replace(false);
         if !lost || shutdown.is_signalled() {

@@ -109,6 +109,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
             leader::run_as_leader(
                 client.clone(),
                 &lease,
+                leader::LeaseTiming::default(),
                 metrics.clone(),
                 leader_tx,
                 shutdown.clone(),

@@ -1,18 +1,23 @@
 //! An in-process fake Kubernetes API server, good enough to run the real
 //! kube-runtime `Controller` end to end: list and watch with
 //! resourceVersions (watches replay from the requested version, then
-//! stream), server-side apply (as a deep merge; no managed-fields
-//! bookkeeping), the status subresource (status ignored on the main
-//! resource, `generation` bumped on spec changes only), equality label
-//! selectors, metadata-only lists, JSON patches, and owner references (deleting an
-//! object deletes its dependents). It is a tower service handed to
-//! `kube::Client::new`, so no sockets are involved.
+//! stream), server-side apply (a deep merge, refused with `409 Conflict`
+//! when it would change a field another field manager owns, unless
+//! forced: see [`super::managed_fields`] for the model and its limits),
+//! merge and strategic merge patches (both as JSON merge patches), the
+//! status subresource (status ignored on the main resource, `generation`
+//! bumped on spec changes only), equality label selectors, metadata-only
+//! lists, JSON patches, and owner references (deleting an object deletes
+//! its dependents). Each write reads, checks and stores under one lock,
+//! so concurrent writers see each other as with a real server. It is a
+//! tower service handed to `kube::Client::new`, so no sockets are
+//! involved.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -21,7 +26,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use kube::client::Body;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::managed_fields::{Conflict, ManagedFields};
 
 type Key = (String, String, String); // resource, namespace, name
 type RespBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -39,7 +46,57 @@ struct State {
     rv: u64,
     uid: u64,
     objects: BTreeMap<Key, Value>,
+    fields: BTreeMap<Key, ManagedFields>,
     log: Vec<Change>,
+    holds: BTreeMap<String, Arc<Hold>>,
+}
+
+/// How a request writes, for field ownership.
+enum Write<'a> {
+    /// Server-side apply of `applied`.
+    Apply {
+        manager: &'a str,
+        force: bool,
+        applied: &'a Value,
+    },
+    /// Any other write.
+    Update { manager: &'a str },
+}
+
+/// The manager of a write that names none (the real server derives one
+/// from the user agent).
+const UNNAMED_MANAGER: &str = "unknown";
+
+/// Apply patches of one field manager, waiting in the server.
+struct Hold {
+    waiting: watch::Sender<usize>,
+    released: watch::Sender<bool>,
+}
+
+/// Holds a field manager's apply patches in the server, unprocessed,
+/// until released or dropped: a test can let one client read, then
+/// another write, and only then the first write (a stale read).
+pub struct HeldApplies {
+    api: FakeApi,
+    manager: String,
+    hold: Arc<Hold>,
+}
+
+impl HeldApplies {
+    /// Completes once an apply is being held.
+    pub async fn arrived(&self) {
+        let _ = self.hold.waiting.subscribe().wait_for(|n| *n > 0).await;
+    }
+
+    /// Lets the held applies, and later ones, through.
+    pub fn release(self) {}
+}
+
+impl Drop for HeldApplies {
+    fn drop(&mut self) {
+        self.api.lock().holds.remove(&self.manager);
+        self.hold.released.send_replace(true);
+    }
 }
 
 /// The fake API server. Clones share state.
@@ -72,17 +129,46 @@ impl FakeApi {
 
     /// The stored object, if any.
     pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
-        let key = (
-            resource.to_string(),
-            namespace.to_string(),
-            name.to_string(),
-        );
-        self.state.lock().unwrap().objects.get(&key).cloned()
+        self.lock()
+            .objects
+            .get(&key(resource, namespace, name))
+            .cloned()
+    }
+
+    /// The field managers owning `field` (`.spec.holderIdentity`) of the
+    /// stored object.
+    pub fn owners(&self, resource: &str, namespace: &str, name: &str, field: &str) -> Vec<String> {
+        self.lock()
+            .fields
+            .get(&key(resource, namespace, name))
+            .map(|fields| fields.owners(field))
+            .unwrap_or_default()
+    }
+
+    /// Holds `field_manager`'s apply patches until the result is released
+    /// or dropped.
+    pub fn hold_applies(&self, field_manager: &str) -> HeldApplies {
+        let hold = Arc::new(Hold {
+            waiting: watch::channel(0).0,
+            released: watch::channel(false).0,
+        });
+        self.lock()
+            .holds
+            .insert(field_manager.to_string(), hold.clone());
+        HeldApplies {
+            api: self.clone(),
+            manager: field_manager.to_string(),
+            hold,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
     }
 
     /// Every stored object of a resource.
     pub fn list(&self, resource: &str) -> Vec<Value> {
-        let state = self.state.lock().unwrap();
+        let state = self.lock();
         state
             .objects
             .iter()
@@ -94,10 +180,13 @@ impl FakeApi {
     async fn handle(&self, req: Request<Body>) -> Response<RespBody> {
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let json_patch = req
+        let content_type = req
             .headers()
             .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json-patch"));
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let json_patch = content_type.starts_with(b"application/json-patch");
+        let apply = content_type.starts_with(b"application/apply-patch");
         let accept = req
             .headers()
             .get("accept")
@@ -121,6 +210,16 @@ impl FakeApi {
             return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
         };
         let metadata_only = accept.contains("as=PartialObjectMetadata");
+        let manager = query.get("fieldManager").map(String::as_str);
+        if apply {
+            let hold = manager.and_then(|m| self.lock().holds.get(m).cloned());
+            if let Some(hold) = hold {
+                let mut released = hold.released.subscribe();
+                hold.waiting.send_modify(|n| *n += 1);
+                let _ = released.wait_for(|r| *r).await;
+            }
+        }
+        let manager = manager.unwrap_or(UNNAMED_MANAGER);
         match (method, &path.name) {
             (Method::GET, None) if query.get("watch").map(String::as_str) == Some("true") => {
                 self.watch(&path, &query, metadata_only)
@@ -134,10 +233,23 @@ impl FakeApi {
                     &format!("{} {name} not found", path.resource),
                 ),
             },
-            (Method::POST, None) => self.create(&path, body),
-            (Method::PUT, Some(name)) => self.replace(&path, name, body),
-            (Method::PATCH, Some(name)) if json_patch => self.json_patch(&path, name, body),
-            (Method::PATCH, Some(name)) => self.patch(&path, name, body),
+            (Method::POST, None) => self.create(&path, manager, body),
+            (Method::PUT, Some(name)) => self.replace(&path, name, manager, body),
+            (Method::PATCH, Some(name)) if json_patch => {
+                self.json_patch(&path, name, manager, body)
+            }
+            (Method::PATCH, Some(name)) if apply => {
+                if !query.contains_key("fieldManager") {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "fieldManager: Required value: is required for apply patch",
+                    );
+                }
+                let force = query.get("force").map(String::as_str) == Some("true");
+                self.patch(&path, name, manager, Some(force), body)
+            }
+            (Method::PATCH, Some(name)) => self.patch(&path, name, manager, None, body),
             (Method::DELETE, Some(name)) => {
                 match self.delete(&path.resource, &path.namespace, name) {
                     Some(o) => json_response(StatusCode::OK, &o),
@@ -158,7 +270,7 @@ impl FakeApi {
         query: &BTreeMap<String, String>,
         metadata_only: bool,
     ) -> Response<RespBody> {
-        let state = self.state.lock().unwrap();
+        let state = self.lock();
         let selector = query.get("labelSelector").cloned().unwrap_or_default();
         let items: Vec<Value> = state
             .objects
@@ -193,9 +305,7 @@ impl FakeApi {
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         let mut live = self.changes.subscribe();
         let backlog: Vec<Change> = self
-            .state
             .lock()
-            .unwrap()
             .log
             .iter()
             .filter(|c| c.rv > from)
@@ -251,7 +361,7 @@ impl FakeApi {
             .unwrap()
     }
 
-    fn create(&self, path: &Path, mut object: Value) -> Response<RespBody> {
+    fn create(&self, path: &Path, manager: &str, mut object: Value) -> Response<RespBody> {
         let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
             return status(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -259,7 +369,8 @@ impl FakeApi {
                 "metadata.name is required",
             );
         };
-        if self.get(&path.resource, &path.namespace, &name).is_some() {
+        let mut state = self.lock();
+        if state.objects.contains_key(&path.key(&name)) {
             return status(
                 StatusCode::CONFLICT,
                 "AlreadyExists",
@@ -269,12 +380,13 @@ impl FakeApi {
         if STATUS_SUBRESOURCE.contains(&path.resource.as_str()) {
             strip(&mut object, "status");
         }
-        let stored = self.write(path, &name, object, None);
-        json_response(StatusCode::CREATED, &stored)
+        let how = Write::Update { manager };
+        self.write(&mut state, path, &name, object, None, how)
     }
 
-    fn replace(&self, path: &Path, name: &str, object: Value) -> Response<RespBody> {
-        let Some(current) = self.get(&path.resource, &path.namespace, name) else {
+    fn replace(&self, path: &Path, name: &str, manager: &str, object: Value) -> Response<RespBody> {
+        let mut state = self.lock();
+        let Some(current) = state.objects.get(&path.key(name)).cloned() else {
             return status(StatusCode::NOT_FOUND, "NotFound", "not found");
         };
         let wanted = object["metadata"]["resourceVersion"].as_str();
@@ -285,13 +397,14 @@ impl FakeApi {
                 "the object has been modified",
             );
         }
-        let stored = self.write(path, name, object, Some(current));
-        json_response(StatusCode::OK, &stored)
+        let how = Write::Update { manager };
+        self.write(&mut state, path, name, object, Some(current), how)
     }
 
     /// RFC 6902 patches; a failed `test` is a 422 like the real server's.
-    fn json_patch(&self, path: &Path, name: &str, ops: Value) -> Response<RespBody> {
-        let Some(current) = self.get(&path.resource, &path.namespace, name) else {
+    fn json_patch(&self, path: &Path, name: &str, manager: &str, ops: Value) -> Response<RespBody> {
+        let mut state = self.lock();
+        let Some(current) = state.objects.get(&path.key(name)).cloned() else {
             return status(StatusCode::NOT_FOUND, "NotFound", "not found");
         };
         let patch: json_patch::Patch = match serde_json::from_value(ops) {
@@ -302,21 +415,39 @@ impl FakeApi {
         if let Err(e) = json_patch::patch(&mut next, &patch) {
             return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e.to_string());
         }
-        let stored = self.write(path, name, next, Some(current));
-        json_response(StatusCode::OK, &stored)
+        let how = Write::Update { manager };
+        self.write(&mut state, path, name, next, Some(current), how)
     }
 
-    /// Apply and merge patches, both as a deep merge.
-    fn patch(&self, path: &Path, name: &str, patch: Value) -> Response<RespBody> {
-        let current = self.get(&path.resource, &path.namespace, name);
+    /// Apply (`apply` is `Some(force)`) and merge patches, both as a deep
+    /// merge.
+    fn patch(
+        &self,
+        path: &Path,
+        name: &str,
+        manager: &str,
+        apply: Option<bool>,
+        patch: Value,
+    ) -> Response<RespBody> {
+        let how = |applied| match apply {
+            Some(force) => Write::Apply {
+                manager,
+                force,
+                applied,
+            },
+            None => Write::Update { manager },
+        };
+        let mut state = self.lock();
+        let current = state.objects.get(&path.key(name)).cloned();
         if path.subresource.as_deref() == Some("status") {
             let Some(current) = current else {
                 return status(StatusCode::NOT_FOUND, "NotFound", "not found");
             };
             let mut next = current.clone();
             merge(&mut next["status"], &patch["status"]);
-            let stored = self.write(path, name, next, Some(current));
-            return json_response(StatusCode::OK, &stored);
+            let applied = json!({"status": patch["status"]});
+            let how = how(&applied);
+            return self.write(&mut state, path, name, next, Some(current), how);
         }
         let mut next = current.clone().unwrap_or_else(|| json!({}));
         let mut patch = patch;
@@ -324,21 +455,51 @@ impl FakeApi {
             strip(&mut patch, "status");
         }
         merge(&mut next, &patch);
-        let created = current.is_none();
-        let stored = self.write(path, name, next, current);
-        json_response(
-            if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            &stored,
-        )
+        let how = how(&patch);
+        self.write(&mut state, path, name, next, current, how)
     }
 
-    /// Stores `object`, filling in server-owned metadata, and logs the change.
-    fn write(&self, path: &Path, name: &str, mut object: Value, current: Option<Value>) -> Value {
-        let mut state = self.state.lock().unwrap();
+    /// Checks field ownership for `how`, then stores `object` in place of
+    /// `current`, filling in server-owned metadata, logs the change and
+    /// answers with the stored object.
+    fn write(
+        &self,
+        state: &mut State,
+        path: &Path,
+        name: &str,
+        mut object: Value,
+        current: Option<Value>,
+        how: Write<'_>,
+    ) -> Response<RespBody> {
+        if let Some(cur) = &current
+            && path.subresource.is_none()
+            && STATUS_SUBRESOURCE.contains(&path.resource.as_str())
+        {
+            match cur.get("status") {
+                Some(s) => object["status"] = s.clone(),
+                None => strip(&mut object, "status"),
+            }
+        }
+        let key = path.key(name);
+        let mut fields = match &current {
+            Some(_) => state.fields.get(&key).cloned().unwrap_or_default(),
+            None => ManagedFields::default(),
+        };
+        match how {
+            Write::Apply {
+                manager,
+                force,
+                applied,
+            } => {
+                if let Err(conflicts) =
+                    fields.apply(manager, force, current.as_ref(), applied, &object)
+                {
+                    return conflict(&conflicts);
+                }
+            }
+            Write::Update { manager } => fields.update(manager, current.as_ref(), &object),
+        }
+        state.fields.insert(key.clone(), fields);
         state.rv += 1;
         let rv = state.rv;
         let meta = &mut object["metadata"];
@@ -356,14 +517,6 @@ impl FakeApi {
                 let spec_changed =
                     path.subresource.is_none() && cur.get("spec") != object.get("spec");
                 object["metadata"]["generation"] = json!(generation + i64::from(spec_changed));
-                if path.subresource.is_none()
-                    && STATUS_SUBRESOURCE.contains(&path.resource.as_str())
-                {
-                    match cur.get("status") {
-                        Some(s) => object["status"] = s.clone(),
-                        None => strip(&mut object, "status"),
-                    }
-                }
             }
             None => {
                 state.uid += 1;
@@ -376,11 +529,6 @@ impl FakeApi {
                 meta["generation"] = json!(1);
             }
         }
-        let key = (
-            path.resource.clone(),
-            path.namespace.clone(),
-            name.to_string(),
-        );
         state.objects.insert(key, object.clone());
         let change = Change {
             rv,
@@ -394,19 +542,21 @@ impl FakeApi {
         };
         state.log.push(change.clone());
         let _ = self.changes.send(change);
-        object
+        let code = if current.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        json_response(code, &object)
     }
 
     /// Deletes an object and, through owner references, its dependents.
     pub fn delete(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         let removed = {
-            let mut state = self.state.lock().unwrap();
-            let key = (
-                resource.to_string(),
-                namespace.to_string(),
-                name.to_string(),
-            );
+            let mut state = self.lock();
+            let key = key(resource, namespace, name);
             let object = state.objects.remove(&key)?;
+            state.fields.remove(&key);
             state.rv += 1;
             let change = Change {
                 rv: state.rv,
@@ -420,7 +570,7 @@ impl FakeApi {
         };
         let uid = removed["metadata"]["uid"].clone();
         let dependents: Vec<Key> = {
-            let state = self.state.lock().unwrap();
+            let state = self.lock();
             state
                 .objects
                 .iter()
@@ -467,10 +617,22 @@ impl Path {
         })
     }
 
+    fn key(&self, name: &str) -> Key {
+        key(&self.resource, &self.namespace, name)
+    }
+
     /// An all-namespaces request matches any namespace.
     fn matches_namespace(&self, ns: &str) -> bool {
         self.namespace.is_empty() || self.namespace == ns
     }
+}
+
+fn key(resource: &str, namespace: &str, name: &str) -> Key {
+    (
+        resource.to_string(),
+        namespace.to_string(),
+        name.to_string(),
+    )
 }
 
 /// Equality-based selectors: `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined.
@@ -546,6 +708,28 @@ fn json_response(code: StatusCode, value: &Value) -> Response<RespBody> {
             serde_json::to_vec(value).unwrap(),
         ))))
         .unwrap()
+}
+
+/// The real server's answer to a conflicting apply.
+fn conflict(conflicts: &[Conflict]) -> Response<RespBody> {
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+        .collect();
+    let listed: Vec<String> = conflicts
+        .iter()
+        .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+        .collect();
+    let message = format!(
+        "Apply failed with {} conflict{}: {}",
+        conflicts.len(),
+        if conflicts.len() == 1 { "" } else { "s" },
+        listed.join("\n")
+    );
+    json_response(
+        StatusCode::CONFLICT,
+        &json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": message, "reason": "Conflict", "details": {"causes": causes}, "code": 409}),
+    )
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response<RespBody> {

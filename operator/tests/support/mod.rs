@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod managed_fields;
 
 use std::time::{Duration, Instant};
 
