@@ -18,7 +18,7 @@ use goaway_transport::policy::{DrainPolicy, GoDuration};
 
 use crate::defaults::PolicyDefaults;
 use crate::inject::{AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
-use crate::leader::LeaseConfig;
+use crate::leader::{LeaseConfig, LeaseTiming};
 use crate::tls::Source;
 use crate::{Error, FlagError, Result, quantity};
 
@@ -291,6 +291,33 @@ pub struct RunArgs {
     /// This replica's identity (default: the hostname, i.e. the pod name).
     #[arg(long, env = "GOAWAY_IDENTITY")]
     pub identity: Option<String>,
+    /// How long followers wait, after the Lease last changed, before
+    /// taking it over: whole seconds.
+    #[arg(
+        long,
+        env = "GOAWAY_LEASE_DURATION",
+        value_name = "DURATION",
+        default_value = "15s"
+    )]
+    pub lease_duration: GoDuration,
+    /// How long the leader keeps trying to renew before it stops leading;
+    /// less than --lease-duration.
+    #[arg(
+        long,
+        env = "GOAWAY_LEASE_RENEW_DEADLINE",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub lease_renew_deadline: GoDuration,
+    /// How often replicas try to acquire or renew the Lease; less than
+    /// --lease-renew-deadline.
+    #[arg(
+        long,
+        env = "GOAWAY_LEASE_RETRY_PERIOD",
+        value_name = "DURATION",
+        default_value = "2s"
+    )]
+    pub lease_retry_period: GoDuration,
 }
 
 impl RunArgs {
@@ -318,6 +345,32 @@ impl RunArgs {
             })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| format!("goaway-operator-{}", std::process::id()))
+    }
+
+    /// The lease timings. Fails, naming the flags, unless the duration is
+    /// whole seconds and retry period < renew deadline < duration.
+    pub fn lease_timing(&self) -> Result<LeaseTiming> {
+        let flag = |flag: &'static str, reason: String| {
+            Error::InvalidFlags(vec![FlagError { flag, reason }])
+        };
+        let duration = self.lease_duration.to_std().unwrap_or_default();
+        let seconds = u32::try_from(duration.as_secs()).unwrap_or(u32::MAX);
+        if duration.subsec_nanos() != 0 || seconds == 0 {
+            let reason = format!(
+                "must be a positive whole number of seconds (got {})",
+                self.lease_duration
+            );
+            return Err(flag("--lease-duration", reason));
+        }
+        let deadline = self.lease_renew_deadline.to_std().unwrap_or_default();
+        let retry = self.lease_retry_period.to_std().unwrap_or_default();
+        LeaseTiming::new(seconds, deadline, retry).ok_or_else(|| {
+            let reason = format!(
+                "need 0 < --lease-retry-period ({}) < --lease-renew-deadline ({}) < --lease-duration ({})",
+                self.lease_retry_period, self.lease_renew_deadline, self.lease_duration
+            );
+            flag("--lease-renew-deadline", reason)
+        })
     }
 
     /// The Lease, when leader election is on.

@@ -30,9 +30,6 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
     /// A manifest given to the command line is not what it should be.
     #[error("{0}")]
     Manifest(String),

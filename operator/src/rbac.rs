@@ -100,7 +100,7 @@ pub const RBAC: &[Rule] = &[
     Rule {
         api_group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["create", "get", "patch"],
+        verbs: &["create", "get", "update"],
         scope: Scope::OperatorNamespace,
         needed: Needed::LeaderElection,
         why: "leader election",

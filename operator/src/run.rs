@@ -29,6 +29,7 @@ use crate::{KeepalivePolicy, MANAGER, Result, controller, leader};
 pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
     let agent = args.agent.agent_config()?;
     let defaults = args.defaults.policy_defaults()?;
+    let lease_timing = args.lease_timing()?;
     // Bind next: a taken port is a startup error, not a half-running operator.
     let webhook_listener = admin::bind(args.webhook_addr).await?;
     let admin_listener = admin::bind(args.admin_addr).await?;
@@ -109,7 +110,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
             leader::run_as_leader(
                 client.clone(),
                 &lease,
-                leader::LeaseTiming::default(),
+                lease_timing,
                 metrics.clone(),
                 leader_tx,
                 shutdown.clone(),

@@ -1,9 +1,10 @@
-//! Leader election ([`run_as_leader`]) with the real kube-lease-manager
-//! against the fake API server, whose server-side apply refuses to change
-//! a field another field manager owns: the conflict kube-lease-manager's
-//! mutual exclusion rests on. Replicas share one Lease lasting 2 s,
-//! renewed 1 s before it expires (the shortest whole seconds allow). Real
-//! time: kube-lease-manager stamps the Lease with the wall clock.
+//! Leader election ([`run_as_leader`]) against the fake API server, whose
+//! replaces are guarded by `resourceVersion` (`409 Conflict` for a stale
+//! one) as on a real server: the check mutual exclusion rests on. Replicas
+//! share one Lease lasting 2 s (the shortest whole seconds allow beyond
+//! the 1 s renew deadline) and try every 250 ms. Real time: the Lease is
+//! stamped with the wall clock, and the replicas' clients run on their own
+//! tasks.
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use goaway_operator::leader::{LeaseConfig, LeaseTiming, run_as_leader};
 use goaway_operator::metrics::Metrics;
+use goaway_operator::rbac::RBAC;
 use goaway_operator::shutdown::{self, Shutdown};
 use goaway_operator::{MANAGER, Result};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,7 +22,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::fake_api::FakeApi;
+use support::fake_api::{Cut, FakeApi};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -97,18 +99,36 @@ struct Replica {
 impl Replica {
     /// A replica whose work lasts until its term ends.
     fn start(api: &FakeApi, identity: &'static str, terms: &Terms) -> Self {
+        Self::start_on(api.client(), identity, Self::recorded(identity, terms))
+    }
+
+    /// Work that records its term in `terms` and lasts until told to stop.
+    fn recorded(
+        identity: &'static str,
+        terms: &Terms,
+    ) -> impl FnMut(Shutdown) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static
+    {
         let terms = terms.clone();
-        Self::start_with(api, identity, move |term: Shutdown| {
+        move |term: Shutdown| {
             let terms = terms.clone();
-            async move {
+            Box::pin(async move {
                 let this = terms.begin(identity);
                 term.wait().await;
                 terms.end(this);
-            }
-        })
+            })
+        }
     }
 
     fn start_with<F, Fut>(api: &FakeApi, identity: &'static str, work: F) -> Self
+    where
+        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self::start_on(api.client(), identity, work)
+    }
+
+    /// A replica talking to the API server through `client`.
+    fn start_on<F, Fut>(client: kube::Client, identity: &'static str, work: F) -> Self
     where
         F: FnMut(Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -121,8 +141,9 @@ impl Replica {
             namespace: NAMESPACE.into(),
             identity: identity.into(),
         };
-        let timing = LeaseTiming::new(2, 1).unwrap();
-        let (client, gauge) = (api.client(), metrics.clone());
+        let timing =
+            LeaseTiming::new(2, Duration::from_secs(1), Duration::from_millis(250)).unwrap();
+        let gauge = metrics.clone();
         let task = tokio::spawn(async move {
             run_as_leader(client, &config, timing, gauge, leader_tx, signal, work).await
         });
@@ -180,7 +201,7 @@ fn reports_leadership(metrics: &Metrics) -> bool {
     }
 }
 
-/// The field manager `run_as_leader` gives kube-lease-manager.
+/// The field manager `run_as_leader` writes the Lease as.
 fn field_manager(identity: &str) -> String {
     format!("{MANAGER}-{identity}")
 }
@@ -311,36 +332,62 @@ async fn one_of_two_replicas_leads_promptly_and_alone() {
     assert!(terms.all_ended());
     terms.assert_never_overlapped();
     assert_eq!(holder(&api), None, "the Lease was not released");
+
+    // What the chart grants (the operator's RBAC list) covers what was used.
+    let granted = RBAC.iter().find(|r| r.resource == "leases").unwrap();
+    let used = api.verbs("leases");
+    assert!(
+        used.iter().all(|verb| granted.verbs.contains(verb)),
+        "used {used:?}, granted {:?}",
+        granted.verbs
+    );
+    assert_eq!(lease(&api)["spec"]["leaseTransitions"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replica_that_read_the_lease_free_does_not_lead_once_another_took_it() {
+/// b reads the Lease (`lease` beforehand) and finds it free, but its
+/// claim reaches the server only after a has claimed it: b's write must
+/// be refused, and b must not lead.
+async fn replica_that_read_the_lease_free_does_not_lead_once_another_took_it(lease: Option<Value>) {
     let api = FakeApi::new();
+    if let Some(lease) = lease {
+        let lease: Lease = serde_json::from_value(lease).unwrap();
+        Api::<Lease>::namespaced(api.client(), NAMESPACE)
+            .create(&PostParams::default(), &lease)
+            .await
+            .unwrap();
+    }
     let terms = Terms::default();
-    // b finds the Lease free, but its claim reaches the server late...
-    let held = api.hold_applies(&field_manager("b"));
+    let held = api.hold_writes(&field_manager("b"));
     let b = Replica::start(&api, "b", &terms);
     tokio::time::timeout(BOUND, held.arrived())
         .await
         .expect("b never claimed the Lease");
-    // ...after a has claimed it.
     let mut a = Replica::start(&api, "a", &terms);
     a.becomes_leader().await;
     held.release();
 
-    // Long enough for b to have led, and for a to have renewed twice.
+    // Long enough for b to have led, and for a to have renewed often.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!b.leader.has_changed().unwrap(), "b led");
     assert!(a.is_leader());
     assert_eq!(terms.leaders(), ["a"]);
-    assert_eq!(
-        api.owners("leases", NAMESPACE, LEASE, ".spec.holderIdentity"),
-        [field_manager("a")]
-    );
+    assert_eq!(holder(&api).as_deref(), Some("a"));
 
     b.shut_down().await;
     a.shut_down().await;
     terms.assert_never_overlapped();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_that_found_no_lease_does_not_lead_once_another_created_it() {
+    replica_that_read_the_lease_free_does_not_lead_once_another_took_it(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_that_read_a_released_lease_does_not_lead_once_another_took_it() {
+    // As a leader that shut down leaves it.
+    let released = json!({"metadata": {"name": LEASE}, "spec": {"leaseDurationSeconds": 1, "leaseTransitions": 3}});
+    replica_that_read_the_lease_free_does_not_lead_once_another_took_it(Some(released)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,5 +477,164 @@ async fn leader_whose_work_returns_steps_down_for_the_other_replica() {
     b.becomes_leader().await;
     terms.have_begun(&["a", "b"]).await;
     terms.assert_never_overlapped();
+    b.shut_down().await;
+}
+
+/// A leader cut off from the API server must stop leading before its
+/// lease expires, or it reconciles alongside its successor:
+/// kube-lease-manager itself keeps reporting leadership while its
+/// renewals hang or fail.
+async fn leader_cut_off_steps_down_before_its_successor_leads(how: Cut) {
+    let api = FakeApi::new();
+    let terms = Terms::default();
+    let (client, link) = api.linked_client();
+    let mut a = Replica::start_on(client, "a", Replica::recorded("a", &terms));
+    a.becomes_leader().await;
+    let mut b = Replica::start(&api, "b", &terms);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_leader());
+
+    link.cut(how);
+    let cut = Instant::now();
+    assert!(a.comes_to(false).await, "a still leads, cut off ({how:?})");
+    // a stopped within its lease (2 s after its last renewal, at most
+    // 2 s before the cut) and b, once the Lease expired, took over.
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert!(!a.reports_leadership());
+    b.becomes_leader().await;
+    terms.have_begun(&["a", "b"]).await;
+    terms.assert_never_overlapped();
+
+    // Back in touch, a finds the Lease taken and follows.
+    link.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!a.is_leader());
+    assert_eq!(terms.leaders(), ["a", "b"]);
+    assert_eq!(holder(&api).as_deref(), Some("b"));
+
+    // And leads again once b is gone.
+    b.shut_down().await;
+    a.becomes_leader().await;
+    terms.have_begun(&["a", "b", "a"]).await;
+    terms.assert_never_overlapped();
+    a.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_partitioned_from_the_api_server_steps_down_before_its_successor_leads() {
+    leader_cut_off_steps_down_before_its_successor_leads(Cut::Hang).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_refused_by_the_api_server_steps_down_before_its_successor_leads() {
+    leader_cut_off_steps_down_before_its_successor_leads(Cut::Refuse).await;
+}
+
+/// A leader whose reads and renewals fail for a moment, well within its
+/// lease, keeps leading: a blip is not a reason to step down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_keeps_leading_through_a_brief_api_outage() {
+    let api = FakeApi::new();
+    let terms = Terms::default();
+    let (client, link) = api.linked_client();
+    let mut a = Replica::start_on(client, "a", Replica::recorded("a", &terms));
+    a.becomes_leader().await;
+    // Just after a renewal, so the outage ends before the next is due.
+    let renewed = lease(&api)["spec"]["renewTime"].clone();
+    within(BOUND, "a renewal", || {
+        lease(&api)["spec"]["renewTime"] != renewed
+    })
+    .await;
+    link.cut(Cut::Hang);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    link.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.is_leader());
+    assert_eq!(terms.leaders(), ["a"]);
+    a.shut_down().await;
+}
+
+/// Expiry is judged by how long the record has gone unchanged on the
+/// follower's own clock, not by the holder's `renewTime`: a holder whose
+/// clock is an hour behind keeps the lease while it renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_with_a_skewed_clock_keeps_the_lease_while_it_renews() {
+    let api = FakeApi::new();
+    let leases = Api::<Lease>::namespaced(api.client(), NAMESPACE);
+    let an_hour_ago = || MicroTime(Timestamp::now() - Duration::from_secs(3600));
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": LEASE},
+        "spec": {"holderIdentity": "skewed", "leaseDurationSeconds": 2, "acquireTime": an_hour_ago(), "renewTime": an_hour_ago()},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let terms = Terms::default();
+    let mut b = Replica::start(&api, "b", &terms);
+
+    let renewing = tokio::spawn(async move {
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let renew = json!({"spec": {"renewTime": an_hour_ago()}});
+            leases
+                .patch(LEASE, &update_by("skewed"), &Patch::Strategic(renew))
+                .await
+                .unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !b.leader.has_changed().unwrap(),
+        "b took a lease being renewed"
+    );
+    assert_eq!(holder(&api).as_deref(), Some("skewed"));
+
+    // Once the renewals stop, b takes over a lease duration later.
+    renewing.await.unwrap();
+    let stopped = Instant::now();
+    b.becomes_leader().await;
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        stopped.elapsed()
+    );
+    b.shut_down().await;
+}
+
+/// On shutdown the leader keeps its lease renewed while its work stops,
+/// however long that takes, and only then lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
+    let api = FakeApi::new();
+    let terms = Terms::default();
+    let slow = terms.clone();
+    let mut a = Replica::start_with(&api, "a", move |term: Shutdown| {
+        let terms = slow.clone();
+        async move {
+            let this = terms.begin("a");
+            term.wait().await;
+            // Longer than the lease lasts.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            terms.end(this);
+        }
+    });
+    a.becomes_leader().await;
+    let mut b = Replica::start(&api, "b", &terms);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopping = Instant::now();
+    a.stop.fire();
+    b.becomes_leader().await;
+    assert!(
+        stopping.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+    terms.have_begun(&["a", "b"]).await;
+    terms.assert_never_overlapped();
+    a.shut_down().await;
     b.shut_down().await;
 }

@@ -32,7 +32,7 @@ use goaway_operator::config::{Cli, Command as OperatorCommand};
 // AGENT_UID: distroless's `nonroot` user, which the images run as and the
 // operator runs the injected agent as.
 use goaway_operator::inject::{AGENT_UID, ANNOTATION_INJECT, DEFAULT_AGENT_IMAGE};
-use goaway_operator::leader::LeaseConfig;
+use goaway_operator::leader::{LeaseConfig, LeaseTiming};
 use goaway_tests::repo_root;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::json;
@@ -148,6 +148,9 @@ fn default_render_is_the_operator_and_nothing_else() {
     assert_eq!(args.lease_name, defaults.lease_name);
     assert_eq!(args.tls_secret, defaults.tls_secret);
     assert_eq!(args.namespace, defaults.namespace);
+    // The chart's lease timings are the operator's, and it starts with them.
+    assert_eq!(args.lease_timing().unwrap(), LeaseTiming::default());
+    assert_eq!(defaults.lease_timing().unwrap(), LeaseTiming::default());
 }
 
 /// The names the operator is told (flags) are the names of the objects

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 use clap::CommandFactory;
 
@@ -172,5 +174,62 @@ fn drain_default_flags_are_go_durations_checked_together() {
             let err = result.unwrap().1.policy_defaults().unwrap_err().to_string();
             assert!(err.starts_with(message), "{flags:?}: {err}");
         }
+    }
+}
+
+fn run_args(flags: &[&str]) -> RunArgs {
+    match parse(&[&["run"], flags].concat()).unwrap().command {
+        Command::Run(args) => *args,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn lease_timing_defaults_to_client_go_and_is_checked_at_start_up() {
+    assert_eq!(
+        run_args(&[]).lease_timing().unwrap(),
+        LeaseTiming::default()
+    );
+    let timing = run_args(&[
+        "--lease-duration=60s",
+        "--lease-renew-deadline=40s",
+        "--lease-retry-period=500ms",
+    ])
+    .lease_timing()
+    .unwrap();
+    assert_eq!(
+        (
+            timing.duration(),
+            timing.renew_deadline(),
+            timing.retry_period()
+        ),
+        (
+            Duration::from_secs(60),
+            Duration::from_secs(40),
+            Duration::from_millis(500)
+        )
+    );
+    for (flags, message) in [
+        (
+            &["--lease-duration=1500ms"][..],
+            "--lease-duration: must be a positive whole number of seconds (got 1.5s)",
+        ),
+        (
+            &["--lease-duration=0s"],
+            "--lease-duration: must be a positive whole number of seconds",
+        ),
+        // The default 10s renew deadline against a 10s lease.
+        (
+            &["--lease-duration=10s"],
+            "--lease-renew-deadline: need 0 < --lease-retry-period (2s) < --lease-renew-deadline (10s) < --lease-duration (10s)",
+        ),
+        (
+            &["--lease-retry-period=10s"],
+            "--lease-renew-deadline: need",
+        ),
+        (&["--lease-retry-period=0s"], "--lease-renew-deadline: need"),
+    ] {
+        let err = run_args(flags).lease_timing().unwrap_err().to_string();
+        assert!(err.starts_with(message), "{flags:?}: {err}");
     }
 }

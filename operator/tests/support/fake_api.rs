@@ -15,7 +15,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -49,6 +49,7 @@ struct State {
     fields: BTreeMap<Key, ManagedFields>,
     log: Vec<Change>,
     holds: BTreeMap<String, Arc<Hold>>,
+    verbs: BTreeMap<String, BTreeSet<&'static str>>,
 }
 
 /// How a request writes, for field ownership.
@@ -67,35 +68,61 @@ enum Write<'a> {
 /// from the user agent).
 const UNNAMED_MANAGER: &str = "unknown";
 
-/// Apply patches of one field manager, waiting in the server.
+/// Writes of one field manager, waiting in the server.
 struct Hold {
     waiting: watch::Sender<usize>,
     released: watch::Sender<bool>,
 }
 
-/// Holds a field manager's apply patches in the server, unprocessed,
-/// until released or dropped: a test can let one client read, then
-/// another write, and only then the first write (a stale read).
-pub struct HeldApplies {
+/// Holds a field manager's writes (creates, replaces, patches) in the
+/// server, unprocessed, until released or dropped: a test can let one
+/// client read, then another write, and only then the first write (a
+/// stale read).
+pub struct HeldWrites {
     api: FakeApi,
     manager: String,
     hold: Arc<Hold>,
 }
 
-impl HeldApplies {
-    /// Completes once an apply is being held.
+impl HeldWrites {
+    /// Completes once a write is being held.
     pub async fn arrived(&self) {
         let _ = self.hold.waiting.subscribe().wait_for(|n| *n > 0).await;
     }
 
-    /// Lets the held applies, and later ones, through.
+    /// Lets the held writes, and later ones, through.
     pub fn release(self) {}
 }
 
-impl Drop for HeldApplies {
+impl Drop for HeldWrites {
     fn drop(&mut self) {
         self.api.lock().holds.remove(&self.manager);
         self.hold.released.send_replace(true);
+    }
+}
+
+/// What a cut [`Link`] does to requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// They wait, unanswered, until the link heals (a partition).
+    Hang,
+    /// They are answered `503 Service Unavailable`.
+    Refuse,
+}
+
+/// One client's link to the server (see [`FakeApi::linked_client`]).
+#[derive(Clone)]
+pub struct Link(Arc<watch::Sender<Option<Cut>>>);
+
+impl Link {
+    /// Cuts the link: requests sent from now on are treated as `how` says.
+    pub fn cut(&self, how: Cut) {
+        self.0.send_replace(Some(how));
+    }
+
+    /// Heals the link; held requests go through.
+    pub fn heal(&self) {
+        self.0.send_replace(None);
     }
 }
 
@@ -127,6 +154,33 @@ impl FakeApi {
         kube::Client::new(service, "default")
     }
 
+    /// A kube client whose link to this server a test can cut and heal.
+    pub fn linked_client(&self) -> (kube::Client, Link) {
+        let (api, link) = (self.clone(), Link(Arc::new(watch::channel(None).0)));
+        let state = link.0.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let (api, mut state) = (api.clone(), state.subscribe());
+            async move {
+                let cut = *state.wait_for(|cut| *cut != Some(Cut::Hang)).await.unwrap();
+                if cut == Some(Cut::Refuse) {
+                    let message = "the server is currently unable to handle the request";
+                    return Ok(status(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        message,
+                    ));
+                }
+                Ok::<_, Infallible>(api.handle(req).await)
+            }
+        });
+        (kube::Client::new(service, "default"), link)
+    }
+
+    /// The RBAC verbs of every request made for `resource` so far.
+    pub fn verbs(&self, resource: &str) -> BTreeSet<&'static str> {
+        self.lock().verbs.get(resource).cloned().unwrap_or_default()
+    }
+
     /// The stored object, if any.
     pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.lock()
@@ -145,9 +199,9 @@ impl FakeApi {
             .unwrap_or_default()
     }
 
-    /// Holds `field_manager`'s apply patches until the result is released
-    /// or dropped.
-    pub fn hold_applies(&self, field_manager: &str) -> HeldApplies {
+    /// Holds `field_manager`'s writes until the result is released or
+    /// dropped.
+    pub fn hold_writes(&self, field_manager: &str) -> HeldWrites {
         let hold = Arc::new(Hold {
             waiting: watch::channel(0).0,
             released: watch::channel(false).0,
@@ -155,7 +209,7 @@ impl FakeApi {
         self.lock()
             .holds
             .insert(field_manager.to_string(), hold.clone());
-        HeldApplies {
+        HeldWrites {
             api: self.clone(),
             manager: field_manager.to_string(),
             hold,
@@ -211,7 +265,24 @@ impl FakeApi {
         };
         let metadata_only = accept.contains("as=PartialObjectMetadata");
         let manager = query.get("fieldManager").map(String::as_str);
-        if apply {
+        let verb = match (&method, &path.name) {
+            (&Method::GET, None) if query.get("watch").map(String::as_str) == Some("true") => {
+                "watch"
+            }
+            (&Method::GET, None) => "list",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "other",
+        };
+        self.lock()
+            .verbs
+            .entry(path.resource.clone())
+            .or_default()
+            .insert(verb);
+        if !matches!(verb, "get" | "list" | "watch") {
             let hold = manager.and_then(|m| self.lock().holds.get(m).cloned());
             if let Some(hold) = hold {
                 let mut released = hold.released.subscribe();

@@ -69,8 +69,31 @@ fn flag_values() -> Vec<FlagValue> {
             values: json!({"leaderElection": {"enabled": false}, "replicaCount": 1}),
             env: "GOAWAY_LEADER_ELECTION",
             expect: "false".into(),
-            also: &["GOAWAY_LEASE_NAME"],
+            also: &[
+                "GOAWAY_LEASE_NAME",
+                "GOAWAY_LEASE_DURATION",
+                "GOAWAY_LEASE_RENEW_DEADLINE",
+                "GOAWAY_LEASE_RETRY_PERIOD",
+            ],
         },
+        v(
+            "leaderElection.leaseDuration",
+            json!("1m"),
+            "GOAWAY_LEASE_DURATION",
+            "1m",
+        ),
+        v(
+            "leaderElection.renewDeadline",
+            json!("40s"),
+            "GOAWAY_LEASE_RENEW_DEADLINE",
+            "40s",
+        ),
+        v(
+            "leaderElection.retryPeriod",
+            json!("500ms"),
+            "GOAWAY_LEASE_RETRY_PERIOD",
+            "500ms",
+        ),
         v(
             "webhook.port",
             json!(9444),
