@@ -354,10 +354,11 @@ impl RunArgs {
             Error::InvalidFlags(vec![FlagError { flag, reason }])
         };
         let duration = self.lease_duration.to_std().unwrap_or_default();
-        let seconds = u32::try_from(duration.as_secs()).unwrap_or(u32::MAX);
+        // The Lease stores it as an int32.
+        let seconds = i32::try_from(duration.as_secs()).map_or(0, |s| s as u32);
         if duration.subsec_nanos() != 0 || seconds == 0 {
             let reason = format!(
-                "must be a positive whole number of seconds (got {})",
+                "must be a positive whole number of seconds, at most 2^31-1 (got {})",
                 self.lease_duration
             );
             return Err(flag("--lease-duration", reason));

@@ -212,10 +212,15 @@ fn lease_timing_defaults_to_client_go_and_is_checked_at_start_up() {
     for (flags, message) in [
         (
             &["--lease-duration=1500ms"][..],
-            "--lease-duration: must be a positive whole number of seconds (got 1.5s)",
+            "--lease-duration: must be a positive whole number of seconds, at most 2^31-1 (got 1.5s)",
         ),
         (
             &["--lease-duration=0s"],
+            "--lease-duration: must be a positive whole number of seconds",
+        ),
+        // One second more than the Lease's int32 holds.
+        (
+            &["--lease-duration=2147483648s"],
             "--lease-duration: must be a positive whole number of seconds",
         ),
         // The default 10s renew deadline against a 10s lease.
