@@ -59,7 +59,9 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        return v.strip_prefix("Bearer ").map(str::trim);
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let (scheme, token) = v.trim_start().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
     headers
         .get("x-goaway-drain-token")
@@ -72,15 +74,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
+/// Prometheus text format 0.0.4 unless the scraper asks for OpenMetrics
+/// (Prometheus itself does, in its Accept header).
+async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let open_metrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if open_metrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        agent.metrics.encode(),
-    )
-        .into_response()
+            agent.metrics.encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            agent.metrics.encode_classic(),
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// The effective policy (every default filled in) at the top level, and
@@ -108,6 +121,10 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret2"));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented(&h), Some("abc"));
+        // The scheme is case-insensitive.
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer  abc".parse().unwrap());
         assert_eq!(presented(&h), Some("abc"));
         let mut h = HeaderMap::new();
         h.insert("x-goaway-drain-token", "xyz".parse().unwrap());

@@ -97,7 +97,8 @@ pub struct RunArgs {
 /// `goaway-agent drain`.
 #[derive(Clone, Debug, Args)]
 pub struct DrainArgs {
-    /// The agent's admin address.
+    /// The agent's admin address, in any form `run --admin` takes; `:port`
+    /// and unspecified IPs (`0.0.0.0`, `[::]`) mean this host's loopback.
     #[arg(long, env = "GOAWAY_ADMIN", default_value = "127.0.0.1:15021")]
     pub admin: String,
     /// The drain token, if the agent requires one.
@@ -106,8 +107,9 @@ pub struct DrainArgs {
     /// Read the drain token from this file.
     #[arg(long, env = "GOAWAY_DRAIN_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
-    /// Give up after this long.
-    #[arg(long, default_value = "10m")]
+    /// How long this command waits for the drain to finish before giving
+    /// up (the agent's drain goes on regardless).
+    #[arg(long, env = "GOAWAY_DRAIN_TIMEOUT", default_value = "10m")]
     pub timeout: GoDuration,
 }
 

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client for the admin API: `goaway-agent drain` (for
 //! exec preStop hooks) and the demo use it.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -40,11 +41,48 @@ pub async fn call(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// POSTs `/drain` to `admin` and returns the JSON summary.
+/// Where to send a request for an agent whose admin server was given
+/// `admin` to listen on: a bind address such as `:15021` or
+/// `0.0.0.0:15021` is reached on the loopback address of its family.
+pub fn dial_target(admin: &str) -> String {
+    if let Some(port) = admin.strip_prefix(':') {
+        return format!("127.0.0.1:{port}");
+    }
+    match admin.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            let loopback: IpAddr = match addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
+            SocketAddr::new(loopback, addr.port()).to_string()
+        }
+        _ => admin.to_owned(),
+    }
+}
+
+/// POSTs `/drain` to the agent at `admin` (see [`dial_target`]) and
+/// returns the JSON summary.
 pub async fn request_drain(admin: &str, token: Option<&str>, timeout: Duration) -> Result<String> {
+    let admin = dial_target(admin);
+    let admin = admin.as_str();
     let (status, body) = call(hyper::Method::POST, admin, "/drain", token, timeout).await?;
     if !status.is_success() {
         bail!("http://{admin}/drain answered {status}: {}", body.trim());
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dial_target;
+
+    #[test]
+    fn bind_addresses_are_dialled_on_loopback() {
+        assert_eq!(dial_target(":15021"), "127.0.0.1:15021");
+        assert_eq!(dial_target("0.0.0.0:15021"), "127.0.0.1:15021");
+        assert_eq!(dial_target("[::]:15021"), "[::1]:15021");
+        assert_eq!(dial_target("10.0.0.7:15021"), "10.0.0.7:15021");
+        assert_eq!(dial_target("[::1]:15021"), "[::1]:15021");
+        assert_eq!(dial_target("localhost:15021"), "localhost:15021");
+    }
 }

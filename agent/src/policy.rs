@@ -4,9 +4,10 @@
 //! inotify: Kubernetes ConfigMap volumes swap a `..data` symlink, editors
 //! and tools replace files by rename, and a poll of a file this small
 //! notices every one of those the same way, with no watch to re-arm.
-//! A changed file that does not parse or validate is rejected with an
-//! error log and `goaway_policy_reloads_total{result="error"}`; the last
-//! good policy stays in force.
+//! A changed file that does not parse or validate, or is empty (a file
+//! being written in place), is rejected with an error log and
+//! `goaway_policy_reloads_total{result="error"}`; the last good policy
+//! stays in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,41 +19,49 @@ use goaway_transport::policy::{PolicyError, Strictness};
 use serde::Serialize;
 use tokio::sync::watch;
 
-/// Why a policy file could not be used.
+/// Why a policy file could not be used. The message is complete (the
+/// cause is part of it, not a separate source), so it prints once however
+/// the error is formatted.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Reading failed.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The IO error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Parsing or validation failed (the message names the field).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: PolicyError,
+        error: PolicyError,
+    },
+    /// On reload, an empty file: most likely one being written in place.
+    #[error("{path}: the file is empty (write `{{}}` for the all-defaults policy)")]
+    Empty {
+        /// The file.
+        path: PathBuf,
     },
 }
 
 /// Reads and validates a policy file, logging its warnings.
 pub fn load_file(path: &Path) -> Result<Policy, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse(path, &text)
 }
 
 fn parse(path: &Path, text: &str) -> Result<Policy, LoadError> {
     let (policy, warnings) =
-        Policy::load(text, Strictness::Permissive).map_err(|source| LoadError::Invalid {
+        Policy::load(text, Strictness::Permissive).map_err(|error| LoadError::Invalid {
             path: path.to_owned(),
-            source,
+            error,
         })?;
     for w in warnings {
         tracing::warn!(field = %w.field, message = %w.message, "policy warning");
@@ -159,10 +168,14 @@ pub async fn watch_file(
         }
         seen = now_key;
         let result = match now {
+            // An editor or `cat >` truncates the file before writing it;
+            // taking that moment for "all defaults" would re-arm every
+            // connection's timers twice.
+            Ok(text) if text.trim().is_empty() => Err(LoadError::Empty { path: path.clone() }),
             Ok(text) => parse(&path, &text),
-            Err(source) => Err(LoadError::Read {
+            Err(error) => Err(LoadError::Read {
                 path: path.clone(),
-                source,
+                error,
             }),
         };
         match result {

@@ -355,6 +355,13 @@ fn metrics_parse_with_prometheus_client_in_both_formats() -> Result<()> {
     // Without an Accept header: Prometheus text format 0.0.4.
     let (status, classic) = goaway_tests::agent::http("GET", &url, &[])?;
     assert_eq!(status, 200);
+    // prometheus_client's classic parser also reads OpenMetrics, so check
+    // the format itself: counters declared by their `_total` name, no EOF.
+    assert!(
+        classic.contains("# TYPE goaway_connections_total counter\n"),
+        "{classic}"
+    );
+    assert!(!classic.contains("# EOF"), "{classic}");
     let parsed = parse_with_prometheus_client("classic", &classic)?;
     // And with it, as Prometheus asks: OpenMetrics.
     let (status, om) = goaway_tests::agent::http(

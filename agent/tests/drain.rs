@@ -287,10 +287,17 @@ fn drain_subcommand_prints_the_summary_and_exits_zero() -> Result<()> {
         );
     }
     assert_eq!(agent.readyz()?, 503);
-    // Again (idempotent), with the token from the environment.
+    // Again (idempotent), everything from the environment, the address in
+    // the `:port` form `run --admin` accepts (an exec hook shares the
+    // sidecar's environment).
+    let port_only = format!(":{}", agent.admin.port());
     let (code, again, stderr) = run_bin(
-        &["drain", "--admin", &admin],
-        &[("GOAWAY_DRAIN_TOKEN", "hook-token")],
+        &["drain"],
+        &[
+            ("GOAWAY_ADMIN", &port_only),
+            ("GOAWAY_DRAIN_TOKEN", "hook-token"),
+            ("GOAWAY_DRAIN_TIMEOUT", "30s"),
+        ],
     )?;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(again.trim(), stdout.trim());
@@ -303,6 +310,13 @@ fn drain_subcommand_fails_when_no_agent_answers() -> Result<()> {
     let (code, stdout, stderr) = run_bin(&["drain", "--admin", &admin, "--timeout", "5s"], &[])?;
     assert_ne!(code, 0, "{stdout}");
     assert!(stderr.contains(&admin), "{stderr}");
+    // A timeout from the environment that cannot be parsed is refused.
+    let (code, _, stderr) = run_bin(
+        &["drain", "--admin", &admin],
+        &[("GOAWAY_DRAIN_TIMEOUT", "soon")],
+    )?;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--timeout"), "{stderr}");
     Ok(())
 }
 

@@ -93,12 +93,26 @@ fn a_bad_file_is_rejected_the_old_policy_stays_and_the_error_is_counted() -> Res
         "{p}"
     );
 
+    // Truncated, as an editor or `cat >` does before writing: not taken for
+    // the all-defaults policy.
+    std::fs::write(&file, "")?;
+    wait_metric(&agent, ERROR, 3.0)?;
+    let p = agent.policy()?;
+    assert_eq!(p["server"]["maxConnectionAge"], "1h0m0s", "{p}");
+    assert!(
+        p["source"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("empty"),
+        "{p}"
+    );
+
     // Fixed: applied, and the error is cleared.
     dir.replace_by_rename("policy.yaml", "server: {maxConnectionAge: 45s}\n")?;
     wait_for(NOTICE, "the fixed policy", || Ok(max_age(&agent)? == "45s"))?;
     wait_metric(&agent, OK, 1.0)?;
     assert!(agent.policy()?["source"]["last_error"].is_null());
-    assert_eq!(agent.metrics()?.value(ERROR)?, 2.0);
+    assert_eq!(agent.metrics()?.value(ERROR)?, 3.0);
     Ok(())
 }
 

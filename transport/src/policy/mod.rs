@@ -10,7 +10,9 @@ mod resolve;
 mod validate;
 
 pub use duration::{GoDuration, PATTERN as DURATION_PATTERN, ParseDurationError};
-pub use resolve::{ClientParams, DrainParams, EffectivePolicy, ServerParams};
+pub use resolve::{
+    ClientParams, DrainParams, EffectivePolicy, MaybeInfinite, MaybeOff, ServerParams,
+};
 pub use validate::{FieldError, PolicyError, PolicyWarning, Strictness};
 
 use serde::{Deserialize, Serialize};
@@ -26,19 +28,39 @@ use serde::{Deserialize, Serialize};
 pub struct Policy {
     /// Server-side keepalive and connection lifetime, applied to every client
     /// connection the agent accepts (grpc-go keepalive.ServerParameters).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_default"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "ServerPolicy"))]
     pub server: ServerPolicy,
     /// Limits on how often clients may ping (grpc-go
     /// keepalive.EnforcementPolicy). Clients that ping too often get
     /// GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings").
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_default"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "EnforcementPolicy"))]
     pub enforcement: EnforcementPolicy,
     /// Keepalive on the agent's own connections to the application
     /// (grpc-go keepalive.ClientParameters, gRFC A8).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_default"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "UpstreamPolicy"))]
     pub upstream: UpstreamPolicy,
     /// The drain run by the pod's preStop hook or on SIGTERM.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_default"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "DrainPolicy"))]
     pub drain: DrainPolicy,
 }
 
@@ -129,6 +151,16 @@ pub struct DrainPolicy {
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+/// A group written as `null` (`server: ~`, or Helm's `toYaml` of nil) is
+/// the all-defaults group, as an empty `server:` already is.
+fn null_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
 }
 
 impl Policy {

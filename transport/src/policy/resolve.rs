@@ -151,9 +151,29 @@ impl Policy {
     }
 }
 
-/// A duration that may be infinite (or off), shown as `"infinite"`.
+/// A duration that may be infinite, shown as `"infinite"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaybeInfinite(Option<GoDuration>);
+
+/// A duration for something that may be switched off, shown as `"off"`
+/// (upstream keepalive, whose SPEC default is "off", not a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaybeOff(Option<GoDuration>);
+
+impl From<Option<Duration>> for MaybeOff {
+    fn from(d: Option<Duration>) -> Self {
+        MaybeOff(d.map(GoDuration::from))
+    }
+}
+
+impl Serialize for MaybeOff {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(d) => s.collect_str(&d),
+            None => s.serialize_str("off"),
+        }
+    }
+}
 
 impl From<Option<Duration>> for MaybeInfinite {
     fn from(d: Option<Duration>) -> Self {
@@ -204,7 +224,7 @@ pub struct EffectiveEnforcement {
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct EffectiveUpstream {
-    pub time: MaybeInfinite,
+    pub time: MaybeOff,
     pub timeout: GoDuration,
     pub permit_without_stream: bool,
 }

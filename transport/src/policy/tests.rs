@@ -16,6 +16,17 @@ fn empty_document_is_all_defaults() {
         assert_eq!(p, Policy::default());
         assert!(warnings.is_empty());
     }
+    // A group left empty or written as null is that group's defaults.
+    for text in [
+        "server:\n",
+        "server: ~\n",
+        "server: null\nenforcement: ~\nupstream: ~\ndrain: ~\n",
+    ] {
+        let (p, _) = Policy::load(text, Strictness::Permissive).unwrap();
+        assert_eq!(p, Policy::default(), "{text}");
+    }
+    let (p, _) = Policy::load(r#"{"drain": null}"#, Strictness::Permissive).unwrap();
+    assert_eq!(p, Policy::default());
     let s = Policy::default().server_params();
     assert_eq!(s.time, Duration::from_secs(7200));
     assert_eq!(s.timeout, Duration::from_secs(20));
@@ -103,6 +114,8 @@ fn unparsable_duration_names_the_field() {
         PolicyError::Parse { field, message } => {
             assert_eq!(field, "drain.timeout");
             assert!(message.contains("30 seconds"), "{message}");
+            // Named once, not again at the start of the message.
+            assert!(!message.starts_with("drain.timeout"), "{message}");
         }
         other => panic!("{other:?}"),
     }
@@ -211,6 +224,6 @@ fn effective_policy_shows_defaults_and_infinity() {
     assert_eq!(v["server"]["maxConnectionAge"], "30m0s");
     assert_eq!(v["server"]["maxConnectionIdle"], "infinite");
     assert_eq!(v["enforcement"]["minTime"], "5m0s");
-    assert_eq!(v["upstream"]["time"], "infinite");
+    assert_eq!(v["upstream"]["time"], "off");
     assert_eq!(v["drain"]["goawayAckTimeout"], "5s");
 }

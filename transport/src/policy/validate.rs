@@ -79,9 +79,14 @@ fn join(errors: &[FieldError]) -> String {
 impl PolicyError {
     pub(super) fn parse(path: &serde_path_to_error::Path, inner: &dyn fmt::Display) -> Self {
         let field = path.to_string();
+        let mut message = inner.to_string();
+        // serde_yaml already starts its messages with the path.
+        if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
+            message = rest.to_owned();
+        }
         PolicyError::Parse {
             field: if field.is_empty() { ".".into() } else { field },
-            message: inner.to_string(),
+            message,
         }
     }
 
