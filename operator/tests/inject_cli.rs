@@ -341,3 +341,61 @@ fn run_refuses_bad_flags_and_variables_before_binding_a_port() {
     assert!(!ok);
     assert!(stderr.contains(&addr), "{stderr}");
 }
+
+/// kubectl reads YAML 1.1, where plain `on`, `yes`, `1_000` or `10:30` are
+/// booleans and numbers. A string the input quoted must still be a string
+/// to a YAML 1.1 reader of the output: PyYAML is one.
+#[test]
+fn strings_stay_strings_for_a_yaml_1_1_reader() {
+    let input = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: flags
+  labels: {tier: backend}
+  annotations: {"on": "yes", note: "10:30"}
+spec:
+  containers:
+  - name: app
+    image: app
+    args: ["on", "Off", "y", "N", "1_000", "0x1F", "1:30", ".5", "plain"]
+    env: [{name: VERBOSE, value: "YES"}]
+    ports: [{name: grpc, containerPort: 9000}]
+"#;
+    let (output, _) = inject(input);
+    assert!(output.contains("goaway-agent"), "not injected:\n{output}");
+    let mut python = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-test-deps installs PyYAML)");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(output.as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyYAML could not read the output: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app = &read["spec"]["containers"][0];
+    assert_eq!(app["name"], "app", "{read}");
+    assert_eq!(
+        app["args"],
+        serde_json::json!([
+            "on", "Off", "y", "N", "1_000", "0x1F", "1:30", ".5", "plain"
+        ])
+    );
+    assert_eq!(app["env"][0]["value"], "YES");
+    let annotations = &read["metadata"]["annotations"];
+    assert_eq!(annotations["on"], "yes", "{annotations}");
+    assert_eq!(annotations["note"], "10:30", "{annotations}");
+}

@@ -100,8 +100,7 @@ pub fn inject_manifests(
             report: &mut report,
         };
         if !value.is_null() && ctx.object(&mut value, namespace)? {
-            let text = serde_yaml::to_string(&value).map_err(Error::Render)?;
-            report.output.push_str(&text);
+            report.output.push_str(&to_yaml(value, doc.body)?);
         } else {
             report.output.push_str(doc.body);
         }
@@ -221,6 +220,83 @@ struct Document<'a> {
     body: &'a str,
 }
 
+/// Serialises a changed document so that YAML 1.1 readers see what YAML
+/// 1.2 readers see. serde_yaml writes YAML 1.2, where `on`, `yes`, `n`,
+/// `1_000` or `10:30` are plain strings; kubectl and most of the
+/// Kubernetes toolchain read YAML 1.1, where they are booleans and
+/// numbers, and a quoted `"on"` in an argument list would come back as
+/// `true`. Such strings are swapped for placeholders serde_yaml writes
+/// plain, and the placeholders then for the JSON form of the string (a
+/// valid YAML double-quoted scalar), so every other line keeps
+/// serde_yaml's layout.
+fn to_yaml(mut value: Value, source: &str) -> Result<String> {
+    const MARK: &str = "__goaway_quoted_";
+    let mut swapped = Vec::new();
+    if !source.contains(MARK) {
+        swap_ambiguous(&mut value, &mut |s| {
+            let mark = format!("{MARK}{}__", swapped.len());
+            swapped.push((mark.clone(), s));
+            mark
+        });
+    }
+    let mut text = serde_yaml::to_string(&value).map_err(Error::Render)?;
+    // Last first, so that mark 1 is not replaced inside mark 10.
+    for (mark, original) in swapped.iter().rev() {
+        let quoted = serde_json::to_string(original).map_err(|e| Error::Manifest(e.to_string()))?;
+        text = text.replace(mark.as_str(), &quoted);
+    }
+    Ok(text)
+}
+
+/// Replaces every string (value or key) that YAML 1.1 would not read as
+/// that string when written plain by serde_yaml.
+fn swap_ambiguous(value: &mut Value, swap: &mut dyn FnMut(String) -> String) {
+    match value {
+        Value::String(s) if needs_quotes_for_yaml_1_1(s) => {
+            *s = swap(std::mem::take(s));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| swap_ambiguous(v, swap)),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (key, mut v) in entries {
+                swap_ambiguous(&mut v, swap);
+                let key = if needs_quotes_for_yaml_1_1(&key) {
+                    swap(key)
+                } else {
+                    key
+                };
+                map.insert(key, v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// True for a string that serde_yaml writes plain but YAML 1.1
+/// (yaml.org/type: bool, null, int, float, merge, value) resolves to
+/// something else. Quoting too much is harmless; too little is not.
+fn needs_quotes_for_yaml_1_1(s: &str) -> bool {
+    static YAML_1_1: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(concat!(
+            r"^(?:",
+            r"y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE",
+            r"|on|On|ON|off|Off|OFF|~|null|Null|NULL|<<|=",
+            r"|[-+]?0b[01_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+",
+            r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+",
+            r"|[-+]?(?:[0-9][0-9_]*)?\.[0-9.]*(?:[eE][-+][0-9]+)?",
+            r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*",
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+            r")$"
+        ))
+        .expect("valid regex")
+    });
+    if !YAML_1_1.is_match(s) {
+        return false;
+    }
+    // serde_yaml already quotes what YAML 1.2 would misread.
+    serde_yaml::to_string(s).is_ok_and(|t| !t.starts_with(['\'', '"']))
+}
+
 /// Splits a YAML stream on `---` lines, keeping every byte.
 fn split_documents(input: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
@@ -253,6 +329,45 @@ fn is_separator(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_stay_strings_for_yaml_1_1_readers() {
+        let value = serde_json::json!({
+            "args": ["on", "yes", "N", "off", "1_000", "10:30", "0755", "plain", "8080", "true"],
+            "env": [{"name": "FLAG", "value": "y"}],
+            "annotations": {"on": "NO", "ok": "yes please"},
+            "port": 8080,
+            "enabled": true,
+        });
+        let text = to_yaml(value.clone(), "").unwrap();
+        for quoted in [
+            r#"- "on""#,
+            r#"- "yes""#,
+            r#"- "N""#,
+            r#"- "off""#,
+            r#"- "1_000""#,
+            r#"- "10:30""#,
+            r#"value: "y""#,
+            r#""on": "NO""#,
+        ] {
+            assert!(text.contains(quoted), "{quoted} not in\n{text}");
+        }
+        // What serde_yaml already got right is left to it.
+        for plain in [
+            "- plain\n",
+            "- '8080'\n",
+            "- '0755'\n",
+            "- 'true'\n",
+            "ok: yes please\n",
+            "port: 8080\n",
+            "enabled: true\n",
+        ] {
+            assert!(text.contains(plain), "{plain:?} not in\n{text}");
+        }
+        // Same value back.
+        let back: Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, value);
+    }
 
     #[test]
     fn splitting_keeps_every_byte() {
