@@ -77,7 +77,12 @@ pub struct AgentArgs {
     )]
     pub agent_image_pull_policy: String,
     /// The agent's admin port (health, readiness, /drain).
-    #[arg(long, env = "GOAWAY_AGENT_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_ADMIN_PORT",
+        default_value_t = DEFAULT_ADMIN_PORT,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     pub agent_admin_port: u16,
     /// The agent's log format (`json` or `text`).
     #[arg(

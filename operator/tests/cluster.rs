@@ -10,7 +10,7 @@ use goaway_operator::{KeepalivePolicy, controller, metrics::Metrics, shutdown};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 
 async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -40,7 +40,7 @@ async fn controller_works_against_a_real_cluster() {
     crds.patch(
         "keepalivepolicies.goaway.dev",
         &apply,
-        &Patch::Apply(KeepalivePolicy::crd()),
+        &Patch::Apply(goaway_operator::crd::definition()),
     )
     .await
     .unwrap();

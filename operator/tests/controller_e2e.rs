@@ -113,11 +113,15 @@ async fn created_policy_gets_config_map_and_ready_status() {
     assert_eq!(p["status"]["observedGeneration"], 1);
     assert_eq!(p["status"]["configMap"], "goaway-grpc");
     assert_eq!(p["status"]["matchedPods"], 0);
-    let events = r.api.list("events");
-    assert!(
-        events.iter().any(|e| e["reason"] == "PolicyRendered"),
-        "{events:?}"
-    );
+    // The Event follows the status write.
+    eventually("a PolicyRendered Event", || {
+        r.api
+            .list("events")
+            .iter()
+            .any(|e| e["reason"] == "PolicyRendered")
+            .then_some(())
+    })
+    .await;
 
     // Deleting the policy deletes its ConfigMap through the owner reference.
     r.api.delete("keepalivepolicies", "ns", "grpc");
@@ -234,13 +238,14 @@ async fn invalid_policy_is_ready_false_and_keeps_the_last_good_config_map() {
         cm["metadata"]["resourceVersion"],
         good["metadata"]["resourceVersion"]
     );
-    let events = r.api.list("events");
-    assert!(
-        events
+    eventually("an InvalidPolicy warning Event", || {
+        r.api
+            .list("events")
             .iter()
-            .any(|e| e["reason"] == "InvalidPolicy" && e["type"] == "Warning"),
-        "{events:?}"
-    );
+            .any(|e| e["reason"] == "InvalidPolicy" && e["type"] == "Warning")
+            .then_some(())
+    })
+    .await;
     r.stop.fire();
     r.task.await.unwrap();
 }

@@ -3,7 +3,6 @@
 //! use (evaluated with kube's CEL interpreter, no cluster needed).
 
 use goaway_operator::crd::{self, KeepalivePolicy, RULES};
-use kube::CustomResourceExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -20,7 +19,7 @@ fn committed_crd_is_current() {
 
 #[test]
 fn crd_has_short_name_status_subresource_and_printer_columns() {
-    let crd = KeepalivePolicy::crd();
+    let crd = goaway_operator::crd::definition();
     assert_eq!(
         crd.metadata.name.as_deref(),
         Some("keepalivepolicies.goaway.dev")
@@ -59,7 +58,7 @@ fn crd_has_short_name_status_subresource_and_printer_columns() {
 
 #[test]
 fn drain_fields_say_an_unset_value_takes_the_operators_default() {
-    let crd = KeepalivePolicy::crd();
+    let crd = goaway_operator::crd::definition();
     let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
     let drain = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["drain"];
     let text = |v: &Value| v["description"].as_str().unwrap_or_default().to_string();
@@ -106,7 +105,7 @@ fn object(spec: Value) -> KeepalivePolicy {
 /// `type()`, so the `port` rule (which needs it to tell a number from a
 /// name) is left out here; [`port_rule_is_checked_in_rust`] covers it.
 fn cel(p: &KeepalivePolicy) -> Result<(), String> {
-    let crd = KeepalivePolicy::crd();
+    let crd = goaway_operator::crd::definition();
     let mut schema = serde_json::to_value(
         crd.spec.versions[0]
             .schema
@@ -131,12 +130,16 @@ fn cel(p: &KeepalivePolicy) -> Result<(), String> {
 fn port_rule_is_checked_in_rust() {
     let rule = RULES.iter().find(|r| r.field_path == ".port").unwrap();
     assert!(rule.rule.starts_with("type(self.port) == int"));
+    assert!(rule.rule.contains("!self.port.contains('--')"));
     for (port, ok) in [
         (json!("grpc"), true),
         (json!(8080), true),
         (json!("GRPC"), false),
         (json!(0), false),
         (json!("8080"), false),
+        // IANA service names have no adjacent hyphens; the CEL rule says so too.
+        (json!("a--b"), false),
+        (json!("a-b"), true),
     ] {
         let p = object(json!({"selector": {"matchLabels": {"a": "b"}}, "port": port}));
         assert_eq!(p.spec.check().is_ok(), ok, "{port}");
@@ -225,4 +228,44 @@ proptest! {
         let api = cel(&p);
         prop_assert_eq!(rust, api.is_ok(), "{} -> rust {} cel {:?}", spec, rust, api);
     }
+}
+
+/// A null in a nullable field survives to the CEL rules, where `has()`
+/// lets it through to `duration(null)`; without `nullable` the API server
+/// prunes it first. Nothing in the spec is nullable.
+#[test]
+fn no_spec_field_is_nullable() {
+    let crd = goaway_operator::crd::definition();
+    let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+    assert!(spec.is_object());
+    assert!(!spec.to_string().contains("nullable"), "{spec}");
+}
+
+/// The controller names the ConfigMap goaway-<policy>; the CRD refuses a
+/// policy name too long for that to be an object name.
+#[test]
+fn policy_names_leave_room_for_the_config_map_name() {
+    assert_eq!(
+        goaway_operator::crd::config_map_name(
+            &"a".repeat(goaway_operator::crd::MAX_POLICY_NAME_LEN)
+        )
+        .len(),
+        253
+    );
+    let crd = goaway_operator::crd::definition();
+    let root = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
+    let rules = root.x_kubernetes_validations.as_ref().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.rule == "size(self.metadata.name) <= 246"),
+        "{rules:?}"
+    );
 }

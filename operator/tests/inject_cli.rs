@@ -193,6 +193,22 @@ fn invalid_policy_files_are_refused_with_the_field() {
         stderr.contains("spec.server.time: must be at least 1s"),
         "{stderr}"
     );
+
+    // A name whose ConfigMap (goaway-<name>) could not exist.
+    let long = "a".repeat(247);
+    std::fs::write(&bad, format!("apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {{name: {long}}}\nspec: {{selector: {{matchLabels: {{a: b}}}}, port: grpc}}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+        .args(["inject", "--policy"])
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("metadata.name must be at most 246 characters"),
+        "{stderr}"
+    );
 }
 
 /// The bare Pod of the fixture, injected with `flags`.
@@ -259,6 +275,7 @@ const BAD_FLAGS: &[(&[&str], &str)] = &[
         "--agent-image-pull-policy",
     ),
     (&["--agent-memory-limit=lots"], "--agent-memory-limit"),
+    (&["--agent-admin-port=0"], "--agent-admin-port"),
     (
         &["--agent-cpu-request=1", "--agent-cpu-limit=500m"],
         "--agent-cpu-request",

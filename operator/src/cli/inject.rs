@@ -65,6 +65,13 @@ pub fn load_policies(
         let mut policy: KeepalivePolicy = serde_json::from_value(value)
             .map_err(|e| Error::Manifest(format!("policy document {}: {e}", i + 1)))?;
         let name = kube::ResourceExt::name_any(&policy);
+        // The API server enforces this with the CRD's root rule.
+        if name.len() > crate::crd::MAX_POLICY_NAME_LEN {
+            return Err(Error::Manifest(format!(
+                "KeepalivePolicy {name}: metadata.name must be at most {} characters (its ConfigMap is goaway-<name>)",
+                crate::crd::MAX_POLICY_NAME_LEN
+            )));
+        }
         policy
             .spec
             .check_with(defaults)

@@ -90,7 +90,7 @@ pub const RULES: &[CelRule] = &[
         reason: "FieldValueRequired",
     },
     CelRule {
-        rule: "type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : (size(self.port) <= 15 && self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.port.matches('[a-z]'))",
+        rule: "type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : (size(self.port) <= 15 && self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.port.matches('[a-z]') && !self.port.contains('--'))",
         message: "port must be a port number (1-65535) or a container port name (IANA service name)",
         field_path: ".port",
         reason: INVALID,

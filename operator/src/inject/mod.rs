@@ -72,6 +72,9 @@ const DEFAULT_GRACE_SECONDS: i64 = 30;
 pub enum Skip {
     /// `spec.hostNetwork: true`: the agent's ports would be the node's.
     HostNetwork,
+    /// `spec.os.name: windows`: the API server refuses the Linux
+    /// securityContext the agent runs with, and the image is Linux-only.
+    Windows,
     /// Annotation `goaway.dev/inject: "false"` or label `goaway.dev/inject=disabled`.
     OptedOut,
     /// Already carries the agent or the injected annotation.
@@ -85,6 +88,7 @@ impl Skip {
     pub fn as_str(self) -> &'static str {
         match self {
             Skip::HostNetwork => "host_network",
+            Skip::Windows => "windows",
             Skip::OptedOut => "opted_out",
             Skip::AlreadyInjected => "already_injected",
             Skip::NoPolicy => "no_policy",
@@ -146,6 +150,35 @@ pub enum InjectError {
         /// The container declaring it.
         container: String,
     },
+    /// Two of the ports involved are the same number.
+    #[error("{first} and {second} are both port {port}")]
+    PortClash {
+        /// The port number.
+        port: i32,
+        /// One role (`the app port`, `the policy's agentPort`, `the agent's admin port`).
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
+    /// More than one container names a port with the policy's port name:
+    /// moving one of the names would send a Service to the other container.
+    #[error(
+        "containers {containers:?} all declare a port named {port:?}; the policy's port must name one"
+    )]
+    AmbiguousPortName {
+        /// The port name.
+        port: String,
+        /// The containers declaring it.
+        containers: Vec<String>,
+    },
+    /// The policy's port is not a TCP port (gRPC runs on TCP).
+    #[error("port {port} is {protocol}, not TCP")]
+    NotTcp {
+        /// The port as the policy names it.
+        port: String,
+        /// Its protocol.
+        protocol: String,
+    },
     /// The pod already has a volume with the agent's volume name.
     #[error("the pod already has a volume named {VOLUME_NAME:?}")]
     VolumeExists,
@@ -205,6 +238,8 @@ pub fn skip_reason(meta: &ObjectMeta, spec: &PodSpec) -> Option<Skip> {
     let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
     if spec.host_network == Some(true) {
         Some(Skip::HostNetwork)
+    } else if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        Some(Skip::Windows)
     } else if annotation(ANNOTATION_INJECT).map(String::as_str) == Some("false")
         || label(LABEL_INJECT).map(String::as_str) == Some(LABEL_INJECT_DISABLED)
     {
@@ -240,18 +275,37 @@ fn apply(
             IntOrString::Int(i) => i.to_string(),
         },
     })?;
+    if let Some((c, p)) = app.declared {
+        let protocol = spec.containers[c]
+            .ports
+            .as_ref()
+            .and_then(|ports| ports[p].protocol.clone());
+        if let Some(protocol) = protocol.filter(|p| p != "TCP") {
+            return Err(InjectError::NotTcp {
+                port: match &policy.spec.port {
+                    IntOrString::String(s) => s.clone(),
+                    IntOrString::Int(i) => i.to_string(),
+                },
+                protocol,
+            });
+        }
+    }
+    if let IntOrString::String(port) = &policy.spec.port {
+        let containers = ports::declaring_name(spec, port);
+        if containers.len() > 1 {
+            return Err(InjectError::AmbiguousPortName {
+                port: port.clone(),
+                containers,
+            });
+        }
+    }
     let agent_port = policy.agent_port();
     let admin_port = i32::from(agent.admin_port);
+    port_clash(app.number, agent_port, admin_port)?;
     for port in [agent_port, admin_port] {
         if let Some(container) = ports::user_of(spec, port) {
             return Err(InjectError::PortInUse { port, container });
         }
-    }
-    if port_clash(app.number, agent_port, admin_port) {
-        return Err(InjectError::PortInUse {
-            port: app.number,
-            container: CONTAINER_NAME.into(),
-        });
     }
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     if volumes.iter().any(|v| v.name == VOLUME_NAME) {
@@ -308,8 +362,23 @@ fn apply(
     })
 }
 
-fn port_clash(app: i32, agent: i32, admin: i32) -> bool {
-    app == agent || app == admin || agent == admin
+/// The app port, the agent's proxy port and its admin port must differ.
+fn port_clash(app: i32, agent: i32, admin: i32) -> Result<(), InjectError> {
+    let roles = [
+        (app, "the app port"),
+        (agent, "the policy's agentPort"),
+        (admin, "the agent's admin port (--agent-admin-port)"),
+    ];
+    for (i, (port, first)) in roles.iter().enumerate() {
+        if let Some((_, second)) = roles[i + 1..].iter().find(|(p, _)| p == port) {
+            return Err(InjectError::PortClash {
+                port: *port,
+                first,
+                second,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The application's preStop: block until the agent has drained.

@@ -22,25 +22,30 @@ pub(super) struct AppPort {
 
 /// Finds the policy's port among the application containers. A name must
 /// be declared; a number is used as is when undeclared.
+/// A TCP declaration wins over another protocol's (a DNS-style app may
+/// declare the same number for TCP and UDP).
 pub(super) fn find(spec: &PodSpec, port: &IntOrString) -> Option<AppPort> {
-    let declared = spec
-        .containers
-        .iter()
-        .enumerate()
-        .find_map(|(c, container)| {
-            container
-                .ports
-                .iter()
-                .flatten()
-                .enumerate()
-                .find_map(|(p, cp)| {
-                    let hit = match port {
-                        IntOrString::String(name) => cp.name.as_deref() == Some(name.as_str()),
-                        IntOrString::Int(n) => cp.container_port == *n,
-                    };
-                    hit.then_some((c, p, cp.container_port))
-                })
-        });
+    let lookup = |tcp_only: bool| {
+        spec.containers
+            .iter()
+            .enumerate()
+            .find_map(|(c, container)| {
+                container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .find_map(|(p, cp)| {
+                        let hit = match port {
+                            IntOrString::String(name) => cp.name.as_deref() == Some(name.as_str()),
+                            IntOrString::Int(n) => cp.container_port == *n,
+                        };
+                        let tcp = cp.protocol.as_deref().is_none_or(|p| p == "TCP");
+                        (hit && (tcp || !tcp_only)).then_some((c, p, cp.container_port))
+                    })
+            })
+    };
+    let declared = lookup(true).or_else(|| lookup(false));
     match (declared, port) {
         (Some((c, p, number)), _) => Some(AppPort {
             number,
@@ -52,6 +57,21 @@ pub(super) fn find(spec: &PodSpec, port: &IntOrString) -> Option<AppPort> {
         }),
         (None, IntOrString::String(_)) => None,
     }
+}
+
+/// The application containers that declare a port named `name` (the API
+/// server only warns about duplicates).
+pub(super) fn declaring_name(spec: &PodSpec, name: &str) -> Vec<String> {
+    spec.containers
+        .iter()
+        .filter(|c| {
+            c.ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some(name))
+        })
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// The container (application or init) that declares `port`, if any.

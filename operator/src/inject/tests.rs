@@ -272,6 +272,15 @@ fn host_network_opted_out_and_unselected_pods_are_unchanged() {
         Outcome::Unchanged(Skip::HostNetwork)
     );
 
+    let mut windows = pod(API_POD);
+    windows.spec.as_mut().unwrap().os = Some(k8s_openapi::api::core::v1::PodOS {
+        name: "windows".into(),
+    });
+    assert_eq!(
+        run(&windows, &[grpc_policy()]).0,
+        Outcome::Unchanged(Skip::Windows)
+    );
+
     let mut opted = pod(API_POD);
     opted.metadata.annotations =
         Some([(ANNOTATION_INJECT.to_string(), "false".to_string())].into());
@@ -338,6 +347,69 @@ fn conflicts_are_errors_not_silent_changes() {
             port: 15021,
             container: "app".into()
         }
+    );
+
+    let try_inject = |pod: &Pod, policy: Arc<KeepalivePolicy>, agent: &AgentConfig| {
+        mutate(
+            &pod.metadata,
+            pod.spec.as_ref().unwrap(),
+            "ns",
+            &[policy],
+            &PolicyDefaults::default(),
+            agent,
+            "t",
+        )
+        .unwrap_err()
+    };
+
+    // Two containers naming the port alike: the Service's named targetPort
+    // would move to the other container, not to the agent.
+    let twice = pod(r#"
+metadata: {labels: {app: api}}
+spec:
+  containers:
+  - {name: app, ports: [{name: grpc, containerPort: 8080}]}
+  - {name: app2, ports: [{name: grpc, containerPort: 8082}]}
+"#);
+    assert_eq!(
+        try_inject(&twice, grpc_policy(), &AgentConfig::default()),
+        InjectError::AmbiguousPortName {
+            port: "grpc".into(),
+            containers: vec!["app".into(), "app2".into()],
+        }
+    );
+
+    // A UDP port of that name: moving its name would break a UDP Service.
+    let udp = pod(r#"
+metadata: {labels: {app: api}}
+spec:
+  containers:
+  - {name: app, ports: [{name: grpc, containerPort: 8080, protocol: UDP}]}
+"#);
+    assert_eq!(
+        try_inject(&udp, grpc_policy(), &AgentConfig::default()),
+        InjectError::NotTcp {
+            port: "grpc".into(),
+            protocol: "UDP".into(),
+        }
+    );
+
+    // The policy's agentPort on the agent's admin port: said as such.
+    let on_admin = policy(
+        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: grpc}\nspec:\n  selector: {matchLabels: {app: api}}\n  port: grpc\n  agentPort: 15021\n",
+    );
+    let err = try_inject(&pod(API_POD), on_admin, &AgentConfig::default());
+    assert_eq!(
+        err,
+        InjectError::PortClash {
+            port: 15021,
+            first: "the policy's agentPort",
+            second: "the agent's admin port (--agent-admin-port)",
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "the policy's agentPort and the agent's admin port (--agent-admin-port) are both port 15021"
     );
 }
 
