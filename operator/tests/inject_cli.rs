@@ -180,35 +180,34 @@ fn invalid_policy_files_are_refused_with_the_field() {
     let dir = std::env::temp_dir().join(format!("goaway-inject-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: bad}\nspec: {selector: {matchLabels: {a: b}}, port: grpc, server: {time: 10ms}}\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
-        .args(["inject", "--policy"])
-        .arg(&bad)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("spec.server.time: must be at least 1s"),
-        "{stderr}"
-    );
-
-    // A name whose ConfigMap (goaway-<name>) could not exist.
     let long = "a".repeat(247);
-    std::fs::write(&bad, format!("apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {{name: {long}}}\nspec: {{selector: {{matchLabels: {{a: b}}}}, port: grpc}}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
-        .args(["inject", "--policy"])
-        .arg(&bad)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("metadata.name must be at most 246 characters"),
-        "{stderr}"
-    );
+    for (metadata, spec, error) in [
+        (
+            "{name: bad}",
+            "{selector: {matchLabels: {a: b}}, port: grpc, server: {time: 10ms}}",
+            "spec.server.time: must be at least 1s",
+        ),
+        // A name whose ConfigMap (goaway-<name>) could not exist.
+        (
+            &format!("{{name: {long}}}"),
+            "{selector: {matchLabels: {a: b}}, port: grpc}",
+            "metadata.name must be at most 246 characters",
+        ),
+    ] {
+        let policy = format!(
+            "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {metadata}\nspec: {spec}\n"
+        );
+        std::fs::write(&bad, policy).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+            .args(["inject", "--policy"])
+            .arg(&bad)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{metadata} accepted");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(error), "{stderr}");
+    }
 }
 
 /// The bare Pod of the fixture, injected with `flags`.
