@@ -276,10 +276,10 @@ fn apply(
         },
     })?;
     if let Some((c, p)) = app.declared {
-        let protocol = spec.containers[c]
-            .ports
-            .as_ref()
-            .and_then(|ports| ports[p].protocol.clone());
+        let protocol = spec
+            .containers
+            .get(c)
+            .and_then(|container| container.ports.as_ref()?.get(p)?.protocol.clone());
         if let Some(protocol) = protocol.filter(|p| p != "TCP") {
             return Err(InjectError::NotTcp {
                 port: match &policy.spec.port {
