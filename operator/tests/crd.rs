@@ -269,3 +269,30 @@ fn policy_names_leave_room_for_the_config_map_name() {
         "{rules:?}"
     );
 }
+
+/// The schema lists the valid matchExpressions operators, so the API
+/// server refuses another at apply time; the Rust check agrees.
+#[test]
+fn selector_operators_are_an_enum_the_rust_check_agrees_with() {
+    let crd = goaway_operator::crd::definition();
+    let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
+    let operator = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["selector"]["properties"]
+        ["matchExpressions"]["items"]["properties"]["operator"];
+    assert_eq!(
+        operator["enum"],
+        json!(["In", "NotIn", "Exists", "DoesNotExist"]),
+        "{operator}"
+    );
+    for (op, ok) in [("In", true), ("Exists", true), ("Equals", false)] {
+        let values = if op == "Exists" {
+            json!([])
+        } else {
+            json!(["x"])
+        };
+        let p = object(json!({
+            "selector": {"matchExpressions": [{"key": "a", "operator": op, "values": values}]},
+            "port": "grpc",
+        }));
+        assert_eq!(p.spec.check().is_ok(), ok, "{op}");
+    }
+}

@@ -19,7 +19,7 @@ mod validate;
 
 use goaway_transport::Policy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
     ValidationRule,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
@@ -222,6 +222,7 @@ pub fn definition() -> CustomResourceDefinition {
             .and_then(|p| p.get_mut("spec"));
         if let Some(spec) = spec {
             drop_nullable(spec);
+            restrict_selector_operators(spec);
         }
         // The ConfigMap the controller names after the policy must be
         // able to exist; the API server checks the name at creation.
@@ -242,6 +243,31 @@ pub fn definition() -> CustomResourceDefinition {
         }
     }
     crd
+}
+
+/// k8s-openapi's LabelSelector schema takes any string as a
+/// matchExpressions operator; the four valid ones are listed so that the
+/// API server refuses the rest at apply time rather than the policy
+/// turning up `Ready=False` later.
+fn restrict_selector_operators(spec: &mut JSONSchemaProps) {
+    let operator = spec
+        .properties
+        .as_mut()
+        .and_then(|p| p.get_mut("selector"))
+        .and_then(|s| s.properties.as_mut())
+        .and_then(|p| p.get_mut("matchExpressions"))
+        .and_then(|m| match m.items.as_mut() {
+            Some(JSONSchemaPropsOrArray::Schema(item)) => item.properties.as_mut(),
+            _ => None,
+        })
+        .and_then(|p| p.get_mut("operator"));
+    if let Some(operator) = operator {
+        operator.enum_ = Some(
+            ["In", "NotIn", "Exists", "DoesNotExist"]
+                .map(|o| JSON(serde_json::Value::from(o)))
+                .to_vec(),
+        );
+    }
 }
 
 fn drop_nullable(schema: &mut JSONSchemaProps) {
