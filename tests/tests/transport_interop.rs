@@ -9,8 +9,19 @@ use goaway_tests::{Proc, grpc_peer, grpc_peer_command, grpc_server};
 use serde_json::Value;
 
 fn echo_server(policy: &str) -> Result<(Proc, u16)> {
+    echo_server_with(policy, &[])
+}
+
+/// The echo server answering through `ServerConnection::serve` with a
+/// `tower::Service`, as a tonic or hyper application would.
+fn tower_echo_server(policy: &str) -> Result<(Proc, u16)> {
+    echo_server_with(policy, &["--tower"])
+}
+
+fn echo_server_with(policy: &str, flags: &[&str]) -> Result<(Proc, u16)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_transport-echo-server"));
     cmd.args(["--listen", "127.0.0.1:0", "--policy-yaml", policy]);
+    cmd.args(flags);
     let p = Proc::spawn("echo-server", &mut cmd)?;
     let v = p.json_where(Duration::from_secs(20), |v| v.get("port").is_some())?;
     Ok((p, v["port"].as_u64().unwrap() as u16))
@@ -106,7 +117,72 @@ fn grpcio_client_within_policy_is_left_alone() -> Result<()> {
 
 #[test]
 fn grpcio_call_loop_sees_no_failures_across_max_age_drains() -> Result<()> {
-    let (server, port) = echo_server("server: {maxConnectionAge: 500ms}")?;
+    call_loop_across_max_age_drains(echo_server("server: {maxConnectionAge: 500ms}")?)
+}
+
+#[test]
+fn tower_service_sees_no_failures_across_max_age_drains() -> Result<()> {
+    call_loop_across_max_age_drains(tower_echo_server("server: {maxConnectionAge: 500ms}")?)
+}
+
+/// A tower service behind the transport: streamed bodies both ways with
+/// flow control (4 MiB each way, beyond every default window) and the
+/// trailers it writes reach a grpcio client unchanged.
+#[test]
+fn tower_service_streams_large_bidi_calls_to_grpcio() -> Result<()> {
+    let (_server, port) = tower_echo_server("")?;
+    let target = format!("127.0.0.1:{port}");
+    let client = grpc_peer(
+        "grpcio-client",
+        &[
+            "client",
+            "--target",
+            &target,
+            "--shape",
+            "bidi",
+            "--messages",
+            "4",
+            "--size",
+            "1048576",
+            "call",
+        ],
+    )?;
+    let result = client.finish_json(Duration::from_secs(60))?;
+    assert_eq!(result["code"], "OK", "{result}");
+    assert_eq!(result["echo_ok"], true, "{result}");
+    assert_eq!(result["response_bytes"], 4 * 1_048_576, "{result}");
+    Ok(())
+}
+
+#[test]
+fn tower_service_behind_enforcement_sends_too_many_pings() -> Result<()> {
+    let (server, port) = tower_echo_server("")?;
+    let target = format!("127.0.0.1:{port}");
+    let mut cmd = grpc_peer_command(&[
+        "client",
+        "--target",
+        &target,
+        "--option",
+        "grpc.keepalive_time_ms=100",
+        "--option",
+        "grpc.keepalive_permit_without_calls=1",
+        "--option",
+        "grpc.http2.max_pings_without_data=0",
+        "--seconds",
+        "8",
+        "idle",
+    ])?;
+    cmd.env("GRPC_VERBOSITY", "ERROR");
+    let (result, stderr) = client_result(Proc::spawn_capturing("grpcio-client", &mut cmd)?)?;
+    assert!(stderr.contains("too_many_pings"), "{stderr}");
+    assert!(result["ok"].as_u64().unwrap() >= 1, "{result}");
+    std::thread::sleep(Duration::from_millis(300));
+    let reasons = closed_reasons(&server);
+    assert!(reasons.iter().any(|r| r == "too_many_pings"), "{reasons:?}");
+    Ok(())
+}
+
+fn call_loop_across_max_age_drains((server, port): (Proc, u16)) -> Result<()> {
     let target = format!("127.0.0.1:{port}");
     let client = grpc_peer(
         "grpcio-client",

@@ -22,12 +22,17 @@
 //! }
 //! # }
 //! ```
+//!
+//! Or answer the streams with a `tower::Service`, as a tonic or hyper
+//! application would: [`ServerConnection::serve`].
 
 mod driver;
 mod handle;
+mod service;
 
 pub use driver::ServerConnection;
 pub use handle::{ConnectionHandle, Incoming, StreamGuard};
+pub use service::RequestBody;
 
 use std::sync::Arc;
 use std::time::Duration;
