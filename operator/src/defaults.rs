@@ -120,20 +120,33 @@ impl PolicyDefaults {
     }
 }
 
+/// A drain group from duration strings (tests).
+#[cfg(test)]
+pub(crate) fn drain(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str>) -> DrainPolicy {
+    let d = |s: Option<&str>| s.map(|s| s.parse().unwrap());
+    DrainPolicy {
+        delay: d(delay),
+        timeout: d(timeout),
+        goaway_ack_timeout: d(ack),
+    }
+}
+
+/// Valid operator defaults from duration strings (tests).
+#[cfg(test)]
+pub(crate) fn parsed(
+    delay: Option<&str>,
+    timeout: Option<&str>,
+    ack: Option<&str>,
+) -> PolicyDefaults {
+    PolicyDefaults::new(drain(delay, timeout, ack)).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn d(s: &str) -> Option<GoDuration> {
         Some(s.parse().unwrap())
-    }
-
-    fn drain(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str>) -> DrainPolicy {
-        DrainPolicy {
-            delay: delay.and_then(d),
-            timeout: timeout.and_then(d),
-            goaway_ack_timeout: ack.and_then(d),
-        }
     }
 
     #[test]

@@ -225,16 +225,6 @@ async fn invalid_policy_only_reports_ready_false_with_the_fields() {
     expect_silence(&mut api).await;
 }
 
-fn drain_defaults(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str>) -> PolicyDefaults {
-    let d = |s: Option<&str>| s.map(|s| s.parse().unwrap());
-    PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
-        delay: d(delay),
-        timeout: d(timeout),
-        goaway_ack_timeout: d(ack),
-    })
-    .unwrap()
-}
-
 #[tokio::test]
 async fn operator_drain_defaults_fill_the_rendered_file_where_the_policy_is_silent() {
     let p = policy(
@@ -242,7 +232,7 @@ async fn operator_drain_defaults_fill_the_rendered_file_where_the_policy_is_sile
         "2024-01-01T00:00:00Z",
         "  server: {maxConnectionAge: 30m}\n  drain: {delay: 5s}\n",
     );
-    let defaults = drain_defaults(Some("10s"), Some("1m"), None);
+    let defaults = crate::defaults::parsed(Some("10s"), Some("1m"), None);
     let (ctx, mut api) = context_with(&[&p], defaults);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
 
@@ -286,7 +276,7 @@ async fn operator_drain_defaults_fill_the_rendered_file_where_the_policy_is_sile
 #[tokio::test]
 async fn policy_invalid_with_the_operator_defaults_is_ready_false_naming_the_default() {
     let p = policy("grpc", "2024-01-01T00:00:00Z", "  drain: {timeout: 8s}\n");
-    let defaults = drain_defaults(None, None, Some("10s"));
+    let defaults = crate::defaults::parsed(None, None, Some("10s"));
     let (ctx, mut api) = context_with(&[&p], defaults);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
 

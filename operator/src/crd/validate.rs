@@ -167,12 +167,7 @@ mod tests {
     }
 
     fn defaults(timeout: Option<&str>, ack: Option<&str>) -> PolicyDefaults {
-        PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
-            delay: None,
-            timeout: timeout.map(|t| t.parse().unwrap()),
-            goaway_ack_timeout: ack.map(|t| t.parse().unwrap()),
-        })
-        .unwrap()
+        crate::defaults::parsed(None, timeout, ack)
     }
 
     #[test]

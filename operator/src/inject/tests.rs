@@ -159,19 +159,9 @@ fn grace_period_is_raised_never_lowered() {
     assert_eq!(spec(&out).termination_grace_period_seconds, Some(35));
 }
 
-fn drain_defaults(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str>) -> PolicyDefaults {
-    let d = |s: Option<&str>| s.map(|s| s.parse().unwrap());
-    PolicyDefaults::new(goaway_transport::policy::DrainPolicy {
-        delay: d(delay),
-        timeout: d(timeout),
-        goaway_ack_timeout: d(ack),
-    })
-    .unwrap()
-}
-
 #[test]
 fn grace_period_covers_the_operator_drain_defaults_the_policy_leaves_out() {
-    let defaults = drain_defaults(Some("10s"), Some("1m"), None);
+    let defaults = crate::defaults::parsed(Some("10s"), Some("1m"), None);
     // Nothing set in the policy: 10s + 60s + 5s margin.
     let bare =
         policy("metadata: {name: d}\nspec: {selector: {matchLabels: {app: api}}, port: 8080}\n");
@@ -197,7 +187,7 @@ fn a_policy_invalid_with_the_operator_defaults_is_not_injected() {
     );
     let (outcome, _) = run(&pod(API_POD), std::slice::from_ref(&short));
     assert!(matches!(outcome, Outcome::Injected(_)), "{outcome:?}");
-    let defaults = drain_defaults(None, None, Some("10s"));
+    let defaults = crate::defaults::parsed(None, None, Some("10s"));
     let (outcome, out) = run_with(&pod(API_POD), &[short], &defaults);
     assert_eq!(outcome, Outcome::Unchanged(Skip::NoPolicy));
     assert_eq!(out, pod(API_POD));
