@@ -137,12 +137,7 @@ fn running_on_its_own_output_changes_nothing() {
 fn the_cli_mutation_equals_the_webhook_mutation() {
     // The bare Pod through the CLI and through inject::mutate (the
     // webhook's function) with the CLI's token give the same pod.
-    let input = std::fs::read_to_string(fixtures().join("manifests.yaml")).unwrap();
-    let bare = documents(&input)
-        .into_iter()
-        .find(|d| d.contains("name: bare"))
-        .unwrap()
-        .to_string();
+    let bare = bare_document();
     let (output, _) = inject(&bare);
     let cli: Pod = serde_yaml::from_str(&output).unwrap();
     let token = cli.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
@@ -210,15 +205,19 @@ fn invalid_policy_files_are_refused_with_the_field() {
     }
 }
 
-/// The bare Pod of the fixture, injected with `flags`.
-fn bare_pod_with(flags: &[&str]) -> Pod {
+/// The fixture's bare Pod document.
+fn bare_document() -> String {
     let input = std::fs::read_to_string(fixtures().join("manifests.yaml")).unwrap();
-    let bare = documents(&input)
+    documents(&input)
         .into_iter()
         .find(|d| d.contains("name: bare"))
         .unwrap()
-        .to_string();
-    serde_yaml::from_str(&inject_with(&bare, flags).0).unwrap()
+        .to_string()
+}
+
+/// The bare Pod of the fixture, injected with `flags`.
+fn bare_pod_with(flags: &[&str]) -> Pod {
+    serde_yaml::from_str(&inject_with(&bare_document(), flags).0).unwrap()
 }
 
 #[test]

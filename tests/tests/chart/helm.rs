@@ -103,18 +103,25 @@ pub fn render_all(cases: &[(&str, &str, &str)]) -> Vec<Rendered> {
 /// `helm template` as `goaway` for each of `values`: the render, or
 /// Helm's error message when it refuses the values.
 pub fn try_render_all(values: &[&str]) -> Vec<Result<Rendered, String>> {
-    let commands = values
-        .iter()
-        .map(|v| render_args(RELEASE, NAMESPACE, v))
-        .collect();
     values
         .iter()
-        .zip(batch(commands))
+        .zip(batch_as_goaway(values))
         .map(|(values, out)| match out.get("error") {
             Some(error) => Err(format!("{values}: {error}")),
             None => Ok(Rendered::parse(RELEASE, NAMESPACE, &out["manifests"])),
         })
         .collect()
+}
+
+/// One `helm template` per values text, as release `goaway` in
+/// `goaway-system`: Helm's output for each.
+fn batch_as_goaway(values: &[&str]) -> Vec<Value> {
+    batch(
+        values
+            .iter()
+            .map(|v| render_args(RELEASE, NAMESPACE, v))
+            .collect(),
+    )
 }
 
 /// The Helm error for `values`: (error type, message).
@@ -124,13 +131,9 @@ pub fn render_error(values: &str) -> (String, String) {
 
 /// The Helm error for each of `values`, rendered as `goaway`.
 pub fn render_errors(values: &[&str]) -> Vec<(String, String)> {
-    let commands = values
-        .iter()
-        .map(|v| render_args(RELEASE, NAMESPACE, v))
-        .collect();
     values
         .iter()
-        .zip(batch(commands))
+        .zip(batch_as_goaway(values))
         .map(|(values, out)| {
             let Some(error) = out.get("error") else {
                 panic!("helm accepted invalid values {values:?}");
