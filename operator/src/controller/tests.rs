@@ -76,6 +76,18 @@ async fn expect(
     (uri, body)
 }
 
+/// The status apply of policy `grpc`, answered with `policy`.
+async fn expect_status_apply(handle: &mut ApiHandle, policy: &KeepalivePolicy) -> (String, Value) {
+    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
+    expect(
+        handle,
+        Method::PATCH,
+        path,
+        serde_json::to_value(policy).unwrap(),
+    )
+    .await
+}
+
 async fn expect_silence(handle: &mut ApiHandle) {
     let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
     if let Ok(Some((request, _))) = next {
@@ -150,14 +162,7 @@ async fn new_policy_gets_its_config_map_status_and_an_event() {
     .await;
     assert!(uri.contains("labelSelector=app%3Dapi"), "{uri}");
 
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (uri, status) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&p).unwrap(),
-    )
-    .await;
+    let (uri, status) = expect_status_apply(&mut api, &p).await;
     assert!(uri.contains("fieldManager=goaway-operator"), "{uri}");
     assert_eq!(status["status"]["observedGeneration"], 1);
     assert_eq!(status["status"]["matchedPods"], 2);
@@ -190,14 +195,7 @@ async fn invalid_policy_only_reports_ready_false_with_the_fields() {
     let (ctx, mut api) = context(&[&p]);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
 
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (_, status) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&p).unwrap(),
-    )
-    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
     let ready = condition(&status, "Ready");
     assert_eq!(
         (ready["status"].as_str(), ready["reason"].as_str()),
@@ -259,14 +257,7 @@ async fn operator_drain_defaults_fill_the_rendered_file_where_the_policy_is_sile
     );
 
     expect(&mut api, Method::GET, PODS_PATH, pods(json!([]))).await;
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (_, status) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&p).unwrap(),
-    )
-    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
     expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
     run.await.unwrap().unwrap();
@@ -280,14 +271,7 @@ async fn policy_invalid_with_the_operator_defaults_is_ready_false_naming_the_def
     let (ctx, mut api) = context_with(&[&p], defaults);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
 
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (_, status) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&p).unwrap(),
-    )
-    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
     let ready = condition(&status, "Ready");
     assert_eq!(
         (ready["status"].as_str(), ready["reason"].as_str()),
@@ -324,14 +308,7 @@ async fn newer_policy_selecting_the_same_pods_reports_the_conflict() {
         pods(json!([pod_meta("a", Some("a-old"))])),
     )
     .await;
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (_, status) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&newer).unwrap(),
-    )
-    .await;
+    let (_, status) = expect_status_apply(&mut api, &newer).await;
     let conflicted = condition(&status, "Conflicted");
     assert_eq!(conflicted["status"], "True");
     assert_eq!(conflicted["reason"], "PodsSelectedByOlderPolicy");
@@ -365,14 +342,7 @@ async fn the_older_policy_wins_and_reports_no_conflict() {
         pods(json!([pod_meta("a", Some("grpc"))])),
     )
     .await;
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (_, status) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&older).unwrap(),
-    )
-    .await;
+    let (_, status) = expect_status_apply(&mut api, &older).await;
     assert_eq!(condition(&status, "Conflicted")["status"], "False");
     expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
     run.await.unwrap().unwrap();
@@ -385,14 +355,7 @@ async fn steady_state_pass_publishes_no_event_and_keeps_transition_times() {
     let first = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
     expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
     expect(&mut api, Method::GET, PODS_PATH, pods(json!([]))).await;
-    let path = "/apis/goaway.dev/v1alpha1/namespaces/ns/keepalivepolicies/grpc/status";
-    let (_, applied) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&p).unwrap(),
-    )
-    .await;
+    let (_, applied) = expect_status_apply(&mut api, &p).await;
     expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
     first.await.unwrap().unwrap();
 
@@ -400,13 +363,7 @@ async fn steady_state_pass_publishes_no_event_and_keeps_transition_times() {
     let second = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
     expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
     expect(&mut api, Method::GET, PODS_PATH, pods(json!([]))).await;
-    let (_, again) = expect(
-        &mut api,
-        Method::PATCH,
-        path,
-        serde_json::to_value(&p).unwrap(),
-    )
-    .await;
+    let (_, again) = expect_status_apply(&mut api, &p).await;
     assert_eq!(
         again["status"]["conditions"],
         applied["status"]["conditions"]
