@@ -8,12 +8,6 @@ mod stream;
 pub use stream::{Upstream, forward};
 
 use std::net::SocketAddr;
-
-use std::future::poll_fn;
-use std::task::Poll;
-
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +106,6 @@ async fn handshake(tcp: TcpStream, agent: &Agent) -> Option<ServerConnection<Tcp
 
 /// Not an `async fn`: those move their arguments into a second copy
 /// inside the future, and the connection is most of a task's size.
-// An `async fn` would keep a second copy of its by-value arguments.
 #[allow(clippy::manual_async_fn)]
 fn serve(
     mut conn: ServerConnection<TcpStream>,
@@ -125,34 +118,11 @@ fn serve(
         let _registration = agent.registry.register(peer, handle.clone());
         agent.drain.adopt(&handle);
         tracing::debug!("connection accepted");
-        // The connection's streams run inside this task, not spawned: a frame
-        // for a stream wakes one task, which moves the data and flushes the
-        // connection in the same poll (the worker thread is the same either
-        // way; this saves a scheduler round trip per wake-up). The set is made
-        // with the first stream: it allocates even when empty, and many
-        // connections sit idle.
-        let mut streams = None::<FuturesUnordered<_>>;
-        poll_fn(|cx| {
-            loop {
-                let accepted = match conn.poll_accept(cx) {
-                    Poll::Ready(Some(stream)) => {
-                        streams
-                            .get_or_insert_with(FuturesUnordered::new)
-                            .push(forward(stream, upstream.clone()));
-                        true
-                    }
-                    Poll::Ready(None) => return Poll::Ready(()),
-                    Poll::Pending => false,
-                };
-                if let Some(s) = streams.as_mut() {
-                    while let Poll::Ready(Some(())) = s.poll_next_unpin(cx) {}
-                }
-                if !accepted {
-                    return Poll::Pending;
-                }
-            }
-        })
-        .await;
+        // The streams run inside this task (see the transport's
+        // `serve_streams`).
+        let leftover = conn
+            .serve_streams(|stream| forward(stream, upstream.clone()))
+            .await;
         // Streams still counted now were cut off by the close.
         let stats = handle.stats();
         agent
@@ -171,9 +141,6 @@ fn serve(
             "connection closed"
         );
         drop(conn);
-        // The connection is gone; what is left only has errors to report.
-        if let Some(mut streams) = streams {
-            while streams.next().await.is_some() {}
-        }
+        leftover.finish().await;
     }
 }

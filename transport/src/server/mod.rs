@@ -29,10 +29,12 @@
 mod driver;
 mod handle;
 mod service;
+mod streams;
 
 pub use driver::ServerConnection;
 pub use handle::{ConnectionHandle, Incoming, StreamGuard};
 pub use service::RequestBody;
+pub use streams::Streams;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,9 @@
 //! [`ServerConnection`] applies SPEC §2 underneath (keepalive, max idle, max
 //! age with grace, ping enforcement, the two-step drain).
 //!
-//! Streams are polled inside the connection's task, so neither the service
-//! nor its bodies need to be `Send`. Flow control holds both ways: a
+//! Streams are polled inside the connection's task
+//! ([`ServerConnection::serve_streams`]), so neither the service nor its
+//! bodies need to be `Send`. Flow control holds both ways: a
 //! request body's window is released only as the service reads it, and a
 //! response body is polled only as fast as the client's window allows.
 //! A client that resets a stream drops the service's future or body; a
@@ -18,8 +19,6 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response};
@@ -128,26 +127,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        let mut streams = FuturesUnordered::new();
         // Owned by the closure, so the future is Send when S is (not only
-        // when S is Sync).
-        poll_fn(move |cx| {
-            loop {
-                match self.poll_accept(cx) {
-                    Poll::Ready(Some(incoming)) => {
-                        streams.push(answer(service.clone(), incoming));
-                        continue;
-                    }
-                    Poll::Ready(None) => return Poll::Ready(()),
-                    Poll::Pending => {}
-                }
-                // Finished streams are dropped here; the rest registered
-                // their wakers.
-                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-                return Poll::Pending;
-            }
-        })
-        .await;
+        // when S is Sync). Streams left at the close are dropped.
+        let start = move |incoming| answer(service.clone(), incoming);
+        let _cancelled = self.serve_streams(start).await;
     }
 }
 
