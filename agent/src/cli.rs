@@ -84,6 +84,22 @@ pub struct RunArgs {
     /// unlimited, as grpc-go).
     #[arg(long, env = "GOAWAY_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Largest request header list (SETTINGS_MAX_HEADER_LIST_SIZE, RFC 9113
+    /// §6.5.2: names, values and 32 bytes per field) accepted from a
+    /// client; larger ones are refused on that stream. An unfinished header
+    /// block costs a connection at most this much decoded plus six frames
+    /// of raw bytes, so this bounds what a client can park in the agent.
+    #[arg(long, env = "GOAWAY_MAX_HEADER_LIST_SIZE", default_value_t = crate::DEFAULT_MAX_HEADER_LIST_SIZE)]
+    pub max_header_list_size: u32,
+    /// Most client connections open at once; past it new connections are
+    /// closed as soon as they are accepted (clients retry another pod).
+    /// An idle connection costs about 12 KiB.
+    #[arg(long, env = "GOAWAY_MAX_CONNECTIONS", default_value_t = crate::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// How long a new client connection may take to send the HTTP/2
+    /// preface and SETTINGS before it is closed.
+    #[arg(long, env = "GOAWAY_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: GoDuration,
     /// How often the policy file is checked for changes.
     #[arg(long, env = "GOAWAY_POLICY_POLL_INTERVAL", default_value = "1s")]
     pub policy_poll_interval: GoDuration,

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod drain;
 pub mod drain_client;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -48,6 +49,10 @@ pub struct Agent {
     pub drain_token: Option<String>,
     /// HTTP/2 settings for client connections.
     pub server_h2: h2::server::Builder,
+    /// Longest a new client connection may take to finish its handshake.
+    pub handshake_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 impl Agent {
@@ -58,7 +63,7 @@ impl Agent {
             params: self.policy.current().server_params(),
             counters: self.counters.clone(),
             h2: self.server_h2.clone(),
-            handshake_timeout: goaway_transport::server::DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: self.handshake_timeout,
         }
     }
 }
@@ -69,6 +74,28 @@ impl Agent {
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// See [`STREAM_WINDOW`].
 pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// The agent→app connection's receive window: as large as HTTP/2 allows,
+/// deliberately. Connection-level flow control on this hop would let the
+/// streams of one client that stopped reading (each holding up to
+/// [`STREAM_WINDOW`] unreleased) block every other client's streams on the
+/// same upstream connection. grpc-go returns connection window as soon as
+/// data is read for the same reason; what the agent holds stays bounded per
+/// stream by [`STREAM_WINDOW`].
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// h2's budget for small DATA frames received and not yet taken from it,
+/// per upstream connection. The pumps take every frame as soon as it
+/// arrives (even when the client is not reading), so this only has to
+/// cover frames that arrive between two polls; h2's own default follows the
+/// connection window and would be a gigabyte here.
+pub const UPSTREAM_DATA_FRAME_BUDGET: usize = 16 << 20;
+/// Largest response header list taken from the app (h2's default is
+/// 16 MiB).
+pub const UPSTREAM_MAX_HEADER_LIST_SIZE: u32 = 1 << 20;
+/// `--max-header-list-size` by default: Envoy's 60 KiB, rounded up.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 64 << 10;
+/// `--max-connections` by default: about 120 MiB of idle connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// How long a request may wait for an upstream connection by default.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use goaway_agent::cli::{Cli, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
+use goaway_agent::cli::{Cli, Command};
 
 // jemalloc keeps idle connections smaller than glibc malloc does (see the
 // transport's idle_connections benchmark).
@@ -27,7 +26,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "error",
         _ => "info,h2=warn",
     };
-    init_logging(cli.log_format, default_filter);
+    goaway_agent::logging::init(cli.log_format, default_filter);
     // `run` serves on its own worker threads (see workers.rs); this runtime
     // only accepts connections and runs the admin API and signal handling.
     let mut builder = match &cli.command {
@@ -74,17 +73,4 @@ async fn drain(args: goaway_agent::cli::DrainArgs) -> anyhow::Result<()> {
         goaway_agent::drain_client::request_drain(&args.admin, token.as_deref(), timeout).await?;
     println!("{}", summary.trim());
     Ok(())
-}
-
-fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_env("GOAWAY_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub drain_duration: Gauge<f64, AtomicU64>,
     /// Policy file reloads by result.
     pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// Client connections closed at accept: `--max-connections` reached.
+    pub connections_refused: Counter,
 }
 
 impl Metrics {
@@ -63,6 +65,12 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = policy_reloads.get_or_create(&ReloadLabels { result });
         }
+        let connections_refused = Counter::default();
+        registry.register(
+            "goaway_connections_refused",
+            "Client connections closed as soon as accepted because --max-connections were open",
+            connections_refused.clone(),
+        );
         registry.register_collector(Box::new(TransportCollector {
             counters,
             upstreams,
@@ -73,7 +81,13 @@ impl Metrics {
             connection_duration,
             drain_duration,
             policy_reloads,
+            connections_refused,
         }
+    }
+
+    /// Counts a connection closed at the `--max-connections` limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts a policy reload.

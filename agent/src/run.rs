@@ -13,7 +13,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::RunArgs;
 use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
-use crate::{Agent, CONNECTION_WINDOW, STREAM_WINDOW, admin, metrics, proxy, registry, workers};
+use crate::{
+    Agent, CONNECTION_WINDOW, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW,
+    UPSTREAM_DATA_FRAME_BUDGET, UPSTREAM_MAX_HEADER_LIST_SIZE, admin, metrics, proxy, registry,
+    workers,
+};
 
 /// A bound, serving agent.
 pub struct Running {
@@ -46,6 +50,19 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     if args.upstream_max_connections == 0 {
         bail!("--upstream-max-connections: must be at least 1");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections: must be at least 1");
+    }
+    // RFC 9113 §6.5.2 counts 32 bytes per field: a smaller limit refuses
+    // every request.
+    if args.max_header_list_size < 1024 {
+        bail!("--max-header-list-size: must be at least 1024");
+    }
+    let handshake_timeout = args
+        .handshake_timeout
+        .to_std()
+        .filter(|d| !d.is_zero())
+        .context("--handshake-timeout: must be greater than zero")?;
     let drain_token = match (&args.drain_token, &args.drain_token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => Some(
@@ -81,7 +98,9 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
                 let mut client_h2 = h2::client::Builder::new();
                 client_h2
                     .initial_window_size(STREAM_WINDOW)
-                    .initial_connection_window_size(CONNECTION_WINDOW);
+                    .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+                    .data_frame_budget(UPSTREAM_DATA_FRAME_BUDGET)
+                    .max_header_list_size(UPSTREAM_MAX_HEADER_LIST_SIZE);
                 let channel = Channel::tcp(
                     addr.clone(),
                     ChannelConfig {
@@ -106,7 +125,8 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     let mut server_h2 = h2::server::Builder::new();
     server_h2
         .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(args.max_header_list_size);
     if let Some(n) = args.max_concurrent_streams {
         server_h2.max_concurrent_streams(n);
     }
@@ -123,6 +143,8 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         ready,
         drain_token,
         server_h2,
+        handshake_timeout,
+        max_connections: args.max_connections,
     });
 
     if let Some(path) = args.policy.clone() {

@@ -87,6 +87,11 @@ pub fn spawn(
     Ok(workers)
 }
 
+/// Client connections open on all workers.
+pub fn open_connections(workers: &[Arc<Worker>]) -> usize {
+    workers.iter().map(|w| w.connections.load(Relaxed)).sum()
+}
+
 /// The worker with the fewest client connections.
 pub fn least_loaded(workers: &[Arc<Worker>]) -> &Arc<Worker> {
     workers

@@ -109,6 +109,16 @@ pub enum Error {
     /// The channel was shut down.
     #[error("channel shut down")]
     Shutdown,
+    /// A request's header list is larger than the peer's
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2), so it was not sent:
+    /// the peer would have to reject it.
+    #[error("request header list is {size} bytes; the server accepts at most {limit}")]
+    HeaderListTooLarge {
+        /// The request's header list size, counted as RFC 9113 does.
+        size: usize,
+        /// The peer's advertised limit.
+        limit: u32,
+    },
 }
 
 impl From<h2::Error> for Error {

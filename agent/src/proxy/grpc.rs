@@ -11,6 +11,8 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 pub enum Code {
     /// 4
     DeadlineExceeded = 4,
+    /// 8
+    ResourceExhausted = 8,
     /// 14
     Unavailable = 14,
 }

@@ -31,6 +31,13 @@ pub async fn accept_loop(
             biased;
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
             accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) if workers::open_connections(&agent.workers) >= agent.max_connections => {
+                    // Closed at once rather than left in the backlog: the
+                    // client sees a reset and tries another endpoint.
+                    drop(tcp);
+                    agent.metrics.connection_refused();
+                    tracing::warn!(%peer, limit = agent.max_connections, "connection limit reached; closing new connection");
+                }
                 Ok((tcp, peer)) => hand_off(tcp, peer, &agent),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

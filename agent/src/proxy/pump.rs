@@ -1,13 +1,20 @@
 //! Moving one direction of a stream between two h2 streams with flow
-//! control: DATA is read from one side only as fast as the other side's
-//! window lets it be sent, and the receive window is released only once
-//! the data has been handed on. A reader that stops reading therefore
-//! stalls the writer through HTTP/2 flow control instead of filling the
-//! agent's memory.
+//! control: the receive window is released only once data has been
+//! handed on, so a reader that stops reading stalls the writer through
+//! HTTP/2 flow control instead of filling the agent's memory.
+//!
+//! While the side we write to is blocked, the pump still takes every DATA
+//! frame the other side has already delivered out of h2 and into its own
+//! buffer ([`Held`]). h2 limits how many small DATA frames it keeps
+//! unread per connection (its `data_frame_budget`) and tears the whole
+//! connection down with `ENHANCE_YOUR_CALM` past that; on the shared
+//! upstream connection that would fail every other client's calls because
+//! one client stopped reading. The held bytes are bounded by the window
+//! this side granted, since none of it is released until it is sent on.
 
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
 /// Why a pump stopped early (the errors are kept for logs).
@@ -65,16 +72,67 @@ impl Replay {
     }
 }
 
+/// Data taken from the source and not yet sent on. One chunk is kept as it
+/// came (no copy: the usual case, the sink keeps up); chunks that arrive
+/// while the sink is blocked are gathered into one buffer, so a stalled
+/// stream costs its bytes and not a frame's bookkeeping per chunk.
+#[derive(Default)]
+enum Held {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Empty => 0,
+            Held::One(b) => b.len(),
+            Held::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Held::Empty => Held::One(chunk),
+            Held::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Held::Many(all)
+            }
+            Held::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Held::Many(all)
+            }
+        };
+    }
+
+    /// The first `n` bytes (at most `len`).
+    fn split_to(&mut self, n: usize) -> Bytes {
+        let part = match self {
+            Held::Empty => Bytes::new(),
+            Held::One(b) => b.split_to(n),
+            Held::Many(b) => b.split_to(n).freeze(),
+        };
+        if self.len() == 0 {
+            *self = Held::Empty;
+        }
+        part
+    }
+}
+
 /// The request direction: downstream body → upstream stream.
 pub struct Pump {
     pub source: RecvStream,
     pub sink: SendStream<Bytes>,
-    pending: Option<Bytes>,
-    /// Receive window to release once `pending` is fully handed on.
-    pending_len: usize,
-    /// The pending chunk is the last: send it with END_STREAM.
-    last: bool,
+    /// Received, not yet sent on, and not yet released to the source.
+    held: Held,
+    /// The source has ended its data (END_STREAM seen, or no more DATA).
     data_done: bool,
+    /// END_STREAM came with the data: it goes out with the last held byte.
+    last: bool,
     /// Everything, including END_STREAM, has been sent.
     pub done: bool,
     /// The source ended on its HEADERS frame (no body at all).
@@ -89,8 +147,7 @@ impl Pump {
         let mut p = Pump {
             source,
             sink,
-            pending: None,
-            pending_len: 0,
+            held: Held::Empty,
             last: false,
             data_done: done,
             done,
@@ -109,30 +166,30 @@ impl Pump {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(chunk) = self.pending.as_mut() {
+            let held = self.held.len();
+            if held > 0 {
                 if self.sink.capacity() == 0 {
-                    self.sink.reserve_capacity(chunk.len());
-                    match ready!(self.sink.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Poll::Ready(Err(PumpError::Sink(e))),
-                        None => return Poll::Ready(Err(PumpError::SinkClosed)),
+                    self.sink.reserve_capacity(held);
+                    match self.sink.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(PumpError::Sink(e))),
+                        Poll::Ready(None) => return Poll::Ready(Err(PumpError::SinkClosed)),
+                        // Blocked: empty h2's buffer into ours meanwhile.
+                        Poll::Pending => match self.take_delivered(cx) {
+                            Ok(true) => {}
+                            Ok(false) => return Poll::Pending,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        },
                     }
                     continue;
                 }
-                let n = self.sink.capacity().min(chunk.len());
-                let part = chunk.split_to(n);
-                let finished = chunk.is_empty();
-                let eos = finished && self.last;
+                let n = self.sink.capacity().min(held);
+                let part = self.held.split_to(n);
+                let eos = n == held && self.last;
                 self.sink.send_data(part, eos).map_err(PumpError::Sink)?;
-                if finished {
-                    self.pending = None;
-                    let _ = self
-                        .source
-                        .flow_control()
-                        .release_capacity(self.pending_len);
-                    if eos {
-                        self.done = true;
-                    }
+                let _ = self.source.flow_control().release_capacity(n);
+                if eos {
+                    self.done = true;
                 }
                 continue;
             }
@@ -162,15 +219,43 @@ impl Pump {
                         }
                         continue;
                     }
-                    self.replay.record(&chunk);
-                    self.pending_len = chunk.len();
-                    self.pending = Some(chunk);
-                    self.last = last;
-                    self.data_done = last;
+                    self.take(chunk);
                 }
                 Some(Err(e)) => return Poll::Ready(Err(PumpError::Source(e))),
                 None => self.data_done = true,
             }
+        }
+    }
+
+    /// Moves DATA the source already holds into `held`, without waiting.
+    /// True when anything (data or the end of it) was taken.
+    fn take_delivered(&mut self, cx: &mut Context<'_>) -> Result<bool, PumpError> {
+        let mut took = false;
+        while !self.data_done {
+            match self.source.poll_data(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    took = true;
+                    // An empty chunk can only matter for END_STREAM, which
+                    // `take` reads from the source.
+                    self.take(chunk);
+                }
+                Poll::Ready(Some(Err(e))) => return Err(PumpError::Source(e)),
+                Poll::Ready(None) => {
+                    took = true;
+                    self.data_done = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Ok(took)
+    }
+
+    fn take(&mut self, chunk: Bytes) {
+        self.last = self.source.is_end_stream();
+        self.data_done = self.last;
+        if !chunk.is_empty() {
+            self.replay.record(&chunk);
+            self.held.push(chunk);
         }
     }
 
@@ -182,19 +267,17 @@ impl Pump {
             return false;
         }
         self.sink = sink;
-        if self.pending.take().is_some() {
-            // Its whole chunk is in the replay.
-            let _ = self
-                .source
-                .flow_control()
-                .release_capacity(self.pending_len);
+        // What is held is in the replay too.
+        let held = std::mem::take(&mut self.held).len();
+        if held > 0 {
+            let _ = self.source.flow_control().release_capacity(held);
         }
         if self.eos_on_headers {
             // The new stream's HEADERS carry END_STREAM again.
             return true;
         }
-        // Whether END_STREAM was sent, or was about to go with the last
-        // chunk. (Trailers would have made the replay incomplete.)
+        // Whether END_STREAM was sent, or is to go with the last data.
+        // (Trailers would have made the replay incomplete.)
         let finish = self.done || (self.data_done && self.last);
         let count = self.replay.count;
         for (i, chunk) in self.replay.chunks[..count].iter().flatten().enumerate() {

@@ -155,6 +155,22 @@ async fn open(
     .await?;
     match result {
         Ok(stream) => Some(stream),
+        Err(goaway_transport::Error::HeaderListTooLarge { size, limit }) => {
+            // What a gRPC server answers metadata over its limit with; the
+            // app would have had to refuse this request.
+            tracing::debug!(size, limit, "request headers over the app's limit");
+            let response = if ctx.grpc {
+                let msg = format!(
+                    "goaway-agent: request metadata is {size} bytes; upstream {} accepts at most {limit} (SETTINGS_MAX_HEADER_LIST_SIZE)",
+                    up.addr
+                );
+                grpc::trailers_only(Code::ResourceExhausted, &msg)
+            } else {
+                grpc::http_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            };
+            let _ = respond.send_response(response, true);
+            None
+        }
         Err(e) => {
             tracing::debug!(error = %e, "no upstream stream; answering the client");
             let _ = respond.send_response(ctx.unavailable(up, &e), true);

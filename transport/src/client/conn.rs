@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::Reason;
 use h2::client::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -174,10 +175,20 @@ where
             if let Poll::Ready(res) = closed {
                 return Poll::Ready(match res {
                     Ok(()) => "closed",
-                    Err(e) if e.is_go_away() => "goaway",
+                    // The server's own graceful GOAWAY: routine.
+                    Err(e)
+                        if e.is_go_away()
+                            && e.is_remote()
+                            && e.reason() == Some(Reason::NO_ERROR) =>
+                    {
+                        "goaway"
+                    }
+                    // Every stream still on it fails or is retried: worth
+                    // an operator's attention, with the side that ended it.
                     Err(e) => {
-                        tracing::debug!(error = %e, "upstream connection error");
-                        "error"
+                        let by = if e.is_remote() { "upstream" } else { "agent" };
+                        tracing::warn!(error = %e, closed_by = by, "upstream connection dropped");
+                        if e.is_go_away() { "goaway" } else { "error" }
                     }
                 });
             }

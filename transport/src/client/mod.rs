@@ -120,6 +120,27 @@ impl ClientStream {
     }
 }
 
+/// The size of a request's header list as RFC 9113 §6.5.2 counts it
+/// against SETTINGS_MAX_HEADER_LIST_SIZE: name and value lengths plus 32
+/// per field, pseudo-header fields included.
+pub fn header_list_size<B>(request: &Request<B>) -> usize {
+    const PER_FIELD: usize = 32;
+    let uri = request.uri();
+    let path = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let mut size = ":method".len() + request.method().as_str().len() + PER_FIELD;
+    size += ":path".len() + path + PER_FIELD;
+    if let Some(scheme) = uri.scheme_str() {
+        size += ":scheme".len() + scheme.len() + PER_FIELD;
+    }
+    if let Some(authority) = uri.authority() {
+        size += ":authority".len() + authority.as_str().len() + PER_FIELD;
+    }
+    for (name, value) in request.headers() {
+        size += name.as_str().len() + value.len() + PER_FIELD;
+    }
+    size
+}
+
 /// Counts a stream against its connection's concurrency while alive.
 pub struct ClientStreamGuard {
     conn: Arc<Conn>,
@@ -216,8 +237,16 @@ impl Channel {
         let mut last = None;
         for _ in 0..8 {
             let conn = self.inner.acquire(deadline).await?;
+            let request = request();
+            let limit = conn.shared.peer_max_header_list.load(Acquire);
+            let size = header_list_size(&request);
+            if size > limit as usize {
+                conn.release();
+                self.inner.slot_freed();
+                return Err(Error::HeaderListTooLarge { size, limit });
+            }
             let mut send = conn.send.clone();
-            match send.send_request(request(), end_of_stream) {
+            match send.send_request(request, end_of_stream) {
                 Ok((response, body)) => {
                     return Ok(ClientStream {
                         response,

@@ -57,6 +57,8 @@ pub mod code {
 
 /// SETTINGS identifiers used here.
 pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+/// See [`SETTINGS_MAX_CONCURRENT_STREAMS`].
+pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

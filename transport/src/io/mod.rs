@@ -189,6 +189,9 @@ impl Observer {
             FrameEvent::Setting { id, value } if id == frame::SETTINGS_MAX_CONCURRENT_STREAMS => {
                 shared.peer_max_streams.store(value, Release);
             }
+            FrameEvent::Setting { id, value } if id == frame::SETTINGS_MAX_HEADER_LIST_SIZE => {
+                shared.peer_max_header_list.store(value, Release);
+            }
             FrameEvent::Header(h) if h.kind == kind::SETTINGS && !h.is_ack() => {
                 // Reported once the whole frame is read: its settings come
                 // first, as Setting events, before the next frame's header.

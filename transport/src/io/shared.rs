@@ -111,6 +111,9 @@ pub(crate) struct Shared {
     pub peer_settings: AtomicBool,
     /// Client side: the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
     pub peer_max_streams: AtomicU32,
+    /// Client side: the peer's SETTINGS_MAX_HEADER_LIST_SIZE (h2 does not
+    /// check what it sends against it).
+    pub peer_max_header_list: AtomicU32,
     /// Client side: a GOAWAY was received; open no new stream here.
     pub peer_goaway: AtomicBool,
     pub peer_goaway_last_stream: AtomicU32,
@@ -144,6 +147,7 @@ impl Shared {
             permit_without_stream: AtomicBool::new(false),
             peer_settings: AtomicBool::new(false),
             peer_max_streams: AtomicU32::new(u32::MAX),
+            peer_max_header_list: AtomicU32::new(u32::MAX),
             peer_goaway: AtomicBool::new(false),
             peer_goaway_last_stream: AtomicU32::new(u32::MAX),
             peer_too_many_pings: AtomicBool::new(false),
