@@ -214,9 +214,13 @@ fn keepalive_pings_go_to_idle_clients_and_are_counted() -> Result<()> {
             "idle",
         ],
     )?;
-    std::thread::sleep(Duration::from_millis(2500));
-    let conns = agent.connections()?;
-    assert_eq!(conns.len(), 1, "{conns:?}");
+    // Waited for rather than slept for: Python starts slowly on a loaded
+    // machine, and the client's 3 seconds start when it has connected.
+    let mut conns = Vec::new();
+    wait_for(Duration::from_secs(20), "two keepalive pings", || {
+        conns = agent.connections()?;
+        Ok(conns.len() == 1 && conns[0]["pings_sent"].as_u64() >= Some(2))
+    })?;
     let sent = conns[0]["pings_sent"].as_u64().unwrap();
     let seen = collect_until_exit(idle, Duration::from_secs(20))?;
     let pings = events(&seen, "ping").len() as u64;

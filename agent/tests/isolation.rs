@@ -127,3 +127,66 @@ fn stalled_reader_memory_stays_bounded_by_the_stream_window() -> Result<()> {
     }
     Ok(())
 }
+
+/// One unary call with a metadata entry of `size` bytes.
+fn call_with_metadata(target: &str, size: usize) -> Result<serde_json::Value> {
+    let big = format!("x-big={}", "m".repeat(size));
+    grpc_client(
+        target,
+        &[
+            "--option",
+            "grpc.max_metadata_size=4194304",
+            "--metadata",
+            &big,
+            "call",
+        ],
+    )
+}
+
+fn app_calls(target: &str) -> Result<u64> {
+    let stats = grpc_client(target, &["--shape", "stats", "call"])?;
+    Ok(stats["stats"]["calls"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn request_headers_over_the_apps_advertised_limit_are_refused_by_the_agent() -> Result<()> {
+    // C-core advertises grpc.max_metadata_size as SETTINGS_MAX_HEADER_LIST_SIZE.
+    let (_app, port) = grpc_server(&["--option", "grpc.max_metadata_size=16384"])?;
+    let agent = agent(port).start()?;
+    let direct = format!("127.0.0.1:{port}");
+    let before = app_calls(&direct)?;
+
+    // Over C-core's hard limit (it advertises 16384 × 1.25).
+    let refused = call_with_metadata(&agent.target(), 30_000)?;
+    assert_eq!(refused["code"], "RESOURCE_EXHAUSTED", "{refused}");
+    let details = refused["details"].as_str().unwrap_or("");
+    assert!(
+        details.contains("accepts at most 20480"),
+        "the client is not told why: {details}"
+    );
+    // The app never saw it (the Stats call itself is one call).
+    assert_eq!(app_calls(&direct)?, before + 1);
+
+    // Under the app's limit, calls pass as before on the same agent.
+    let ok = call_with_metadata(&agent.target(), 8_000)?;
+    assert_eq!(ok["code"], "OK", "{ok}");
+    assert_eq!(ok["echo_ok"], true, "{ok}");
+    Ok(())
+}
+
+#[test]
+fn request_headers_over_the_agents_own_limit_fail_only_that_call() -> Result<()> {
+    let (_app, port) = grpc_server(&["--option", "grpc.max_metadata_size=4194304"])?;
+    let agent = agent(port)
+        .args(["--max-header-list-size", "8192"])
+        .start()?;
+    let refused = call_with_metadata(&agent.target(), 10_000)?;
+    assert_ne!(refused["code"], "OK", "{refused}");
+    // The agent advertised its limit and h2 enforced it on that stream; a
+    // client that then behaves keeps calling.
+    let ok = grpc_client(&agent.target(), &["--seconds", "1", "loop"])?;
+    assert_eq!(ok["failed"], 0, "{ok}");
+    let m = agent.metrics()?;
+    assert_eq!(m.value("goaway_upstream_connect_failures_total")?, 0.0);
+    Ok(())
+}

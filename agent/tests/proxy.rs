@@ -406,7 +406,11 @@ fn client_that_stops_reading_does_not_make_the_agent_buffer() -> Result<()> {
             "noread",
         ],
     )?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // (Waited for, not slept for: a loaded machine starts Python slowly.)
+    wait_for(Duration::from_secs(20), "the stream to open", || {
+        Ok(agent.metrics()?.value("goaway_streams_active")? >= 1.0)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
     let early = agent.rss_bytes()?;
     let active_early = agent.metrics()?.value("goaway_streams_active")?;
     std::thread::sleep(Duration::from_secs(4));

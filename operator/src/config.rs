@@ -17,7 +17,10 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use goaway_transport::policy::{DrainPolicy, GoDuration};
 
 use crate::defaults::PolicyDefaults;
-use crate::inject::{AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
+use crate::inject::{
+    AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTIONS,
+};
 use crate::leader::{LeaseConfig, LeaseTiming};
 use crate::tls::Source;
 use crate::{Error, FlagError, Result, quantity};
@@ -128,6 +131,20 @@ pub struct AgentArgs {
         allow_hyphen_values = true
     )]
     pub agent_memory_limit: String,
+    /// The agent's SETTINGS_MAX_CONCURRENT_STREAMS per client connection
+    /// (0: no limit, as grpc-go). Each stream a client stops reading may
+    /// hold up to 256 KiB in the agent.
+    #[arg(long, env = "GOAWAY_AGENT_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub agent_max_concurrent_streams: u32,
+    /// Most client connections one agent keeps open; more are closed at
+    /// accept (an idle connection costs about 12 KiB).
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub agent_max_connections: u32,
 }
 
 /// A resource flag's value: empty, or a quantity the API server accepts
@@ -185,6 +202,8 @@ impl AgentArgs {
             memory_request: self.agent_memory_request.clone(),
             cpu_limit: self.agent_cpu_limit.clone(),
             memory_limit: self.agent_memory_limit.clone(),
+            max_concurrent_streams: self.agent_max_concurrent_streams,
+            max_connections: self.agent_max_connections,
         })
     }
 }

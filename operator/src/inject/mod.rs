@@ -39,7 +39,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-pub use sidecar::{AGENT_UID, AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE};
+pub use sidecar::{
+    AGENT_UID, AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS,
+};
 
 use crate::defaults::PolicyDefaults;
 use crate::{KeepalivePolicy, selection};

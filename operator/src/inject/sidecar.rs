@@ -23,6 +23,14 @@ pub const DEFAULT_AGENT_IMAGE: &str = concat!(
 pub const PROXY_PORT_NAME: &str = "goaway-proxy";
 /// The admin port's name.
 pub const ADMIN_PORT_NAME: &str = "goaway-admin";
+/// `--max-concurrent-streams` for the injected agent by default. The bare
+/// agent, like grpc-go, sets no limit; a sidecar in front of an app with a
+/// bounded thread pool and a memory limit should: each stalled stream may
+/// hold its 256 KiB window in the agent. HAProxy's default is the same.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// `--max-connections` for the injected agent by default: about 50 MiB of
+/// idle connections, well inside the default 128 MiB memory limit.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 /// The non-root user the agent runs as (distroless `nonroot`).
 pub const AGENT_UID: i64 = 65532;
 
@@ -46,6 +54,11 @@ pub struct AgentConfig {
     pub cpu_limit: String,
     /// Memory limit; empty for none.
     pub memory_limit: String,
+    /// The agent's `--max-concurrent-streams` per client connection; 0
+    /// for none.
+    pub max_concurrent_streams: u32,
+    /// The agent's `--max-connections`.
+    pub max_connections: u32,
 }
 
 impl Default for AgentConfig {
@@ -59,6 +72,8 @@ impl Default for AgentConfig {
             memory_request: "32Mi".into(),
             cpu_limit: String::new(),
             memory_limit: "128Mi".into(),
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -109,22 +124,29 @@ pub(super) fn container(
     token: &str,
 ) -> Container {
     let admin = agent.admin_port;
+    let mut args = vec![
+        "run".into(),
+        "--listen".into(),
+        format!("0.0.0.0:{agent_port}"),
+        "--upstream".into(),
+        format!("127.0.0.1:{}", app.number),
+        "--admin".into(),
+        format!("0.0.0.0:{admin}"),
+        "--policy".into(),
+        POLICY_PATH.into(),
+        "--max-connections".into(),
+        agent.max_connections.to_string(),
+    ];
+    if agent.max_concurrent_streams > 0 {
+        args.push("--max-concurrent-streams".into());
+        args.push(agent.max_concurrent_streams.to_string());
+    }
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(agent.image.clone()),
         image_pull_policy: Some(agent.image_pull_policy.clone()),
         restart_policy: Some("Always".into()),
-        args: Some(vec![
-            "run".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{agent_port}"),
-            "--upstream".into(),
-            format!("127.0.0.1:{}", app.number),
-            "--admin".into(),
-            format!("0.0.0.0:{admin}"),
-            "--policy".into(),
-            POLICY_PATH.into(),
-        ]),
+        args: Some(args),
         env: Some(vec![
             EnvVar {
                 name: "GOAWAY_DRAIN_TOKEN".into(),

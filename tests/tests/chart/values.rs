@@ -146,6 +146,18 @@ fn flag_values() -> Vec<FlagValue> {
             "text",
         ),
         v(
+            "agent.maxConcurrentStreams",
+            json!(0),
+            "GOAWAY_AGENT_MAX_CONCURRENT_STREAMS",
+            "0",
+        ),
+        v(
+            "agent.maxConnections",
+            json!(500),
+            "GOAWAY_AGENT_MAX_CONNECTIONS",
+            "500",
+        ),
+        v(
             "agent.resources.requests.cpu",
             json!("25m"),
             "GOAWAY_AGENT_CPU_REQUEST",
@@ -416,6 +428,11 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         ),
         ("agent: {logFormat: yaml}", "/agent/logFormat"),
         ("agent: {adminPort: 0}", "/agent/adminPort"),
+        ("agent: {maxConnections: 0}", "/agent/maxConnections"),
+        (
+            "agent: {maxConcurrentStreams: -1}",
+            "/agent/maxConcurrentStreams",
+        ),
         ("agent: {drain: {delay: 5}}", "/agent/drain/delay"),
         ("agent: {drain: {timeout: \"30\"}}", "/agent/drain/timeout"),
         ("agent: {drain: {timeout: 1d}}", "/agent/drain/timeout"),
