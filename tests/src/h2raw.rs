@@ -1,0 +1,536 @@
+//! A raw HTTP/2 peer for hostile-peer tests: it writes whatever frames it
+//! is told to — malformed, out of order, endless — over a blocking socket,
+//! while a reader thread collects every frame the other side sends, so a
+//! GOAWAY is seen even when the connection is reset right after it.
+//!
+//! HPACK here is the minimum: literal fields without indexing and without
+//! Huffman coding (RFC 7541 §6.2.2). Responses are not decoded; tests look
+//! at frame types, flags, error codes and DATA payloads.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Frame types (RFC 9113 §6).
+#[allow(missing_docs)]
+pub mod kind {
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const PRIORITY: u8 = 0x2;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
+}
+
+/// Flags.
+#[allow(missing_docs)]
+pub mod flag {
+    pub const ACK: u8 = 0x1;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+}
+
+/// Error codes (RFC 9113 §7).
+#[allow(missing_docs)]
+pub mod code {
+    pub const NO_ERROR: u32 = 0x0;
+    pub const PROTOCOL_ERROR: u32 = 0x1;
+    pub const FLOW_CONTROL_ERROR: u32 = 0x3;
+    pub const FRAME_SIZE_ERROR: u32 = 0x6;
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const CANCEL: u32 = 0x8;
+    pub const COMPRESSION_ERROR: u32 = 0x9;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+}
+
+/// One frame as sent or received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame type.
+    pub kind: u8,
+    /// Flags.
+    pub flags: u8,
+    /// Stream identifier (reserved bit cleared on receipt).
+    pub stream: u32,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// A frame of any type.
+    pub fn new(kind: u8, flags: u8, stream: u32, payload: impl Into<Vec<u8>>) -> Frame {
+        Frame {
+            kind,
+            flags,
+            stream,
+            payload: payload.into(),
+        }
+    }
+
+    /// The frame on the wire; the length field is the payload's length.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with_len(self, self.payload.len() as u32)
+    }
+
+    /// A SETTINGS frame with these parameters.
+    pub fn settings(params: &[(u16, u32)]) -> Frame {
+        let mut p = Vec::with_capacity(params.len() * 6);
+        for (id, v) in params {
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+        Frame::new(kind::SETTINGS, 0, 0, p)
+    }
+
+    /// A PING with this payload.
+    pub fn ping(payload: u64) -> Frame {
+        Frame::new(kind::PING, 0, 0, payload.to_be_bytes().to_vec())
+    }
+
+    /// RST_STREAM.
+    pub fn rst(stream: u32, code: u32) -> Frame {
+        Frame::new(kind::RST_STREAM, 0, stream, code.to_be_bytes().to_vec())
+    }
+
+    /// WINDOW_UPDATE.
+    pub fn window_update(stream: u32, increment: u32) -> Frame {
+        Frame::new(
+            kind::WINDOW_UPDATE,
+            0,
+            stream,
+            increment.to_be_bytes().to_vec(),
+        )
+    }
+
+    /// For GOAWAY: (last stream id, error code, debug data).
+    pub fn goaway(&self) -> Option<(u32, u32, String)> {
+        if self.kind != kind::GOAWAY || self.payload.len() < 8 {
+            return None;
+        }
+        let p = &self.payload;
+        Some((
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff,
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            String::from_utf8_lossy(&p[8..]).into_owned(),
+        ))
+    }
+
+    /// For RST_STREAM: the error code.
+    pub fn rst_code(&self) -> Option<u32> {
+        (self.kind == kind::RST_STREAM && self.payload.len() == 4).then(|| {
+            let p = &self.payload;
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+        })
+    }
+}
+
+/// The frame with a length field that may lie about its payload.
+pub fn encode_with_len(f: &Frame, len: u32) -> Vec<u8> {
+    let l = len.to_be_bytes();
+    let s = f.stream.to_be_bytes();
+    let mut out = Vec::with_capacity(9 + f.payload.len());
+    out.extend_from_slice(&[l[1], l[2], l[3], f.kind, f.flags, s[0], s[1], s[2], s[3]]);
+    out.extend_from_slice(&f.payload);
+    out
+}
+
+/// An HPACK integer with an `n`-bit prefix whose high bits are `first`
+/// (RFC 7541 §5.1).
+pub fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A literal field without indexing, new name, no Huffman (RFC 7541
+/// §6.2.2).
+pub fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(0x00);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+/// The start of a literal field whose value claims `value_len` bytes; the
+/// value bytes are the caller's to send (or not).
+pub fn hpack_literal_prefix(out: &mut Vec<u8>, name: &str, value_len: usize) {
+    out.push(0x00);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value_len);
+}
+
+/// The header block of a gRPC request to `path`, plus `extra` metadata.
+pub fn grpc_request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "attack.test"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        hpack_literal(&mut b, n, v.as_bytes());
+    }
+    b
+}
+
+/// What the reader thread saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Every frame received, in order.
+    pub frames: Vec<Frame>,
+    /// The socket reached EOF or failed (the peer closed or reset it).
+    pub closed: bool,
+    /// The reader's error, if it ended with one (e.g. a reset).
+    pub error: Option<String>,
+}
+
+impl Seen {
+    /// The first GOAWAY received: (last stream id, code, debug data).
+    pub fn goaway(&self) -> Option<(u32, u32, String)> {
+        self.frames.iter().find_map(Frame::goaway)
+    }
+
+    /// Frames of one type.
+    pub fn of_kind(&self, kind: u8) -> impl Iterator<Item = &Frame> {
+        self.frames.iter().filter(move |f| f.kind == kind)
+    }
+}
+
+/// A raw client connection: writes from the test, reads on a thread.
+pub struct RawConn {
+    tcp: TcpStream,
+    // Whole frames only: the reader thread writes SETTINGS ACKs too.
+    writer: Arc<Mutex<TcpStream>>,
+    seen: Arc<Mutex<Seen>>,
+    reader: Option<JoinHandle<()>>,
+    ack: Arc<AtomicBool>,
+    /// Bytes written so far.
+    pub sent: usize,
+}
+
+impl RawConn {
+    /// Connects; nothing is written yet, and the peer's SETTINGS are not
+    /// acknowledged until [`ack_settings`](Self::ack_settings) (an ACK
+    /// would land inside a preface still being written).
+    pub fn connect(addr: SocketAddr) -> Result<RawConn> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .with_context(|| format!("connecting to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let writer = Arc::new(Mutex::new(tcp.try_clone()?));
+        let ack = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let mut tcp = tcp.try_clone()?;
+            let ack_to = writer.clone();
+            let (seen, ack) = (seen.clone(), ack.clone());
+            std::thread::spawn(move || read_frames(&mut tcp, ack_to, &ack, &seen))
+        };
+        Ok(RawConn {
+            tcp,
+            writer,
+            seen,
+            reader: Some(reader),
+            ack,
+            sent: 0,
+        })
+    }
+
+    /// Connects, sends the preface and an empty SETTINGS frame, and waits
+    /// for the peer's SETTINGS, which is acknowledged (as are later ones).
+    /// Waiting keeps the ACK from landing inside a header block the test
+    /// writes next.
+    pub fn handshake(addr: SocketAddr) -> Result<RawConn> {
+        let mut c = RawConn::connect(addr)?;
+        let mut hello = PREFACE.to_vec();
+        hello.extend(Frame::settings(&[]).encode());
+        c.write(&hello)?;
+        let settings = |s: &Seen| s.of_kind(kind::SETTINGS).any(|f| f.flags & flag::ACK == 0);
+        if !c.wait_until(Duration::from_secs(10), settings) {
+            anyhow::bail!("no SETTINGS from {addr} within 10s");
+        }
+        c.ack_settings();
+        Ok(c)
+    }
+
+    /// As [`handshake`](Self::handshake), for a peer that may close the
+    /// connection at once: a failed write is what the caller checks for.
+    pub fn handshake_or_closed(addr: SocketAddr) -> Result<RawConn> {
+        let mut c = RawConn::connect(addr)?;
+        let mut hello = PREFACE.to_vec();
+        hello.extend(Frame::settings(&[]).encode());
+        let _ = c.write(&hello);
+        c.ack_settings();
+        Ok(c)
+    }
+
+    /// Acknowledges the peer's SETTINGS frames from now on (and any
+    /// already received).
+    pub fn ack_settings(&self) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.ack.store(true, Ordering::SeqCst);
+        let pending = self.seen(|s| {
+            s.of_kind(kind::SETTINGS)
+                .filter(|f| f.flags & flag::ACK == 0)
+                .count()
+        });
+        let ack = Frame::new(kind::SETTINGS, flag::ACK, 0, []).encode();
+        for _ in 0..pending {
+            let _ = w.write_all(&ack);
+        }
+    }
+
+    /// Writes raw bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(bytes)?;
+        self.sent += bytes.len();
+        Ok(())
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, f: &Frame) -> std::io::Result<()> {
+        self.write(&f.encode())
+    }
+
+    /// Writes frames in one write.
+    pub fn send_all(&mut self, frames: &[Frame]) -> std::io::Result<()> {
+        let buf: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        self.write(&buf)
+    }
+
+    /// Runs `f` on what was received so far.
+    pub fn seen<R>(&self, f: impl FnOnce(&Seen) -> R) -> R {
+        f(&self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether the peer closed the connection.
+    pub fn closed(&self) -> bool {
+        self.seen(|s| s.closed)
+    }
+
+    /// The first GOAWAY received so far.
+    pub fn goaway(&self) -> Option<(u32, u32, String)> {
+        self.seen(Seen::goaway)
+    }
+
+    /// Waits until `pred` holds on what was received, or `timeout`.
+    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.seen(&pred) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (up to `timeout`) for the peer to close the connection and
+    /// returns everything received.
+    pub fn finish(mut self, timeout: Duration) -> Seen {
+        self.wait_until(timeout, |s| s.closed);
+        let _ = self.tcp.shutdown(Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        let _ = self.tcp.shutdown(Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Reads frames until EOF or an error, acknowledging the peer's SETTINGS
+/// (a peer that never does is a different attack).
+fn read_frames(
+    tcp: &mut TcpStream,
+    ack_to: Arc<Mutex<TcpStream>>,
+    ack: &AtomicBool,
+    seen: &Mutex<Seen>,
+) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = [0u8; 16 * 1024];
+    let end = loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => break None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break Some(e.to_string()),
+        }
+        let mut at = 0;
+        while buf.len() - at >= 9 {
+            let h = &buf[at..at + 9];
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            if buf.len() - at < 9 + len {
+                break;
+            }
+            let f = Frame {
+                kind: h[3],
+                flags: h[4],
+                stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+                payload: buf[at + 9..at + 9 + len].to_vec(),
+            };
+            at += 9 + len;
+            if f.kind == kind::SETTINGS && f.flags & flag::ACK == 0 {
+                // Under the writer lock, so `ack_settings` counts this
+                // frame exactly once: pushed before it looks, or acked
+                // here. (Only here: the reader must never wait on a writer
+                // blocked by a peer that waits for us to read.)
+                let mut w = ack_to.lock().unwrap_or_else(|e| e.into_inner());
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .frames
+                    .push(f);
+                if ack.load(Ordering::SeqCst) {
+                    // Best effort: the peer may already be gone.
+                    let _ = w.write_all(&Frame::new(kind::SETTINGS, flag::ACK, 0, []).encode());
+                }
+            } else {
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .frames
+                    .push(f);
+            }
+        }
+        buf.drain(..at);
+    };
+    let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+    s.closed = true;
+    s.error = end;
+}
+
+/// Resident memory of process `pid` in bytes (Linux `/proc`).
+pub fn rss_of(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// CPU time (user + system) of process `pid` so far (Linux `/proc`).
+pub fn cpu_of(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Samples a process's RSS until dropped; [`peak`](Self::peak) is the
+/// highest value seen.
+pub struct RssPeak {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RssPeak {
+    /// Starts sampling every 10 ms.
+    pub fn start(pid: u32) -> RssPeak {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let peak = Arc::new(AtomicU64::new(rss_of(pid).unwrap_or(0)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = rss_of(pid) {
+                        peak.fetch_max(r, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        RssPeak {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest RSS seen so far.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hpack_integers_follow_rfc_7541_examples() {
+        let mut v = Vec::new();
+        hpack_int(&mut v, 0, 5, 10);
+        assert_eq!(v, [10]);
+        v.clear();
+        hpack_int(&mut v, 0, 5, 1337);
+        assert_eq!(v, [31, 154, 10]);
+        v.clear();
+        hpack_int(&mut v, 0, 8, 42);
+        assert_eq!(v, [42]);
+    }
+
+    #[test]
+    fn frames_encode_their_header() {
+        let f = Frame::rst(3, code::CANCEL);
+        assert_eq!(f.encode(), [0, 0, 4, 3, 0, 0, 0, 0, 3, 0, 0, 0, 8]);
+        let g = Frame::new(kind::GOAWAY, 0, 0, [0, 0, 0, 5, 0, 0, 0, 11, b'x']);
+        assert_eq!(g.goaway(), Some((5, code::ENHANCE_YOUR_CALM, "x".into())));
+    }
+}
