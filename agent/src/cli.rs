@@ -97,7 +97,7 @@ pub struct RunArgs {
     #[arg(long, env = "GOAWAY_MAX_CONNECTIONS", default_value_t = crate::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// How long a new client connection may take to send the HTTP/2
-    /// preface and SETTINGS before it is closed.
+    /// preface and its first SETTINGS before it is closed.
     #[arg(long, env = "GOAWAY_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: GoDuration,
     /// How often the policy file is checked for changes.

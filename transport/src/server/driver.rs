@@ -50,8 +50,8 @@ struct DrainState {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
-    /// Runs the HTTP/2 handshake on an accepted IO (the client preface and
-    /// SETTINGS), bounded by `config.handshake_timeout`.
+    /// Runs the HTTP/2 handshake on an accepted IO — the client preface and
+    /// its first SETTINGS frame — bounded by `config.handshake_timeout`.
     pub async fn handshake(io: T, config: &ServerConfig) -> Result<Self, Error> {
         Self::handshake_with_jitter(io, config, age_jitter()).await
     }
@@ -66,10 +66,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         let shared = Shared::new(Role::Server, config.counters.clone());
         shared.set_enforcement(&config.params);
         let io = FrameIo::new(io, shared.clone());
-        let h2 = tokio::time::timeout(config.handshake_timeout, config.h2.handshake(io))
+        let deadline = Instant::now() + config.handshake_timeout;
+        let mut h2 = tokio::time::timeout_at(deadline, config.h2.handshake(io))
             .await
             .map_err(|_| Error::HandshakeTimeout)?
             .map_err(Error::H2)?;
+        // h2's handshake ends with the preface. A client must follow it
+        // with SETTINGS (RFC 9113 §3.4); one that sends nothing more would
+        // otherwise hold the connection until keepalive finds it silent.
+        // (Streams h2 reads meanwhile are queued for `poll_accept`.)
+        let settled = tokio::time::timeout_at(
+            deadline,
+            poll_fn(|cx| {
+                if shared.peer_settings.load(Acquire) {
+                    return Poll::Ready(Ok(()));
+                }
+                match h2.poll_closed(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed before the client's SETTINGS",
+                    )))),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(Error::H2(e))),
+                    Poll::Pending if shared.peer_settings.load(Acquire) => Poll::Ready(Ok(())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }),
+        )
+        .await;
+        settled.map_err(|_| Error::HandshakeTimeout)??;
         let counters = &config.counters;
         Counters::inc(&counters.connections_total);
         counters.connections_open.fetch_add(1, Relaxed);
