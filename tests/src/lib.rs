@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 pub mod agent;
+pub mod peers;
 
 /// A child process, killed on drop, whose stdout is read as JSON lines.
 pub struct Proc {
