@@ -255,7 +255,10 @@ fn client_pinging_too_often_gets_too_many_pings_reconnects_and_backs_off(peer: P
     assert!(traces.len() >= 2, "{report}");
     let intervals: Vec<f64> = traces.iter().filter_map(|t| t.median_interval()).collect();
     let first = *intervals.first().context("no ping intervals seen")?;
-    let backed_off = intervals.iter().skip(1).any(|i| *i >= 1.5 * first);
+    // Doubling on every too_many_pings reaches 4x (800ms) by the third
+    // connection; scheduling noise on a loaded machine stays well under
+    // 2x.
+    let backed_off = intervals.iter().skip(1).any(|i| *i >= 2.5 * first);
     assert_eq!(
         backed_off,
         expect(peer).backs_off_on_too_many_pings,
