@@ -246,7 +246,11 @@ fn requested(md: &MetadataMap, trailers: &MetadataMap) -> Option<Status> {
     let msg = percent_encoding::percent_decode_str(first(md, "x-message").unwrap_or(""))
         .decode_utf8_lossy()
         .into_owned();
-    Some(Status::with_metadata(Code::from(code), msg, trailers.clone()))
+    Some(Status::with_metadata(
+        Code::from(code),
+        msg,
+        trailers.clone(),
+    ))
 }
 
 /// The end of an OK response: tonic writes a Status's metadata into the
@@ -273,7 +277,11 @@ impl StreamingService<Bytes> for Echo {
             let mut headers = trailers.clone();
             if md.contains_key("x-report-deadline") {
                 let left = deadline_ms(&md).map_or("none".to_owned(), |d| d.to_string());
-                headers.insert("x-time-remaining-ms", left.parse().unwrap_or(AsciiMetadataValue::from_static("bad")));
+                headers.insert(
+                    "x-time-remaining-ms",
+                    left.parse()
+                        .unwrap_or(AsciiMetadataValue::from_static("bad")),
+                );
             }
             let mut input = req.into_inner();
             if method != "Stats" {
@@ -290,30 +298,40 @@ impl StreamingService<Bytes> for Echo {
                 }
                 "Unary" => {
                     let request = input.message().await?.unwrap_or_default();
-                    let sleep = first(&md, "x-sleep-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    Box::pin(futures_util::stream::once(async move {
-                        let mut guard = guard;
-                        tokio::time::sleep(Duration::from_millis(sleep)).await;
-                        guard.done = true;
-                        if let Some(s) = requested(&md, &trailers) {
-                            return Err(s);
-                        }
-                        guard.stats.ok.fetch_add(1, Relaxed);
-                        Ok((request, trailers))
-                    })
-                    .flat_map(|r| match r {
-                        Ok((m, t)) => futures_util::stream::iter(vec![Ok(m), ok_end(&t)]),
-                        Err(s) => futures_util::stream::iter(vec![Err(s)]),
-                    }))
+                    let sleep = first(&md, "x-sleep-ms")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    Box::pin(
+                        futures_util::stream::once(async move {
+                            let mut guard = guard;
+                            tokio::time::sleep(Duration::from_millis(sleep)).await;
+                            guard.done = true;
+                            if let Some(s) = requested(&md, &trailers) {
+                                return Err(s);
+                            }
+                            guard.stats.ok.fetch_add(1, Relaxed);
+                            Ok((request, trailers))
+                        })
+                        .flat_map(|r| match r {
+                            Ok((m, t)) => futures_util::stream::iter(vec![Ok(m), ok_end(&t)]),
+                            Err(s) => futures_util::stream::iter(vec![Err(s)]),
+                        }),
+                    )
                 }
                 "ServerStream" => {
                     let request = input.message().await?.unwrap_or_default();
                     let text = String::from_utf8_lossy(&request).into_owned();
                     let (n, size) = text
                         .split_once(':')
-                        .and_then(|(n, s)| Some((n.parse::<usize>().ok()?, s.parse::<usize>().ok()?)))
-                        .ok_or_else(|| Status::invalid_argument(format!("want N:SIZE, got {text:?}")))?;
-                    let pause = first(&md, "x-stream-sleep-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        .and_then(|(n, s)| {
+                            Some((n.parse::<usize>().ok()?, s.parse::<usize>().ok()?))
+                        })
+                        .ok_or_else(|| {
+                            Status::invalid_argument(format!("want N:SIZE, got {text:?}"))
+                        })?;
+                    let pause = first(&md, "x-stream-sleep-ms")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                     Box::pin(futures_util::stream::unfold(
                         (0usize, Some(guard)),
                         move |(i, guard)| {
@@ -325,7 +343,10 @@ impl StreamingService<Bytes> for Echo {
                                     if i > 0 && pause > 0 {
                                         tokio::time::sleep(Duration::from_millis(pause)).await;
                                     }
-                                    return Some((Ok(Bytes::from(vec![(i % 256) as u8; size])), (i + 1, Some(guard))));
+                                    return Some((
+                                        Ok(Bytes::from(vec![(i % 256) as u8; size])),
+                                        (i + 1, Some(guard)),
+                                    ));
                                 }
                                 guard.done = true;
                                 if let Some(s) = requested(&md, &trailers) {
@@ -345,7 +366,10 @@ impl StreamingService<Bytes> for Echo {
                     }
                     guard.done = true;
                     stats.ok.fetch_add(1, Relaxed);
-                    Box::pin(futures_util::stream::iter([Ok(Bytes::from(all)), ok_end(&trailers)]))
+                    Box::pin(futures_util::stream::iter([
+                        Ok(Bytes::from(all)),
+                        ok_end(&trailers),
+                    ]))
                 }
                 "Bidi" => Box::pin(futures_util::stream::unfold(
                     (input, Some(guard), trailers),
@@ -473,7 +497,9 @@ async fn channel(f: &Flags) -> Result<Channel, String> {
 fn parse_metadata(pairs: &[String]) -> MetadataMap {
     let mut md = MetadataMap::new();
     for p in pairs {
-        let Some((k, v)) = p.split_once('=') else { continue };
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
         if k.ends_with("-bin") {
             let bytes: Vec<u8> = (0..v.len() / 2)
                 .filter_map(|i| u8::from_str_radix(&v[2 * i..2 * i + 2], 16).ok())
@@ -481,7 +507,9 @@ fn parse_metadata(pairs: &[String]) -> MetadataMap {
             if let Ok(key) = k.parse::<tonic::metadata::BinaryMetadataKey>() {
                 md.append_bin(key, BinaryMetadataValue::from_bytes(&bytes));
             }
-        } else if let (Ok(key), Ok(val)) = (k.parse::<tonic::metadata::AsciiMetadataKey>(), v.parse()) {
+        } else if let (Ok(key), Ok(val)) =
+            (k.parse::<tonic::metadata::AsciiMetadataKey>(), v.parse())
+        {
             md.append(key, val);
         }
     }
@@ -496,7 +524,10 @@ fn show(md: &MetadataMap) -> Value {
                 out.insert(k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("")));
             }
             KeyAndValueRef::Binary(k, v) if k.as_str().starts_with("x-") => {
-                let hex: String = v.to_bytes().map(|b| b.iter().map(|x| format!("{x:02x}")).collect()).unwrap_or_default();
+                let hex: String = v
+                    .to_bytes()
+                    .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+                    .unwrap_or_default();
                 out.insert(k.as_str().to_owned(), Value::from(hex));
             }
             _ => {}
@@ -522,7 +553,13 @@ impl Outcome {
 
 /// One call on `method` (any shape: the wire format is the same),
 /// ended by `timeout` as a gRPC deadline.
-async fn call(ch: &Channel, method: &str, md: MetadataMap, reqs: Vec<Bytes>, timeout: Duration) -> Outcome {
+async fn call(
+    ch: &Channel,
+    method: &str,
+    md: MetadataMap,
+    reqs: Vec<Bytes>,
+    timeout: Duration,
+) -> Outcome {
     let mut out = Outcome::default();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut grpc = tonic::client::Grpc::new(ch.clone())
@@ -531,7 +568,8 @@ async fn call(ch: &Channel, method: &str, md: MetadataMap, reqs: Vec<Bytes>, tim
     let mut req = Request::new(futures_util::stream::iter(reqs));
     *req.metadata_mut() = md;
     req.set_timeout(timeout);
-    let path = PathAndQuery::try_from(format!("/echo.Echo/{method}")).unwrap_or(PathAndQuery::from_static("/"));
+    let path = PathAndQuery::try_from(format!("/echo.Echo/{method}"))
+        .unwrap_or(PathAndQuery::from_static("/"));
     let work = async {
         if let Err(e) = grpc.ready().await {
             out.status = Some(Status::unavailable(e.to_string()));
@@ -605,7 +643,9 @@ async fn one_call(ch: &Channel, f: &Flags, timeout: Duration) -> Value {
         "server_stream" => (
             "ServerStream",
             vec![Bytes::from(format!("{n}:{size}"))],
-            (0..n).map(|i| Bytes::from(vec![(i % 256) as u8; size])).collect(),
+            (0..n)
+                .map(|i| Bytes::from(vec![(i % 256) as u8; size]))
+                .collect(),
         ),
         "client_stream" => {
             let reqs: Vec<Bytes> = (0..n).map(|i| msg(i, size)).collect();
@@ -646,12 +686,23 @@ async fn loop_calls(ch: &Channel, f: &Flags, timeout: Duration) -> Value {
             let mut details = Vec::new();
             let payload = msg(w, size);
             while Instant::now() < end {
-                let o = call(&ch, "Unary", MetadataMap::new(), vec![payload.clone()], timeout).await;
+                let o = call(
+                    &ch,
+                    "Unary",
+                    MetadataMap::new(),
+                    vec![payload.clone()],
+                    timeout,
+                )
+                .await;
                 if o.code() == Code::Ok && o.got == [payload.clone()] {
                     ok += 1;
                 } else {
                     failed += 1;
-                    let name = if o.code() == Code::Ok { "DATA_LOSS" } else { code_name(o.code()) };
+                    let name = if o.code() == Code::Ok {
+                        "DATA_LOSS"
+                    } else {
+                        code_name(o.code())
+                    };
                     *codes.entry(name.to_owned()).or_default() += 1;
                     if details.len() < 5 {
                         details.push(o.status.map(|s| s.message().to_owned()).unwrap_or_default());
@@ -704,7 +755,11 @@ async fn cancel_call(ch: &Channel, f: &Flags, timeout: Duration) -> Value {
         let ch = ch.clone();
         tokio::spawn(async move { call(&ch, method, md, vec![req], timeout).await })
     };
-    tokio::time::sleep(f.ms("cancel-after-ms").unwrap_or(Duration::from_millis(300))).await;
+    tokio::time::sleep(
+        f.ms("cancel-after-ms")
+            .unwrap_or(Duration::from_millis(300)),
+    )
+    .await;
     let cancelled_at = Instant::now();
     // Dropping the call is how a tonic user cancels it (RST_STREAM).
     let still_running = !held.is_finished();
