@@ -17,6 +17,7 @@ use serde_json::Value;
 
 pub mod agent;
 pub mod h2raw;
+pub mod peers;
 
 /// A child process, killed on drop, whose stdout is read as JSON lines.
 pub struct Proc {
