@@ -306,6 +306,18 @@ pub struct RunArgs {
     /// The MutatingWebhookConfiguration whose caBundle the leader patches.
     #[arg(long, env = "GOAWAY_WEBHOOK_CONFIG", default_value = "goaway-operator")]
     pub webhook_config: String,
+    /// Generate mode: more names for the serving certificate, beside the
+    /// Service's — DNS names or IP addresses, comma-separated. For when
+    /// the API server calls the webhook by URL rather than through the
+    /// Service, as with an operator run outside the cluster in
+    /// development (the chart's webhook.url sets it to the URL's host).
+    #[arg(
+        long = "webhook-host",
+        env = "GOAWAY_WEBHOOK_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub webhook_hosts: Vec<String>,
     /// Elect a leader on a Lease (disable only with one replica).
     #[arg(long, env = "GOAWAY_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     pub leader_election: bool,
@@ -351,6 +363,7 @@ impl RunArgs {
             TlsMode::Generate => Source::Generate {
                 secret: self.tls_secret.clone(),
                 service: self.webhook_service.clone(),
+                hosts: self.webhook_hosts.clone(),
                 webhook_config: self.webhook_config.clone(),
             },
             TlsMode::Files => Source::Files(self.tls_dir.clone()),

@@ -21,6 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 async fn post_review(addr: std::net::SocketAddr, ca_pem: &str) -> (u16, String) {
+    post_review_to(addr, ca_pem, "goaway-operator.goaway-system.svc").await
+}
+
+/// Posts a review, verifying the server as `host` (a DNS name or an IP
+/// address, as in a URL clientConfig).
+async fn post_review_to(addr: std::net::SocketAddr, ca_pem: &str, host: &str) -> (u16, String) {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
@@ -31,7 +37,7 @@ async fn post_review(addr: std::net::SocketAddr, ca_pem: &str) -> (u16, String) 
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("goaway-operator.goaway-system.svc").unwrap();
+    let name = ServerName::try_from(host.to_string()).unwrap();
     let tls = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -46,7 +52,7 @@ async fn post_review(addr: std::net::SocketAddr, ca_pem: &str) -> (u16, String) 
     ))
     .unwrap();
     let req = Request::post("/mutate")
-        .header("host", "goaway-operator.goaway-system.svc")
+        .header("host", host)
         .header("content-type", "application/json")
         .body(Body::from(body))
         .unwrap();
@@ -111,4 +117,56 @@ fn a_bad_certificate_keeps_the_previous_one() {
     let certs = CertStore::new(provider());
     assert!(certs.load_pem(b"not pem", b"nor this").is_err());
     assert!(!certs.is_loaded());
+}
+
+/// An operator outside the cluster is called by URL (the chart's
+/// webhook.url, --webhook-host): the serving certificate must name the
+/// URL's host, an IP address included, or the API server refuses it.
+#[tokio::test]
+async fn a_webhook_host_is_in_the_certificate_for_url_clients() {
+    let names = ca::serving_names("goaway-operator", "goaway-system", &["127.0.0.1".into()]);
+    assert_eq!(names.last().map(String::as_str), Some("127.0.0.1"));
+    let authority = ca::new_ca().unwrap();
+    let (serving, _) = ca::new_serving(&authority, &names).unwrap();
+    let without = ca::service_dns_names("goaway-operator", "goaway-system");
+    let (service_only, _) = ca::new_serving(&authority, &without).unwrap();
+
+    let (store, _writer) = reflector::store();
+    let webhook = Arc::new(Webhook::new(
+        store,
+        AgentConfig::default(),
+        Arc::new(Metrics::default()),
+    ));
+    let certs = Arc::new(CertStore::new(provider()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, signal) = shutdown::channel();
+    let task = tokio::spawn(server::serve(
+        listener,
+        webhook.router(),
+        certs.clone(),
+        signal,
+    ));
+    certs
+        .load_pem(serving.cert.as_bytes(), serving.key.as_bytes())
+        .unwrap();
+    assert_eq!(
+        post_review_to(addr, &authority.cert, "127.0.0.1").await.0,
+        200
+    );
+    assert_eq!(post_review(addr, &authority.cert).await.0, 200);
+
+    // Without the host, a client verifying 127.0.0.1 refuses the server.
+    certs
+        .load_pem(service_only.cert.as_bytes(), service_only.key.as_bytes())
+        .unwrap();
+    let refused =
+        tokio::spawn(async move { post_review_to(addr, &authority.cert, "127.0.0.1").await });
+    assert!(
+        refused.await.is_err(),
+        "a certificate without 127.0.0.1 was accepted"
+    );
+
+    stop.fire();
+    task.await.unwrap().unwrap();
 }

@@ -103,3 +103,16 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
         service.to_string(),
     ]
 }
+
+/// The serving certificate's names: the Service's, then `hosts` (DNS
+/// names or IP addresses the API server may call the webhook by, as in a
+/// URL clientConfig), each once.
+pub fn serving_names(service: &str, namespace: &str, hosts: &[String]) -> Vec<String> {
+    let mut names = service_dns_names(service, namespace);
+    for host in hosts {
+        if !host.is_empty() && !names.contains(host) {
+            names.push(host.clone());
+        }
+    }
+    names
+}

@@ -36,6 +36,9 @@ pub enum Source {
         secret: String,
         /// The webhook Service's name (for the certificate's DNS names).
         service: String,
+        /// More DNS names or IP addresses for the certificate: the host
+        /// of a URL the API server calls the webhook by.
+        hosts: Vec<String>,
         /// The MutatingWebhookConfiguration's name.
         webhook_config: String,
     },

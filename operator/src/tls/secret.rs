@@ -52,10 +52,11 @@ pub async fn maintain(
             Source::Generate {
                 secret,
                 service,
+                hosts,
                 webhook_config,
             } => {
                 let is_leader = *leader.borrow_and_update();
-                let names = ca::service_dns_names(service, &namespace);
+                let names = ca::serving_names(service, &namespace, hosts);
                 let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
                 match sync_secret(&secrets, secret, &names, is_leader, &store).await {
                     Ok(ca) if is_leader => {

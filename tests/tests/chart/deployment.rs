@@ -137,6 +137,7 @@ fn chart_defaults_for_the_agent_are_the_operators_defaults() {
         Source::Generate {
             secret: "goaway-operator-webhook-tls".into(),
             service: "goaway-operator".into(),
+            hosts: vec![],
             webhook_config: "goaway-operator".into(),
         }
     );

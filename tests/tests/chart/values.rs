@@ -31,6 +31,11 @@ fn every_operator_flag_is_set_by_the_chart() {
             NAMESPACE,
             "agent: {drain: {delay: 5s, timeout: 45s, goawayAckTimeout: 2s}}",
         ),
+        (
+            RELEASE,
+            NAMESPACE,
+            "webhook: {url: 'https://127.0.0.1:9443/mutate'}",
+        ),
     ])
     .iter()
     .flat_map(|r| r.env().into_keys())
@@ -109,6 +114,12 @@ fn flag_values() -> Vec<FlagValue> {
                 "files",
             )
         },
+        v(
+            "webhook.url",
+            json!("https://127.0.0.1:9443/mutate"),
+            "GOAWAY_WEBHOOK_HOSTS",
+            "127.0.0.1",
+        ),
         v(
             "admin.port",
             json!(8081),
@@ -421,6 +432,11 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         ("webhook: {tls: {mode: selfSigned}}", "/webhook/tls/mode"),
         ("webhook: {timeoutSeconds: 31}", "/webhook/timeoutSeconds"),
         ("webhook: {port: 70000}", "/webhook/port"),
+        // The API server calls webhooks over HTTPS only.
+        (
+            "webhook: {url: 'http://127.0.0.1:9443/mutate'}",
+            "/webhook/url",
+        ),
         ("admin: {port: \"8080\"}", "/admin/port"),
         (
             "agent: {image: {pullPolicy: Sometimes}}",

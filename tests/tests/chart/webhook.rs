@@ -54,6 +54,22 @@ fn webhook_calls_the_operators_mutate_path_and_never_blocks_pods() {
     }
 }
 
+/// Development mode: the API server calls a URL (an operator outside the
+/// cluster) and the operator's certificate covers the URL's host.
+#[test]
+fn a_webhook_url_replaces_the_service_and_is_in_the_certificate() {
+    let r = render("webhook: {url: 'https://127.0.0.1:9443/mutate'}");
+    let client = &r.webhook().client_config;
+    assert_eq!(client.url.as_deref(), Some("https://127.0.0.1:9443/mutate"));
+    assert_eq!(client.service, None);
+    assert_eq!(client.ca_bundle, None, "the operator writes the caBundle");
+    let (args, _) = r.operator_args();
+    match args.tls_source() {
+        Source::Generate { hosts, .. } => assert_eq!(hosts, ["127.0.0.1"]),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn webhook_skips_kube_system_opted_out_namespaces_and_pods_and_the_operator() {
     let r = render("");
