@@ -196,6 +196,8 @@ agent:
   image: {repository: registry.example.com/goaway-agent, tag: "1.2.3", pullPolicy: Always}
   adminPort: 15099
   logFormat: text
+  maxConcurrentStreams: 250
+  maxConnections: 1000
   resources: {requests: {cpu: 20m, memory: 64Mi}, limits: {cpu: 200m, memory: 256Mi}}
   drain: {delay: 5s, timeout: 1m30s, goawayAckTimeout: 2500ms}
 "#,
@@ -265,6 +267,8 @@ agent:
             memory_request: "64Mi".into(),
             cpu_limit: "200m".into(),
             memory_limit: "256Mi".into(),
+            max_concurrent_streams: 250,
+            max_connections: 1000,
         }
     );
     assert_names_agree(&r);
