@@ -219,16 +219,7 @@ impl Agent {
 
     /// Resident memory of the process in bytes (Linux `/proc`).
     pub fn rss_bytes(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("no VmRSS")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kb * 1024)
+        crate::h2raw::rss_of(self.proc.pid())
     }
 }
 
