@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Acquire;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 use crate::Agent;
 
@@ -29,11 +31,32 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// How long `/readyz` waits for the application to accept a connection
+/// (`--readiness-checks-upstream`); the injected probe's own timeout is 1s.
+const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_millis(900);
+
 async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
-    if agent.ready.load(Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    if !agent.ready.load(Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let Some(upstream) = &agent.readiness_upstream else {
+        return (StatusCode::OK, "ready\n").into_response();
+    };
+    // A connect, nothing sent: the app's listener answers it even while
+    // all its workers are busy.
+    match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.as_str())).await
+    {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream {upstream} refused the connection: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream {upstream} did not accept a connection within {UPSTREAM_PROBE_TIMEOUT:?}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -103,6 +103,12 @@ pub struct RunArgs {
     /// How often the policy file is checked for changes.
     #[arg(long, env = "GOAWAY_POLICY_POLL_INTERVAL", default_value = "1s")]
     pub policy_poll_interval: GoDuration,
+    /// Make `/readyz` also check that the application accepts TCP
+    /// connections on `--upstream` (a connect, at most 1s), so a crashed
+    /// or restarting app takes its pod out of its Services' endpoints.
+    /// The operator turns this on for the agents it injects.
+    #[arg(long, env = "GOAWAY_READINESS_CHECKS_UPSTREAM")]
+    pub readiness_checks_upstream: bool,
     /// Worker threads, each serving its share of client connections with
     /// its own upstream connections (default: the CPUs available to the
     /// process, at most 2).

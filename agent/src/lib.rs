@@ -53,6 +53,9 @@ pub struct Agent {
     pub handshake_timeout: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// `/readyz` also connects to this application address
+    /// (`--readiness-checks-upstream`).
+    pub readiness_upstream: Option<String>,
 }
 
 impl Agent {

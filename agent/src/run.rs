@@ -145,6 +145,9 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         server_h2,
         handshake_timeout,
         max_connections: args.max_connections,
+        readiness_upstream: args
+            .readiness_checks_upstream
+            .then(|| args.upstream.clone()),
     });
 
     if let Some(path) = args.policy.clone() {

@@ -48,6 +48,30 @@ fn healthz_and_readyz_answer_200_while_serving() -> Result<()> {
 }
 
 #[test]
+fn readyz_follows_the_app_with_readiness_checks_upstream() -> Result<()> {
+    let (server, port) = grpc_server(&[])?;
+    let agent = agent(port).args(["--readiness-checks-upstream"]).start()?;
+    assert_eq!(agent.readyz()?, 200);
+    drop(server);
+    // The app is gone: nothing accepts on its port any more.
+    wait_for(Duration::from_secs(10), "/readyz to fail", || {
+        Ok(agent.readyz()? == 503)
+    })?;
+    let (status, body) = agent.get("/readyz")?;
+    assert_eq!(status, 503);
+    assert!(body.contains("refused"), "{body}");
+    // Without the flag the agent answers for itself only (SPEC: 200 while
+    // serving), whatever the app does.
+    let plain = agent_at_dead_upstream()?;
+    assert_eq!(plain.readyz()?, 200);
+    Ok(())
+}
+
+fn agent_at_dead_upstream() -> Result<Agent> {
+    agent(goaway_tests::free_port()).start()
+}
+
+#[test]
 fn metrics_expose_every_name_the_spec_lists() -> Result<()> {
     let (_server, port) = grpc_server(&[])?;
     let agent = agent(port).start()?;

@@ -136,6 +136,8 @@ pub(super) fn container(
         POLICY_PATH.into(),
         "--max-connections".into(),
         agent.max_connections.to_string(),
+        // A pod whose app is down leaves its Services' endpoints.
+        "--readiness-checks-upstream".into(),
     ];
     if agent.max_concurrent_streams > 0 {
         args.push("--max-concurrent-streams".into());
