@@ -159,6 +159,10 @@ func (s *stats) bump(field *int) {
 
 var st stats
 
+// servedBy, when set (server --identify), goes back on every Unary
+// response as header x-served-by: which pod answered.
+var servedBy string
+
 // echoMetadata sends x-echo-* request metadata back as headers and
 // trailers (and the time left before the deadline when asked).
 func echoMetadata(ctx context.Context) metadata.MD {
@@ -170,6 +174,9 @@ func echoMetadata(ctx context.Context) metadata.MD {
 		}
 	}
 	header := echo.Copy()
+	if servedBy != "" {
+		header.Set("x-served-by", servedBy)
+	}
 	if len(md.Get("x-report-deadline")) > 0 {
 		left := "none"
 		if d, ok := ctx.Deadline(); ok {
@@ -348,7 +355,17 @@ func serverMain(argv []string) {
 	minPing := fs.Int("min-ping-ms", 0, "keepalive.EnforcementPolicy.MinTime (0: grpc-go's default, 5m)")
 	permit := fs.Bool("permit-without-stream", false, "keepalive.EnforcementPolicy.PermitWithoutStream")
 	grace := fs.Int("grace-ms", 10000, "on SIGTERM, GracefulStop; Stop after this long")
+	host := fs.String("listen", "127.0.0.1", "listen address")
+	onSigterm := fs.String("on-sigterm", "graceful", "graceful (GOAWAY, then Stop after --grace-ms) or exit (at once, no GOAWAY, as many apps)")
+	identify := fs.Bool("identify", false, "send header x-served-by: HOSTNAME on Unary responses")
 	_ = fs.Parse(argv)
+	if *onSigterm != "graceful" && *onSigterm != "exit" {
+		fmt.Fprintf(os.Stderr, "--on-sigterm: want graceful or exit, got %q\n", *onSigterm)
+		os.Exit(2)
+	}
+	if *identify {
+		servedBy, _ = os.Hostname()
+	}
 
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(64 << 20), grpc.MaxSendMsgSize(64 << 20)}
 	sp := keepalive.ServerParameters{}
@@ -371,7 +388,7 @@ func serverMain(argv []string) {
 	}
 	srv := grpc.NewServer(opts...)
 	srv.RegisterService(&echoService, struct{}{})
-	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
+	lis, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -381,7 +398,15 @@ func serverMain(argv []string) {
 	go func() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-		<-sig
+		got := <-sig
+		emit(map[string]any{"signal": got.String(), "at": time.Now().UTC().Format(time.RFC3339Nano)})
+		if *onSigterm == "exit" {
+			// What an app without graceful shutdown does: its open
+			// connections are simply closed.
+			st.mu.Lock()
+			emit(map[string]any{"stopped": true, "graceful": false, "stats": map[string]int{"calls": st.Calls, "cancelled": st.Cancelled, "ok": st.OK}})
+			os.Exit(0)
+		}
 		// GOAWAY to every client, in-flight calls finish.
 		stopped := make(chan struct{})
 		go func() { srv.GracefulStop(); close(stopped) }()
@@ -418,6 +443,8 @@ type clientArgs struct {
 	kaTimeMs      int
 	kaTimeoutMs   int
 	kaPermit      bool
+	lb            string
+	reportEveryMs int
 }
 
 func clientMain(argv []string) {
@@ -436,6 +463,8 @@ func clientMain(argv []string) {
 	fs.IntVar(&a.kaTimeMs, "keepalive-time-ms", 0, "keepalive.ClientParameters.Time")
 	fs.IntVar(&a.kaTimeoutMs, "keepalive-timeout-ms", 0, "keepalive.ClientParameters.Timeout")
 	fs.BoolVar(&a.kaPermit, "keepalive-permit-without-calls", false, "keepalive.ClientParameters.PermitWithoutStream")
+	fs.StringVar(&a.lb, "lb", "", "load-balancing policy for a single target: pick_first or round_robin (default: grpc-go's, pick_first)")
+	fs.IntVar(&a.reportEveryMs, "report-every-ms", 0, "loop mode: also print the running tally this often")
 	_ = fs.Parse(argv)
 	if fs.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "client: want one MODE: call|loop|cancel")
@@ -479,6 +508,9 @@ func dial(a *clientArgs) (*grpc.ClientConn, error) {
 		opts = append(opts, grpc.WithKeepaliveParams(kp))
 	}
 	target := a.target
+	if a.lb != "" && !strings.Contains(a.target, ",") {
+		opts = append(opts, grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, a.lb)))
+	}
 	if strings.Contains(a.target, ",") {
 		// Several addresses: one round-robin channel over all of them, as
 		// a headless Service's DNS name would give it.
@@ -626,42 +658,84 @@ type tally struct {
 	Failed  int            `json:"failed"`
 	Codes   map[string]int `json:"codes"`
 	Details []string       `json:"details,omitempty"`
+	// Successful calls per x-served-by header (servers run --identify).
+	Servers map[string]int `json:"servers,omitempty"`
 }
 
-func (t *tally) record(err error) {
+func (t *tally) record(err error, header metadata.MD) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err == nil {
 		t.OK++
+		if by := first(header, "x-served-by"); by != "" {
+			t.Servers[by]++
+		}
 		return
 	}
 	t.Failed++
 	s := status.Convert(err)
 	t.Codes[codeName(s.Code())]++
-	if len(t.Details) < 5 {
-		t.Details = append(t.Details, s.Message())
+	// The five latest messages.
+	if len(t.Details) == 5 {
+		t.Details = t.Details[1:]
 	}
+	t.Details = append(t.Details, s.Message())
 }
 
-// loop makes unary calls back to back (--threads callers) for --seconds.
+// loop makes unary calls back to back (--threads callers) for --seconds,
+// or until SIGTERM/SIGINT with --seconds 0 (a client pod). With
+// --report-every-ms it also prints the running tally that often.
 func loop(conn *grpc.ClientConn, a *clientArgs) *tally {
-	t := &tally{Codes: map[string]int{}}
-	end := time.Now().Add(time.Duration(a.seconds * float64(time.Second)))
+	t := &tally{Codes: map[string]int{}, Servers: map[string]int{}}
+	stop := make(chan struct{})
+	if a.seconds > 0 {
+		time.AfterFunc(time.Duration(a.seconds*float64(time.Second)), func() { close(stop) })
+	} else {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		go func() { <-sig; close(stop) }()
+	}
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	if a.reportEveryMs > 0 {
+		go func() {
+			for !stopped() {
+				time.Sleep(ms(a.reportEveryMs))
+				t.mu.Lock()
+				b, _ := json.Marshal(t)
+				t.mu.Unlock()
+				fmt.Println(string(b))
+			}
+		}()
+	}
+	md := parseMetadata(a.metadata)
 	var wg sync.WaitGroup
 	for w := 0; w < a.threads; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			payload := msg(w, a.size)
-			for time.Now().Before(end) {
-				ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+			for !stopped() {
+				ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), md), a.timeout)
 				var resp []byte
-				err := conn.Invoke(ctx, "/echo.Echo/Unary", &payload, &resp)
+				var header metadata.MD
+				err := conn.Invoke(ctx, "/echo.Echo/Unary", &payload, &resp, grpc.Header(&header))
 				cancel()
 				if err == nil && string(resp) != string(payload) {
 					err = status.Error(codes.DataLoss, "echo mismatch")
 				}
-				t.record(err)
+				t.record(err, header)
+				if err != nil {
+					// A channel in TRANSIENT_FAILURE fails calls at once:
+					// do not spin on it.
+					time.Sleep(10 * time.Millisecond)
+				}
 				if a.intervalMs > 0 {
 					time.Sleep(ms(a.intervalMs))
 				}

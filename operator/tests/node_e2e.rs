@@ -1,0 +1,785 @@
+//! Opt-in, on a real node (`scripts/kube-local up --node` sets
+//! `GOAWAY_KUBE_NODE`; skipped with a message otherwise): the product as a
+//! user meets it. `helm install` the chart (the operator runs in the
+//! cluster, two replicas, leader election, its own webhook TLS), a grpc-go
+//! app that exits at once on SIGTERM behind a ClusterIP Service, and
+//! long-lived grpc-go clients (round_robin and pick_first, four threads
+//! each) calling it without pause. Then, with real kubelet preStop hooks,
+//! SIGTERM ordering, native sidecars and kube-proxy:
+//!
+//! - a rollout without a policy: the baseline, where calls fail;
+//! - rollouts with a KeepalivePolicy: zero failed calls, the app's SIGTERM
+//!   after the agent's drain finished, the sidecar exiting after the app;
+//! - a policy edit reaching running agents (ConfigMap → kubelet → file
+//!   reload), whose `maxConnectionAge` moves a pick_first client across
+//!   pods, with zero failed calls;
+//! - `kubectl delete pod` with the default grace period: zero failed calls;
+//! - the app container crashing: the pod leaves the endpoints (the agent's
+//!   readiness checks the app) and comes back after the restart.
+//!
+//! The figures go to stderr and to `node_e2e_report.md` in the test's
+//! target tmpdir (`.ci/run` prints it).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cluster::{helm, kubectl, kubectl_stdin, ok, repo_root};
+
+/// The namespace and release of this run.
+struct Env {
+    ns: String,
+    release: String,
+    report: Vec<String>,
+}
+
+fn skip() -> bool {
+    if std::env::var_os("GOAWAY_KUBE_NODE").is_none() || std::env::var_os("KUBECONFIG").is_none() {
+        eprintln!(
+            "skipped: set GOAWAY_KUBE_NODE and KUBECONFIG to run the node end-to-end test (eval \"$(scripts/kube-local env)\" after scripts/kube-local up --node)"
+        );
+        return true;
+    }
+    false
+}
+
+/// The Helm values file pointing the chart at the locally built images:
+/// `GOAWAY_E2E_VALUES`, or what `scripts/kube-local images` prints.
+fn image_values() -> String {
+    if let Some(v) = std::env::var_os("GOAWAY_E2E_VALUES") {
+        return v.to_string_lossy().into_owned();
+    }
+    let out = Command::new(repo_root().join("scripts/kube-local"))
+        .arg("images")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/kube-local images");
+    ok("scripts/kube-local images", out).trim().to_string()
+}
+
+fn image_tag() -> String {
+    std::env::var("GOAWAY_IMAGE_TAG").unwrap_or_else(|_| "dev".into())
+}
+
+fn fixture(name: &str, service_ip: &str) -> String {
+    std::fs::read_to_string(repo_root().join("operator/tests/fixtures/node").join(name))
+        .expect("node fixture")
+        .replace("IMAGE_TAG", &image_tag())
+        .replace("SERVICE_IP", service_ip)
+}
+
+/// Polls `f` every 500ms until it returns `Some`, or panics after
+/// `timeout` (generous: a loaded 2-core machine runs the whole cluster).
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+impl Env {
+    fn k(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.ns];
+        all.extend_from_slice(args);
+        ok(&format!("kubectl {}", args.join(" ")), kubectl(&all))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.k(&all)).expect("kubectl JSON")
+    }
+
+    fn apply(&self, yaml: &str) {
+        ok(
+            "kubectl apply",
+            kubectl_stdin(&["-n", &self.ns, "apply", "-f", "-"], yaml),
+        );
+    }
+
+    fn note(&mut self, line: String) {
+        eprintln!("{line}");
+        self.report.push(line);
+    }
+
+    /// The app's pods: name → (ready, deleting).
+    fn app_pods(&self) -> BTreeMap<String, (bool, bool)> {
+        let pods = self.json(&["get", "pods", "-l", "app=echo"]);
+        pods["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| {
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                let deleting = !p["metadata"]["deletionTimestamp"].is_null();
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    (ready, deleting),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until exactly the 3 new pods run, Ready, and none of `old`
+    /// is left.
+    fn wait_replaced(&self, old: &BTreeSet<String>) -> BTreeSet<String> {
+        wait(
+            "the rollout to replace every pod",
+            Duration::from_secs(240),
+            || {
+                let pods = self.app_pods();
+                let fresh: BTreeSet<String> = pods
+                    .iter()
+                    .filter(|(n, (ready, deleting))| *ready && !*deleting && !old.contains(*n))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                (pods.len() == 3 && fresh.len() == 3).then_some(fresh)
+            },
+        )
+    }
+
+    /// Each client's running tally (the last line it printed).
+    fn tallies(&self) -> BTreeMap<String, Tally> {
+        CLIENTS
+            .iter()
+            .map(|c| {
+                let line = self.k(&["logs", c, "--tail", "1"]);
+                let v: Value = serde_json::from_str(line.trim())
+                    .unwrap_or_else(|e| panic!("{c}'s tally {line:?}: {e}"));
+                (c.to_string(), Tally::from(&v))
+            })
+            .collect()
+    }
+
+    /// Waits until both clients call successfully with no new failure for
+    /// 5 s, so that a phase is not charged with the previous one's
+    /// failures (a connect attempt to a pod that died in the baseline ends
+    /// at its 20 s deadline, possibly after the next phase started).
+    fn settle(&self) {
+        let mut last = self.tallies();
+        let mut quiet = 0;
+        wait("the clients to settle", Duration::from_secs(120), || {
+            thread::sleep(Duration::from_secs(1));
+            let now = self.tallies();
+            let (made, failed, _) = delta(&last, &now);
+            let progressing = CLIENTS.iter().all(|c| now[*c].ok > last[*c].ok);
+            quiet = if failed == 0 && made > 0 && progressing {
+                quiet + 1
+            } else {
+                0
+            };
+            last = now;
+            (quiet >= 5).then_some(())
+        });
+    }
+
+    /// Starts following `container`'s log of `pod` (until it exits).
+    fn follow(&self, pod: &str, container: &str) -> Follow {
+        let mut child = Command::new("kubectl")
+            .args([
+                "-n",
+                &self.ns,
+                "logs",
+                "-f",
+                "--timestamps",
+                pod,
+                "-c",
+                container,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl logs -f");
+        let out = child.stdout.take().expect("stdout");
+        let lines = thread::spawn(move || {
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        Follow {
+            child,
+            lines,
+            pod: pod.to_string(),
+        }
+    }
+}
+
+const CLIENTS: [&str; 2] = ["client-round-robin", "client-pick-first"];
+
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    servers: BTreeMap<String, u64>,
+    details: Vec<String>,
+}
+
+impl From<&Value> for Tally {
+    fn from(v: &Value) -> Self {
+        Tally {
+            ok: v["ok"].as_u64().unwrap_or(0),
+            failed: v["failed"].as_u64().unwrap_or(0),
+            servers: v["servers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                .collect(),
+            details: v["details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(String::from))
+                .collect(),
+        }
+    }
+}
+
+/// Calls made and failed between two readings, summed over the clients.
+fn delta(
+    before: &BTreeMap<String, Tally>,
+    after: &BTreeMap<String, Tally>,
+) -> (u64, u64, Vec<String>) {
+    let mut made = 0;
+    let mut failed = 0;
+    let mut details = vec![];
+    for (c, a) in after {
+        let b = &before[c];
+        made += (a.ok + a.failed) - (b.ok + b.failed);
+        failed += a.failed - b.failed;
+        if a.failed > b.failed {
+            details.extend(a.details.iter().map(|d| format!("{c}: {d}")));
+        }
+    }
+    (made, failed, details)
+}
+
+/// Servers that answered `client` between two readings.
+fn served(before: &Tally, after: &Tally) -> BTreeSet<String> {
+    after
+        .servers
+        .iter()
+        .filter(|(s, n)| **n > before.servers.get(*s).copied().unwrap_or(0))
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
+struct Follow {
+    child: Child,
+    lines: JoinHandle<Vec<String>>,
+    pod: String,
+}
+
+impl Follow {
+    fn lines(mut self) -> Vec<String> {
+        // The stream ends when the container does; the pod is gone by now.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines.join().expect("log reader")
+    }
+}
+
+/// A `kubectl logs --timestamps` line: the kubelet's receive time
+/// (RFC 3339, nanoseconds, UTC: sortable as text) and the line.
+fn split(line: &str) -> (&str, &str) {
+    line.split_once(' ').unwrap_or((line, ""))
+}
+
+/// The time of the first line containing `needle`.
+fn time_of<'a>(lines: &'a [String], needle: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .map(|l| split(l))
+        .find(|(_, text)| text.contains(needle))
+        .map(|(t, _)| t)
+}
+
+/// One old pod's drain, read from its agent's and app's logs.
+#[derive(Debug)]
+struct PodDrain {
+    pod: String,
+    drain_seconds: f64,
+    goaways: u64,
+    connections_drained: u64,
+    hard_closed: u64,
+}
+
+fn check_pod_drain(pod: &str, agent: &[String], app: &[String]) -> PodDrain {
+    let context = || {
+        format!(
+            "{pod}\nagent:\n{}\napp:\n{}",
+            agent.join("\n"),
+            app.join("\n")
+        )
+    };
+    let finished = time_of(agent, "drain finished")
+        .unwrap_or_else(|| panic!("no \"drain finished\" from the agent of {}", context()));
+    let sigterm = time_of(app, "\"signal\"")
+        .unwrap_or_else(|| panic!("the app never logged its SIGTERM: {}", context()));
+    let app_stopped = time_of(app, "\"stopped\"")
+        .unwrap_or_else(|| panic!("the app never logged its exit: {}", context()));
+    let agent_exit = time_of(agent, "drained earlier; exiting")
+        .unwrap_or_else(|| panic!("the agent never logged its exit: {}", context()));
+    assert!(
+        finished < sigterm,
+        "the app got SIGTERM ({sigterm}) before the agent's drain finished ({finished}): {}",
+        context()
+    );
+    assert!(
+        app_stopped < agent_exit,
+        "the sidecar exited ({agent_exit}) before the app ({app_stopped}): {}",
+        context()
+    );
+    let summary: Value = agent
+        .iter()
+        .map(|l| split(l).1)
+        .find(|t| t.contains("drain finished"))
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_else(|| panic!("the drain summary is not JSON: {}", context()));
+    let goaways: Value = agent
+        .iter()
+        .map(|l| split(l).1)
+        .find(|t| t.contains("GOAWAY sent to every connection"))
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    // The agent logs flattened JSON events (fields beside the message).
+    let f = &summary;
+    PodDrain {
+        pod: pod.to_string(),
+        drain_seconds: f["duration_seconds"].as_f64().unwrap_or(f64::NAN),
+        goaways: goaways["connections"].as_u64().unwrap_or(0),
+        connections_drained: f["connections_drained"].as_u64().unwrap_or(0),
+        hard_closed: f["connections_hard_closed"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Restarts the app and waits for the new pods; returns the calls made and
+/// failed meanwhile, and (with `agents`) each old pod's drain.
+fn rollout(env: &mut Env, label: &str, agents: bool) -> (u64, u64, Vec<PodDrain>) {
+    env.settle();
+    let old: BTreeSet<String> = env.app_pods().into_keys().collect();
+    let follows: Vec<(Follow, Follow)> = if agents {
+        old.iter()
+            .map(|p| (env.follow(p, "goaway-agent"), env.follow(p, "app")))
+            .collect()
+    } else {
+        vec![]
+    };
+    let before = env.tallies();
+    let start = Instant::now();
+    env.k(&["rollout", "restart", "deployment/echo"]);
+    env.wait_replaced(&old);
+    let took = start.elapsed();
+    // The clients' tallies are a second behind.
+    thread::sleep(Duration::from_secs(3));
+    let after = env.tallies();
+    let (made, failed, details) = delta(&before, &after);
+    let drains: Vec<PodDrain> = follows
+        .into_iter()
+        .map(|(agent, app)| {
+            let pod = agent.pod.clone();
+            check_pod_drain(&pod, &agent.lines(), &app.lines())
+        })
+        .collect();
+    env.note(format!(
+        "{label}: {made} calls, {failed} failed, rollout {:.1}s{}",
+        took.as_secs_f64(),
+        if details.is_empty() {
+            String::new()
+        } else {
+            format!(" (e.g. {:?})", &details[..details.len().min(3)])
+        }
+    ));
+    for d in &drains {
+        env.note(format!(
+            "  {}: drain {:.2}s, GOAWAY to {} connections, {} drained, {} hard-closed",
+            d.pod, d.drain_seconds, d.goaways, d.connections_drained, d.hard_closed
+        ));
+    }
+    (made, failed, drains)
+}
+
+fn pod_ip(env: &Env, pod: &str) -> String {
+    env.k(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+}
+
+/// GET on an agent's admin port, from the node (pod IPs are routed here).
+fn agent_get(ip: &str, path: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "--max-time",
+            "3",
+            &format!("http://{ip}:15021{path}"),
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pod_ready(env: &Env, pod: &str) -> bool {
+    env.app_pods().get(pod).is_some_and(|(ready, _)| *ready)
+}
+
+#[test]
+fn rolling_deploys_drain_with_zero_failed_calls_on_a_real_node() {
+    if skip() {
+        return;
+    }
+    let values = image_values();
+    let pid = std::process::id();
+    let mut env = Env {
+        ns: format!("goaway-node-e2e-{pid}"),
+        release: format!("e2e-{pid}"),
+        report: vec![],
+    };
+    ok(
+        "create the namespace",
+        kubectl(&["create", "namespace", &env.ns]),
+    );
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut env, &values)));
+    let report = env.report.join("\n");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("node_e2e_report.md");
+    let _ = std::fs::write(&path, format!("{report}\n"));
+    eprintln!("report: {}", path.display());
+    if result.is_err() {
+        for what in [
+            vec!["get", "pods", "-o", "wide"],
+            vec!["get", "events", "--sort-by", ".lastTimestamp"],
+            vec![
+                "logs",
+                "-l",
+                "app=echo",
+                "-c",
+                "goaway-agent",
+                "--prefix",
+                "--tail",
+                "40",
+            ],
+            vec!["logs", "-l", "role=client", "--prefix", "--tail", "3"],
+        ] {
+            let mut args = vec!["-n", env.ns.as_str()];
+            args.extend(what);
+            eprintln!("{}", String::from_utf8_lossy(&kubectl(&args).stdout));
+        }
+    }
+    let _ = helm(&[
+        "uninstall",
+        &env.release,
+        "-n",
+        &env.ns,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let _ = kubectl(&["delete", "namespace", &env.ns, "--wait=false"]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn scenario(env: &mut Env, values: &str) {
+    // The chart, as a user installs it; the webhook only sees this
+    // namespace, so tests running beside this one are left alone.
+    let fullname = format!("goaway-{}", env.release);
+    let start = Instant::now();
+    ok(
+        "helm install",
+        helm(&[
+            "install",
+            &env.release,
+            repo_root().join("charts/goaway").to_str().unwrap(),
+            "-n",
+            &env.ns,
+            "-f",
+            values,
+            "--set",
+            &format!("watchNamespace={}", env.ns),
+            "--set",
+            &format!("fullnameOverride={fullname}"),
+            "--wait",
+            "--timeout",
+            "4m",
+        ]),
+    );
+    let operator = format!("{fullname}-operator");
+    let deploy = env.json(&["get", "deployment", &operator]);
+    assert_eq!(deploy["status"]["readyReplicas"], 2, "{deploy}");
+    let holder = wait("a leader", Duration::from_secs(60), || {
+        let h = env.k(&[
+            "get",
+            "lease",
+            &operator,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        (!h.is_empty()).then_some(h)
+    });
+    let ca = wait("the webhook's caBundle", Duration::from_secs(60), || {
+        let out = kubectl(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            &operator,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]);
+        let ca = String::from_utf8_lossy(&out.stdout).into_owned();
+        (!ca.is_empty()).then_some(ca)
+    });
+    env.note(format!(
+        "helm install: operator 2/2 Ready in {:.1}s, leader {holder}, caBundle {} bytes",
+        start.elapsed().as_secs_f64(),
+        ca.len()
+    ));
+
+    // The app and its clients.
+    env.apply(&fixture("app.yaml", ""));
+    env.wait_replaced(&BTreeSet::new());
+    let service_ip = env.k(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    env.apply(&fixture("clients.yaml", &service_ip));
+    wait("both clients calling", Duration::from_secs(120), || {
+        CLIENTS
+            .iter()
+            .all(|c| {
+                kubectl(&["-n", &env.ns, "logs", c, "--tail", "1"])
+                    .stdout
+                    .starts_with(b"{\"ok\":")
+            })
+            .then_some(())
+    });
+    env.settle();
+
+    // pick_first without maxConnectionAge stays on one pod.
+    let before = env.tallies();
+    thread::sleep(Duration::from_secs(10));
+    let after = env.tallies();
+    let sticky = served(&before["client-pick-first"], &after["client-pick-first"]);
+    assert_eq!(sticky.len(), 1, "pick_first without age: {sticky:?}");
+
+    // Baseline: no policy, so no agent. The app exits on SIGTERM with
+    // calls in flight and clients connected.
+    let (_, baseline_failed, _) = rollout(env, "baseline rollout (no policy)", false);
+    assert!(
+        baseline_failed > 0,
+        "the baseline must show what goaway prevents: no call failed without it"
+    );
+
+    // The policy; the next rollout creates injected pods (the old ones
+    // still have no agent, so this one is not measured).
+    env.apply(&fixture("policy.yaml", ""));
+    wait("the policy Ready", Duration::from_secs(60), || {
+        let s = env.k(&[
+            "get",
+            "keepalivepolicy",
+            "echo",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (s == "True").then_some(())
+    });
+    rollout(env, "injecting rollout (old pods without the agent)", false);
+    for pod in env.app_pods().keys() {
+        let init = env.k(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}",
+        ]);
+        assert!(
+            init.contains("goaway-agent"),
+            "{pod} was not injected: {init}"
+        );
+    }
+    let kap = wait(
+        "kubectl get kap to count 3 injected pods",
+        Duration::from_secs(60),
+        || {
+            let v = env.json(&["get", "kap", "echo"]);
+            (v["status"]["injectedPods"] == 3 && v["status"]["matchedPods"] == 3).then_some(v)
+        },
+    );
+    env.note(format!(
+        "kubectl get kap echo: matched {}, injected {}",
+        kap["status"]["matchedPods"], kap["status"]["injectedPods"]
+    ));
+    env.note(
+        String::from_utf8_lossy(&kubectl(&["-n", &env.ns, "get", "kap"]).stdout)
+            .trim_end()
+            .to_string(),
+    );
+
+    // With goaway: several rollouts, not one call may fail.
+    let mut goaways = 0;
+    for i in 1..=3 {
+        let (made, failed, drains) = rollout(env, &format!("goaway rollout {i}"), true);
+        assert!(made > 0, "the clients made no calls during rollout {i}");
+        assert_eq!(failed, 0, "calls failed during goaway rollout {i}");
+        assert_eq!(drains.len(), 3);
+        goaways += drains.iter().map(|d| d.goaways).sum::<u64>();
+    }
+    assert!(
+        goaways > 0,
+        "no drain sent a GOAWAY: the clients were not connected through the agents"
+    );
+
+    // A policy edit reaches the running agents; maxConnectionAge then
+    // moves the pick_first client across pods, failing nothing.
+    env.settle();
+    let pods: Vec<String> = env.app_pods().into_keys().collect();
+    let start = Instant::now();
+    ok(
+        "patch the policy",
+        kubectl(&[
+            "-n",
+            &env.ns,
+            "patch",
+            "keepalivepolicy",
+            "echo",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"server":{"maxConnectionAge":"3s","maxConnectionAgeGrace":"5s"}}}"#,
+        ]),
+    );
+    for pod in &pods {
+        let ip = pod_ip(env, pod);
+        wait(
+            &format!("{pod}'s agent to load maxConnectionAge 3s"),
+            Duration::from_secs(180),
+            || {
+                let policy: Value = serde_json::from_str(&agent_get(&ip, "/policy")?).ok()?;
+                (policy["server"]["maxConnectionAge"] == "3s").then_some(())
+            },
+        );
+    }
+    env.note(format!(
+        "policy edit: every running agent applied maxConnectionAge 3s within {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
+    let before = env.tallies();
+    thread::sleep(Duration::from_secs(20));
+    let after = env.tallies();
+    let (made, failed, details) = delta(&before, &after);
+    let moved = served(&before["client-pick-first"], &after["client-pick-first"]);
+    env.note(format!(
+        "maxConnectionAge 3s for 20s: pick_first served by {} pods, {made} calls, {failed} failed",
+        moved.len()
+    ));
+    assert_eq!(failed, 0, "calls failed during age rotation: {details:?}");
+    assert!(
+        moved.len() >= 2,
+        "maxConnectionAge did not move the pick_first client: {moved:?}"
+    );
+
+    // kubectl delete pod, default grace period.
+    env.settle();
+    let victim = pods[0].clone();
+    let (agent, app) = (
+        env.follow(&victim, "goaway-agent"),
+        env.follow(&victim, "app"),
+    );
+    let before = env.tallies();
+    env.k(&["delete", "pod", &victim]);
+    env.wait_replaced(&BTreeSet::from([victim.clone()]));
+    thread::sleep(Duration::from_secs(3));
+    let after = env.tallies();
+    let (made, failed, details) = delta(&before, &after);
+    let d = check_pod_drain(&victim, &agent.lines(), &app.lines());
+    env.note(format!(
+        "kubectl delete pod: {made} calls, {failed} failed; drain {:.2}s, GOAWAY to {} connections",
+        d.drain_seconds, d.goaways
+    ));
+    assert_eq!(
+        failed, 0,
+        "calls failed when a pod was deleted: {details:?}"
+    );
+
+    // The app crashes: the agent's readiness follows it.
+    let pod = env.app_pods().into_keys().next().expect("a pod");
+    let container = env.k(&[
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[?(@.name==\"app\")].containerID}",
+    ]);
+    let id = container.trim_start_matches("containerd://").to_string();
+    env.settle();
+    let before = env.tallies();
+    let crash = Instant::now();
+    kill_container(&id);
+    wait(
+        &format!("{pod} to turn NotReady after its app crashed"),
+        Duration::from_secs(30),
+        || (!pod_ready(env, &pod)).then_some(()),
+    );
+    let not_ready = crash.elapsed();
+    wait(
+        &format!("{pod} Ready again after the app restarted"),
+        Duration::from_secs(120),
+        || pod_ready(env, &pod).then_some(()),
+    );
+    let back = crash.elapsed();
+    thread::sleep(Duration::from_secs(3));
+    let after = env.tallies();
+    let (made, failed, _) = delta(&before, &after);
+    env.note(format!(
+        "app crash (SIGKILL): pod NotReady after {:.1}s, Ready again after {:.1}s; {made} calls, {failed} failed (calls in flight on the dead app)",
+        not_ready.as_secs_f64(),
+        back.as_secs_f64()
+    ));
+}
+
+/// SIGKILLs a container's process from the node, as the OOM killer would.
+fn kill_container(id: &str) {
+    let address =
+        std::env::var("CONTAINERD_ADDRESS").expect("CONTAINERD_ADDRESS (scripts/kube-local env)");
+    let out = Command::new("ctr")
+        .args([
+            "--address",
+            &address,
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "-s",
+            "SIGKILL",
+            id,
+        ])
+        .output()
+        .expect("ctr");
+    assert!(
+        out.status.success(),
+        "ctr tasks kill {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
