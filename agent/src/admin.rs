@@ -21,6 +21,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/drain", get(drain).post(drain))
+        .route(
+            "/log-level",
+            get(log_level).put(set_log_level).post(set_log_level),
+        )
         .route("/metrics", get(metrics))
         .route("/policy", get(policy))
         .route("/connections", get(connections))
@@ -62,18 +66,54 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
 
 /// Starts (or joins) the drain and answers when it has finished.
 async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
-    if let Some(token) = &agent.drain_token
-        && !presented(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
-    {
-        tracing::warn!("drain request without a valid token refused");
-        return (
+    if let Some(refused) = unauthorized(&agent, &headers, "drain") {
+        return refused;
+    }
+    Json(agent.drain().await).into_response()
+}
+
+/// The log filter in force.
+async fn log_level() -> Response {
+    match crate::logging::filter() {
+        Some(f) => format!("{f}\n").into_response(),
+        None => (StatusCode::NOT_FOUND, "logging is not initialised\n").into_response(),
+    }
+}
+
+/// Replaces the log filter with the request body (`GOAWAY_LOG` syntax).
+/// Needs the drain token, like `/drain`: both change what the agent does.
+async fn set_log_level(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Some(refused) = unauthorized(&agent, &headers, "log level change") {
+        return refused;
+    }
+    match crate::logging::set_filter(&body) {
+        Ok(now) => {
+            tracing::info!(filter = %now, "log filter changed");
+            format!("{now}\n").into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The 401 for a request without the drain token, when one is set.
+fn unauthorized(agent: &Agent, headers: &HeaderMap, what: &str) -> Option<Response> {
+    let token = agent.drain_token.as_ref()?;
+    if presented(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    tracing::warn!("{what} request without a valid token refused");
+    Some(
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             "drain token required\n",
         )
-            .into_response();
-    }
-    Json(agent.drain().await).into_response()
+            .into_response(),
+    )
 }
 
 /// The token from `Authorization: Bearer …` or `X-Goaway-Drain-Token`.

@@ -15,15 +15,15 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::cli::LogFormat;
 
@@ -38,6 +38,8 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_env("GOAWAY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry()
         .with(filter)
@@ -46,6 +48,30 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
+}
+
+/// The filter in force, replaceable at runtime (`PUT /log-level`).
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The log filter in force, as `GOAWAY_LOG` would spell it; `None` before
+/// [`init`] (tests that log nothing).
+pub fn filter() -> Option<String> {
+    FILTER.get()?.with_current(|f| f.to_string()).ok()
+}
+
+/// Replaces the log filter (same syntax as `GOAWAY_LOG`: a level such as
+/// `debug`, or directives such as `info,goaway_transport=debug`).
+pub fn set_filter(directives: &str) -> Result<String, String> {
+    let directives = directives.trim();
+    if directives.is_empty() {
+        return Err("empty log filter".into());
+    }
+    let new = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| format!("not a log filter: {e}"))?;
+    let handle = FILTER.get().ok_or("logging is not initialised")?;
+    handle.reload(new).map_err(|e| e.to_string())?;
+    filter().ok_or_else(|| "logging is not initialised".into())
 }
 
 /// The per-call-site limit, as a layer that vetoes events.

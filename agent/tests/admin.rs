@@ -67,6 +67,33 @@ fn readyz_follows_the_app_with_readiness_checks_upstream() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn log_level_changes_at_runtime_with_the_drain_token() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).env("GOAWAY_DRAIN_TOKEN", "s3cret").start()?;
+    let api = agent.api();
+    let (status, body) = agent.get("/log-level")?;
+    assert_eq!((status, body.trim()), (200, "h2=warn,info"), "{body}");
+    // Without the token: refused, and nothing changes.
+    assert_eq!(api.put("/log-level", &[], "debug")?.0, 401);
+    assert_eq!(agent.get("/log-level")?.1.trim(), "h2=warn,info");
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (status, body) = api.put("/log-level", &auth, "nonsense=[")?;
+    assert_eq!(status, 400, "{body}");
+    // Debug lines appear only once the filter says so.
+    let accepted = || agent.log().matches("connection accepted").count();
+    grpc_client(&agent.target(), &["call"])?;
+    assert_eq!(accepted(), 0, "debug logged at info:\n{}", agent.log());
+    let (status, body) = api.put("/log-level", &auth, "goaway_agent=debug,info")?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(agent.get("/log-level")?.1.trim(), body.trim());
+    grpc_client(&agent.target(), &["call"])?;
+    wait_for(Duration::from_secs(10), "a debug line", || {
+        Ok(accepted() >= 1)
+    })?;
+    Ok(())
+}
+
 fn agent_at_dead_upstream() -> Result<Agent> {
     agent(goaway_tests::free_port()).start()
 }

@@ -430,3 +430,38 @@ fn rolling_drain_across_two_agents_under_round_robin_load_fails_no_call() -> Res
     assert!(agent1b.metrics()?.value("goaway_streams_total")? > 0.0);
     Ok(())
 }
+
+/// The advice the operator gives for a container that keeps its own
+/// preStop hook (its Event and `inject` warning): the hook's shell runs
+/// this command with the two variables the operator sets on the container.
+/// It must drain the agent and wait for the end, with the real curl.
+#[test]
+fn the_kept_prestop_hook_command_drains_with_the_injected_variables() -> Result<()> {
+    use goaway_operator::inject::{ENV_DRAIN_TOKEN, ENV_DRAIN_URL, KEPT_PRE_STOP_CURL};
+    let (_server, port) = grpc_server(&[])?;
+    let agent = agent(port).env("GOAWAY_DRAIN_TOKEN", "pod-token").start()?;
+    let url = format!("http://{}/drain", agent.admin);
+    // A wrong token is refused: the command fails and nothing drains.
+    let wrong = std::process::Command::new("sh")
+        .args(["-c", KEPT_PRE_STOP_CURL])
+        .env(ENV_DRAIN_TOKEN, "other")
+        .env(ENV_DRAIN_URL, &url)
+        .output()?;
+    assert!(!wrong.status.success());
+    assert_eq!(agent.readyz()?, 200);
+    let out = std::process::Command::new("sh")
+        .args(["-c", KEPT_PRE_STOP_CURL])
+        .env(ENV_DRAIN_TOKEN, "pod-token")
+        .env(ENV_DRAIN_URL, &url)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It answered once the drain had finished: the summary.
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    assert!(summary["duration_seconds"].is_number(), "{summary}");
+    assert_eq!(agent.readyz()?, 503);
+    Ok(())
+}

@@ -39,6 +39,21 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "GOAWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Log filter: a level (`debug`) or `tracing` directives
+    /// (`info,kube=debug`). `RUST_LOG`, when set, wins.
+    #[arg(
+        long,
+        env = "GOAWAY_LOG_LEVEL",
+        default_value = "info",
+        value_parser = log_filter,
+        global = true
+    )]
+    pub log_level: String,
+}
+
+fn log_filter(value: &str) -> Result<String, String> {
+    crate::inject::overrides::check_log_filter(value)?;
+    Ok(value.to_string())
 }
 
 /// Log output format.
@@ -95,6 +110,17 @@ pub struct AgentArgs {
         value_parser = ["json", "text"]
     )]
     pub agent_log_format: String,
+    /// The agent's log filter (`GOAWAY_LOG` in the injected container): a
+    /// level such as `debug`, or `tracing` directives. Empty: the agent's
+    /// default (`info`). A pod's `goaway.dev/agent-log-level` annotation
+    /// wins.
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_LOG_LEVEL",
+        default_value = "",
+        value_parser = agent_log_level
+    )]
+    pub agent_log_level: String,
     /// The agent's CPU request, a Kubernetes quantity (empty: none).
     #[arg(
         long,
@@ -149,6 +175,13 @@ pub struct AgentArgs {
 
 /// A resource flag's value: empty, or a quantity the API server accepts
 /// for a container's resources (well-formed and not negative).
+fn agent_log_level(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    log_filter(value)
+}
+
 fn resource_quantity(value: &str) -> Result<String, String> {
     if !value.is_empty() {
         let q = quantity::parse(value).map_err(|e| e.to_string())?;
@@ -198,6 +231,7 @@ impl AgentArgs {
             image_pull_policy: self.agent_image_pull_policy.clone(),
             admin_port: self.agent_admin_port,
             log_format: self.agent_log_format.clone(),
+            log_level: self.agent_log_level.clone(),
             cpu_request: self.agent_cpu_request.clone(),
             memory_request: self.agent_memory_request.clone(),
             cpu_limit: self.agent_cpu_limit.clone(),

@@ -246,6 +246,24 @@ impl Admin {
         http("POST", &self.url(path), headers)
     }
 
+    /// PUT `body` to an admin path with headers: (status, body).
+    pub fn put(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let url = self.url(path);
+        let mut r = agent.put(&url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut resp = r.send(body).with_context(|| format!("PUT {url}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string()?;
+        Ok((status, text))
+    }
+
     /// `/readyz`'s status code.
     pub fn readyz(&self) -> Result<u16> {
         Ok(self.get("/readyz")?.0)

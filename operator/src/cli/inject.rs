@@ -213,8 +213,9 @@ impl Ctx<'_> {
             .push(format!("{what}: {}", injection.policy));
         if !injection.kept_pre_stop.is_empty() {
             self.report.warnings.push(format!(
-                "{what}: container(s) {} keep their own preStop hook and are not held until the agent has drained",
-                injection.kept_pre_stop.join(", ")
+                "{what}: container(s) {} keep their own preStop hook and are not held until the agent has drained; to drain first, {}",
+                injection.kept_pre_stop.join(", "),
+                crate::inject::KEPT_PRE_STOP_HINT
             ));
         }
         Ok(true)

@@ -16,7 +16,11 @@
 //!   application's probes that used the name to the number;
 //! - gives every application container a `preStop.httpGet` to the agent's
 //!   `/drain` carrying the pod's drain token, keeping (and reporting) any
-//!   preStop the container already has;
+//!   preStop the container already has — such a container gets the token
+//!   and the drain URL as `GOAWAY_DRAIN_TOKEN`/`GOAWAY_DRAIN_URL`, so its
+//!   hook can drain first;
+//! - applies the pod's per-workload annotations ([`overrides`]) to the
+//!   agent container;
 //! - raises `terminationGracePeriodSeconds` to cover `drain.delay +
 //!   drain.timeout` (the operator's [`PolicyDefaults`] filling what the
 //!   policy leaves out, as in the file the agent reads) plus
@@ -27,13 +31,15 @@
 //! hostNetwork pods, pods opted out and pods already injected are left
 //! alone, which also makes a second pass a no-op.
 
+pub mod overrides;
 mod ports;
 mod sidecar;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodSpec, Volume,
+    ConfigMapVolumeSource, EnvVar, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodSpec,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -47,7 +53,7 @@ pub use sidecar::{
 use crate::defaults::PolicyDefaults;
 use crate::{KeepalivePolicy, selection};
 
-/// Pod annotation: `"false"` opts the pod out.
+/// Pod annotation: `"false"` or `"disabled"` opts the pod out.
 pub const ANNOTATION_INJECT: &str = "goaway.dev/inject";
 /// Pod annotation set on injection: the policy's name.
 pub const ANNOTATION_INJECTED: &str = "goaway.dev/injected";
@@ -55,6 +61,11 @@ pub const ANNOTATION_INJECTED: &str = "goaway.dev/injected";
 pub const LABEL_INJECT: &str = "goaway.dev/inject";
 /// The [`LABEL_INJECT`] value that opts out.
 pub const LABEL_INJECT_DISABLED: &str = "disabled";
+/// Values of [`ANNOTATION_INJECT`] and [`LABEL_INJECT`] that opt out: the
+/// same two for both (the chart's webhook selectors list them too).
+pub const OPT_OUT_VALUES: [&str; 2] = ["disabled", "false"];
+/// Values that say "inject" explicitly (the default anyway).
+pub const OPT_IN_VALUES: [&str; 2] = ["enabled", "true"];
 /// The sidecar's container name.
 pub const CONTAINER_NAME: &str = "goaway-agent";
 /// The policy volume's name.
@@ -65,6 +76,26 @@ pub const MOUNT_PATH: &str = "/etc/goaway";
 pub const POLICY_PATH: &str = "/etc/goaway/policy.yaml";
 /// The agent's drain endpoint.
 pub const DRAIN_PATH: &str = "/drain";
+/// Set on application containers that keep their own preStop hook: the
+/// pod's drain token...
+pub const ENV_DRAIN_TOKEN: &str = "GOAWAY_DRAIN_TOKEN";
+/// ...and the agent's drain URL, so that hook can drain first.
+pub const ENV_DRAIN_URL: &str = "GOAWAY_DRAIN_URL";
+/// The shell command a kept preStop hook runs first to drain (it blocks
+/// until the drain has finished), with curl...
+pub const KEPT_PRE_STOP_CURL: &str =
+    r#"curl -fsS -H "Authorization: Bearer $GOAWAY_DRAIN_TOKEN" "$GOAWAY_DRAIN_URL""#;
+/// ...or with wget (busybox's included).
+pub const KEPT_PRE_STOP_WGET: &str =
+    r#"wget -q -O- --header "Authorization: Bearer $GOAWAY_DRAIN_TOKEN" "$GOAWAY_DRAIN_URL""#;
+/// How a kept preStop hook drains first (the webhook's Event, `inject`).
+pub const KEPT_PRE_STOP_HINT: &str = concat!(
+    "start the hook's shell command with ",
+    r#"curl -fsS -H "Authorization: Bearer $GOAWAY_DRAIN_TOKEN" "$GOAWAY_DRAIN_URL""#,
+    " (or ",
+    r#"wget -q -O- --header "Authorization: Bearer $GOAWAY_DRAIN_TOKEN" "$GOAWAY_DRAIN_URL""#,
+    "); both variables are set in the container"
+);
 /// Added to `drain.delay + drain.timeout` for the grace period.
 pub const DRAIN_MARGIN_SECONDS: i64 = 5;
 /// What the kubelet uses when the pod does not say.
@@ -185,9 +216,36 @@ pub enum InjectError {
     /// The pod already has a volume with the agent's volume name.
     #[error("the pod already has a volume named {VOLUME_NAME:?}")]
     VolumeExists,
+    /// A per-workload annotation ([`overrides`]) has a value the agent or
+    /// the API server would refuse.
+    #[error("annotation {annotation}: {value:?}: {reason}")]
+    InvalidAnnotation {
+        /// The annotation.
+        annotation: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The pod could not be turned into JSON (never for real pods).
     #[error("serialising the pod: {0}")]
     Serialize(String),
+}
+
+impl InjectError {
+    /// A short label for metrics (`reason` of the admission counter).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InjectError::PortNotFound { .. } => "port_not_found",
+            InjectError::PortInUse { .. } => "port_in_use",
+            InjectError::PortClash { .. } => "port_clash",
+            InjectError::AmbiguousPortName { .. } => "ambiguous_port_name",
+            InjectError::NotTcp { .. } => "not_tcp",
+            InjectError::VolumeExists => "volume_exists",
+            InjectError::InvalidAnnotation { .. } => "invalid_annotation",
+            InjectError::Serialize(_) => "serialize",
+        }
+    }
 }
 
 /// Decides and builds the injection for one pod or pod template.
@@ -243,8 +301,8 @@ pub fn skip_reason(meta: &ObjectMeta, spec: &PodSpec) -> Option<Skip> {
         Some(Skip::HostNetwork)
     } else if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
         Some(Skip::Windows)
-    } else if annotation(ANNOTATION_INJECT).map(String::as_str) == Some("false")
-        || label(LABEL_INJECT).map(String::as_str) == Some(LABEL_INJECT_DISABLED)
+    } else if annotation(ANNOTATION_INJECT).is_some_and(|v| OPT_OUT_VALUES.contains(&v.as_str()))
+        || label(LABEL_INJECT).is_some_and(|v| OPT_OUT_VALUES.contains(&v.as_str()))
     {
         Some(Skip::OptedOut)
     } else if annotation(ANNOTATION_INJECTED).is_some()
@@ -261,6 +319,26 @@ pub fn skip_reason(meta: &ObjectMeta, spec: &PodSpec) -> Option<Skip> {
     }
 }
 
+/// A warning for a [`ANNOTATION_INJECT`] or [`LABEL_INJECT`] value that is
+/// neither an opt-out nor an opt-in value (`"no"`, `"False"`, …): such a
+/// pod is injected as if it had none, and the user should hear about it.
+pub fn unrecognised_inject_value(meta: &ObjectMeta) -> Option<String> {
+    let known = |v: &str| OPT_OUT_VALUES.contains(&v) || OPT_IN_VALUES.contains(&v);
+    [
+        ("annotation", meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_INJECT))),
+        ("label", meta.labels.as_ref().and_then(|l| l.get(LABEL_INJECT))),
+    ]
+    .into_iter()
+    .find_map(|(kind, value)| {
+        let value = value?;
+        (!known(value)).then(|| {
+            format!(
+                "{kind} {ANNOTATION_INJECT}={value:?} is not recognised: \"disabled\" or \"false\" opt out, \"enabled\" or \"true\" opt in; treated as unset"
+            )
+        })
+    })
+}
+
 /// Applies the injection to copies of the pod's metadata and spec.
 fn apply(
     meta: &mut ObjectMeta,
@@ -271,6 +349,7 @@ fn apply(
     token: &str,
 ) -> Result<Injection, InjectError> {
     let name = policy.name_any();
+    let agent = &overrides::apply(meta, agent)?;
     let app = ports::find(spec, &policy.spec.port).ok_or_else(|| InjectError::PortNotFound {
         policy: name.clone(),
         port: match &policy.spec.port {
@@ -339,6 +418,24 @@ fn apply(
         let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
         if lifecycle.pre_stop.is_some() {
             kept_pre_stop.push(c.name.clone());
+            // The container's own hook may drain first: give it what it
+            // needs to call /drain ([`KEPT_PRE_STOP_HINT`]).
+            let env = c.env.get_or_insert_with(Vec::new);
+            for (name, value) in [
+                (ENV_DRAIN_TOKEN, token.to_string()),
+                (
+                    ENV_DRAIN_URL,
+                    format!("http://127.0.0.1:{admin_port}{DRAIN_PATH}"),
+                ),
+            ] {
+                if !env.iter().any(|e| e.name == name) {
+                    env.push(EnvVar {
+                        name: name.into(),
+                        value: Some(value),
+                        ..Default::default()
+                    });
+                }
+            }
         } else {
             lifecycle.pre_stop = Some(drain_hook(admin_port, token));
         }

@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub admin_port: u16,
     /// `json` or `text`.
     pub log_format: String,
+    /// The agent's log filter (`GOAWAY_LOG`); empty for its default.
+    pub log_level: String,
     /// CPU request; empty for none.
     pub cpu_request: String,
     /// Memory request; empty for none.
@@ -68,6 +70,7 @@ impl Default for AgentConfig {
             image_pull_policy: "IfNotPresent".into(),
             admin_port: DEFAULT_ADMIN_PORT,
             log_format: "json".into(),
+            log_level: String::new(),
             cpu_request: "10m".into(),
             memory_request: "32Mi".into(),
             cpu_limit: String::new(),
@@ -96,6 +99,22 @@ impl AgentConfig {
             ..Default::default()
         })
     }
+}
+
+fn env(agent: &AgentConfig, token: &str) -> Vec<EnvVar> {
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    let mut env = vec![
+        var("GOAWAY_DRAIN_TOKEN", token),
+        var("GOAWAY_LOG_FORMAT", &agent.log_format),
+    ];
+    if !agent.log_level.is_empty() {
+        env.push(var("GOAWAY_LOG", &agent.log_level));
+    }
+    env
 }
 
 fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
@@ -149,18 +168,7 @@ pub(super) fn container(
         image_pull_policy: Some(agent.image_pull_policy.clone()),
         restart_policy: Some("Always".into()),
         args: Some(args),
-        env: Some(vec![
-            EnvVar {
-                name: "GOAWAY_DRAIN_TOKEN".into(),
-                value: Some(token.into()),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "GOAWAY_LOG_FORMAT".into(),
-                value: Some(agent.log_format.clone()),
-                ..Default::default()
-            },
-        ]),
+        env: Some(env(agent, token)),
         ports: Some(vec![
             ContainerPort {
                 name: Some(port_name.unwrap_or(PROXY_PORT_NAME).into()),

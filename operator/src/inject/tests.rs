@@ -410,3 +410,47 @@ fn drain_tokens_are_random_hex() {
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
 }
+
+#[test]
+fn the_kept_prestop_hint_gives_both_commands() {
+    assert!(super::KEPT_PRE_STOP_HINT.contains(super::KEPT_PRE_STOP_CURL));
+    assert!(super::KEPT_PRE_STOP_HINT.contains(super::KEPT_PRE_STOP_WGET));
+}
+
+#[test]
+fn both_opt_out_spellings_work_for_the_annotation_and_the_label() {
+    use super::{ANNOTATION_INJECT, LABEL_INJECT, Skip, skip_reason, unrecognised_inject_value};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let spec = k8s_openapi::api::core::v1::PodSpec::default();
+    for value in ["false", "disabled"] {
+        let by_annotation = ObjectMeta {
+            annotations: Some([(ANNOTATION_INJECT.to_string(), value.to_string())].into()),
+            ..Default::default()
+        };
+        let by_label = ObjectMeta {
+            labels: Some([(LABEL_INJECT.to_string(), value.to_string())].into()),
+            ..Default::default()
+        };
+        for meta in [by_annotation, by_label] {
+            assert_eq!(skip_reason(&meta, &spec), Some(Skip::OptedOut), "{meta:?}");
+            assert_eq!(unrecognised_inject_value(&meta), None);
+        }
+    }
+    for value in ["true", "enabled"] {
+        let meta = ObjectMeta {
+            annotations: Some([(ANNOTATION_INJECT.to_string(), value.to_string())].into()),
+            ..Default::default()
+        };
+        assert_eq!(skip_reason(&meta, &spec), None);
+        assert_eq!(unrecognised_inject_value(&meta), None);
+    }
+    for value in ["no", "False", "off"] {
+        let meta = ObjectMeta {
+            labels: Some([(LABEL_INJECT.to_string(), value.to_string())].into()),
+            ..Default::default()
+        };
+        assert_eq!(skip_reason(&meta, &spec), None, "{value} opted out");
+        let warning = unrecognised_inject_value(&meta).expect("a warning");
+        assert!(warning.contains(value) && warning.contains("label"), "{warning}");
+    }
+}

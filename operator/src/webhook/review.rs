@@ -86,6 +86,12 @@ impl Webhook {
             )
         }));
         let elapsed = || started.elapsed();
+        if !request.dry_run
+            && let Some(warning) = inject::unrecognised_inject_value(&pod.metadata)
+        {
+            warn!(%namespace, pod = %name, "{warning}");
+            self.report(pod, &namespace, &name, "InjectValueUnrecognised", format!("pod {name}: {warning}"));
+        }
         match result {
             Ok(Ok(Mutation {
                 outcome: Outcome::Injected(injection),
@@ -96,9 +102,9 @@ impl Webhook {
                     self.metrics.admitted("injected", "", elapsed());
                     if !request.dry_run && !injection.kept_pre_stop.is_empty() {
                         let note = format!(
-                            "pod {name}: container(s) {} keep their own preStop hook, so they are not held until the goaway agent has drained; call the agent's /drain (admin port {}) from that hook to drain first",
+                            "pod {name}: container(s) {} keep their own preStop hook, so they are not held until the goaway agent has drained; to drain first, {}",
                             injection.kept_pre_stop.join(", "),
-                            self.agent.admin_port
+                            inject::KEPT_PRE_STOP_HINT
                         );
                         self.report(pod, &namespace, &name, "PreStopKept", note);
                     }
@@ -120,7 +126,7 @@ impl Webhook {
             }
             Ok(Err(e)) => {
                 warn!(%namespace, pod = %name, error = %e, "cannot inject; admitted unchanged");
-                self.metrics.admitted("error", "inject", elapsed());
+                self.metrics.admitted("error", e.kind(), elapsed());
                 if !request.dry_run {
                     let note = format!("pod {name} admitted without the goaway agent: {e}");
                     self.report(pod, &namespace, &name, "InjectionFailed", note);
