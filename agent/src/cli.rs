@@ -121,7 +121,7 @@ pub struct RunArgs {
 pub struct DrainArgs {
     /// The agent's admin address, in any form `run --admin` takes; `:port`
     /// and unspecified IPs (`0.0.0.0`, `[::]`) mean this host's loopback.
-    #[arg(long, env = "GOAWAY_ADMIN", default_value = "127.0.0.1:15021")]
+    #[arg(long, env = "GOAWAY_ADMIN", default_value = "127.0.0.1:15052")]
     pub admin: String,
     /// The drain token, if the agent requires one.
     #[arg(long, env = "GOAWAY_DRAIN_TOKEN", hide_env_values = true)]

@@ -42,8 +42,8 @@ pub async fn call(
 }
 
 /// Where to send a request for an agent whose admin server was given
-/// `admin` to listen on: a bind address such as `:15021` or
-/// `0.0.0.0:15021` is reached on the loopback address of its family.
+/// `admin` to listen on: a bind address such as `:15052` or
+/// `0.0.0.0:15052` is reached on the loopback address of its family.
 pub fn dial_target(admin: &str) -> String {
     if let Some(port) = admin.strip_prefix(':') {
         return format!("127.0.0.1:{port}");
@@ -78,11 +78,11 @@ mod tests {
 
     #[test]
     fn bind_addresses_are_dialled_on_loopback() {
-        assert_eq!(dial_target(":15021"), "127.0.0.1:15021");
-        assert_eq!(dial_target("0.0.0.0:15021"), "127.0.0.1:15021");
-        assert_eq!(dial_target("[::]:15021"), "[::1]:15021");
-        assert_eq!(dial_target("10.0.0.7:15021"), "10.0.0.7:15021");
-        assert_eq!(dial_target("[::1]:15021"), "[::1]:15021");
-        assert_eq!(dial_target("localhost:15021"), "localhost:15021");
+        assert_eq!(dial_target(":15052"), "127.0.0.1:15052");
+        assert_eq!(dial_target("0.0.0.0:15052"), "127.0.0.1:15052");
+        assert_eq!(dial_target("[::]:15052"), "[::1]:15052");
+        assert_eq!(dial_target("10.0.0.7:15052"), "10.0.0.7:15052");
+        assert_eq!(dial_target("[::1]:15052"), "[::1]:15052");
+        assert_eq!(dial_target("localhost:15052"), "localhost:15052");
     }
 }

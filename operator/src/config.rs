@@ -74,6 +74,11 @@ pub enum Command {
     /// Inject the agent into Kubernetes manifests read from stdin, exactly
     /// as the webhook would, and print them.
     Inject(Box<InjectArgs>),
+    /// Remove the agent from Kubernetes manifests read from stdin (what
+    /// `inject` or the webhook added) and print them: for GitOps
+    /// repositories that committed injected manifests, and for taking
+    /// goaway out of a workload before uninstalling.
+    Uninject,
     /// Print the KeepalivePolicy CRD as YAML.
     Crd,
     /// Print the API permissions the operator uses, as JSON.

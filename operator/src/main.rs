@@ -36,6 +36,20 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Command::Inject(args) => inject_command(&args)?,
+        Command::Uninject => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading manifests from stdin")?;
+            let report = inject::uninject_manifests(&input)?;
+            print!("{}", report.output);
+            for line in &report.injected {
+                eprintln!("removed the agent from {line}");
+            }
+            for line in &report.warnings {
+                eprintln!("note: {line}");
+            }
+        }
         Command::Crd => print!("{}", goaway_operator::crd::manifest()?),
         Command::Rbac => println!("{}", rbac::to_json()),
     }

@@ -435,7 +435,7 @@ fn agent_get(ip: &str, path: &str) -> Option<String> {
             "-fsS",
             "--max-time",
             "3",
-            &format!("http://{ip}:15021{path}"),
+            &format!("http://{ip}:15052{path}"),
         ])
         .output()
         .ok()?;

@@ -153,7 +153,7 @@ async fn numeric_target_port_is_fronted_without_a_name() {
     let agent = container(&pod, "initContainers", "goaway-agent");
     assert_eq!(
         agent["ports"][0],
-        json!({"name": "goaway-proxy", "containerPort": 15052, "protocol": "TCP"})
+        json!({"name": "goaway-proxy", "containerPort": 15060, "protocol": "TCP"})
     );
     assert_eq!(agent["args"][4], "127.0.0.1:50051");
     // Defaults: 0s delay + 30s timeout + 5s margin.
@@ -202,7 +202,7 @@ async fn several_containers_each_drain_and_the_agent_comes_after_init_containers
     for name in ["log-shipper", "api"] {
         assert_eq!(
             container(&pod, "containers", name)["lifecycle"]["preStop"]["httpGet"]["port"],
-            15021
+            15052
         );
     }
     let inits: Vec<_> = pod["spec"]["initContainers"]

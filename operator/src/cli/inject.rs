@@ -124,8 +124,24 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Mutates the object's pod template(s); true when anything changed.
     fn object(&mut self, object: &mut Value, default_namespace: &str) -> Result<bool> {
+        for_each_template(
+            object,
+            default_namespace,
+            &mut |template, what, namespace| self.template(template, what, namespace),
+        )
+    }
+}
+
+/// Calls `f(template, "Kind/name", namespace)` on the object's pod
+/// template(s) (the object itself for a Pod); true when any call changed
+/// something.
+fn for_each_template(
+    object: &mut Value,
+    default_namespace: &str,
+    f: &mut dyn FnMut(&mut Value, &str, &str) -> Result<bool>,
+) -> Result<bool> {
+    {
         let kind = object
             .get("kind")
             .and_then(Value::as_str)
@@ -146,7 +162,7 @@ impl Ctx<'_> {
                 let mut changed = false;
                 if let Some(Value::Array(items)) = object.get_mut("items") {
                     for item in items {
-                        changed |= self.object(item, default_namespace)?;
+                        changed |= for_each_template(item, default_namespace, f)?;
                     }
                 }
                 return Ok(changed);
@@ -164,9 +180,11 @@ impl Ctx<'_> {
         let Some(template) = object.pointer_mut(path) else {
             return Ok(false);
         };
-        self.template(template, &format!("{kind}/{name}"), &namespace)
+        f(template, &format!("{kind}/{name}"), &namespace)
     }
+}
 
+impl Ctx<'_> {
     fn template(&mut self, template: &mut Value, what: &str, namespace: &str) -> Result<bool> {
         let Some(spec) = template.get("spec") else {
             return Ok(false);
@@ -195,8 +213,22 @@ impl Ctx<'_> {
                 return Ok(false);
             }
         };
-        let Outcome::Injected(injection) = mutation.outcome else {
-            return Ok(false);
+        let injection = match mutation.outcome {
+            Outcome::Injected(injection) => injection,
+            Outcome::Unchanged(inject::Skip::NoPolicy)
+                if !self
+                    .policies
+                    .iter()
+                    .any(|p| p.metadata.namespace.as_deref() == Some(namespace)) =>
+            {
+                // The likely mistake: the object names another namespace
+                // than the policies (or -n) do.
+                self.report.warnings.push(format!(
+                    "{what}: unchanged: it is in namespace {namespace:?}, where no policy given applies (policies apply in their own namespace; -n sets it for objects and policies that name none)"
+                ));
+                return Ok(false);
+            }
+            Outcome::Unchanged(_) => return Ok(false),
         };
         if let Some(obj) = template.as_object_mut() {
             let meta = obj
@@ -220,6 +252,147 @@ impl Ctx<'_> {
         }
         Ok(true)
     }
+}
+
+/// `goaway-operator uninject`: removes what injection added from every pod
+/// template in `input` — the agent container, the policy volume, the
+/// preStop hooks calling `/drain`, the drain variables, the
+/// `goaway.dev/injected` annotation — and gives the application port its
+/// name back, so Services route to the app again. Two things stay: the
+/// raised `terminationGracePeriodSeconds` and probes that injection
+/// rewrote from the port's name to its number (both mean the same for
+/// the app). Templates without the agent are printed unchanged.
+pub fn uninject_manifests(input: &str) -> Result<Report> {
+    let mut report = Report::default();
+    for (i, doc) in split_documents(input).into_iter().enumerate() {
+        report.output.push_str(doc.separator);
+        let mut value: Value = serde_yaml::from_str(doc.body)
+            .map_err(|e| Error::Manifest(format!("document {}: {e}", i + 1)))?;
+        let changed = !value.is_null()
+            && for_each_template(&mut value, "default", &mut |template, what, _| {
+                let grace = template
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .cloned();
+                let removed = uninject_template(template);
+                if removed {
+                    report.injected.push(what.to_string());
+                    if let Some(g) = grace {
+                        report.warnings.push(format!(
+                            "{what}: terminationGracePeriodSeconds stays {g} (injection may have raised it)"
+                        ));
+                    }
+                }
+                Ok(removed)
+            })?;
+        if changed {
+            report.output.push_str(&to_yaml(value, doc.body)?);
+        } else {
+            report.output.push_str(doc.body);
+        }
+    }
+    Ok(report)
+}
+
+/// Undoes the injection of one template; false when it had no agent.
+fn uninject_template(template: &mut Value) -> bool {
+    let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    // The agent: which app port it fronted, and the name it took over.
+    let Some(Value::Array(inits)) = spec.get_mut("initContainers") else {
+        return false;
+    };
+    let Some(at) = inits
+        .iter()
+        .position(|c| c["name"] == inject::CONTAINER_NAME)
+    else {
+        return false;
+    };
+    let agent = inits.remove(at);
+    if inits.is_empty() {
+        spec.remove("initContainers");
+    }
+    let args: Vec<&str> = agent["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let app_port: Option<i64> = args
+        .iter()
+        .position(|a| *a == "--upstream")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|u| u.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok());
+    let taken_name = agent["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .find(|n| *n != inject::ADMIN_PORT_NAME && *n != inject::PROXY_PORT_NAME)
+        .map(str::to_string);
+
+    if let Some(Value::Array(volumes)) = spec.get_mut("volumes") {
+        volumes.retain(|v| v["name"] != inject::VOLUME_NAME);
+        if volumes.is_empty() {
+            spec.remove("volumes");
+        }
+    }
+    if let Some(Value::Array(containers)) = spec.get_mut("containers") {
+        for c in containers {
+            let Some(c) = c.as_object_mut() else { continue };
+            if let (Some(name), Some(port)) = (&taken_name, app_port)
+                && let Some(Value::Array(ports)) = c.get_mut("ports")
+            {
+                for p in ports {
+                    if p["containerPort"].as_i64() == Some(port) && p.get("name").is_none() {
+                        p["name"] = Value::String(name.clone());
+                    }
+                }
+            }
+            let ours = c
+                .get("lifecycle")
+                .and_then(|l| l.get("preStop"))
+                .and_then(|h| h.get("httpGet"))
+                .is_some_and(|g| {
+                    g["path"] == inject::DRAIN_PATH
+                        && g["httpHeaders"].as_array().is_some_and(|hs| {
+                            hs.iter().any(|h| {
+                                h["name"] == "Authorization"
+                                    && h["value"]
+                                        .as_str()
+                                        .is_some_and(|v| v.starts_with("Bearer "))
+                            })
+                        })
+                });
+            if ours && let Some(Value::Object(lifecycle)) = c.get_mut("lifecycle") {
+                lifecycle.remove("preStop");
+                if lifecycle.is_empty() {
+                    c.remove("lifecycle");
+                }
+            }
+            if let Some(Value::Array(env)) = c.get_mut("env") {
+                env.retain(|e| {
+                    e["name"] != inject::ENV_DRAIN_TOKEN && e["name"] != inject::ENV_DRAIN_URL
+                });
+                if env.is_empty() {
+                    c.remove("env");
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(annotations)) = template.pointer_mut("/metadata/annotations") {
+        annotations.remove(inject::ANNOTATION_INJECTED);
+    }
+    if template
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .is_some_and(|a| a.is_empty())
+        && let Some(Value::Object(meta)) = template.get_mut("metadata")
+    {
+        meta.remove("annotations");
+    }
+    true
 }
 
 /// One YAML document and the separator line before it ("" for the first).
@@ -389,5 +562,85 @@ mod tests {
         assert_eq!(docs.len(), 4);
         assert_eq!(docs[1].body, "b: 2\n");
         assert!(!is_separator("----\n"));
+    }
+
+    #[test]
+    fn uninject_undoes_inject() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
+        let manifests = std::fs::read_to_string(root.join("manifests.yaml")).unwrap();
+        let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
+        let defaults = PolicyDefaults::default();
+        let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
+        let injected = inject_manifests(
+            &manifests,
+            &policies,
+            "shop",
+            &defaults,
+            &AgentConfig::default(),
+            &mut || "token".into(),
+        )
+        .unwrap();
+        assert!(injected.injected.len() >= 2, "{:?}", injected.injected);
+        let removed = uninject_manifests(&injected.output).unwrap();
+        assert_eq!(removed.injected.len(), injected.injected.len());
+        // Every document as it was, but for the grace period injection
+        // raised (reported) and probes that now name the port's number.
+        let docs = |text: &str| -> Vec<Value> {
+            split_documents(text)
+                .iter()
+                .map(|d| {
+                    let mut v: Value = serde_yaml::from_str(d.body).unwrap();
+                    strip_grace(&mut v);
+                    v
+                })
+                .collect()
+        };
+        assert_eq!(docs(&removed.output), docs(&manifests));
+        // Uninjecting again, or uninjecting what was never injected,
+        // changes nothing.
+        assert_eq!(
+            uninject_manifests(&removed.output).unwrap().output,
+            removed.output
+        );
+        assert_eq!(uninject_manifests(&manifests).unwrap().output, manifests);
+    }
+
+    fn strip_grace(v: &mut Value) {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("terminationGracePeriodSeconds");
+            for (_, child) in o.iter_mut() {
+                strip_grace(child);
+            }
+        } else if let Some(a) = v.as_array_mut() {
+            a.iter_mut().for_each(strip_grace);
+        }
+    }
+
+    #[test]
+    fn objects_of_another_namespace_are_left_with_a_warning() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
+        let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
+        let defaults = PolicyDefaults::default();
+        let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
+        let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: other, labels: {app: api}}\nspec:\n  containers:\n  - name: api\n    image: x\n    ports: [{name: grpc, containerPort: 8080}]\n";
+        let report = inject_manifests(
+            manifest,
+            &policies,
+            "shop",
+            &defaults,
+            &AgentConfig::default(),
+            &mut || "token".into(),
+        )
+        .unwrap();
+        assert_eq!(report.output, manifest);
+        assert!(report.injected.is_empty());
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("Pod/p") && w.contains("\"other\"")),
+            "{:?}",
+            report.warnings
+        );
     }
 }

@@ -46,8 +46,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 pub use sidecar::{
-    AGENT_UID, AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE,
-    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS,
+    ADMIN_PORT_NAME, AGENT_UID, AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, PROXY_PORT_NAME,
 };
 
 use crate::defaults::PolicyDefaults;

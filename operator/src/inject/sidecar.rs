@@ -12,8 +12,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::ports::AppPort;
 use super::{CONTAINER_NAME, MOUNT_PATH, POLICY_PATH, VOLUME_NAME};
 
-/// The agent's admin port (health, readiness, drain, metrics).
-pub const DEFAULT_ADMIN_PORT: u16 = 15021;
+/// The agent's admin port (health, readiness, drain, metrics). Not
+/// 15021 (Istio's sidecar health port, where an earlier release had it):
+/// none of the ports Istio's sidecar (15000-15021, 15053, 15090) or
+/// Linkerd's proxy (4140, 4143, 4191) use, so goaway can run beside either.
+pub const DEFAULT_ADMIN_PORT: u16 = 15052;
 /// The agent image of this release.
 pub const DEFAULT_AGENT_IMAGE: &str = concat!(
     "ghcr.io/goaway-dev/goaway-agent:",

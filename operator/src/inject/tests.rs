@@ -102,7 +102,7 @@ fn named_port_moves_to_the_agent_and_probes_use_the_number() {
     assert_eq!(agent_ports[0].container_port, 15051);
     assert_eq!(
         agent.args.as_ref().unwrap().join(" "),
-        "run --listen 0.0.0.0:15051 --upstream 127.0.0.1:8080 --admin 0.0.0.0:15021 --policy /etc/goaway/policy.yaml --max-connections 4096 --readiness-checks-upstream --max-concurrent-streams 100"
+        "run --listen 0.0.0.0:15051 --upstream 127.0.0.1:8080 --admin 0.0.0.0:15052 --policy /etc/goaway/policy.yaml --max-connections 4096 --readiness-checks-upstream --max-concurrent-streams 100"
     );
     let sc = agent.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -122,7 +122,7 @@ fn app_containers_drain_through_the_agent_before_sigterm() {
         .unwrap();
     let get = hook.http_get.as_ref().unwrap();
     assert_eq!(get.path.as_deref(), Some("/drain"));
-    assert_eq!(get.port, IntOrString::Int(15021));
+    assert_eq!(get.port, IntOrString::Int(15052));
     let header = &get.http_headers.as_ref().unwrap()[0];
     assert_eq!(
         (header.name.as_str(), header.value.as_str()),
@@ -319,7 +319,7 @@ fn conflicts_are_errors_not_silent_changes() {
         .ports
         .as_mut()
         .unwrap()[1]
-        .container_port = 15021;
+        .container_port = 15052;
     let spec_ = taken.spec.clone().unwrap();
     let err = mutate(
         &taken.metadata,
@@ -334,7 +334,7 @@ fn conflicts_are_errors_not_silent_changes() {
     assert_eq!(
         err,
         InjectError::PortInUse {
-            port: 15021,
+            port: 15052,
             container: "app".into()
         }
     );
@@ -386,20 +386,20 @@ spec:
 
     // The policy's agentPort on the agent's admin port: said as such.
     let on_admin = policy(
-        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: grpc}\nspec:\n  selector: {matchLabels: {app: api}}\n  port: grpc\n  agentPort: 15021\n",
+        "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: grpc}\nspec:\n  selector: {matchLabels: {app: api}}\n  port: grpc\n  agentPort: 15052\n",
     );
     let err = try_inject(&pod(API_POD), on_admin, &AgentConfig::default());
     assert_eq!(
         err,
         InjectError::PortClash {
-            port: 15021,
+            port: 15052,
             first: "the policy's agentPort",
             second: "the agent's admin port (--agent-admin-port)",
         }
     );
     assert_eq!(
         err.to_string(),
-        "the policy's agentPort and the agent's admin port (--agent-admin-port) are both port 15021"
+        "the policy's agentPort and the agent's admin port (--agent-admin-port) are both port 15052"
     );
 }
 
@@ -451,6 +451,9 @@ fn both_opt_out_spellings_work_for_the_annotation_and_the_label() {
         };
         assert_eq!(skip_reason(&meta, &spec), None, "{value} opted out");
         let warning = unrecognised_inject_value(&meta).expect("a warning");
-        assert!(warning.contains(value) && warning.contains("label"), "{warning}");
+        assert!(
+            warning.contains(value) && warning.contains("label"),
+            "{warning}"
+        );
     }
 }

@@ -90,7 +90,13 @@ impl Webhook {
             && let Some(warning) = inject::unrecognised_inject_value(&pod.metadata)
         {
             warn!(%namespace, pod = %name, "{warning}");
-            self.report(pod, &namespace, &name, "InjectValueUnrecognised", format!("pod {name}: {warning}"));
+            self.report(
+                pod,
+                &namespace,
+                &name,
+                "InjectValueUnrecognised",
+                format!("pod {name}: {warning}"),
+            );
         }
         match result {
             Ok(Ok(Mutation {
