@@ -16,6 +16,8 @@
 mod deployment;
 #[path = "chart/helm.rs"]
 mod helm;
+#[path = "chart/monitoring.rs"]
+mod monitoring;
 #[path = "chart/rbac.rs"]
 mod rbac;
 #[path = "chart/rendered.rs"]
@@ -273,7 +275,7 @@ fn notes_say_what_to_apply_next_and_how_to_check_and_opt_out() {
         "get kap",
         "goaway-agent",
         "rollout restart",
-        "kubectl label namespace <ns> goaway.dev/inject=disabled",
+        "kubectl label namespace my-namespace goaway.dev/inject=disabled",
         "goaway.dev/inject=disabled",
         "kube-system",
     ] {

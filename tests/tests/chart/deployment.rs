@@ -263,6 +263,7 @@ agent:
             image_pull_policy: "Always".into(),
             admin_port: 15099,
             log_format: "text".into(),
+            log_level: String::new(),
             cpu_request: "20m".into(),
             memory_request: "64Mi".into(),
             cpu_limit: "200m".into(),

@@ -64,6 +64,18 @@ fn flag_values() -> Vec<FlagValue> {
     vec![
         v("logFormat", json!("text"), "GOAWAY_LOG_FORMAT", "text"),
         v(
+            "logLevel",
+            json!("info,kube=debug"),
+            "GOAWAY_LOG_LEVEL",
+            "info,kube=debug",
+        ),
+        v(
+            "agent.logLevel",
+            json!("debug"),
+            "GOAWAY_AGENT_LOG_LEVEL",
+            "debug",
+        ),
+        v(
             "watchNamespace",
             json!("shop"),
             "GOAWAY_WATCH_NAMESPACE",
@@ -215,6 +227,7 @@ fn flag_values() -> Vec<FlagValue> {
 
 /// Values that only shape the operator's own Kubernetes objects.
 const PLUMBING: &[&str] = &[
+    "monitoring",
     "replicaCount",
     "image",
     "imagePullSecrets",
