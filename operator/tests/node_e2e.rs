@@ -672,14 +672,24 @@ fn scenario(env: &mut Env, values: &str) {
     );
     for pod in &pods {
         let ip = pod_ip(env, pod);
-        wait(
-            &format!("{pod}'s agent to load maxConnectionAge 3s"),
-            Duration::from_secs(180),
-            || {
-                let policy: Value = serde_json::from_str(&agent_get(&ip, "/policy")?).ok()?;
-                (policy["server"]["maxConnectionAge"] == "3s").then_some(())
-            },
-        );
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            last = agent_get(&ip, "/policy").or(last);
+            let policy: Value = last
+                .as_deref()
+                .and_then(|b| serde_json::from_str(b).ok())
+                .unwrap_or(Value::Null);
+            if policy["server"]["maxConnectionAge"] == "3s" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod}'s agent ({ip}) did not load maxConnectionAge 3s in 180s; its /policy: {last:?}; the ConfigMap: {}",
+                env.k(&["get", "configmap", "goaway-echo", "-o", "jsonpath={.data}"])
+            );
+            thread::sleep(Duration::from_millis(500));
+        }
     }
     env.note(format!(
         "policy edit: every running agent applied maxConnectionAge 3s within {:.1}s",
@@ -757,6 +767,122 @@ fn scenario(env: &mut Env, values: &str) {
         not_ready.as_secs_f64(),
         back.as_secs_f64()
     ));
+
+    upgrade_then_uninstall(env, values, &fullname);
+}
+
+/// The README's upgrade and uninstall paths, with the clients calling:
+/// the CRD applied, then `helm upgrade` (the operator rolls; running
+/// injected pods are left alone; new ones get the new settings); then
+/// `helm uninstall` (injected pods keep serving) and a rollout that
+/// takes the agent out (the old pods still drain).
+fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
+    let operator = format!("{fullname}-operator");
+    env.settle();
+    let before = env.tallies();
+    let pods_before: BTreeSet<String> = env.app_pods().into_keys().collect();
+    ok(
+        "apply the chart's CRD",
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            repo_root()
+                .join("charts/goaway/crds/keepalivepolicy.yaml")
+                .to_str()
+                .unwrap(),
+        ]),
+    );
+    ok(
+        "helm upgrade",
+        helm(&[
+            "upgrade",
+            &env.release,
+            repo_root().join("charts/goaway").to_str().unwrap(),
+            "-n",
+            &env.ns,
+            "-f",
+            values,
+            "--reuse-values",
+            "--set",
+            "agent.logLevel=debug",
+            "--wait",
+            "--timeout",
+            "4m",
+        ]),
+    );
+    let deploy = env.json(&["get", "deployment", &operator]);
+    assert_eq!(deploy["status"]["readyReplicas"], 2, "{deploy}");
+    assert_eq!(deploy["status"]["updatedReplicas"], 2, "{deploy}");
+    thread::sleep(Duration::from_secs(3));
+    let after = env.tallies();
+    let (made, failed, details) = delta(&before, &after);
+    let pods_after: BTreeSet<String> = env.app_pods().into_keys().collect();
+    assert_eq!(pods_before, pods_after, "the upgrade touched running pods");
+    env.note(format!(
+        "helm upgrade (agent.logLevel=debug): {made} calls, {failed} failed; running pods untouched"
+    ));
+    assert_eq!(failed, 0, "calls failed during helm upgrade: {details:?}");
+    // New pods get the new operator's settings.
+    let (_, failed, _) = rollout(env, "rollout after the upgrade", true);
+    assert_eq!(
+        failed, 0,
+        "calls failed during the rollout after the upgrade"
+    );
+    let pod = env.app_pods().into_keys().next().expect("a pod");
+    let level = env.k(&[
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.spec.initContainers[?(@.name==\"goaway-agent\")].env[?(@.name==\"GOAWAY_LOG\")].value}",
+    ]);
+    assert_eq!(level, "debug", "{pod}'s agent after the upgrade");
+
+    // Uninstall: the injected pods keep serving through their agents.
+    env.settle();
+    let before = env.tallies();
+    ok(
+        "helm uninstall",
+        helm(&[
+            "uninstall",
+            &env.release,
+            "-n",
+            &env.ns,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]),
+    );
+    thread::sleep(Duration::from_secs(5));
+    let after = env.tallies();
+    let (made, failed, details) = delta(&before, &after);
+    env.note(format!(
+        "helm uninstall: {made} calls, {failed} failed; policy and ConfigMap kept"
+    ));
+    assert_eq!(failed, 0, "calls failed during helm uninstall: {details:?}");
+    env.k(&["get", "keepalivepolicy", "echo"]);
+    env.k(&["get", "configmap", "goaway-echo"]);
+    // Taking goaway out: the policy goes, a rollout brings pods without
+    // the agent, and the old ones still drain.
+    env.k(&["delete", "keepalivepolicy", "echo"]);
+    let (_, failed, drains) = rollout(env, "rollout after uninstall (agent removed)", true);
+    assert_eq!(failed, 0, "calls failed while the agent was taken out");
+    assert_eq!(drains.len(), 3);
+    for pod in env.app_pods().keys() {
+        let init = env.k(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}",
+        ]);
+        assert!(
+            !init.contains("goaway-agent"),
+            "{pod} still has the agent after uninstall"
+        );
+    }
 }
 
 /// SIGKILLs a container's process from the node, as the OOM killer would.
