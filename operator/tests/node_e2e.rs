@@ -102,6 +102,11 @@ impl Env {
         serde_json::from_str(&self.k(&all)).expect("kubectl JSON")
     }
 
+    /// `kubectl get pod POD -o jsonpath=PATH`.
+    fn pod_field(&self, pod: &str, path: &str) -> String {
+        self.k(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+    }
+
     fn apply(&self, yaml: &str) {
         ok(
             "kubectl apply",
@@ -735,13 +740,10 @@ fn scenario(env: &mut Env, values: &str) {
 
     // The app crashes: the agent's readiness follows it.
     let pod = env.app_pods().into_keys().next().expect("a pod");
-    let container = env.k(&[
-        "get",
-        "pod",
+    let container = env.pod_field(
         &pod,
-        "-o",
-        "jsonpath={.status.containerStatuses[?(@.name==\"app\")].containerID}",
-    ]);
+        "{.status.containerStatuses[?(@.name==\"app\")].containerID}",
+    );
     let id = container.trim_start_matches("containerd://").to_string();
     env.settle();
     let before = env.tallies();
@@ -831,13 +833,10 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
         "calls failed during the rollout after the upgrade"
     );
     let pod = env.app_pods().into_keys().next().expect("a pod");
-    let level = env.k(&[
-        "get",
-        "pod",
+    let level = env.pod_field(
         &pod,
-        "-o",
-        "jsonpath={.spec.initContainers[?(@.name==\"goaway-agent\")].env[?(@.name==\"GOAWAY_LOG\")].value}",
-    ]);
+        "{.spec.initContainers[?(@.name==\"goaway-agent\")].env[?(@.name==\"GOAWAY_LOG\")].value}",
+    );
     assert_eq!(level, "debug", "{pod}'s agent after the upgrade");
 
     // Uninstall: the injected pods keep serving through their agents.

@@ -564,22 +564,29 @@ mod tests {
         assert!(!is_separator("----\n"));
     }
 
-    #[test]
-    fn uninject_undoes_inject() {
+    /// `inject -n shop --policy tests/fixtures/inject/policy.yaml`, with
+    /// the operator's default settings and a fixed token.
+    fn inject_with_fixture_policy(manifests: &str) -> Report {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
-        let manifests = std::fs::read_to_string(root.join("manifests.yaml")).unwrap();
         let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
         let defaults = PolicyDefaults::default();
         let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
-        let injected = inject_manifests(
-            &manifests,
+        inject_manifests(
+            manifests,
             &policies,
             "shop",
             &defaults,
             &AgentConfig::default(),
             &mut || "token".into(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn uninject_undoes_inject() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
+        let manifests = std::fs::read_to_string(root.join("manifests.yaml")).unwrap();
+        let injected = inject_with_fixture_policy(&manifests);
         assert!(injected.injected.len() >= 2, "{:?}", injected.injected);
         let removed = uninject_manifests(&injected.output).unwrap();
         assert_eq!(removed.injected.len(), injected.injected.len());
@@ -618,20 +625,8 @@ mod tests {
 
     #[test]
     fn objects_of_another_namespace_are_left_with_a_warning() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
-        let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
-        let defaults = PolicyDefaults::default();
-        let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
         let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: other, labels: {app: api}}\nspec:\n  containers:\n  - name: api\n    image: x\n    ports: [{name: grpc, containerPort: 8080}]\n";
-        let report = inject_manifests(
-            manifest,
-            &policies,
-            "shop",
-            &defaults,
-            &AgentConfig::default(),
-            &mut || "token".into(),
-        )
-        .unwrap();
+        let report = inject_with_fixture_policy(manifest);
         assert_eq!(report.output, manifest);
         assert!(report.injected.is_empty());
         assert!(

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::rendered::Rendered;
 use crate::{NAMESPACE, RELEASE};
 
-fn chart_dir() -> String {
+pub(crate) fn chart_dir() -> String {
     repo_root().join("charts/goaway").display().to_string()
 }
 
@@ -56,7 +56,7 @@ fn batch(commands: Vec<Vec<String>>) -> Vec<Value> {
     results
 }
 
-fn render_args(release: &str, namespace: &str, values: &str) -> Vec<String> {
+pub(crate) fn render_args(release: &str, namespace: &str, values: &str) -> Vec<String> {
     [
         "render",
         &chart_dir(),

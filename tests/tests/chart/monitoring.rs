@@ -68,10 +68,6 @@ fn helm_batch(commands: &[Vec<String>]) -> Vec<Value> {
     results
 }
 
-fn chart_dir() -> String {
-    repo_root().join("charts/goaway").display().to_string()
-}
-
 /// One `helm template`: the PodMonitors and ServiceMonitors, and the rest
 /// typed as every other chart test sees it.
 struct Render {
@@ -96,20 +92,7 @@ impl Render {
 fn try_render(cases: &[(&str, &str, &str)]) -> Vec<Result<Render, String>> {
     let commands: Vec<Vec<String>> = cases
         .iter()
-        .map(|(release, namespace, values)| {
-            [
-                "render",
-                &chart_dir(),
-                "--name",
-                release,
-                "--namespace",
-                namespace,
-                "--values-yaml",
-                values,
-            ]
-            .map(String::from)
-            .to_vec()
-        })
+        .map(|(release, namespace, values)| super::helm::render_args(release, namespace, values))
         .collect();
     cases
         .iter()
@@ -218,7 +201,7 @@ fn helm_lint_strict_passes_with_monitoring_enabled() {
         .map(|v| {
             [
                 "lint",
-                &chart_dir(),
+                &super::helm::chart_dir(),
                 "--namespace",
                 NAMESPACE,
                 "--values-yaml",
