@@ -170,7 +170,9 @@ async fn policy(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
 async fn connections(
     State(agent): State<Arc<Agent>>,
 ) -> Json<Vec<crate::registry::ConnectionView>> {
-    Json(agent.registry.views())
+    let mut views = agent.registry.views();
+    views.extend(agent.passthrough.views());
+    Json(views)
 }
 
 #[cfg(test)]

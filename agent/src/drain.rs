@@ -166,6 +166,11 @@ impl Agent {
         for w in &self.workers {
             w.upstream.channel.shutdown();
         }
+        // Spliced connections get no GOAWAY; they end with the drain.
+        let spliced = self.passthrough.close_all();
+        if spliced > 0 {
+            tracing::info!(connections = spliced, "closing passthrough connections");
+        }
         tracing::info!(
             connections_drained = summary.connections_drained,
             streams_completed = summary.streams_completed,

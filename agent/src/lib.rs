@@ -35,6 +35,8 @@ pub struct Agent {
     pub policy: Arc<policy::PolicyStore>,
     /// Open client connections.
     pub registry: registry::Registry,
+    /// Open connections spliced to the app unmanaged (TLS, HTTP/1.x).
+    pub passthrough: registry::Passthroughs,
     /// Transport event counters.
     pub counters: Arc<Counters>,
     /// The worker threads, each with its own upstream pool.

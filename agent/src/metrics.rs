@@ -35,6 +35,15 @@ pub struct Metrics {
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Client connections closed at accept: `--max-connections` reached.
     pub connections_refused: Counter,
+    /// Connections spliced to the app unmanaged, by protocol.
+    pub passthrough_connections: Family<ProtocolLabels, Counter>,
+}
+
+/// Labels of `goaway_passthrough_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `tls` or `http1`.
+    pub protocol: &'static str,
 }
 
 impl Metrics {
@@ -71,6 +80,15 @@ impl Metrics {
             "Client connections closed as soon as accepted because --max-connections were open",
             connections_refused.clone(),
         );
+        let passthrough_connections = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "goaway_passthrough_connections",
+            "Client connections spliced to the app without HTTP/2 management, by protocol (tls, http1)",
+            passthrough_connections.clone(),
+        );
+        for protocol in ["tls", "http1"] {
+            let _ = passthrough_connections.get_or_create(&ProtocolLabels { protocol });
+        }
         registry.register_collector(Box::new(TransportCollector {
             counters,
             upstreams,
@@ -82,7 +100,15 @@ impl Metrics {
             drain_duration,
             policy_reloads,
             connections_refused,
+            passthrough_connections,
         }
+    }
+
+    /// Counts a connection spliced to the app.
+    pub fn passthrough(&self, protocol: &'static str) {
+        self.passthrough_connections
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc();
     }
 
     /// Counts a connection closed at the `--max-connections` limit.

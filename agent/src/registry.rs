@@ -32,6 +32,9 @@ pub struct ConnectionView {
     pub id: u64,
     /// Client address.
     pub peer: String,
+    /// `h2` for a managed connection; `tls` or `http1` for one spliced to
+    /// the app ([`Passthroughs`]), whose HTTP/2 fields are all zero.
+    pub protocol: &'static str,
     /// Seconds since accepted.
     pub age_seconds: f64,
     /// Seconds with no active stream (0 while one is open).
@@ -105,6 +108,7 @@ impl Registry {
                 ConnectionView {
                     id,
                     peer: e.peer.to_string(),
+                    protocol: "h2",
                     age_seconds: s.age.as_secs_f64(),
                     idle_seconds: s.idle.as_secs_f64(),
                     last_read_seconds: s.since_last_read.as_secs_f64(),
@@ -135,5 +139,89 @@ impl Registry {
                 return self.is_empty();
             }
         }
+    }
+}
+
+/// Connections spliced to the app unmanaged (TLS, HTTP/1.x): listed, and
+/// closed when a drain finishes.
+pub struct Passthroughs {
+    entries: Mutex<HashMap<u64, (SocketAddr, &'static str, Instant)>>,
+    next_id: AtomicU64,
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Passthroughs {
+    fn default() -> Self {
+        Passthroughs {
+            entries: Mutex::default(),
+            // Ids apart from the managed connections' registry.
+            next_id: AtomicU64::new(1 << 48),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+/// Removes its passthrough connection from the list when dropped.
+pub struct PassthroughRegistration<'a> {
+    list: &'a Passthroughs,
+    id: u64,
+}
+
+impl Drop for PassthroughRegistration<'_> {
+    fn drop(&mut self) {
+        self.list.lock().remove(&self.id);
+    }
+}
+
+impl Passthroughs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (SocketAddr, &'static str, Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists a connection until the returned registration is dropped.
+    pub fn register(
+        &self,
+        peer: SocketAddr,
+        protocol: &'static str,
+    ) -> PassthroughRegistration<'_> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.lock().insert(id, (peer, protocol, Instant::now()));
+        PassthroughRegistration { list: self, id }
+    }
+
+    /// Turns true when every passthrough connection must close.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Closes every passthrough connection, and any accepted later.
+    pub fn close_all(&self) -> usize {
+        self.closing.send_replace(true);
+        self.lock().len()
+    }
+
+    /// The `/connections` entries.
+    pub fn views(&self) -> Vec<ConnectionView> {
+        let mut v: Vec<ConnectionView> = self
+            .lock()
+            .iter()
+            .map(|(&id, &(peer, protocol, since))| ConnectionView {
+                id,
+                peer: peer.to_string(),
+                protocol,
+                age_seconds: since.elapsed().as_secs_f64(),
+                idle_seconds: 0.0,
+                last_read_seconds: 0.0,
+                active_streams: 0,
+                streams_total: 0,
+                pings_sent: 0,
+                pings_received: 0,
+                strikes: 0,
+                state: goaway_transport::io::ConnState::Open,
+                goaway_reason: None,
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
     }
 }

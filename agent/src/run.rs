@@ -138,6 +138,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         workers,
         policy: store.clone(),
         registry: registry::Registry::default(),
+        passthrough: Default::default(),
         counters,
         drain: Default::default(),
         ready,

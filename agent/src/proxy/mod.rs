@@ -2,6 +2,7 @@
 //! transport's server driver (SPEC §2), and proxy every stream upstream.
 
 pub mod grpc;
+pub mod passthrough;
 mod pump;
 mod stream;
 
@@ -84,11 +85,21 @@ async fn serve_connection(
     agent: Arc<Agent>,
     upstream: Arc<Upstream>,
 ) {
+    // TLS and HTTP/1.x are passed through to the app untouched.
+    let deadline = tokio::time::Instant::now() + agent.handshake_timeout;
+    match passthrough::sniff(&tcp, deadline).await {
+        None => return,
+        Some(passthrough::Sniffed::Http2) => {}
+        Some(other) => {
+            passthrough::splice(tcp, peer, other, agent, upstream).await;
+            return;
+        }
+    }
     // Two phases in two functions, so the task's storage holds one phase's
     // state at a time: the handshake's h2 codec, then the connection.
     // (No named binding for the connection between the two awaits: rustc
     // would keep storage for it beside the second phase.)
-    let Some(serving) = handshake(tcp, &agent)
+    let Some(serving) = handshake(tcp, &agent, deadline)
         .await
         .map(|conn| serve(conn, peer, agent.clone(), upstream))
     else {
@@ -97,8 +108,15 @@ async fn serve_connection(
     serving.await;
 }
 
-async fn handshake(tcp: TcpStream, agent: &Agent) -> Option<ServerConnection<TcpStream>> {
-    let config = agent.server_config();
+/// The HTTP/2 handshake, within what is left of `--handshake-timeout`
+/// after the first bytes were looked at.
+async fn handshake(
+    tcp: TcpStream,
+    agent: &Agent,
+    deadline: tokio::time::Instant,
+) -> Option<ServerConnection<TcpStream>> {
+    let mut config = agent.server_config();
+    config.handshake_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
     if let Err(e) = tcp::configure_accepted(&tcp, &config.params) {
         tracing::debug!(error = %e, "could not set socket options");
     }
