@@ -129,9 +129,11 @@ fn an_http1_app_keeps_working_and_spliced_connections_end_with_the_drain() -> Re
     };
     assert!(closed, "the spliced connection outlived the drain");
     // The log is read from the agent's stderr by another thread.
-    wait_for(Duration::from_secs(10), "the drain's passthrough log line", || {
-        Ok(agent.log().contains("closing passthrough connections"))
-    })?;
+    wait_for(
+        Duration::from_secs(10),
+        "the drain's passthrough log line",
+        || Ok(agent.log().contains("closing passthrough connections")),
+    )?;
     Ok(())
 }
 
