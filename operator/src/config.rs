@@ -216,10 +216,7 @@ impl AgentArgs {
                 "--agent-memory-request",
             ),
         ] {
-            let (Ok(r), Ok(l)) = (quantity::parse(request), quantity::parse(limit)) else {
-                continue;
-            };
-            if r > l {
+            if quantity::request_exceeds_limit(request, limit) {
                 errors.push(FlagError {
                     flag,
                     reason: format!(

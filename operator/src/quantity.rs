@@ -44,6 +44,13 @@ enum Scale {
     Binary(u32),
 }
 
+/// Whether a container's resource `request` is above its `limit` — the
+/// API server refuses such a container. Unparsable or empty values
+/// (no request, no limit) are never above.
+pub fn request_exceeds_limit(request: &str, limit: &str) -> bool {
+    matches!((parse(request), parse(limit)), (Ok(r), Ok(l)) if r > l)
+}
+
 /// Parses `input` as apimachinery's `ParseQuantity` would.
 pub fn parse(input: &str) -> Result<Nanos, QuantityError> {
     let err = |reason| QuantityError {

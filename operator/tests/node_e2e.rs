@@ -612,13 +612,7 @@ fn scenario(env: &mut Env, values: &str) {
     });
     rollout(env, "injecting rollout (old pods without the agent)", false);
     for pod in env.app_pods().keys() {
-        let init = env.k(&[
-            "get",
-            "pod",
-            pod,
-            "-o",
-            "jsonpath={.spec.initContainers[*].name}",
-        ]);
+        let init = env.pod_field(pod, "{.spec.initContainers[*].name}");
         assert!(
             init.contains("goaway-agent"),
             "{pod} was not injected: {init}"
@@ -870,13 +864,7 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
     assert_eq!(failed, 0, "calls failed while the agent was taken out");
     assert_eq!(drains.len(), 3);
     for pod in env.app_pods().keys() {
-        let init = env.k(&[
-            "get",
-            "pod",
-            pod,
-            "-o",
-            "jsonpath={.spec.initContainers[*].name}",
-        ]);
+        let init = env.pod_field(pod, "{.spec.initContainers[*].name}");
         assert!(
             !init.contains("goaway-agent"),
             "{pod} still has the agent after uninstall"

@@ -248,20 +248,7 @@ impl Admin {
 
     /// PUT `body` to an admin path with headers: (status, body).
     pub fn put(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let url = self.url(path);
-        let mut r = agent.put(&url);
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        let mut resp = r.send(body).with_context(|| format!("PUT {url}"))?;
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string()?;
-        Ok((status, text))
+        http_with_body("PUT", &self.url(path), headers, body)
     }
 
     /// `/readyz`'s status code.
@@ -311,6 +298,16 @@ impl Admin {
 
 /// One plain-HTTP request; any status is an answer, not an error.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    http_with_body(method, url, headers, "")
+}
+
+/// [`http`] with a request body (sent for POST and PUT).
+pub fn http_with_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -324,22 +321,30 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<(u16, S
             }
             r.call()
         }
-        "POST" => {
-            let mut r = agent.post(url);
+        "POST" | "PUT" => {
+            let mut r = if method == "POST" {
+                agent.post(url)
+            } else {
+                agent.put(url)
+            };
             for (k, v) in headers {
                 r = r.header(*k, *v);
             }
-            r.send_empty()
+            if body.is_empty() {
+                r.send_empty()
+            } else {
+                r.send(body)
+            }
         }
         other => bail!("unsupported method {other}"),
     }
     .with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
-    let body = resp
+    let text = resp
         .body_mut()
         .read_to_string()
         .with_context(|| format!("{method} {url}: reading the body"))?;
-    Ok((status, body))
+    Ok((status, text))
 }
 
 /// Polls `check` every 20ms until it is true, or fails after `timeout`.

@@ -82,10 +82,7 @@ pub fn apply(meta: &ObjectMeta, base: &AgentConfig) -> Result<AgentConfig, Injec
             [MEMORY_REQUEST, MEMORY_LIMIT],
         ),
     ] {
-        let (Ok(r), Ok(l)) = (quantity::parse(request), quantity::parse(limit)) else {
-            continue;
-        };
-        if r > l {
+        if quantity::request_exceeds_limit(request, limit) {
             // The API server refuses a container whose request exceeds its
             // limit; at least one of the two came from an annotation.
             let (annotation, value) = if annotations.contains_key(names[0]) {
