@@ -18,20 +18,25 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, Patch};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use support::cluster::{Scratch, apply_params, client_or_skip, install_crd, kubectl, ok, wait};
+use support::cluster::{
+    Scratch, UNSCHEDULED, apply_params, client_or_skip, install_crd, kubectl, ok, wait,
+};
 
 fn policy_manifest(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "goaway.dev/v1alpha1", "kind": "KeepalivePolicy",
            "metadata": {"name": name}, "spec": spec})
 }
 
-/// A pod that needs no node: it stays Pending, which is all the
-/// controller's counts need. `injected_by` sets the annotation the
+/// A pod that needs no node: no scheduler answers to its
+/// `schedulerName`, so it stays Pending and unbound even with a node up
+/// (`scripts/kube-local up --node`), which is all the controller's
+/// counts need. `injected_by` sets the annotation the
 /// webhook leaves on pods it injected.
 fn pod(name: &str, app: &str, injected_by: Option<&str>) -> Value {
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
+        "spec": {"schedulerName": UNSCHEDULED,
+                 "containers": [{"name": "app", "image": "registry.example/app:1",
                                  "ports": [{"name": "grpc", "containerPort": 8080}]}]}});
     if let Some(policy) = injected_by {
         pod["metadata"]["annotations"] = json!({"goaway.dev/injected": policy});

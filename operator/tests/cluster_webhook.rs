@@ -20,8 +20,8 @@ use kube::api::{DeleteParams, Patch, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{
-    Operator, Scratch, apply_params, chart_operator_env, client_or_skip, free_port, helm_template,
-    install_crd, kubectl_stdin, ok, rendered, wait, wait_for,
+    Operator, Scratch, UNSCHEDULED, apply_params, chart_operator_env, client_or_skip, free_port,
+    helm_template, install_crd, kubectl_stdin, ok, rendered, wait, wait_for,
 };
 
 fn pod(name: &str, labels: Value, annotations: Value, host_network: bool) -> Pod {
@@ -29,6 +29,9 @@ fn pod(name: &str, labels: Value, annotations: Value, host_network: bool) -> Pod
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "spec": {
+            // Unbound even with a node up: the scheduler would otherwise
+            // set nodeName between create and read-back.
+            "schedulerName": UNSCHEDULED,
             "hostNetwork": host_network,
             "containers": [{"name": "app", "image": "registry.example/app:1",
                             "ports": [{"name": "grpc", "containerPort": 8080}]}]}

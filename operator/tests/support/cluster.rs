@@ -18,6 +18,12 @@ use serde_json::json;
 /// The CRD's name.
 pub const CRD: &str = "keepalivepolicies.goaway.dev";
 
+/// A `schedulerName` no scheduler answers to: test pods that only the
+/// API server, the webhook and the controller should see stay Pending and
+/// unbound, even when the cluster has a real node.
+#[allow(dead_code)]
+pub const UNSCHEDULED: &str = "goaway-test-unscheduled";
+
 /// The client for the cluster in `KUBECONFIG`, or `None` (after saying
 /// so) when it is not set.
 pub async fn client_or_skip(test: &str) -> Option<Client> {
