@@ -46,6 +46,25 @@ pub enum Command {
     /// Internal: the demo's app process.
     #[command(hide = true)]
     DemoBackend(crate::demo::BackendArgs),
+    /// Redirect inbound TCP for the app port to the agent's port in this
+    /// network namespace (nftables; needs CAP_NET_ADMIN). Run by the
+    /// redirect-mode init container. Idempotent.
+    Intercept(InterceptArgs),
+}
+
+/// `goaway-agent intercept`.
+#[derive(Clone, Debug, Args)]
+pub struct InterceptArgs {
+    /// The app's port: inbound TCP to it is redirected.
+    #[arg(long)]
+    pub app_port: u16,
+    /// The agent's listening port: where that traffic goes instead.
+    #[arg(long)]
+    pub agent_port: u16,
+    /// Remove the redirect for --app-port instead (succeeds if there is
+    /// none).
+    #[arg(long)]
+    pub remove: bool,
 }
 
 /// `goaway-agent run`.

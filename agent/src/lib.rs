@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod drain;
 pub mod drain_client;
+pub mod intercept;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

@@ -20,6 +20,10 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One netlink transaction: no runtime, no logging set-up.
+    if let Command::Intercept(args) = &cli.command {
+        return intercept(args);
+    }
     // The demo prints its own progress; its clients' reconnect warnings
     // would only bury it.
     let default_filter = match cli.command {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { file } => goaway_agent::run::check_config(&file),
             Command::Demo(args) => goaway_agent::demo::run(args).await,
             Command::DemoBackend(args) => goaway_agent::demo::run_backend(args).await,
+            Command::Intercept(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
@@ -57,6 +62,51 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn intercept(args: &goaway_agent::cli::InterceptArgs) -> ExitCode {
+    use goaway_agent::intercept::{self, Redirect};
+    let redirect = Redirect {
+        app_port: args.app_port,
+        agent_port: args.agent_port,
+    };
+    let table = intercept::table_name(args.app_port);
+    let result = if args.remove {
+        intercept::remove(redirect).map(|()| {
+            format!(
+                "removed the redirect of TCP port {} (nftables table inet {table})",
+                args.app_port
+            )
+        })
+    } else {
+        intercept::install(redirect).map(|()| {
+            format!(
+                "inbound TCP to port {} now goes to port {} (nftables table inet {table})",
+                args.app_port, args.agent_port
+            )
+        })
+    };
+    match result {
+        Ok(done) => {
+            println!("goaway-agent intercept: {done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("goaway-agent intercept: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 async fn drain(args: goaway_agent::cli::DrainArgs) -> anyhow::Result<()> {

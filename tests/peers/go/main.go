@@ -357,14 +357,18 @@ func serverMain(argv []string) {
 	grace := fs.Int("grace-ms", 10000, "on SIGTERM, GracefulStop; Stop after this long")
 	host := fs.String("listen", "127.0.0.1", "listen address")
 	onSigterm := fs.String("on-sigterm", "graceful", "graceful (GOAWAY, then Stop after --grace-ms) or exit (at once, no GOAWAY, as many apps)")
-	identify := fs.Bool("identify", false, "send header x-served-by: HOSTNAME on Unary responses")
+	identify := fs.Bool("identify", false, "send header x-served-by: $PEER_NAME or the hostname on Unary responses")
 	_ = fs.Parse(argv)
 	if *onSigterm != "graceful" && *onSigterm != "exit" {
 		fmt.Fprintf(os.Stderr, "--on-sigterm: want graceful or exit, got %q\n", *onSigterm)
 		os.Exit(2)
 	}
 	if *identify {
-		servedBy, _ = os.Hostname()
+		// PEER_NAME names a server that shares the host's hostname (a
+		// network namespace, not a pod).
+		if servedBy = os.Getenv("PEER_NAME"); servedBy == "" {
+			servedBy, _ = os.Hostname()
+		}
 	}
 
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(64 << 20), grpc.MaxSendMsgSize(64 << 20)}
