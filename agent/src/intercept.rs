@@ -440,13 +440,19 @@ fn acks(mut buf: &[u8]) -> Vec<(u32, i32)> {
 mod tests {
     use super::*;
 
+    /// An expression's name and attributes.
+    type Expr = (String, Vec<(u16, Vec<u8>)>);
+
     /// Walks a batch's messages: (type, flags, seq, body after nfgenmsg).
     fn messages(buf: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
         let mut out = Vec::new();
         let mut rest = buf;
         while !rest.is_empty() {
             let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            assert!(len >= 20 && len <= rest.len() && len % 4 == 0, "len {len}");
+            assert!(
+                len >= 20 && len <= rest.len() && len.is_multiple_of(4),
+                "len {len}"
+            );
             let ty = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
             let flags = u16::from_ne_bytes(rest[6..8].try_into().unwrap());
             let seq = u32::from_ne_bytes(rest[8..12].try_into().unwrap());
@@ -515,7 +521,7 @@ mod tests {
             .find(|(t, _)| *t == NFTA_RULE_EXPRESSIONS)
             .unwrap()
             .1;
-        let exprs: Vec<(String, Vec<(u16, Vec<u8>)>)> = attrs(exprs)
+        let exprs: Vec<Expr> = attrs(exprs)
             .into_iter()
             .map(|(_, e)| {
                 let e = attrs(e);
@@ -537,7 +543,7 @@ mod tests {
         );
         // The second cmp holds the app port, the immediate the agent
         // port, both in network order inside a nested data value.
-        let value = |expr: &(String, Vec<(u16, Vec<u8>)>), ty: u16| {
+        let value = |expr: &Expr, ty: u16| {
             let nested = &expr.1.iter().find(|(t, _)| *t == ty).unwrap().1;
             attrs(nested)[0].1.to_vec()
         };

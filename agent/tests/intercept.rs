@@ -395,14 +395,14 @@ fn redirect_mode_puts_pod_ip_clients_through_the_agent() -> Result<()> {
 
     // A rolling deploy over both pods: drain, stop, replace, one at a time.
     let mut goaways = 0;
-    for i in 0..pods.len() {
-        let summary = pods[i].roll()?;
+    for pod in &mut pods {
+        let summary = pod.roll()?;
         goaways += summary["connections_drained"].as_u64().unwrap_or(0);
-        eprintln!("{} drained: {summary}", pods[i].name);
+        eprintln!("{} drained: {summary}", pod.name);
         // The replacement pod, at the same address.
-        pods[i].start_app()?;
-        pods[i].start_agent(&policy)?;
-        let name = pods[i].name;
+        pod.start_app()?;
+        pod.start_agent(&policy)?;
+        let name = pod.name;
         let before = counted(&tally(&client)["servers"], name);
         wait_for(
             Duration::from_secs(60),
@@ -428,9 +428,8 @@ fn redirect_mode_puts_pod_ip_clients_through_the_agent() -> Result<()> {
 
     // --remove: direct traffic again, and no rule naming the agent's port.
     let pod = &pods[1];
-    let accepted = |pod: &Pod| -> Result<f64> {
-        Ok(pod.agent().metrics()?.value("goaway_connections_total")?)
-    };
+    let accepted =
+        |pod: &Pod| -> Result<f64> { pod.agent().metrics()?.value("goaway_connections_total") };
     let before = accepted(pod)?;
     let out = pod.intercept(&["--remove"])?;
     ensure!(

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use goaway_transport::policy::{DrainPolicy, GoDuration};
 
+use crate::crd::Interception;
 use crate::defaults::PolicyDefaults;
 use crate::inject::{
     AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE, DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -274,18 +275,30 @@ pub struct PolicyDefaultsArgs {
         allow_hyphen_values = true
     )]
     pub default_drain_goaway_ack_timeout: Option<GoDuration>,
+    /// spec.interception for policies that do not set it: namedPort (no
+    /// privileges; only Services with the port's name as targetPort go
+    /// through the agent) or redirect (an init container with NET_ADMIN
+    /// sends all inbound TCP for the port to the agent).
+    #[arg(
+        long,
+        env = "GOAWAY_DEFAULT_INTERCEPTION",
+        value_name = "MODE",
+        default_value = "namedPort"
+    )]
+    pub default_interception: Interception,
 }
 
 impl PolicyDefaultsArgs {
     /// The defaults, checked as a policy of their own (see
     /// [`PolicyDefaults::new`]); errors name the flags.
     pub fn policy_defaults(&self) -> Result<PolicyDefaults> {
-        PolicyDefaults::new(DrainPolicy {
+        Ok(PolicyDefaults::new(DrainPolicy {
             delay: self.default_drain_delay,
             timeout: self.default_drain_timeout,
             goaway_ack_timeout: self.default_drain_goaway_ack_timeout,
         })
-        .map_err(Error::InvalidFlags)
+        .map_err(Error::InvalidFlags)?
+        .with_interception(self.default_interception))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Operator-wide defaults for the policy fields a `KeepalivePolicy` leaves
 //! out (`--default-drain-delay`, `--default-drain-timeout`,
-//! `--default-drain-goaway-ack-timeout`).
+//! `--default-drain-goaway-ack-timeout`, `--default-interception`).
 //!
 //! One type, [`PolicyDefaults`], merged into a policy the same way
 //! wherever the operator uses one: the controller renders the merged
@@ -17,6 +17,7 @@
 use goaway_transport::Policy;
 use goaway_transport::policy::{DrainPolicy, FieldError, GoDuration, Strictness};
 
+use crate::crd::Interception;
 use crate::error::FlagError;
 
 /// One defaultable field: where it is in a policy and which flag sets it.
@@ -49,6 +50,7 @@ const FIELDS: [Field; 3] = [
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyDefaults {
     drain: DrainPolicy,
+    interception: Interception,
 }
 
 impl PolicyDefaults {
@@ -64,7 +66,10 @@ impl PolicyDefaults {
             ..Policy::default()
         };
         match alone.validate(Strictness::Production) {
-            Ok(_) => Ok(PolicyDefaults { drain }),
+            Ok(_) => Ok(PolicyDefaults {
+                drain,
+                interception: Interception::default(),
+            }),
             Err(e) => Err(e
                 .fields()
                 .into_iter()
@@ -82,6 +87,18 @@ impl PolicyDefaults {
     /// The `drain` defaults.
     pub fn drain(&self) -> &DrainPolicy {
         &self.drain
+    }
+
+    /// These defaults with `mode` for policies that leave
+    /// `spec.interception` out (`--default-interception`).
+    pub fn with_interception(mut self, mode: Interception) -> Self {
+        self.interception = mode;
+        self
+    }
+
+    /// The interception mode of policies that do not choose one.
+    pub fn interception(&self) -> Interception {
+        self.interception
     }
 
     /// True when no default is set: policies are used as written.

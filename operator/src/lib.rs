@@ -41,7 +41,7 @@ pub mod shutdown;
 pub mod tls;
 pub mod webhook;
 
-pub use crd::{KeepalivePolicy, KeepalivePolicySpec, KeepalivePolicyStatus};
+pub use crd::{Interception, KeepalivePolicy, KeepalivePolicySpec, KeepalivePolicyStatus};
 pub use defaults::PolicyDefaults;
 pub use error::{Error, FlagError, Result};
 

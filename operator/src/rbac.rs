@@ -82,6 +82,14 @@ pub const RBAC: &[Rule] = &[
         why: "controller counts and watches selected pods",
     },
     Rule {
+        api_group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        needed: Needed::Always,
+        why: "controller reports Services that bypass the agent",
+    },
+    Rule {
         api_group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],

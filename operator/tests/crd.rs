@@ -38,7 +38,15 @@ fn crd_has_short_name_status_subresource_and_printer_columns() {
     assert_eq!(
         columns,
         [
-            "Selector", "Port", "Max Age", "Matched", "Injected", "Ready", "Age"
+            "Selector",
+            "Port",
+            "Interception",
+            "Max Age",
+            "Matched",
+            "Injected",
+            "Ready",
+            "Bypassed",
+            "Age"
         ]
     );
     let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();

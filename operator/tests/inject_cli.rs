@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use goaway_operator::{Interception, PolicyDefaults};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde_json::Value;
 
@@ -136,38 +137,49 @@ fn running_on_its_own_output_changes_nothing() {
 #[test]
 fn the_cli_mutation_equals_the_webhook_mutation() {
     // The bare Pod through the CLI and through inject::mutate (the
-    // webhook's function) with the CLI's token give the same pod.
-    let bare = bare_document();
-    let (output, _) = inject(&bare);
-    let cli: Pod = serde_yaml::from_str(&output).unwrap();
-    let token = cli.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
-        .env
-        .as_ref()
-        .unwrap()[0]
-        .value
-        .clone()
-        .unwrap();
+    // webhook's function) with the CLI's token give the same pod, in
+    // both interception modes.
+    for (mode, flags) in [
+        (Interception::NamedPort, vec![]),
+        (
+            Interception::Redirect,
+            vec!["--default-interception", "redirect"],
+        ),
+    ] {
+        let bare = bare_document();
+        let (output, _) = inject_with(&bare, &flags);
+        let cli: Pod = serde_yaml::from_str(&output).unwrap();
+        let inits = cli.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+        let agent = inits.iter().find(|c| c.name == "goaway-agent").unwrap();
+        let token = agent.env.as_ref().unwrap()[0].value.clone().unwrap();
+        let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+        match mode {
+            Interception::NamedPort => assert_eq!(names, ["goaway-agent"]),
+            Interception::Redirect => assert_eq!(names, ["goaway-intercept", "goaway-agent"]),
+        }
 
-    let pod: Pod = serde_yaml::from_str(&bare).unwrap();
-    let policies = goaway_operator::cli::inject::load_policies(
-        &std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap(),
-        "shop",
-        &Default::default(),
-    )
-    .unwrap();
-    let m = goaway_operator::inject::mutate(
-        &pod.metadata,
-        pod.spec.as_ref().unwrap(),
-        "shop",
-        &policies,
-        &Default::default(),
-        &Default::default(),
-        &token,
-    )
-    .unwrap();
-    let mut value = serde_json::to_value(&pod).unwrap();
-    json_patch::patch(&mut value, &m.patch).unwrap();
-    assert_eq!(serde_json::to_value(&cli).unwrap(), value);
+        let pod: Pod = serde_yaml::from_str(&bare).unwrap();
+        let defaults = PolicyDefaults::default().with_interception(mode);
+        let policies = goaway_operator::cli::inject::load_policies(
+            &std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap(),
+            "shop",
+            &defaults,
+        )
+        .unwrap();
+        let m = goaway_operator::inject::mutate(
+            &pod.metadata,
+            pod.spec.as_ref().unwrap(),
+            "shop",
+            &policies,
+            &defaults,
+            &Default::default(),
+            &token,
+        )
+        .unwrap();
+        let mut value = serde_json::to_value(&pod).unwrap();
+        json_patch::patch(&mut value, &m.patch).unwrap();
+        assert_eq!(serde_json::to_value(&cli).unwrap(), value, "{mode:?}");
+    }
 }
 
 #[test]

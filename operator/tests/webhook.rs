@@ -148,6 +148,48 @@ async fn named_port_is_taken_over_and_probes_rewritten() {
 }
 
 #[tokio::test]
+async fn redirect_interception_keeps_the_port_and_adds_the_intercept_init_container() {
+    let pod = fixture("redirect", true).await;
+    // The app port keeps its name: Services need no change, and the
+    // kernel, not the port's name, sends clients to the agent.
+    let app = container(&pod, "containers", "api");
+    assert_eq!(app["ports"][0]["name"], "grpc");
+    let inits: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &inits[inits.len() - 2..],
+        ["goaway-intercept", "goaway-agent"],
+        "the redirect is in place before the agent and the app start"
+    );
+    let intercept = container(&pod, "initContainers", "goaway-intercept");
+    assert_eq!(
+        intercept["args"],
+        json!(["intercept", "--app-port", "8080", "--agent-port", "15051"])
+    );
+    assert!(intercept.get("restartPolicy").is_none(), "runs once");
+    let security = &intercept["securityContext"];
+    assert_eq!(security["capabilities"]["add"], json!(["NET_ADMIN"]));
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["runAsUser"], 0);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["privileged"], false);
+    let agent = container(&pod, "initContainers", "goaway-agent");
+    assert_eq!(
+        agent["ports"][0],
+        json!({"name": "goaway-proxy", "containerPort": 15051, "protocol": "TCP"})
+    );
+    assert!(agent["securityContext"]["capabilities"]["add"].is_null());
+    assert_eq!(
+        pod["metadata"]["annotations"]["goaway.dev/injected"],
+        "redirected"
+    );
+}
+
+#[tokio::test]
 async fn numeric_target_port_is_fronted_without_a_name() {
     let pod = fixture("numeric_target_port", true).await;
     let agent = container(&pod, "initContainers", "goaway-agent");

@@ -302,6 +302,8 @@ fn uninject_template(template: &mut Value) -> bool {
     let Some(Value::Array(inits)) = spec.get_mut("initContainers") else {
         return false;
     };
+    // Redirect mode's init container goes with the agent.
+    inits.retain(|c| c["name"] != inject::INTERCEPT_CONTAINER_NAME);
     let Some(at) = inits
         .iter()
         .position(|c| c["name"] == inject::CONTAINER_NAME)
@@ -567,9 +569,14 @@ mod tests {
     /// `inject -n shop --policy tests/fixtures/inject/policy.yaml`, with
     /// the operator's default settings and a fixed token.
     fn inject_with_fixture_policy(manifests: &str) -> Report {
+        inject_in_mode(manifests, crate::Interception::NamedPort)
+    }
+
+    /// [`inject_with_fixture_policy`] with `--default-interception mode`.
+    fn inject_in_mode(manifests: &str, mode: crate::Interception) -> Report {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
         let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
-        let defaults = PolicyDefaults::default();
+        let defaults = PolicyDefaults::default().with_interception(mode);
         let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
         inject_manifests(
             manifests,
@@ -584,10 +591,24 @@ mod tests {
 
     #[test]
     fn uninject_undoes_inject() {
+        for mode in [
+            crate::Interception::NamedPort,
+            crate::Interception::Redirect,
+        ] {
+            uninject_undoes_inject_in(mode);
+        }
+    }
+
+    fn uninject_undoes_inject_in(mode: crate::Interception) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
         let manifests = std::fs::read_to_string(root.join("manifests.yaml")).unwrap();
-        let injected = inject_with_fixture_policy(&manifests);
+        let injected = inject_in_mode(&manifests, mode);
         assert!(injected.injected.len() >= 2, "{:?}", injected.injected);
+        assert_eq!(
+            injected.output.contains(inject::INTERCEPT_CONTAINER_NAME),
+            mode == crate::Interception::Redirect,
+            "{mode:?}"
+        );
         let removed = uninject_manifests(&injected.output).unwrap();
         assert_eq!(removed.injected.len(), injected.injected.len());
         // Every document as it was, but for the grace period injection

@@ -5,10 +5,12 @@
 //! operator's [`PolicyDefaults`] filled in), owned by the policy so
 //! deleting the policy deletes it, and into its status. Triggers: the
 //! policy itself, its ConfigMap (an edited or deleted ConfigMap is put
-//! back) and pods, mapped to the policies that select them or that
-//! injected them, so the pod counts follow. Run it only on the leader
-//! ([`crate::leader`]).
+//! back), pods, mapped to the policies that select them or that injected
+//! them, so the pod counts follow, and Services, mapped to the policies of
+//! their namespace, so the bypass report ([`bypass`]) follows. Run it
+//! only on the leader ([`crate::leader`]).
 
+pub mod bypass;
 mod reconcile;
 mod status;
 
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -89,13 +91,15 @@ pub async fn run(
     instance: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (policies, pods, config_maps) = match namespace.as_deref() {
+    let (policies, pods, config_maps, services) = match namespace.as_deref() {
         Some(ns) => (
             Api::<KeepalivePolicy>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
@@ -115,8 +119,12 @@ pub async fn run(
             config_maps,
             watcher::Config::default().labels(MANAGED_BY_SELECTOR),
         )
-        .watches(pods, watcher::Config::default(), move |pod| {
-            policies_for_pod(&store, &pod)
+        .watches(pods, watcher::Config::default(), {
+            let store = store.clone();
+            move |pod| policies_for_pod(&store, &pod)
+        })
+        .watches(services, watcher::Config::default(), move |service| {
+            policies_in_namespace(&store, service.namespace().as_deref())
         })
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(shutdown)
@@ -152,6 +160,23 @@ pub fn policies_for_pod(
         }
     }
     refs
+}
+
+/// Every policy in `namespace` (a Service event may change any of their
+/// bypass reports).
+pub fn policies_in_namespace(
+    store: &Store<KeepalivePolicy>,
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<KeepalivePolicy>> {
+    let Some(namespace) = namespace else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
 }
 
 /// Failed reconciliations are logged and retried after [`RETRY`].

@@ -3,8 +3,8 @@
 //! Valid policy (as written and merged with the operator's defaults):
 //! apply the ConfigMap holding the merged policy (server-side apply,
 //! owner reference), count the pods the selector matches and those
-//! injected with this policy, find pods an older policy wins, apply the
-//! status. Invalid
+//! injected with this policy, find pods an older policy wins and Services
+//! that bypass the agent ([`bypass`]), apply the status. Invalid
 //! policy: only the status changes (Ready=False with every invalid field)
 //! and the last good ConfigMap stays, so running agents keep their policy.
 //! Events are published on transitions, not on every pass.
@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -23,9 +23,12 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use super::bypass::{self, Bypass};
 use super::status::{Cond, apply_body, changed};
 use super::{Context, LABEL_MANAGED_BY, RESYNC};
-use crate::crd::{CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY, render_policy_file};
+use crate::crd::{
+    CONDITION_BYPASSED, CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY, render_policy_file,
+};
 use crate::inject::ANNOTATION_INJECTED;
 use crate::{Error, KeepalivePolicy, KeepalivePolicyStatus, MANAGER, Result, selection};
 
@@ -124,13 +127,34 @@ impl<'a> Reconciler<'a> {
         }
         .build(generation, &self.previous, self.now);
 
+        let mode = self.policy.interception(self.ctx.defaults.interception());
+        let bypasses = self.bypassing(&counts.pods, mode).await?;
+        let bypass_message = (!bypasses.is_empty()).then(|| bypass::message(&bypasses, mode));
+        let bypassed = match &bypass_message {
+            Some(m) => Cond {
+                type_: CONDITION_BYPASSED,
+                status: true,
+                reason: "ServicesBypassAgent",
+                message: m,
+            },
+            None => Cond {
+                type_: CONDITION_BYPASSED,
+                status: false,
+                reason: "NoBypass",
+                message: "no Service reaches the app port of matched pods around the agent",
+            },
+        }
+        .build(generation, &self.previous, self.now);
+
         let status = KeepalivePolicyStatus {
             observed_generation: generation,
-            conditions: vec![ready.clone(), conflicted.clone()],
+            conditions: vec![ready.clone(), conflicted.clone(), bypassed.clone()],
             matched_pods: counts.matched,
             injected_pods: counts.injected,
             selector: selector_text(self.policy),
             config_map: Some(config_map.clone()),
+            interception: Some(mode),
+            bypassing_services: bypasses.iter().map(|b| b.service.clone()).collect(),
         };
         self.apply_status(&status).await?;
 
@@ -155,6 +179,18 @@ impl<'a> Reconciler<'a> {
         if let (Some(message), true) = (conflict_message, changed(&self.previous, &conflicted)) {
             self.publish(EventType::Warning, "SelectorConflict", "Select", message)
                 .await;
+        }
+        let bypass_list_changed = self.previous.bypassing_services != status.bypassing_services;
+        if let Some(message) = bypass_message
+            && (changed(&self.previous, &bypassed) || bypass_list_changed)
+        {
+            self.publish(
+                EventType::Warning,
+                "ServicesBypassAgent",
+                "Intercept",
+                message,
+            )
+            .await;
         }
         Ok(Action::requeue(RESYNC))
     }
@@ -196,14 +232,30 @@ impl<'a> Reconciler<'a> {
         Ok(name)
     }
 
-    /// Lists the selected pods' metadata and sorts them out.
+    /// The namespace's Services that reach `pods` around the agent.
+    async fn bypassing(&self, pods: &[Pod], mode: crate::Interception) -> Result<Vec<Bypass>> {
+        if pods.is_empty() || mode == crate::Interception::Redirect {
+            return Ok(Vec::new());
+        }
+        let services = Api::<Service>::namespaced(self.ctx.client.clone(), &self.namespace)
+            .list(&ListParams::default())
+            .await?;
+        Ok(bypass::bypassing(
+            &services.items,
+            pods,
+            &self.policy.spec.port,
+            mode,
+        ))
+    }
+
+    /// Lists the selected pods and sorts them out.
     async fn count_pods(&self) -> Result<PodCounts> {
         let mut counts = PodCounts::default();
         let Some(selector) = selector_text(self.policy) else {
             return Ok(counts);
         };
         let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), &self.namespace)
-            .list_metadata(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(&selector))
             .await?;
         let policies = self.ctx.policies.state();
         for pod in &pods.items {
@@ -220,6 +272,7 @@ impl<'a> Reconciler<'a> {
                 counts.winners.insert(w.name_any());
             }
         }
+        counts.pods = pods.items;
         Ok(counts)
     }
 
@@ -256,6 +309,8 @@ struct PodCounts {
     injected: i32,
     lost: i32,
     winners: BTreeSet<String>,
+    /// The matched pods (for [`bypass`]).
+    pods: Vec<Pod>,
 }
 
 impl PodCounts {

@@ -96,7 +96,7 @@ async fn expect_silence(handle: &mut ApiHandle) {
 }
 
 fn pods(items: Value) -> Value {
-    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items})
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
 }
 
 fn pod_meta(name: &str, injected: Option<&str>) -> Value {
@@ -104,12 +104,17 @@ fn pod_meta(name: &str, injected: Option<&str>) -> Value {
     if let Some(p) = injected {
         meta["annotations"] = json!({ "goaway.dev/injected": p });
     }
-    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta})
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta})
 }
 
 const CM_PATH: &str = "/api/v1/namespaces/ns/configmaps/goaway-grpc";
 const PODS_PATH: &str = "/api/v1/namespaces/ns/pods";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+const SERVICES_PATH: &str = "/api/v1/namespaces/ns/services";
+
+fn services(items: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": items})
+}
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["status"]["conditions"]
@@ -161,6 +166,8 @@ async fn new_policy_gets_its_config_map_status_and_an_event() {
     )
     .await;
     assert!(uri.contains("labelSelector=app%3Dapi"), "{uri}");
+    // namedPort mode with matched pods: the Services are checked for bypass.
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
 
     let (uri, status) = expect_status_apply(&mut api, &p).await;
     assert!(uri.contains("fieldManager=goaway-operator"), "{uri}");
@@ -175,6 +182,8 @@ async fn new_policy_gets_its_config_map_status_and_an_event() {
         (Some("True"), Some("PolicyRendered"))
     );
     assert_eq!(condition(&status, "Conflicted")["status"], "False");
+    assert_eq!(condition(&status, "Bypassed")["status"], "False");
+    assert_eq!(status["status"]["interception"], "namedPort");
 
     let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
     assert_eq!(event["reason"], "PolicyRendered");
@@ -308,6 +317,7 @@ async fn newer_policy_selecting_the_same_pods_reports_the_conflict() {
         pods(json!([pod_meta("a", Some("a-old"))])),
     )
     .await;
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
     let (_, status) = expect_status_apply(&mut api, &newer).await;
     let conflicted = condition(&status, "Conflicted");
     assert_eq!(conflicted["status"], "True");
@@ -342,8 +352,127 @@ async fn the_older_policy_wins_and_reports_no_conflict() {
         pods(json!([pod_meta("a", Some("grpc"))])),
     )
     .await;
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
     let (_, status) = expect_status_apply(&mut api, &older).await;
     assert_eq!(condition(&status, "Conflicted")["status"], "False");
+    expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    run.await.unwrap().unwrap();
+}
+
+/// A matched, not yet injected pod with the app port named `grpc`.
+fn pod_with_port(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "ns", "labels": {"app": "api"}},
+           "spec": {"containers": [{"name": "app",
+                    "ports": [{"name": "grpc", "containerPort": 50051}]}]}})
+}
+
+#[tokio::test]
+async fn services_that_bypass_the_agent_are_named_on_the_status_with_an_event() {
+    let p = policy("grpc", "2024-01-01T00:00:00Z", "");
+    let (ctx, mut api) = context(&[&p]);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([pod_with_port("a")])),
+    )
+    .await;
+    let svc = |name: &str, spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+    };
+    expect(
+        &mut api,
+        Method::GET,
+        SERVICES_PATH,
+        services(json!([
+            svc(
+                "api",
+                json!({"selector": {"app": "api"},
+                               "ports": [{"port": 80, "targetPort": "grpc"}]})
+            ),
+            svc(
+                "api-headless",
+                json!({"selector": {"app": "api"}, "clusterIP": "None",
+                                        "ports": [{"port": 50051}]})
+            ),
+            svc(
+                "api-numeric",
+                json!({"selector": {"app": "api"},
+                                       "ports": [{"port": 80, "targetPort": 50051}]})
+            ),
+        ])),
+    )
+    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    assert_eq!(
+        status["status"]["bypassingServices"],
+        json!(["api-headless", "api-numeric"])
+    );
+    let bypassed = condition(&status, "Bypassed");
+    assert_eq!(
+        (bypassed["status"].as_str(), bypassed["reason"].as_str()),
+        (Some("True"), Some("ServicesBypassAgent"))
+    );
+    let message = bypassed["message"].as_str().unwrap();
+    assert!(
+        message.contains("api-headless (headless")
+            && message.contains("api-numeric (targetPort 50051"),
+        "{message}"
+    );
+    let (_, rendered) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(rendered["reason"], "PolicyRendered");
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(
+        (event["reason"].as_str(), event["type"].as_str()),
+        (Some("ServicesBypassAgent"), Some("Warning"))
+    );
+    assert_eq!(event["note"], bypassed["message"]);
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
+#[tokio::test]
+async fn redirect_interception_has_no_bypass_and_reads_no_services() {
+    let p = policy("grpc", "2024-01-01T00:00:00Z", "  interception: redirect\n");
+    let (ctx, mut api) = context(&[&p]);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([pod_with_port("a")])),
+    )
+    .await;
+    // Straight to the status: no Service list.
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    assert_eq!(status["status"]["interception"], "redirect");
+    assert_eq!(condition(&status, "Bypassed")["status"], "False");
+    expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
+#[tokio::test]
+async fn the_operator_default_interception_applies_to_policies_without_one() {
+    let p = policy("grpc", "2024-01-01T00:00:00Z", "");
+    let defaults = PolicyDefaults::default().with_interception(crate::Interception::Redirect);
+    let (ctx, mut api) = context_with(&[&p], defaults);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([pod_with_port("a")])),
+    )
+    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    assert_eq!(status["status"]["interception"], "redirect");
     expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
     run.await.unwrap().unwrap();
 }

@@ -40,6 +40,53 @@ pub const DEFAULT_AGENT_PORT: u16 = 15051;
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type: some selected pods go to an older policy instead.
 pub const CONDITION_CONFLICTED: &str = "Conflicted";
+/// Condition type: Services select matched pods but send their traffic
+/// around the agent in the policy's interception mode.
+pub const CONDITION_BYPASSED: &str = "Bypassed";
+
+/// How clients reach the agent. namedPort (the operator's default unless
+/// it runs with --default-interception redirect): the agent takes over the
+/// app port's name, so Services with that named targetPort go through it;
+/// clients of headless Services, numeric targetPorts and pod IPs bypass it
+/// (status.bypassingServices names such Services). No privileges. redirect:
+/// an init container running as root with NET_ADMIN installs an nftables
+/// rule in the pod's network namespace that sends all inbound TCP for the
+/// app port to the agent, whatever the client dialled; Pod Security
+/// "baseline" namespaces refuse such pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Interception {
+    /// The agent takes over the app port's name: Services with that named
+    /// targetPort go through it. No privileges; clients that dial pod IPs
+    /// (headless Services, numeric targetPorts) bypass it.
+    #[default]
+    NamedPort,
+    /// An init container with NET_ADMIN redirects inbound TCP for the app
+    /// port to the agent (nftables, in the pod's network namespace): every
+    /// client goes through it, whatever it dialled.
+    Redirect,
+}
+
+impl Interception {
+    /// The spelling in the CRD and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interception::NamedPort => "namedPort",
+            Interception::Redirect => "redirect",
+        }
+    }
+}
+
+impl std::str::FromStr for Interception {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "namedPort" => Ok(Interception::NamedPort),
+            "redirect" => Ok(Interception::Redirect),
+            _ => Err(format!("want namedPort or redirect, got {s:?}")),
+        }
+    }
+}
 
 /// Connection management for the gRPC pods a label selector picks.
 ///
@@ -72,6 +119,12 @@ pub const CONDITION_CONFLICTED: &str = "Conflicted";
         description = "The application port the agent fronts"
     ),
     printcolumn(
+        name = "Interception",
+        type_ = "string",
+        json_path = ".status.interception",
+        description = "How clients reach the agent: namedPort or redirect"
+    ),
+    printcolumn(
         name = "Max Age",
         type_ = "string",
         json_path = ".spec.server.maxConnectionAge",
@@ -96,6 +149,12 @@ pub const CONDITION_CONFLICTED: &str = "Conflicted";
         description = "Whether the policy is valid and rendered"
     ),
     printcolumn(
+        name = "Bypassed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Bypassed\")].status",
+        description = "Whether Services send traffic for matched pods around the agent"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -109,14 +168,18 @@ pub struct KeepalivePolicySpec {
     /// name in alphabetical order) and the other reports Conflicted.
     pub selector: LabelSelector,
     /// The application's container port the agent fronts: its name (for
-    /// example "grpc") or its number. The agent takes over a named port's
-    /// name, so Services with that targetPort send traffic through the
-    /// agent; Services with a numeric targetPort bypass it.
+    /// example "grpc") or its number. In namedPort interception the agent
+    /// takes over a named port's name, so Services with that targetPort
+    /// send traffic through the agent; Services with a numeric targetPort
+    /// bypass it (use redirect interception for those).
     pub port: IntOrString,
     /// The port the agent listens on inside the pod. Default 15051.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub agent_port: Option<i32>,
+    /// How clients reach the agent (see the type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interception: Option<Interception>,
     /// The connection-management policy: the `server`, `enforcement`,
     /// `upstream` and `drain` groups of the agent's policy file.
     #[serde(flatten)]
@@ -148,6 +211,15 @@ pub struct KeepalivePolicyStatus {
     /// The ConfigMap holding the rendered policy file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
+    /// The interception mode in force: the policy's, else the operator's
+    /// default (see the type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interception: Option<Interception>,
+    /// Services (names, sorted) that select matched pods but reach the app
+    /// port around the agent in this mode: a numeric targetPort or a
+    /// headless Service in namedPort mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bypassing_services: Vec<String>,
 }
 
 /// Conditions are a map keyed by type, so server-side apply merges them.
@@ -167,7 +239,13 @@ impl KeepalivePolicy {
         config_map_name(&kube::ResourceExt::name_any(self))
     }
 
-    /// The agent port, defaulted.
+    /// The interception mode: the policy's, else `default` (the
+    /// operator's).
+    pub fn interception(&self, default: Interception) -> Interception {
+        self.spec.interception.unwrap_or(default)
+    }
+
+    /// The port the agent listens on.
     pub fn agent_port(&self) -> i32 {
         self.spec
             .agent_port

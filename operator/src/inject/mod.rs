@@ -12,8 +12,12 @@
 //! - appends the agent as a native sidecar (an init container with
 //!   `restartPolicy: Always`) with a hardened securityContext, a startup
 //!   and liveness probe on `/healthz` and a readiness probe on `/readyz`;
-//! - takes over the application port's name ([`ports`]) and rewrites the
-//!   application's probes that used the name to the number;
+//! - in `namedPort` interception (the default), takes over the
+//!   application port's name ([`ports`]) and rewrites the application's
+//!   probes that used the name to the number; in `redirect` interception,
+//!   leaves the port alone and adds an init container before the agent
+//!   that runs `goaway-agent intercept` with `NET_ADMIN` (as root, no
+//!   other capability), so inbound TCP for the port reaches the agent;
 //! - gives every application container a `preStop.httpGet` to the agent's
 //!   `/drain` carrying the pod's drain token, keeping (and reporting) any
 //!   preStop the container already has — such a container gets the token
@@ -50,6 +54,7 @@ pub use sidecar::{
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, PROXY_PORT_NAME,
 };
 
+use crate::crd::Interception;
 use crate::defaults::PolicyDefaults;
 use crate::{KeepalivePolicy, selection};
 
@@ -68,6 +73,8 @@ pub const OPT_OUT_VALUES: [&str; 2] = ["disabled", "false"];
 pub const OPT_IN_VALUES: [&str; 2] = ["enabled", "true"];
 /// The sidecar's container name.
 pub const CONTAINER_NAME: &str = "goaway-agent";
+/// Redirect mode: the init container that runs `goaway-agent intercept`.
+pub const INTERCEPT_CONTAINER_NAME: &str = "goaway-intercept";
 /// The policy volume's name.
 pub const VOLUME_NAME: &str = "goaway-policy";
 /// Where the policy ConfigMap is mounted.
@@ -140,8 +147,11 @@ pub struct Injection {
     pub kept_pre_stop: Vec<String>,
     /// The application port the agent forwards to.
     pub app_port: i32,
-    /// The port name the agent took over, if the port had one.
+    /// The port name the agent took over, if the port had one (namedPort
+    /// mode only).
     pub port_name: Option<String>,
+    /// How clients reach the agent in this pod.
+    pub interception: Interception,
 }
 
 /// What [`mutate`] decided.
@@ -311,7 +321,7 @@ pub fn skip_reason(meta: &ObjectMeta, spec: &PodSpec) -> Option<Skip> {
             .iter()
             .flatten()
             .chain(&spec.containers)
-            .any(|c| c.name == CONTAINER_NAME)
+            .any(|c| c.name == CONTAINER_NAME || c.name == INTERCEPT_CONTAINER_NAME)
     {
         Some(Skip::AlreadyInjected)
     } else {
@@ -402,16 +412,24 @@ fn apply(
         ..Default::default()
     });
 
-    let port_name = ports::take_over(spec, &app);
-    spec.init_containers
-        .get_or_insert_with(Vec::new)
-        .push(sidecar::container(
-            agent,
-            agent_port,
-            &app,
-            port_name.as_deref(),
-            token,
-        ));
+    let interception = policy.interception(defaults.interception());
+    let port_name = match interception {
+        Interception::NamedPort => ports::take_over(spec, &app),
+        // The app port keeps its name and number; the kernel sends its
+        // inbound connections to the agent.
+        Interception::Redirect => None,
+    };
+    let inits = spec.init_containers.get_or_insert_with(Vec::new);
+    if interception == Interception::Redirect {
+        inits.push(sidecar::intercept_container(agent, agent_port, &app));
+    }
+    inits.push(sidecar::container(
+        agent,
+        agent_port,
+        &app,
+        port_name.as_deref(),
+        token,
+    ));
 
     let mut kept_pre_stop = Vec::new();
     for c in &mut spec.containers {
@@ -459,6 +477,7 @@ fn apply(
         kept_pre_stop,
         app_port: app.number,
         port_name,
+        interception,
     })
 }
 

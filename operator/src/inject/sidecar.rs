@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ports::AppPort;
-use super::{CONTAINER_NAME, MOUNT_PATH, POLICY_PATH, VOLUME_NAME};
+use super::{CONTAINER_NAME, INTERCEPT_CONTAINER_NAME, MOUNT_PATH, POLICY_PATH, VOLUME_NAME};
 
 /// The agent's admin port (health, readiness, drain, metrics). Not
 /// 15021 (Istio's sidecar health port, where an earlier release had it):
@@ -131,6 +131,51 @@ fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
         period_seconds: Some(period),
         failure_threshold: Some(failures),
         timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Redirect mode's init container: `goaway-agent intercept` installs the
+/// pod's nftables redirect and exits. It needs `NET_ADMIN` in the pod's
+/// network namespace and, since capabilities added to a non-root user are
+/// not effective (Kubernetes has no ambient capabilities), user 0; nothing
+/// else: no other capability, no privilege escalation, a read-only root,
+/// the runtime's seccomp profile, no volume.
+pub(super) fn intercept_container(
+    agent: &AgentConfig,
+    agent_port: i32,
+    app: &AppPort,
+) -> Container {
+    Container {
+        name: INTERCEPT_CONTAINER_NAME.into(),
+        image: Some(agent.image.clone()),
+        image_pull_policy: Some(agent.image_pull_policy.clone()),
+        args: Some(vec![
+            "intercept".into(),
+            "--app-port".into(),
+            app.number.to_string(),
+            "--agent-port".into(),
+            agent_port.to_string(),
+        ]),
+        resources: agent.resources(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["NET_ADMIN".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
 }

@@ -30,7 +30,8 @@ struct Grant {
 fn cluster_scoped(resource: &str) -> bool {
     match resource.split('/').next().unwrap_or_default() {
         "mutatingwebhookconfigurations" => true,
-        "keepalivepolicies" | "configmaps" | "pods" | "events" | "leases" | "secrets" => false,
+        "keepalivepolicies" | "configmaps" | "pods" | "services" | "events" | "leases"
+        | "secrets" => false,
         other => panic!("rbac::RBAC names {other}: say here whether it is cluster-scoped"),
     }
 }

@@ -222,6 +222,12 @@ fn flag_values() -> Vec<FlagValue> {
             "GOAWAY_DEFAULT_DRAIN_GOAWAY_ACK_TIMEOUT",
             "2500ms",
         ),
+        v(
+            "agent.interception",
+            json!("redirect"),
+            "GOAWAY_DEFAULT_INTERCEPTION",
+            "redirect",
+        ),
     ]
 }
 
@@ -470,6 +476,7 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
             "/agent/drain/goawayAckTimeout",
         ),
         ("agent: {drain: {grace: 5s}}", "/agent/drain"),
+        ("agent: {interception: iptables}", "/agent/interception"),
         (
             "agent: {resources: {limits: {memory: lots}}}",
             "/agent/resources/limits/memory",

@@ -1,0 +1,235 @@
+//! Services that reach a policy's pods around the agent (SPEC §6).
+//!
+//! In `namedPort` interception the agent owns the app port's *name*: a
+//! Service whose targetPort is that name goes through it. Two kinds of
+//! Service still reach the app port directly:
+//! - a numeric targetPort (or none, which means the Service's own port)
+//!   equal to the app's port number;
+//! - a headless Service (`clusterIP: None`) for the app port: its clients
+//!   resolve pod IPs and dial the port they were configured with, which is
+//!   the app's (client-side round-robin, `dns:///svc:50051`).
+//!
+//! In `redirect` interception the kernel sends every inbound connection
+//! for the app port to the agent, whatever the client dialled: no Service
+//! bypasses it.
+//!
+//! [`bypassing`] is pure: the reconciler lists the namespace's Services
+//! and the policy's matched pods and reports what it returns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use crate::crd::Interception;
+use crate::inject::CONTAINER_NAME;
+
+/// One Service that bypasses the agent, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bypass {
+    /// The Service's name.
+    pub service: String,
+    /// How it reaches the app port, for the condition's message.
+    pub how: String,
+}
+
+/// The Services (sorted by name) whose traffic for the app port of pods
+/// in `pods` (the policy's matched pods) does not go through the agent in
+/// `mode`.
+pub fn bypassing(
+    services: &[Service],
+    pods: &[Pod],
+    port: &IntOrString,
+    mode: Interception,
+) -> Vec<Bypass> {
+    if mode == Interception::Redirect {
+        return Vec::new();
+    }
+    let mut found = BTreeMap::new();
+    for service in services {
+        let Some(spec) = &service.spec else { continue };
+        // Services without a selector have hand-made endpoints: not ours
+        // to judge.
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let headless = spec.cluster_ip.as_deref() == Some("None");
+        for pod in pods {
+            let labels = pod.labels();
+            if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                continue;
+            }
+            let Some(app_port) = app_port_of(pod, port) else {
+                continue;
+            };
+            for sp in spec.ports.iter().flatten() {
+                if sp.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                    continue;
+                }
+                let target = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
+                let how = match (&target, headless) {
+                    (IntOrString::Int(n), false) if *n == app_port => {
+                        format!("targetPort {n} is the app port's number")
+                    }
+                    (IntOrString::Int(n), true) if *n == app_port || sp.port == app_port => {
+                        format!("headless: clients dial pod IPs at port {}", sp.port)
+                    }
+                    (IntOrString::String(name), true) if matches!(port, IntOrString::String(p) if p == name) =>
+                    {
+                        format!("headless: clients dial pod IPs at port {}", sp.port)
+                    }
+                    _ => continue,
+                };
+                found.entry(service.name_any()).or_insert(how);
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(service, how)| Bypass { service, how })
+        .collect()
+}
+
+/// The app port number in `pod`: what its agent forwards to (`--upstream
+/// 127.0.0.1:P`) if injected, else the policy's port resolved among the
+/// app containers.
+fn app_port_of(pod: &Pod, port: &IntOrString) -> Option<i32> {
+    let spec = pod.spec.as_ref()?;
+    let agent = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER_NAME);
+    if let Some(agent) = agent {
+        let args = agent.args.as_deref().unwrap_or_default();
+        let upstream = args
+            .iter()
+            .position(|a| a == "--upstream")
+            .and_then(|i| args.get(i + 1))?;
+        return upstream.rsplit_once(':')?.1.parse().ok();
+    }
+    match port {
+        IntOrString::Int(n) => Some(*n),
+        IntOrString::String(name) => spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
+    }
+}
+
+/// The condition message for `found`.
+pub fn message(found: &[Bypass], mode: Interception) -> String {
+    let list: Vec<String> = found
+        .iter()
+        .map(|b| format!("{} ({})", b.service, b.how))
+        .collect();
+    format!(
+        "in {} interception, Services reach the app port of matched pods around the agent: {}; \
+         their clients get no GOAWAY on drain, no keepalive, no age limit. Give the Service the \
+         policy's port name as targetPort (not headless), or set spec.interception: redirect",
+        mode.as_str(),
+        list.join("; ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str, spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    }
+
+    fn pod(labels: serde_json::Value, injected: bool) -> Pod {
+        let mut spec = json!({"containers": [{"name": "app",
+            "ports": [{"name": if injected { serde_json::Value::Null } else { json!("grpc") },
+                       "containerPort": 50051}]}]});
+        if injected {
+            spec["initContainers"] = json!([{"name": "goaway-agent", "ports": [
+                {"name": "grpc", "containerPort": 15051}],
+                "args": ["run", "--listen", "0.0.0.0:15051", "--upstream", "127.0.0.1:50051"]}]);
+        }
+        serde_json::from_value(json!({"metadata": {"name": "p", "labels": labels}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn names(found: &[Bypass]) -> Vec<&str> {
+        found.iter().map(|b| b.service.as_str()).collect()
+    }
+
+    #[test]
+    fn numeric_target_ports_and_headless_services_bypass_a_named_port() {
+        let services = [
+            service(
+                "named",
+                json!({"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": "grpc"}]}),
+            ),
+            service(
+                "numeric",
+                json!({"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 50051}]}),
+            ),
+            service(
+                "implicit",
+                json!({"selector": {"app": "api"}, "ports": [{"port": 50051}]}),
+            ),
+            service(
+                "headless",
+                json!({"selector": {"app": "api"}, "clusterIP": "None",
+                       "ports": [{"port": 50051, "targetPort": "grpc"}]}),
+            ),
+            service(
+                "agent-port",
+                json!({"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 15051}]}),
+            ),
+            service(
+                "metrics",
+                json!({"selector": {"app": "api"}, "clusterIP": "None",
+                       "ports": [{"port": 9090}]}),
+            ),
+            service(
+                "other-app",
+                json!({"selector": {"app": "web"}, "ports": [{"port": 50051}]}),
+            ),
+            service("no-selector", json!({"ports": [{"port": 50051}]})),
+        ];
+        let port = IntOrString::String("grpc".into());
+        for injected in [false, true] {
+            let pods = [pod(json!({"app": "api", "tier": "x"}), injected)];
+            let found = bypassing(&services, &pods, &port, Interception::NamedPort);
+            assert_eq!(
+                names(&found),
+                ["headless", "implicit", "numeric"],
+                "injected: {injected}"
+            );
+            assert!(
+                bypassing(&services, &pods, &port, Interception::Redirect).is_empty(),
+                "redirect mode takes every connection"
+            );
+        }
+    }
+
+    #[test]
+    fn services_that_select_no_matched_pod_are_not_reported() {
+        let services = [service(
+            "numeric",
+            json!({"selector": {"app": "api", "track": "canary"},
+                   "ports": [{"port": 80, "targetPort": 50051}]}),
+        )];
+        let pods = [pod(json!({"app": "api"}), true)];
+        let port = IntOrString::Int(50051);
+        assert!(bypassing(&services, &pods, &port, Interception::NamedPort).is_empty());
+        let message = message(
+            &[Bypass {
+                service: "numeric".into(),
+                how: "targetPort 50051 is the app port's number".into(),
+            }],
+            Interception::NamedPort,
+        );
+        assert!(message.contains("numeric (targetPort 50051"), "{message}");
+        assert!(message.contains("redirect"), "{message}");
+    }
+}
