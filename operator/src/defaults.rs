@@ -51,6 +51,9 @@ const FIELDS: [Field; 3] = [
 pub struct PolicyDefaults {
     drain: DrainPolicy,
     interception: Interception,
+    /// False where redirect interception cannot be used (a namespace whose
+    /// Pod Security level refuses its NET_ADMIN init container).
+    redirect_refused: bool,
 }
 
 impl PolicyDefaults {
@@ -69,6 +72,7 @@ impl PolicyDefaults {
             Ok(_) => Ok(PolicyDefaults {
                 drain,
                 interception: Interception::default(),
+                redirect_refused: false,
             }),
             Err(e) => Err(e
                 .fields()
@@ -99,6 +103,25 @@ impl PolicyDefaults {
     /// The interception mode of policies that do not choose one.
     pub fn interception(&self) -> Interception {
         self.interception
+    }
+
+    /// These defaults for a namespace that refuses redirect interception:
+    /// policies that ask for it get namedPort there.
+    pub fn refusing_redirect(mut self) -> Self {
+        self.redirect_refused = true;
+        self
+    }
+
+    /// The mode `policy` asks for, and the one it gets here (namedPort
+    /// instead of a refused redirect).
+    pub fn interception_of(&self, policy: &crate::KeepalivePolicy) -> (Interception, Interception) {
+        let wanted = policy.interception(self.interception);
+        let got = if self.redirect_refused {
+            Interception::NamedPort
+        } else {
+            wanted
+        };
+        (wanted, got)
     }
 
     /// True when no default is set: policies are used as written.

@@ -83,6 +83,14 @@ pub const RBAC: &[Rule] = &[
     },
     Rule {
         api_group: "",
+        resource: "namespaces",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        needed: Needed::Always,
+        why: "webhook reads namespaces' Pod Security level (metadata) before redirect interception",
+    },
+    Rule {
+        api_group: "",
         resource: "services",
         verbs: &["list", "watch"],
         scope: Scope::Cluster,

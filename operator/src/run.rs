@@ -1,6 +1,7 @@
 //! `goaway-operator run`: wires the parts together.
 //!
-//! Every replica: a reflector keeps the policies for the webhook, the
+//! Every replica: reflectors keep the policies and the namespaces' labels
+//! for the webhook, the
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics.
 //! The leader (or the only replica without leader election) runs the
@@ -10,6 +11,8 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -47,10 +50,26 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
     let reflect = reflector(writer, watcher(policies_api, watcher::Config::default()))
         .default_backoff()
         .for_each(|_| async {});
+    // The namespaces' labels (metadata only), for their Pod Security
+    // level: the watched one, or all.
+    let namespaces_config = match &args.watch_namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let (namespaces, ns_writer) = reflector::store();
+    let reflect_namespaces = reflector(
+        ns_writer,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            namespaces_config,
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
     let mut reflector_stop = shutdown.clone();
     let reflector_task = tokio::spawn(async move {
         tokio::select! {
-            () = reflect => {}
+            _ = futures_util::future::join(reflect, reflect_namespaces) => {}
             () = reflector_stop.signalled() => {}
         }
     });
@@ -79,6 +98,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
     };
     let webhook = Arc::new(
         Webhook::new(policies, agent, metrics.clone())
+            .with_namespaces(namespaces)
             .with_policy_defaults(defaults.clone())
             .with_recorder(Recorder::new(client.clone(), reporter)),
     );

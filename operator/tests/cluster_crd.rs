@@ -315,8 +315,12 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
         &PatchParams::default(),
         &Patch::Merge(json!({"status": {
             "observedGeneration": 1, "selector": "app=api", "matchedPods": 3, "injectedPods": 2,
+            "interception": "namedPort", "bypassingServices": ["api-headless"],
             "conditions": [{"type": "Ready", "status": "True", "reason": "PolicyRendered",
                             "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                            "observedGeneration": 1},
+                           {"type": "Bypassed", "status": "True", "reason": "ServicesBypassAgent",
+                            "message": "api-headless", "lastTransitionTime": "2026-01-01T00:00:00Z",
                             "observedGeneration": 1}],
         }})),
     )
@@ -332,7 +336,17 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
     assert_eq!(
         header,
         [
-            "NAME", "SELECTOR", "PORT", "MAX", "AGE", "MATCHED", "INJECTED", "READY", "AGE"
+            "NAME",
+            "SELECTOR",
+            "PORT",
+            "INTERCEPTION",
+            "MAX",
+            "AGE",
+            "MATCHED",
+            "INJECTED",
+            "READY",
+            "BYPASSED",
+            "AGE"
         ],
         "{table}"
     );
@@ -343,8 +357,18 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
         .split_whitespace()
         .collect();
     assert_eq!(
-        &row[..7],
-        ["api", "app=api", "grpc", "30m", "3", "2", "True"],
+        &row[..9],
+        [
+            "api",
+            "app=api",
+            "grpc",
+            "namedPort",
+            "30m",
+            "3",
+            "2",
+            "True",
+            "True"
+        ],
         "{table}"
     );
 

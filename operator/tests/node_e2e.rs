@@ -15,7 +15,14 @@
 //!   pods, with zero failed calls;
 //! - `kubectl delete pod` with the default grace period: zero failed calls;
 //! - the app container crashing: the pod leaves the endpoints (the agent's
-//!   readiness checks the app) and comes back after the restart.
+//!   readiness checks the app) and comes back after the restart;
+//! - a headless Service and a round_robin client dialling the pod IPs:
+//!   in namedPort interception the policy reports the Service as a bypass
+//!   and the client reaches no agent; after switching the policy to
+//!   redirect interception and a rollout (pods get the `goaway-intercept`
+//!   init container), the client is connected through every agent, and
+//!   deleting a pod fails none of its calls and sends it a GOAWAY;
+//! - `helm upgrade`, `helm uninstall` and taking the agent out.
 //!
 //! The figures go to stderr and to `node_e2e_report.md` in the test's
 //! target tmpdir (`.ci/run` prints it).
@@ -764,7 +771,229 @@ fn scenario(env: &mut Env, values: &str) {
         back.as_secs_f64()
     ));
 
+    interception(env);
     upgrade_then_uninstall(env, values, &fullname);
+}
+
+const DIRECT_CLIENT: &str = "client-pod-ips";
+
+/// (Re)starts the client that dials the app's current pod IPs.
+fn start_direct_client(env: &Env) -> String {
+    let _ = kubectl(&[
+        "-n",
+        &env.ns,
+        "delete",
+        "pod",
+        DIRECT_CLIENT,
+        "--ignore-not-found",
+        "--grace-period",
+        "1",
+    ]);
+    let targets: Vec<String> = env
+        .app_pods()
+        .keys()
+        .map(|p| format!("{}:50051", pod_ip(env, p)))
+        .collect();
+    let yaml = fixture("headless.yaml", "").replace("TARGETS", &targets.join(","));
+    env.apply(&yaml);
+    wait(
+        "the pod-IP client calling",
+        Duration::from_secs(120),
+        || {
+            let line = kubectl(&["-n", &env.ns, "logs", DIRECT_CLIENT, "--tail", "1"]).stdout;
+            let v: Value = serde_json::from_slice(&line).ok()?;
+            (v["ok"].as_u64()? > 0).then_some(())
+        },
+    );
+    env.pod_field(DIRECT_CLIENT, "{.status.podIP}")
+}
+
+fn direct_tally(env: &Env) -> Tally {
+    let line = env.k(&["logs", DIRECT_CLIENT, "--tail", "1"]);
+    Tally::from(&serde_json::from_str::<Value>(line.trim()).unwrap_or(Value::Null))
+}
+
+/// Which app pods' agents hold a connection from `ip`.
+fn agents_with_peer(env: &Env, ip: &str) -> BTreeSet<String> {
+    env.app_pods()
+        .into_keys()
+        .filter(|pod| {
+            let conns: Value = agent_get(&pod_ip(env, pod), "/connections")
+                .and_then(|b| serde_json::from_str(&b).ok())
+                .unwrap_or(Value::Null);
+            conns.as_array().into_iter().flatten().any(|c| {
+                c["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&format!("{ip}:")))
+            })
+        })
+        .collect()
+}
+
+/// Clients that dial pod IPs, as a headless Service's do: around the
+/// agent in namedPort interception (the policy's status names the
+/// Service), through it in redirect interception, where deleting a pod
+/// fails none of their calls and their connection gets the drain's GOAWAY.
+fn interception(env: &mut Env) {
+    env.apply(
+        fixture("headless.yaml", "")
+            .split("\n---\n")
+            .next()
+            .unwrap(),
+    );
+    let kap = wait(
+        "the policy to report the headless Service",
+        Duration::from_secs(90),
+        || {
+            let v = env.json(&["get", "kap", "echo"]);
+            (v["status"]["bypassingServices"] == serde_json::json!(["echo-headless"])).then_some(v)
+        },
+    );
+    let bypassed = kap["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Bypassed")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(bypassed["status"], "True", "{kap}");
+    env.note(format!(
+        "namedPort interception, headless Service added: Bypassed {} ({})",
+        bypassed["status"], bypassed["message"]
+    ));
+    env.note(
+        String::from_utf8_lossy(&kubectl(&["-n", &env.ns, "get", "kap"]).stdout)
+            .trim_end()
+            .to_string(),
+    );
+    let client_ip = start_direct_client(env);
+    thread::sleep(Duration::from_secs(3));
+    let through = agents_with_peer(env, &client_ip);
+    env.note(format!(
+        "namedPort: the pod-IP client ({client_ip}) is connected through {} of 3 agents",
+        through.len()
+    ));
+    assert!(
+        through.is_empty(),
+        "in namedPort mode the pod-IP client reached agents {through:?}"
+    );
+
+    // Redirect interception: the same clients go through the agents.
+    ok(
+        "patch the policy to redirect interception",
+        kubectl(&[
+            "-n",
+            &env.ns,
+            "patch",
+            "keepalivepolicy",
+            "echo",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"interception":"redirect"}}"#,
+        ]),
+    );
+    // The running pods keep their namedPort injection: still reported.
+    wait(
+        "the policy to report redirect",
+        Duration::from_secs(90),
+        || {
+            let v = env.json(&["get", "kap", "echo"]);
+            (v["status"]["interception"] == "redirect").then_some(())
+        },
+    );
+    // The pod-IP client still dials the old pods' apps directly: it shows
+    // what goaway cannot help without interception (reported only).
+    let direct_before = direct_tally(env);
+    let (_, failed, _) = rollout(env, "rollout into redirect interception", true);
+    let direct_after = direct_tally(env);
+    env.note(format!(
+        "  the pod-IP client, around the agents meanwhile: {} calls, {} failed",
+        (direct_after.ok + direct_after.failed) - (direct_before.ok + direct_before.failed),
+        direct_after.failed - direct_before.failed
+    ));
+    assert_eq!(
+        failed, 0,
+        "calls failed during the rollout into redirect mode"
+    );
+    wait(
+        "the policy to report no bypass once every pod redirects",
+        Duration::from_secs(90),
+        || {
+            let v = env.json(&["get", "kap", "echo"]);
+            v["status"]["bypassingServices"].is_null().then_some(())
+        },
+    );
+    env.note(
+        String::from_utf8_lossy(&kubectl(&["-n", &env.ns, "get", "kap"]).stdout)
+            .trim_end()
+            .to_string(),
+    );
+    for pod in env.app_pods().keys() {
+        let init = env.pod_field(pod, "{.spec.initContainers[*].name}");
+        assert!(
+            init.contains("goaway-intercept goaway-agent"),
+            "{pod} has no intercept init container before the agent: {init}"
+        );
+        let log = env.k(&["logs", pod, "-c", "goaway-intercept"]);
+        assert!(log.contains("now goes to port 15051"), "{pod}: {log}");
+    }
+    let client_ip = start_direct_client(env);
+    let through = wait(
+        "the pod-IP client connected through every agent",
+        Duration::from_secs(60),
+        || {
+            let through = agents_with_peer(env, &client_ip);
+            (through.len() == 3).then_some(through)
+        },
+    );
+    env.note(format!(
+        "redirect: the pod-IP client ({client_ip}) is connected through {} of 3 agents",
+        through.len()
+    ));
+
+    // Delete a pod: the pod-IP client gets its GOAWAY and fails nothing.
+    env.settle();
+    let victim = env.app_pods().into_keys().next().expect("a pod");
+    let (agent, app) = (
+        env.follow(&victim, "goaway-agent"),
+        env.follow(&victim, "app"),
+    );
+    let (before, direct_before) = (env.tallies(), direct_tally(env));
+    env.k(&["delete", "pod", &victim]);
+    env.wait_replaced(&BTreeSet::from([victim.clone()]));
+    thread::sleep(Duration::from_secs(3));
+    let (after, direct_after) = (env.tallies(), direct_tally(env));
+    let (made, failed, details) = delta(&before, &after);
+    let direct_made =
+        (direct_after.ok + direct_after.failed) - (direct_before.ok + direct_before.failed);
+    let direct_failed = direct_after.failed - direct_before.failed;
+    let d = check_pod_drain(&victim, &agent.lines(), &app.lines());
+    env.note(format!(
+        "redirect, kubectl delete pod: pod-IP client {direct_made} calls, {direct_failed} failed; Service clients {made} calls, {failed} failed; drain {:.2}s, GOAWAY to {} connections",
+        d.drain_seconds, d.goaways
+    ));
+    assert_eq!(
+        direct_failed, 0,
+        "the pod-IP client's calls failed: {:?}",
+        direct_after.details
+    );
+    assert!(direct_made > 0, "the pod-IP client made no calls");
+    assert_eq!(failed, 0, "Service clients' calls failed: {details:?}");
+    assert!(
+        d.goaways >= 1,
+        "the drain sent no GOAWAY, though the pod-IP client was connected through it"
+    );
+    let _ = kubectl(&[
+        "-n",
+        &env.ns,
+        "delete",
+        "pod",
+        DIRECT_CLIENT,
+        "--grace-period",
+        "1",
+        "--wait=false",
+    ]);
 }
 
 /// The README's upgrade and uninstall paths, with the clients calling:

@@ -15,6 +15,8 @@ use goaway_operator::webhook::Webhook;
 use goaway_operator::{KeepalivePolicy, PolicyDefaults};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -187,6 +189,59 @@ async fn redirect_interception_keeps_the_port_and_adds_the_intercept_init_contai
         pod["metadata"]["annotations"]["goaway.dev/injected"],
         "redirected"
     );
+}
+
+#[tokio::test]
+async fn redirect_falls_back_to_named_port_where_pod_security_refuses_net_admin() {
+    let inits_of = |pod: &Value| -> Vec<String> {
+        pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (level, redirected) in [
+        (Some("baseline"), false),
+        (Some("restricted"), false),
+        (Some("privileged"), true),
+        (None, true),
+    ] {
+        let (namespaces, mut writer) = reflector::store();
+        let mut labels = json!({"kubernetes.io/metadata.name": "shop"});
+        if let Some(level) = level {
+            labels["pod-security.kubernetes.io/enforce"] = json!(level);
+        }
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "shop", "labels": labels}
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(ns));
+        let (store, mut policy_writer) = reflector::store();
+        for p in policies() {
+            policy_writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
+        }
+        let webhook = Arc::new(
+            Webhook::new(store, AgentConfig::default(), Arc::new(Metrics::default()))
+                .with_namespaces(namespaces)
+                .with_token_source(|| "fixture-token".into()),
+        );
+        let (allowed, _, patched) = review(&webhook, &load("redirect")).await;
+        assert!(allowed);
+        let pod = patched.expect("injected either way");
+        let inits = inits_of(&pod);
+        assert_eq!(
+            inits.iter().any(|n| n == "goaway-intercept"),
+            redirected,
+            "{level:?}: {inits:?}"
+        );
+        // Without redirect the agent takes over the port's name, so named
+        // targetPorts still reach it.
+        let agent = container(&pod, "initContainers", "goaway-agent");
+        let expected_name = if redirected { "goaway-proxy" } else { "grpc" };
+        assert_eq!(agent["ports"][0]["name"], expected_name, "{level:?}");
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,11 @@
 //! for the app port to the agent, whatever the client dialled: no Service
 //! bypasses it.
 //!
+//! Each pod is judged in the mode it runs in: a pod with the
+//! `goaway-intercept` init container is in redirect mode, a pod with only
+//! the agent in namedPort mode, whatever the policy says now (it changes
+//! only for new pods); a pod not injected yet in the policy's mode.
+//!
 //! [`bypassing`] is pure: the reconciler lists the namespace's Services
 //! and the policy's matched pods and reports what it returns.
 
@@ -23,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::crd::Interception;
-use crate::inject::CONTAINER_NAME;
+use crate::inject::{CONTAINER_NAME, INTERCEPT_CONTAINER_NAME};
 
 /// One Service that bypasses the agent, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,17 +40,18 @@ pub struct Bypass {
 }
 
 /// The Services (sorted by name) whose traffic for the app port of pods
-/// in `pods` (the policy's matched pods) does not go through the agent in
-/// `mode`.
+/// in `pods` (the policy's matched pods) does not go through the agent;
+/// `mode` is the policy's, for pods not injected yet.
 pub fn bypassing(
     services: &[Service],
     pods: &[Pod],
     port: &IntOrString,
     mode: Interception,
 ) -> Vec<Bypass> {
-    if mode == Interception::Redirect {
-        return Vec::new();
-    }
+    let pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| mode_of(p).unwrap_or(mode) == Interception::NamedPort)
+        .collect();
     let mut found = BTreeMap::new();
     for service in services {
         let Some(spec) = &service.spec else { continue };
@@ -55,7 +61,7 @@ pub fn bypassing(
             continue;
         };
         let headless = spec.cluster_ip.as_deref() == Some("None");
-        for pod in pods {
+        for pod in &pods {
             let labels = pod.labels();
             if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                 continue;
@@ -91,6 +97,18 @@ pub fn bypassing(
         .collect()
 }
 
+/// The mode `pod` was injected in; `None` when it has no agent.
+fn mode_of(pod: &Pod) -> Option<Interception> {
+    let inits = pod.spec.as_ref()?.init_containers.as_deref()?;
+    if inits.iter().any(|c| c.name == INTERCEPT_CONTAINER_NAME) {
+        Some(Interception::Redirect)
+    } else if inits.iter().any(|c| c.name == CONTAINER_NAME) {
+        Some(Interception::NamedPort)
+    } else {
+        None
+    }
+}
+
 /// The app port number in `pod`: what its agent forwards to (`--upstream
 /// 127.0.0.1:P`) if injected, else the policy's port resolved among the
 /// app containers.
@@ -121,16 +139,16 @@ fn app_port_of(pod: &Pod, port: &IntOrString) -> Option<i32> {
 }
 
 /// The condition message for `found`.
-pub fn message(found: &[Bypass], mode: Interception) -> String {
+pub fn message(found: &[Bypass]) -> String {
     let list: Vec<String> = found
         .iter()
         .map(|b| format!("{} ({})", b.service, b.how))
         .collect();
     format!(
-        "in {} interception, Services reach the app port of matched pods around the agent: {}; \
-         their clients get no GOAWAY on drain, no keepalive, no age limit. Give the Service the \
-         policy's port name as targetPort (not headless), or set spec.interception: redirect",
-        mode.as_str(),
+        "Services reach the app port of matched pods in namedPort interception around the agent: \
+         {}; their clients get no GOAWAY on drain, no keepalive, no age limit. Give the Service \
+         the policy's port name as targetPort (not headless), or set spec.interception: redirect \
+         (new pods)",
         list.join("; ")
     )
 }
@@ -205,10 +223,23 @@ mod tests {
                 ["headless", "implicit", "numeric"],
                 "injected: {injected}"
             );
-            assert!(
-                bypassing(&services, &pods, &port, Interception::Redirect).is_empty(),
-                "redirect mode takes every connection"
+            // A policy now in redirect mode: pods injected earlier in
+            // namedPort mode still bypass; pods not injected yet will not.
+            assert_eq!(
+                names(&bypassing(&services, &pods, &port, Interception::Redirect)).len(),
+                if injected { 3 } else { 0 },
+                "injected: {injected}"
             );
+        }
+        // A pod injected in redirect mode takes every connection.
+        let mut redirected = pod(json!({"app": "api"}), true);
+        let spec = redirected.spec.as_mut().unwrap();
+        spec.init_containers.as_mut().unwrap().insert(
+            0,
+            serde_json::from_value(json!({"name": "goaway-intercept"})).unwrap(),
+        );
+        for mode in [Interception::NamedPort, Interception::Redirect] {
+            assert!(bypassing(&services, &[redirected.clone()], &port, mode).is_empty());
         }
     }
 
@@ -222,13 +253,10 @@ mod tests {
         let pods = [pod(json!({"app": "api"}), true)];
         let port = IntOrString::Int(50051);
         assert!(bypassing(&services, &pods, &port, Interception::NamedPort).is_empty());
-        let message = message(
-            &[Bypass {
-                service: "numeric".into(),
-                how: "targetPort 50051 is the app port's number".into(),
-            }],
-            Interception::NamedPort,
-        );
+        let message = message(&[Bypass {
+            service: "numeric".into(),
+            how: "targetPort 50051 is the app port's number".into(),
+        }]);
         assert!(message.contains("numeric (targetPort 50051"), "{message}");
         assert!(message.contains("redirect"), "{message}");
     }

@@ -129,7 +129,7 @@ impl<'a> Reconciler<'a> {
 
         let mode = self.policy.interception(self.ctx.defaults.interception());
         let bypasses = self.bypassing(&counts.pods, mode).await?;
-        let bypass_message = (!bypasses.is_empty()).then(|| bypass::message(&bypasses, mode));
+        let bypass_message = (!bypasses.is_empty()).then(|| bypass::message(&bypasses));
         let bypassed = match &bypass_message {
             Some(m) => Cond {
                 type_: CONDITION_BYPASSED,
@@ -234,7 +234,7 @@ impl<'a> Reconciler<'a> {
 
     /// The namespace's Services that reach `pods` around the agent.
     async fn bypassing(&self, pods: &[Pod], mode: crate::Interception) -> Result<Vec<Bypass>> {
-        if pods.is_empty() || mode == crate::Interception::Redirect {
+        if pods.is_empty() {
             return Ok(Vec::new());
         }
         let services = Api::<Service>::namespaced(self.ctx.client.clone(), &self.namespace)

@@ -436,7 +436,7 @@ async fn services_that_bypass_the_agent_are_named_on_the_status_with_an_event() 
 }
 
 #[tokio::test]
-async fn redirect_interception_has_no_bypass_and_reads_no_services() {
+async fn redirect_interception_has_no_bypass() {
     let p = policy("grpc", "2024-01-01T00:00:00Z", "  interception: redirect\n");
     let (ctx, mut api) = context(&[&p]);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
@@ -448,9 +448,22 @@ async fn redirect_interception_has_no_bypass_and_reads_no_services() {
         pods(json!([pod_with_port("a")])),
     )
     .await;
-    // Straight to the status: no Service list.
+    // A numeric targetPort, which would bypass a namedPort pod.
+    expect(
+        &mut api,
+        Method::GET,
+        SERVICES_PATH,
+        services(json!([{"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "api-numeric", "namespace": "ns"},
+            "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 50051}]}}])),
+    )
+    .await;
     let (_, status) = expect_status_apply(&mut api, &p).await;
     assert_eq!(status["status"]["interception"], "redirect");
+    assert!(
+        status["status"].get("bypassingServices").is_none(),
+        "{status}"
+    );
     assert_eq!(condition(&status, "Bypassed")["status"], "False");
     expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
     run.await.unwrap().unwrap();
@@ -471,6 +484,7 @@ async fn the_operator_default_interception_applies_to_policies_without_one() {
         pods(json!([pod_with_port("a")])),
     )
     .await;
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
     let (_, status) = expect_status_apply(&mut api, &p).await;
     assert_eq!(status["status"]["interception"], "redirect");
     expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;

@@ -152,6 +152,9 @@ pub struct Injection {
     pub port_name: Option<String>,
     /// How clients reach the agent in this pod.
     pub interception: Interception,
+    /// The policy asked for redirect interception, which the pod's
+    /// namespace refuses; it got namedPort.
+    pub redirect_refused: bool,
 }
 
 /// What [`mutate`] decided.
@@ -412,7 +415,7 @@ fn apply(
         ..Default::default()
     });
 
-    let interception = policy.interception(defaults.interception());
+    let (wanted, interception) = defaults.interception_of(policy);
     let port_name = match interception {
         Interception::NamedPort => ports::take_over(spec, &app),
         // The app port keeps its name and number; the kernel sends its
@@ -478,6 +481,7 @@ fn apply(
         app_port: app.number,
         port_name,
         interception,
+        redirect_refused: wanted != interception,
     })
 }
 

@@ -20,6 +20,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use tracing::warn;
@@ -36,6 +38,7 @@ pub const MUTATE_PATH: &str = "/mutate";
 /// where to report.
 pub struct Webhook {
     policies: Store<KeepalivePolicy>,
+    namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
     defaults: PolicyDefaults,
     agent: AgentConfig,
     metrics: Arc<Metrics>,
@@ -53,6 +56,7 @@ impl Webhook {
     ) -> Self {
         Webhook {
             policies,
+            namespaces: None,
             defaults: PolicyDefaults::default(),
             agent,
             metrics,
@@ -65,6 +69,15 @@ impl Webhook {
     /// which policies are valid), as the controller does for the file.
     pub fn with_policy_defaults(mut self, defaults: PolicyDefaults) -> Self {
         self.defaults = defaults;
+        self
+    }
+
+    /// Reads the namespaces' labels from `namespaces` (a metadata
+    /// reflector): in a namespace whose Pod Security level refuses
+    /// redirect interception's NET_ADMIN init container, policies asking
+    /// for it get namedPort instead of a pod the API server rejects.
+    pub fn with_namespaces(mut self, namespaces: Store<PartialObjectMeta<Namespace>>) -> Self {
+        self.namespaces = Some(namespaces);
         self
     }
 

@@ -4,12 +4,19 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::ResourceExt;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, error, info, warn};
 
 use super::Webhook;
 use crate::inject::{self, Mutation, Outcome};
+
+/// The namespace label Pod Security admission enforces.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+/// Pod Security levels that refuse a container adding NET_ADMIN.
+pub const LEVELS_REFUSING_NET_ADMIN: [&str; 2] = ["baseline", "restricted"];
 
 /// Why a request body could not be answered at all.
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +81,20 @@ impl Webhook {
         let policies = self.policies.state();
         let token = (self.token)();
         let spec = pod.spec.clone().unwrap_or_default();
+        let level = self.pod_security_level(&namespace);
+        let defaults = match &level {
+            Some(l) if LEVELS_REFUSING_NET_ADMIN.contains(&l.as_str()) => {
+                self.defaults.clone().refusing_redirect()
+            }
+            _ => self.defaults.clone(),
+        };
         let result = catch_unwind(AssertUnwindSafe(|| {
             inject::mutate(
                 &pod.metadata,
                 &spec,
                 &namespace,
                 &policies,
-                &self.defaults,
+                &defaults,
                 &self.agent,
                 &token,
             )
@@ -114,6 +128,15 @@ impl Webhook {
                         );
                         self.report(pod, &namespace, &name, "PreStopKept", note);
                     }
+                    if !request.dry_run && injection.redirect_refused {
+                        let note = format!(
+                            "pod {name}: policy {} asks for redirect interception, but namespace {namespace} enforces Pod Security level {:?}, which refuses its NET_ADMIN init container; injected with namedPort interception instead (clients that dial pod IPs bypass the agent)",
+                            injection.policy,
+                            level.as_deref().unwrap_or_default()
+                        );
+                        warn!(%namespace, pod = %name, "{note}");
+                        self.report(pod, &namespace, &name, "RedirectRefusedByPodSecurity", note);
+                    }
                     patched
                 }
                 Err(e) => {
@@ -145,6 +168,13 @@ impl Webhook {
                 response
             }
         }
+    }
+
+    /// The namespace's enforced Pod Security level, if the namespace
+    /// cache knows it.
+    fn pod_security_level(&self, namespace: &str) -> Option<String> {
+        let ns = self.namespaces.as_ref()?.get(&ObjectRef::new(namespace))?;
+        ns.labels().get(POD_SECURITY_ENFORCE).cloned()
     }
 
     /// Publishes a Warning about the pod on its controller (the pod has no

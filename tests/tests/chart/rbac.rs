@@ -29,7 +29,7 @@ struct Grant {
 /// Kubernetes' own scoping of the resources the operator touches.
 fn cluster_scoped(resource: &str) -> bool {
     match resource.split('/').next().unwrap_or_default() {
-        "mutatingwebhookconfigurations" => true,
+        "mutatingwebhookconfigurations" | "namespaces" => true,
         "keepalivepolicies" | "configmaps" | "pods" | "services" | "events" | "leases"
         | "secrets" => false,
         other => panic!("rbac::RBAC names {other}: say here whether it is cluster-scoped"),
@@ -290,13 +290,22 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
         assert_rbac_is_exactly_what_the_operator_uses(r, case);
     }
     // Spot checks of the scoping the cross-check derives.
+    // One namespace and no caBundle to write: the ClusterRole only reads
+    // namespaces' metadata (their Pod Security level).
     let r = render("watchNamespace: shop\nwebhook: {tls: {mode: certManager}}");
-    assert!(
-        r.cluster_roles
-            .iter()
-            .all(|c| c.metadata.name.as_deref() != Some("goaway-operator"))
-    );
-    assert!(r.cluster_role_bindings.is_empty());
+    let cluster = r
+        .cluster_roles
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("goaway-operator"))
+        .expect("the operator's ClusterRole");
+    let resources: Vec<&str> = cluster
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.resources.iter().flatten().map(String::as_str))
+        .collect();
+    assert_eq!(resources, ["namespaces"]);
+    assert_eq!(r.cluster_role_bindings.len(), 1);
     assert!(
         r.roles
             .iter()
