@@ -121,6 +121,30 @@ impl Env {
         );
     }
 
+    /// Merge-patches the KeepalivePolicy `echo`.
+    fn patch_policy(&self, patch: &str) {
+        ok(
+            &format!("patch the policy with {patch}"),
+            kubectl(&[
+                "-n",
+                &self.ns,
+                "patch",
+                "keepalivepolicy",
+                "echo",
+                "--type",
+                "merge",
+                "-p",
+                patch,
+            ]),
+        );
+    }
+
+    /// Reports `kubectl get kap`.
+    fn note_kap(&mut self) {
+        let table = kubectl(&["-n", &self.ns, "get", "kap"]).stdout;
+        self.note(String::from_utf8_lossy(&table).trim_end().to_string());
+    }
+
     fn note(&mut self, line: String) {
         eprintln!("{line}");
         self.report.push(line);
@@ -637,11 +661,7 @@ fn scenario(env: &mut Env, values: &str) {
         "kubectl get kap echo: matched {}, injected {}",
         kap["status"]["matchedPods"], kap["status"]["injectedPods"]
     ));
-    env.note(
-        String::from_utf8_lossy(&kubectl(&["-n", &env.ns, "get", "kap"]).stdout)
-            .trim_end()
-            .to_string(),
-    );
+    env.note_kap();
 
     // With goaway: several rollouts, not one call may fail.
     let mut goaways = 0;
@@ -662,19 +682,8 @@ fn scenario(env: &mut Env, values: &str) {
     env.settle();
     let pods: Vec<String> = env.app_pods().into_keys().collect();
     let start = Instant::now();
-    ok(
-        "patch the policy",
-        kubectl(&[
-            "-n",
-            &env.ns,
-            "patch",
-            "keepalivepolicy",
-            "echo",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"server":{"maxConnectionAge":"3s","maxConnectionAgeGrace":"5s"}}}"#,
-        ]),
+    env.patch_policy(
+        r#"{"spec":{"server":{"maxConnectionAge":"3s","maxConnectionAgeGrace":"5s"}}}"#,
     );
     for pod in &pods {
         let ip = pod_ip(env, pod);
@@ -861,11 +870,7 @@ fn interception(env: &mut Env) {
         "namedPort interception, headless Service added: Bypassed {} ({})",
         bypassed["status"], bypassed["message"]
     ));
-    env.note(
-        String::from_utf8_lossy(&kubectl(&["-n", &env.ns, "get", "kap"]).stdout)
-            .trim_end()
-            .to_string(),
-    );
+    env.note_kap();
     let client_ip = start_direct_client(env);
     thread::sleep(Duration::from_secs(3));
     let through = agents_with_peer(env, &client_ip);
@@ -879,20 +884,7 @@ fn interception(env: &mut Env) {
     );
 
     // Redirect interception: the same clients go through the agents.
-    ok(
-        "patch the policy to redirect interception",
-        kubectl(&[
-            "-n",
-            &env.ns,
-            "patch",
-            "keepalivepolicy",
-            "echo",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"interception":"redirect"}}"#,
-        ]),
-    );
+    env.patch_policy(r#"{"spec":{"interception":"redirect"}}"#);
     // The running pods keep their namedPort injection: still reported.
     wait(
         "the policy to report redirect",
@@ -924,11 +916,7 @@ fn interception(env: &mut Env) {
             v["status"]["bypassingServices"].is_null().then_some(())
         },
     );
-    env.note(
-        String::from_utf8_lossy(&kubectl(&["-n", &env.ns, "get", "kap"]).stdout)
-            .trim_end()
-            .to_string(),
-    );
+    env.note_kap();
     for pod in env.app_pods().keys() {
         let init = env.pod_field(pod, "{.spec.initContainers[*].name}");
         assert!(

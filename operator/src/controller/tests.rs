@@ -367,39 +367,39 @@ fn pod_with_port(name: &str) -> Value {
                     "ports": [{"name": "grpc", "containerPort": 50051}]}]}})
 }
 
+/// The ConfigMap apply, then the pod list answered with `items`.
+async fn expect_config_map_and_pods(api: &mut ApiHandle, items: Value) {
+    expect(api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(api, Method::GET, PODS_PATH, pods(items)).await;
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+}
+
 #[tokio::test]
 async fn services_that_bypass_the_agent_are_named_on_the_status_with_an_event() {
     let p = policy("grpc", "2024-01-01T00:00:00Z", "");
     let (ctx, mut api) = context(&[&p]);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
-    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
-    expect(
-        &mut api,
-        Method::GET,
-        PODS_PATH,
-        pods(json!([pod_with_port("a")])),
-    )
-    .await;
-    let svc = |name: &str, spec: Value| {
-        json!({"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
-    };
+    expect_config_map_and_pods(&mut api, json!([pod_with_port("a")])).await;
     expect(
         &mut api,
         Method::GET,
         SERVICES_PATH,
         services(json!([
-            svc(
+            service(
                 "api",
                 json!({"selector": {"app": "api"},
                                "ports": [{"port": 80, "targetPort": "grpc"}]})
             ),
-            svc(
+            service(
                 "api-headless",
                 json!({"selector": {"app": "api"}, "clusterIP": "None",
                                         "ports": [{"port": 50051}]})
             ),
-            svc(
+            service(
                 "api-numeric",
                 json!({"selector": {"app": "api"},
                                        "ports": [{"port": 80, "targetPort": 50051}]})
@@ -440,22 +440,16 @@ async fn redirect_interception_has_no_bypass() {
     let p = policy("grpc", "2024-01-01T00:00:00Z", "  interception: redirect\n");
     let (ctx, mut api) = context(&[&p]);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
-    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
-    expect(
-        &mut api,
-        Method::GET,
-        PODS_PATH,
-        pods(json!([pod_with_port("a")])),
-    )
-    .await;
+    expect_config_map_and_pods(&mut api, json!([pod_with_port("a")])).await;
     // A numeric targetPort, which would bypass a namedPort pod.
     expect(
         &mut api,
         Method::GET,
         SERVICES_PATH,
-        services(json!([{"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "api-numeric", "namespace": "ns"},
-            "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 50051}]}}])),
+        services(json!([service(
+            "api-numeric",
+            json!({"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 50051}]})
+        )])),
     )
     .await;
     let (_, status) = expect_status_apply(&mut api, &p).await;
@@ -476,14 +470,7 @@ async fn the_operator_default_interception_applies_to_policies_without_one() {
     let defaults = PolicyDefaults::default().with_interception(crate::Interception::Redirect);
     let (ctx, mut api) = context_with(&[&p], defaults);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
-    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
-    expect(
-        &mut api,
-        Method::GET,
-        PODS_PATH,
-        pods(json!([pod_with_port("a")])),
-    )
-    .await;
+    expect_config_map_and_pods(&mut api, json!([pod_with_port("a")])).await;
     expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
     let (_, status) = expect_status_apply(&mut api, &p).await;
     assert_eq!(status["status"]["interception"], "redirect");
