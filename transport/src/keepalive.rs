@@ -12,6 +12,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The instant a connection driver's single timer is set to when nothing
+/// is due: a year from now, which no connection outlives. tokio's `Sleep`
+/// always needs a deadline; the server and client drivers share this one.
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 86_400)
+}
+
 /// What the driver should do now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KeepaliveAction {
@@ -76,8 +83,10 @@ impl Keepalive {
     }
 
     /// Runs the loop body once the deadline has passed. `last_read` is in
-    /// nanoseconds after `base`; `may_sleep` is false when the connection
-    /// has no stream open and pings without one are not allowed (client).
+    /// nanoseconds after `base`; `may_go_dormant` is true when the
+    /// connection has no stream open and pings without one are not allowed
+    /// (client): then, instead of pinging, the loop stops until a stream
+    /// starts ([`Keepalive::wake`]).
     pub fn on_timer(
         &mut self,
         now: Instant,

@@ -28,7 +28,11 @@ use tokio::time::Instant;
 use super::grpc::{self, Code};
 use super::pump::{Pump, PumpError};
 
-/// Retries of a request the upstream refused unprocessed.
+/// Attempts of one client stream at the upstream when the app provably
+/// never processed it (GOAWAY last-stream-id, REFUSED_STREAM) and its
+/// request body is still fully held in the 64 KiB replay buffer. Smaller
+/// than the transport's own bound for whole-body requests, since each
+/// attempt here may hold a replay copy.
 const MAX_ATTEMPTS: u32 = 4;
 
 /// The application side, shared by every stream.

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::pool::Inner;
 use crate::io::shared::{Shared, event};
 use crate::io::{ConnState, FrameIo};
-use crate::keepalive::{Keepalive, KeepaliveAction};
+use crate::keepalive::{Keepalive, KeepaliveAction, far_future};
 use crate::{Counters, Error};
 
 /// A connection as the pool sees it.
@@ -147,8 +147,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut ka = keepalive.map(|(time, timeout)| Keepalive::new(time, timeout, shared.base));
-    let far = || Instant::now() + Duration::from_secs(86400 * 365);
-    let mut timer = Box::pin(tokio::time::sleep_until(far()));
+    let mut timer = Box::pin(tokio::time::sleep_until(far_future()));
     let mut armed = None;
     let mut goaway_seen = false;
     let mut ready = Some(ready);
@@ -230,7 +229,7 @@ where
             let next = ka.as_ref().and_then(Keepalive::deadline);
             if next != armed {
                 armed = next;
-                timer.as_mut().reset(next.unwrap_or_else(far));
+                timer.as_mut().reset(next.unwrap_or_else(far_future));
             }
             if timer.as_mut().poll(cx).is_ready() {
                 armed = None;

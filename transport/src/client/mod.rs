@@ -41,6 +41,16 @@ use crate::{ClientParams, Counters, Error};
 use conn::Conn;
 use pool::Inner;
 
+/// How many connections [`Client::start`] tries for one stream when the
+/// picked one refuses it locally (it died or got GOAWAY between the pick
+/// and the send, so nothing reached the wire).
+const MAX_CONNECTION_PICKS: usize = 8;
+/// How many times [`Client::send`] sends a request the peer provably never
+/// processed (beyond a GOAWAY's last stream id, or REFUSED_STREAM). The
+/// agent's proxy has its own, smaller bound for streamed bodies
+/// (`proxy::stream::MAX_ATTEMPTS`), since it must also hold a replay copy.
+const MAX_UNPROCESSED_ATTEMPTS: u32 = 5;
+
 /// gRPC connectivity states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -235,7 +245,7 @@ impl Channel {
         deadline: Instant,
     ) -> Result<ClientStream, Error> {
         let mut last = None;
-        for _ in 0..8 {
+        for _ in 0..MAX_CONNECTION_PICKS {
             let conn = self.inner.acquire(deadline).await?;
             let request = request();
             let limit = conn.shared.peer_max_header_list.load(Acquire);
@@ -290,7 +300,10 @@ impl Channel {
             let id = stream.response.stream_id();
             match stream.response.await {
                 Ok(resp) => return Ok(resp),
-                Err(e) if attempt < 5 && stream.guard.is_unprocessed(&e, id) => {
+                Err(e)
+                    if attempt < MAX_UNPROCESSED_ATTEMPTS
+                        && stream.guard.is_unprocessed(&e, id) =>
+                {
                     Counters::inc(&self.inner.config.counters.upstream_retries);
                     tracing::debug!(error = %e, "stream was not processed; retrying");
                 }

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::Connection;
@@ -16,7 +15,7 @@ use super::handle::{ConnectionHandle, Incoming, StreamGuard};
 use super::{CloseReason, ServerConfig, age_jitter};
 use crate::io::shared::{Role, Shared, event};
 use crate::io::{ConnState, FrameIo};
-use crate::keepalive::{Keepalive, KeepaliveAction};
+use crate::keepalive::{Keepalive, KeepaliveAction, far_future};
 use crate::{Counters, Error, GoAwayReason, ServerParams};
 
 /// One accepted HTTP/2 connection under SPEC §2 management.
@@ -97,7 +96,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         let counters = &config.counters;
         Counters::inc(&counters.connections_total);
         counters.connections_open.fetch_add(1, Relaxed);
-        let now = Instant::now();
         Ok(ServerConnection {
             h2: Some(h2),
             // Taken when the first keepalive ping is due (h2 allocates its
@@ -112,9 +110,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
             hard_close: None,
             too_many_pings: false,
             outcome: None,
-            timer: Box::pin(tokio::time::sleep_until(
-                now + Duration::from_secs(86400 * 365),
-            )),
+            timer: Box::pin(tokio::time::sleep_until(far_future())),
             armed: None,
             timers_due: true,
         })
@@ -348,7 +344,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         let next = self.next_deadline();
         if next != self.armed {
             self.armed = next;
-            let at = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365));
+            let at = next.unwrap_or_else(far_future);
             self.timer.as_mut().reset(at);
         }
     }
