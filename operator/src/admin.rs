@@ -82,9 +82,9 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// Binds `addr`, failing with the address in the message.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+    TcpListener::bind(addr).await.map_err(|error| Error::Io {
         path: addr.to_string(),
-        source,
+        error,
     })
 }
 
@@ -93,9 +93,9 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) ->
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait())
         .await
-        .map_err(|source| Error::Io {
+        .map_err(|error| Error::Io {
             path: "admin server".into(),
-            source,
+            error,
         })
 }
 

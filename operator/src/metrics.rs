@@ -1,7 +1,8 @@
 //! Prometheus metrics of the operator, served on the admin port's
 //! `/metrics` ([`crate::admin`]).
 //!
-//! - `goaway_operator_reconciliations_total{result}` (ok, error)
+//! - `goaway_operator_reconciliations_total{result,error}` (result ok or
+//!   error; error the kind, [`crate::Error::metric_label`], or empty)
 //! - `goaway_operator_reconcile_duration_seconds` (histogram)
 //! - `goaway_operator_admissions_total{outcome,reason}` (outcome injected,
 //!   unchanged or error; reason the skip or error kind)
@@ -74,11 +75,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records one reconciliation.
-    pub fn reconciled(&self, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
+    /// Records one reconciliation: `error` is `None` when it succeeded.
+    pub fn reconciled(&self, error: Option<&crate::Error>, took: Duration) {
+        let (result, kind) = match error {
+            None => ("ok", ""),
+            Some(e) => ("error", e.metric_label()),
+        };
         self.reconciliations
-            .get_or_create(&vec![("result", result)])
+            .get_or_create(&vec![("result", result), ("error", kind)])
             .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
     }
@@ -112,13 +116,19 @@ mod tests {
     #[test]
     fn rendered_text_names_every_metric() {
         let m = Metrics::default();
-        m.reconciled(true, Duration::from_millis(3));
+        m.reconciled(None, Duration::from_millis(3));
+        let missing = crate::Error::MissingField {
+            kind: "KeepalivePolicy",
+            field: "metadata.namespace",
+        };
+        m.reconciled(Some(&missing), Duration::from_millis(1));
         m.admitted("injected", "", Duration::from_micros(300));
         m.set_leader(true);
         let text = m.render();
         for name in [
-            "goaway_operator_reconciliations_total{result=\"ok\"} 1",
-            "goaway_operator_reconcile_duration_seconds_count 1",
+            "goaway_operator_reconciliations_total{result=\"ok\",error=\"\"} 1",
+            "goaway_operator_reconciliations_total{result=\"error\",error=\"missing_field\"} 1",
+            "goaway_operator_reconcile_duration_seconds_count 2",
             "goaway_operator_admissions_total{outcome=\"injected\",reason=\"\"} 1",
             "goaway_operator_admission_duration_seconds_count 1",
             "goaway_operator_leader 1",

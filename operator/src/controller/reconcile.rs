@@ -37,7 +37,8 @@ use crate::{Error, KeepalivePolicy, KeepalivePolicyStatus, MANAGER, Result, sele
 pub async fn reconcile(policy: Arc<KeepalivePolicy>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = Reconciler::new(&policy, &ctx)?.run().await;
-    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    ctx.metrics
+        .reconciled(result.as_ref().err(), started.elapsed());
     result
 }
 

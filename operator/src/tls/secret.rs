@@ -96,9 +96,9 @@ fn reload_files(
 ) -> Result<()> {
     let read = |name: &str| {
         let path = dir.join(name);
-        std::fs::read(&path).map_err(|source| Error::Io {
+        std::fs::read(&path).map_err(|error| Error::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })
     };
     let files = (read(TLS_CERT)?, read(TLS_KEY)?);

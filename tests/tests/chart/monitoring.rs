@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use goaway_operator::admin::{self, Readiness};
-use goaway_operator::cli::inject::{inject_manifests, load_policies};
 use goaway_operator::inject::{ANNOTATION_INJECTED, CONTAINER_NAME};
+use goaway_operator::manifests::{inject_manifests, load_policies};
 use goaway_operator::shutdown;
 use goaway_tests::{python, repo_root, require_python_module};
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -316,7 +316,7 @@ fn operator_admin_get(path: &str) -> (u16, String) {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(goaway_operator::metrics::Metrics::default());
-    metrics.reconciled(true, Duration::from_millis(3));
+    metrics.reconciled(None, Duration::from_millis(3));
     metrics.admitted("injected", "", Duration::from_micros(300));
     let router = admin::router(metrics, Arc::new(Readiness::default()));
     let (trigger, signal) = shutdown::channel();
