@@ -169,8 +169,8 @@ async fn policy(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
 
 async fn connections(
     State(agent): State<Arc<Agent>>,
-) -> Json<Vec<crate::registry::ConnectionView>> {
-    let mut views = agent.registry.views();
+) -> Json<Vec<crate::connections::ConnectionView>> {
+    let mut views = agent.connections.views();
     views.extend(agent.passthrough.views());
     Json(views)
 }

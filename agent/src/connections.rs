@@ -19,7 +19,7 @@ struct Entry {
 
 /// All open client connections.
 #[derive(Default)]
-pub struct Registry {
+pub struct ConnectionTable {
     entries: Mutex<HashMap<u64, Entry>>,
     next_id: AtomicU64,
     removed: Notify,
@@ -28,7 +28,7 @@ pub struct Registry {
 /// One connection, as `/connections` shows it.
 #[derive(Debug, Serialize)]
 pub struct ConnectionView {
-    /// Registry id.
+    /// Connection id (this agent's).
     pub id: u64,
     /// Client address.
     pub peer: String,
@@ -58,20 +58,20 @@ pub struct ConnectionView {
     pub goaway_reason: Option<goaway_transport::GoAwayReason>,
 }
 
-/// Removes its connection from the registry when dropped.
+/// Removes its connection from the table when dropped.
 pub struct Registration<'a> {
-    registry: &'a Registry,
+    table: &'a ConnectionTable,
     id: u64,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
-        self.registry.removed.notify_waiters();
+        self.table.lock().remove(&self.id);
+        self.table.removed.notify_waiters();
     }
 }
 
-impl Registry {
+impl ConnectionTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -80,7 +80,7 @@ impl Registry {
     pub fn register(&self, peer: SocketAddr, handle: ConnectionHandle) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Relaxed);
         self.lock().insert(id, Entry { peer, handle });
-        Registration { registry: self, id }
+        Registration { table: self, id }
     }
 
     /// Number of open connections.
@@ -154,7 +154,7 @@ impl Default for Passthroughs {
     fn default() -> Self {
         Passthroughs {
             entries: Mutex::default(),
-            // Ids apart from the managed connections' registry.
+            // Ids apart from the managed connections. table.
             next_id: AtomicU64::new(1 << 48),
             closing: tokio::sync::watch::Sender::new(false),
         }

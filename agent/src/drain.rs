@@ -129,7 +129,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
         self.drain.stop_accepting.send_replace(true);
-        let handles = self.registry.handles();
+        let handles = self.connections.handles();
         let drained_now = handles.len() as u64;
         for h in &handles {
             h.drain(GoAwayReason::GracefulStop, Some(deadline));
@@ -138,12 +138,12 @@ impl Agent {
         // Connections close on their own, or their drivers cut them at the
         // deadline; the margin covers the last socket closes.
         let all_closed = self
-            .registry
+            .connections
             .wait_empty(deadline + Duration::from_secs(2))
             .await;
         if !all_closed {
             tracing::warn!(
-                left = self.registry.len(),
+                left = self.connections.len(),
                 "connections still open after the drain deadline"
             );
         }

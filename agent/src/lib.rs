@@ -8,16 +8,16 @@
 //! transport; Kubernetes in the operator.
 
 pub mod admin;
+pub mod admin_client;
 pub mod cli;
+pub mod connections;
 pub mod demo;
 pub mod drain;
-pub mod drain_client;
 pub mod intercept;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
-pub mod registry;
 pub mod run;
 pub mod workers;
 
@@ -35,9 +35,9 @@ pub struct Agent {
     /// The policy in force.
     pub policy: Arc<policy::PolicyStore>,
     /// Open client connections.
-    pub registry: registry::Registry,
+    pub connections: connections::ConnectionTable,
     /// Open connections spliced to the app unmanaged (TLS, HTTP/1.x).
-    pub passthrough: registry::Passthroughs,
+    pub passthrough: connections::Passthroughs,
     /// Transport event counters.
     pub counters: Arc<Counters>,
     /// The worker threads, each with its own upstream pool.

@@ -120,7 +120,7 @@ async fn drain(args: goaway_agent::cli::DrainArgs) -> anyhow::Result<()> {
         .to_std()
         .ok_or_else(|| anyhow::anyhow!("--timeout: must not be negative"))?;
     let summary =
-        goaway_agent::drain_client::request_drain(&args.admin, token.as_deref(), timeout).await?;
+        goaway_agent::admin_client::request_drain(&args.admin, token.as_deref(), timeout).await?;
     println!("{}", summary.trim());
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
 use crate::{
     Agent, CONNECTION_WINDOW, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW,
-    UPSTREAM_DATA_FRAME_BUDGET, UPSTREAM_MAX_HEADER_LIST_SIZE, admin, metrics, proxy, registry,
+    UPSTREAM_DATA_FRAME_BUDGET, UPSTREAM_MAX_HEADER_LIST_SIZE, admin, connections, metrics, proxy,
     workers,
 };
 
@@ -137,7 +137,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         metrics: metrics::Metrics::new(counters.clone(), channels, ready.clone()),
         workers,
         policy: store.clone(),
-        registry: registry::Registry::default(),
+        connections: connections::ConnectionTable::default(),
         passthrough: Default::default(),
         counters,
         drain: Default::default(),
@@ -192,7 +192,7 @@ async fn apply_reloads(agent: Arc<Agent>) {
     while changes.changed().await.is_ok() {
         let policy = changes.borrow_and_update().clone();
         let params = policy.server_params();
-        let handles = agent.registry.handles();
+        let handles = agent.connections.handles();
         for h in &handles {
             h.update_params(params);
         }

@@ -37,7 +37,7 @@ fn args(cmd: &clap::Command, out: &mut Vec<(String, String, Option<String>)>) {
 fn binaries() -> Vec<(String, String, Option<String>)> {
     let mut out = Vec::new();
     args(&goaway_agent::cli::Cli::command(), &mut out);
-    args(&goaway_operator::config::Cli::command(), &mut out);
+    args(&goaway_operator::cli::Cli::command(), &mut out);
     out
 }
 

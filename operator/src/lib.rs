@@ -4,8 +4,8 @@
 //! that renders each policy into the ConfigMap the agent reads and reports
 //! status ([`controller`]), and the mutating admission webhook that injects
 //! the agent as a native sidecar ([`webhook`], built on the pure pod
-//! mutation in [`inject`], which the `inject` command line ([`cli`]) shares
-//! byte for byte).
+//! mutation in [`inject`], which the `inject` command ([`manifests`])
+//! shares byte for byte).
 //!
 //! It does not own the policy semantics: the CRD embeds
 //! [`goaway_transport::Policy`] and validation is
@@ -17,7 +17,7 @@
 //! ([`defaults`]) are merged into each policy by the controller, the
 //! webhook and `inject` alike.
 //!
-//! Runtime plumbing: [`config`] (flags), [`leader`] (Lease-based leader
+//! Runtime plumbing: [`cli`] (flags and environment), [`leader`] (Lease-based leader
 //! election), [`tls`] (the webhook's certificate authority and serving
 //! certificate), [`admin`] (health and metrics endpoints), [`metrics`],
 //! [`shutdown`] and [`rbac`] (the API permissions the code uses, for the
@@ -25,13 +25,13 @@
 
 pub mod admin;
 pub mod cli;
-pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod defaults;
 mod error;
 pub mod inject;
 pub mod leader;
+pub mod manifests;
 pub mod metrics;
 mod quantity;
 pub mod rbac;

@@ -5,8 +5,8 @@ use std::io::Read;
 
 use anyhow::Context as _;
 use clap::Parser;
-use goaway_operator::cli::inject;
-use goaway_operator::config::{Cli, Command, InjectArgs, LogFormat};
+use goaway_operator::cli::{Cli, Command, InjectArgs, LogFormat};
+use goaway_operator::manifests as inject;
 use goaway_operator::{rbac, run, shutdown};
 use tracing_subscriber::EnvFilter;
 

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
-use crate::config::RunArgs;
+use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::tls::{self, CertStore};

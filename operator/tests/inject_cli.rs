@@ -160,7 +160,7 @@ fn the_cli_mutation_equals_the_webhook_mutation() {
 
         let pod: Pod = serde_yaml::from_str(&bare).unwrap();
         let defaults = PolicyDefaults::default().with_interception(mode);
-        let policies = goaway_operator::cli::inject::load_policies(
+        let policies = goaway_operator::manifests::load_policies(
             &std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap(),
             "shop",
             &defaults,

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use goaway_operator::cli::inject::load_policies;
 use goaway_operator::inject::AgentConfig;
+use goaway_operator::manifests::load_policies;
 use goaway_operator::metrics::Metrics;
 use goaway_operator::webhook::Webhook;
 use goaway_operator::{KeepalivePolicy, PolicyDefaults};

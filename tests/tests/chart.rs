@@ -6,7 +6,7 @@
 //!
 //! The chart is checked against the operator's own code rather than
 //! against copies of it: the permission list (`rbac::RBAC`), the command
-//! line (the Deployment's environment parsed by `config::Cli`), the agent
+//! line (the Deployment's environment parsed by `cli::Cli`), the agent
 //! defaults, the webhook path, the opt-out label and the CRD generator.
 //!
 //! Modules: [`helm`] drives Helm, [`rendered`] types its output; the
@@ -30,7 +30,7 @@ mod webhook;
 use std::collections::BTreeSet;
 
 use clap::Parser;
-use goaway_operator::config::{Cli, Command as OperatorCommand};
+use goaway_operator::cli::{Cli, Command as OperatorCommand};
 // AGENT_UID: distroless's `nonroot` user, which the images run as and the
 // operator runs the injected agent as.
 use goaway_operator::inject::{AGENT_UID, ANNOTATION_INJECT, DEFAULT_AGENT_IMAGE};

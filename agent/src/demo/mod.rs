@@ -24,7 +24,7 @@ use clap::Args;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::drain_client;
+use crate::admin_client;
 use loadgen::{Endpoints, Tally};
 use report::{RunReport, StepReport};
 
@@ -251,7 +251,7 @@ async fn start_replica(name: &str, policy: Option<&std::path::Path>) -> Result<R
         .context("starting an agent")?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = drain_client::call(
+        let ready = admin_client::call(
             hyper::Method::GET,
             &admin,
             "/readyz",
@@ -282,7 +282,7 @@ async fn stop_replica(mut r: Replica, start: Instant) -> Result<(Option<Duration
     let mut goaways = 0;
     if let Some((_, admin)) = &r.agent {
         let t = Instant::now();
-        drain_client::request_drain(admin, None, Duration::from_secs(60)).await?;
+        admin_client::request_drain(admin, None, Duration::from_secs(60)).await?;
         drain = Some(t.elapsed());
         goaways = scrape_goaways(admin).await.unwrap_or(0);
         println!(
@@ -318,7 +318,7 @@ async fn terminate(child: &mut Child) {
 }
 
 async fn scrape_goaways(admin: &str) -> Result<u64> {
-    let (_, text) = drain_client::call(
+    let (_, text) = admin_client::call(
         hyper::Method::GET,
         admin,
         "/metrics",

@@ -140,7 +140,7 @@ fn serve(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let handle = conn.handle();
-        let _registration = agent.registry.register(peer, handle.clone());
+        let _registration = agent.connections.register(peer, handle.clone());
         agent.drain.adopt(&handle);
         tracing::debug!("connection accepted");
         // The streams run inside this task (see the transport's

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use goaway_operator::PolicyDefaults;
-use goaway_operator::config::LogFormat;
+use goaway_operator::cli::LogFormat;
 use goaway_operator::inject::{AgentConfig, DEFAULT_AGENT_IMAGE};
 use goaway_operator::tls::Source;
 use goaway_transport::policy::DrainPolicy;

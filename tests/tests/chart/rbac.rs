@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use goaway_operator::config::{RunArgs, TlsMode};
+use goaway_operator::cli::{RunArgs, TlsMode};
 use goaway_operator::rbac::{Needed, RBAC, Rule, Scope};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{CommandFactory, Parser};
-use goaway_operator::config::{Cli, Command as OperatorCommand, LogFormat, RunArgs};
+use goaway_operator::cli::{Cli, Command as OperatorCommand, LogFormat, RunArgs};
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use clap::{CommandFactory, Parser};
-use goaway_operator::config::{Cli, Command as OperatorCommand};
+use goaway_operator::cli::{Cli, Command as OperatorCommand};
 use goaway_tests::repo_root;
 use goaway_transport::policy::{DURATION_PATTERN, GoDuration};
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! The MutatingWebhookConfiguration and its certificate (generate and
 //! cert-manager modes).
 
-use goaway_operator::config::TlsMode;
+use goaway_operator::cli::TlsMode;
 use goaway_operator::inject::{LABEL_INJECT, LABEL_INJECT_DISABLED};
 use goaway_operator::tls::Source;
 use goaway_operator::webhook::MUTATE_PATH;
