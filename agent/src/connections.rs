@@ -154,7 +154,7 @@ impl Default for Passthroughs {
     fn default() -> Self {
         Passthroughs {
             entries: Mutex::default(),
-            // Ids apart from the managed connections. table.
+            // Ids apart from the managed connections' table.
             next_id: AtomicU64::new(1 << 48),
             closing: tokio::sync::watch::Sender::new(false),
         }
@@ -223,5 +223,58 @@ impl Passthroughs {
             .collect();
         v.sort_by_key(|c| c.id);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 7], port))
+    }
+
+    #[tokio::test]
+    async fn passthroughs_are_listed_while_registered_and_told_to_close_once() {
+        let list = Passthroughs::default();
+        let tls = list.register(addr(40001), "tls");
+        let http1 = list.register(addr(40002), "http1");
+        let views = list.views();
+        assert_eq!(views.len(), 2);
+        assert_eq!(
+            views
+                .iter()
+                .map(|v| (v.peer.as_str(), v.protocol))
+                .collect::<Vec<_>>(),
+            [("10.0.0.7:40001", "tls"), ("10.0.0.7:40002", "http1")],
+            "oldest first"
+        );
+        // Their ids never collide with the managed connections' (0, 1, …).
+        assert!(views.iter().all(|v| v.id >= 1 << 48));
+        drop(tls);
+        assert_eq!(list.views().len(), 1);
+
+        let mut early = list.closing();
+        assert!(!*early.borrow_and_update());
+        assert_eq!(list.close_all(), 1, "one still open");
+        assert!(*early.borrow_and_update());
+        // A connection spliced after the drain sees it at once.
+        assert!(*list.closing().borrow());
+        drop(http1);
+        assert!(list.views().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_table_is_empty_at_once_without_waiting() {
+        let table = ConnectionTable::default();
+        assert!(table.is_empty());
+        let started = Instant::now();
+        assert!(
+            table
+                .wait_empty(started + std::time::Duration::from_secs(30))
+                .await
+        );
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+        assert!(table.views().is_empty() && table.handles().is_empty());
     }
 }

@@ -34,6 +34,38 @@ pub struct DrainSummary {
     pub duration_seconds: f64,
 }
 
+/// What the counters moved by during one drain.
+#[derive(Clone, Copy, Debug, Default)]
+struct DrainCounts {
+    /// Connections sent GOAWAY: those open when it went out, and those
+    /// accepted in the race with the listener closing.
+    sent_goaway: u64,
+    /// Of those, cut at the deadline.
+    hard_closed: u64,
+    /// Streams open when the GOAWAYs went out.
+    streams_active_at_goaway: u64,
+    /// Streams started after that (before the client saw the GOAWAY).
+    streams_started: u64,
+    /// Streams a hard close cut.
+    streams_cut: u64,
+}
+
+impl DrainCounts {
+    /// The summary: every connection sent GOAWAY either drained or was
+    /// hard-closed; every stream that was open or started either
+    /// completed or was cut.
+    fn summary(self, took: Duration) -> DrainSummary {
+        DrainSummary {
+            connections_drained: self.sent_goaway.saturating_sub(self.hard_closed),
+            streams_completed: (self.streams_started + self.streams_active_at_goaway)
+                .saturating_sub(self.streams_cut),
+            connections_hard_closed: self.hard_closed,
+            streams_cut: self.streams_cut,
+            duration_seconds: took.as_secs_f64(),
+        }
+    }
+}
+
 /// Drain state shared by the admin API, the signal handler and the
 /// connection tasks.
 pub struct Drain {
@@ -148,17 +180,14 @@ impl Agent {
             );
         }
 
-        let hard = c.hard_closes.load(Relaxed) - hard_before;
-        let cut = self.drain.cut.load(Relaxed);
-        let new_streams = c.streams_total.load(Relaxed) - streams_before;
-        let total = drained_now + self.drain.late.load(Relaxed);
-        let summary = DrainSummary {
-            connections_drained: total.saturating_sub(hard),
-            streams_completed: (new_streams + active_before).saturating_sub(cut),
-            connections_hard_closed: hard,
-            streams_cut: cut,
-            duration_seconds: start.elapsed().as_secs_f64(),
-        };
+        let summary = DrainCounts {
+            sent_goaway: drained_now + self.drain.late.load(Relaxed),
+            hard_closed: c.hard_closes.load(Relaxed) - hard_before,
+            streams_active_at_goaway: active_before,
+            streams_started: c.streams_total.load(Relaxed) - streams_before,
+            streams_cut: self.drain.cut.load(Relaxed),
+        }
+        .summary(start.elapsed());
         self.metrics.drain_duration.set(summary.duration_seconds);
         // Nothing will reach the application through this agent any more:
         // stop keeping connections to it (the app is about to get SIGTERM,
@@ -179,5 +208,55 @@ impl Agent {
             "drain finished"
         );
         self.drain.done.send_replace(Some(summary));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_drains_or_is_hard_closed_and_every_stream_completes_or_is_cut() {
+        let counts = DrainCounts {
+            sent_goaway: 5,
+            hard_closed: 2,
+            streams_active_at_goaway: 7,
+            streams_started: 3,
+            streams_cut: 4,
+        };
+        let s = counts.summary(Duration::from_millis(5_250));
+        assert_eq!(s.connections_drained + s.connections_hard_closed, 5);
+        assert_eq!(s.connections_drained, 3);
+        assert_eq!(s.streams_completed + s.streams_cut, 10);
+        assert_eq!(s.streams_completed, 6);
+        assert_eq!(s.duration_seconds, 5.25);
+    }
+
+    #[test]
+    fn counters_that_moved_further_than_the_drain_saw_never_underflow() {
+        // Hard closes of connections accepted after the count was taken,
+        // streams cut that were never counted as open.
+        let s = DrainCounts {
+            sent_goaway: 1,
+            hard_closed: 3,
+            streams_cut: 9,
+            ..DrainCounts::default()
+        }
+        .summary(Duration::ZERO);
+        assert_eq!((s.connections_drained, s.streams_completed), (0, 0));
+        assert_eq!((s.connections_hard_closed, s.streams_cut), (3, 9));
+    }
+
+    #[tokio::test]
+    async fn the_listener_is_told_to_close_and_cut_streams_add_up() {
+        let drain = Drain::default();
+        assert!(!drain.is_started() && drain.summary().is_none());
+        let mut stop = drain.stop_signal();
+        assert!(!*stop.borrow_and_update());
+        drain.stop_accepting.send_replace(true);
+        assert!(*stop.borrow_and_update(), "the listener is told to close");
+        drain.record_cut(2);
+        drain.record_cut(3);
+        assert_eq!(drain.cut.load(Relaxed), 5);
     }
 }

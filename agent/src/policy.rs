@@ -196,3 +196,105 @@ pub async fn watch_file(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(1);
+
+    /// A policy file in a fresh directory, removed on drop.
+    struct File(PathBuf);
+
+    impl File {
+        fn new(tag: &str, text: &str) -> File {
+            let dir =
+                std::env::temp_dir().join(format!("goaway-policy-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let f = File(dir.join("policy.yaml"));
+            f.write(text);
+            f
+        }
+
+        fn write(&self, text: &str) {
+            std::fs::write(&self.0, text).unwrap();
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    /// The store, the watcher task and (accepted, rejected) counts.
+    fn watch(file: &File) -> (Arc<PolicyStore>, Arc<(AtomicUsize, AtomicUsize)>) {
+        let store = PolicyStore::new(load_file(&file.0).unwrap(), Some(file.0.clone()));
+        let results = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let r = results.clone();
+        tokio::spawn(watch_file(store.clone(), file.0.clone(), POLL, move |ok| {
+            let counter = if ok { &r.0 } else { &r.1 };
+            counter.fetch_add(1, Relaxed);
+        }));
+        (store, results)
+    }
+
+    fn max_age(store: &PolicyStore) -> Option<String> {
+        store
+            .current()
+            .server
+            .max_connection_age
+            .map(|d| d.to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_valid_change_is_applied_and_announced_within_one_poll() {
+        let file = File::new("valid", "server: {maxConnectionAge: 30m}\n");
+        let (store, results) = watch(&file);
+        let mut changes = store.subscribe();
+        changes.borrow_and_update();
+        tokio::time::sleep(POLL * 3).await;
+        assert_eq!(
+            results.0.load(Relaxed),
+            0,
+            "an unchanged file is not reloaded"
+        );
+
+        file.write("server: {maxConnectionAge: 5m}\n");
+        tokio::time::sleep(POLL + Duration::from_millis(1)).await;
+        assert_eq!(max_age(&store).as_deref(), Some("5m0s"));
+        assert!(changes.has_changed().unwrap(), "subscribers are told");
+        assert_eq!(results.0.load(Relaxed), 1);
+        assert_eq!(store.status().last_error, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_or_empty_file_keeps_the_last_good_policy_and_says_why() {
+        let file = File::new("bad", "server: {maxConnectionAge: 30m}\n");
+        let (store, results) = watch(&file);
+        tokio::time::sleep(POLL).await;
+
+        file.write("server: {maxConnectionAge: banana}\n");
+        tokio::time::sleep(POLL * 2).await;
+        assert_eq!(max_age(&store).as_deref(), Some("30m0s"), "last good kept");
+        let error = store.status().last_error.expect("the rejection is shown");
+        assert!(error.contains("maxConnectionAge"), "{error}");
+        assert_eq!(results.1.load(Relaxed), 1, "counted once, not per poll");
+
+        // A file truncated before being rewritten is not "all defaults".
+        file.write("");
+        tokio::time::sleep(POLL * 2).await;
+        assert_eq!(max_age(&store).as_deref(), Some("30m0s"));
+        assert!(store.status().last_error.unwrap().contains("empty"));
+        assert_eq!(results.1.load(Relaxed), 2);
+
+        // The next good write clears the error.
+        file.write("{}\n");
+        tokio::time::sleep(POLL * 2).await;
+        assert_eq!(max_age(&store), None, "all defaults now");
+        assert_eq!(store.status().last_error, None);
+        assert_eq!(results.0.load(Relaxed), 1);
+    }
+}

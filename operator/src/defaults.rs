@@ -51,7 +51,7 @@ const FIELDS: [Field; 3] = [
 pub struct PolicyDefaults {
     drain: DrainPolicy,
     interception: Interception,
-    /// False where redirect interception cannot be used (a namespace whose
+    /// True where redirect interception cannot be used (a namespace whose
     /// Pod Security level refuses its NET_ADMIN init container).
     redirect_refused: bool,
 }
