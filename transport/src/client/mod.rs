@@ -41,11 +41,11 @@ use crate::{ClientParams, Counters, Error};
 use conn::Conn;
 use pool::Inner;
 
-/// How many connections [`Client::start`] tries for one stream when the
+/// How many connections [`Channel::start`] tries for one stream when the
 /// picked one refuses it locally (it died or got GOAWAY between the pick
 /// and the send, so nothing reached the wire).
 const MAX_CONNECTION_PICKS: usize = 8;
-/// How many times [`Client::send`] sends a request the peer provably never
+/// How many times [`Channel::send`] sends a request the peer provably never
 /// processed (beyond a GOAWAY's last stream id, or REFUSED_STREAM). The
 /// agent's proxy has its own, smaller bound for streamed bodies
 /// (`proxy::stream::MAX_ATTEMPTS`), since it must also hold a replay copy.
