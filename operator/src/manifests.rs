@@ -314,18 +314,14 @@ fn uninject_template(template: &mut Value) -> bool {
     if inits.is_empty() {
         spec.remove("initContainers");
     }
-    let args: Vec<&str> = agent["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let app_port: Option<i64> = args
-        .iter()
-        .position(|a| *a == "--upstream")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|u| u.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok());
+    let app_port = inject::upstream_port(
+        agent["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str),
+    )
+    .map(i64::from);
     let taken_name = agent["ports"]
         .as_array()
         .into_iter()

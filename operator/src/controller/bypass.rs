@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::crd::Interception;
-use crate::inject::{CONTAINER_NAME, INTERCEPT_CONTAINER_NAME};
+use crate::inject::{self, CONTAINER_NAME, INTERCEPT_CONTAINER_NAME};
 
 /// One Service that bypasses the agent, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +66,11 @@ pub fn bypassing(
             if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                 continue;
             }
-            let Some(app_port) = app_port_of(pod, port) else {
+            let Some(app_port) = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| inject::app_port(spec, port))
+            else {
                 continue;
             };
             for sp in spec.ports.iter().flatten() {
@@ -106,35 +110,6 @@ fn mode_of(pod: &Pod) -> Option<Interception> {
         Some(Interception::NamedPort)
     } else {
         None
-    }
-}
-
-/// The app port number in `pod`: what its agent forwards to (`--upstream
-/// 127.0.0.1:P`) if injected, else the policy's port resolved among the
-/// app containers.
-fn app_port_of(pod: &Pod, port: &IntOrString) -> Option<i32> {
-    let spec = pod.spec.as_ref()?;
-    let agent = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name == CONTAINER_NAME);
-    if let Some(agent) = agent {
-        let args = agent.args.as_deref().unwrap_or_default();
-        let upstream = args
-            .iter()
-            .position(|a| a == "--upstream")
-            .and_then(|i| args.get(i + 1))?;
-        return upstream.rsplit_once(':')?.1.parse().ok();
-    }
-    match port {
-        IntOrString::Int(n) => Some(*n),
-        IntOrString::String(name) => spec
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .map(|p| p.container_port),
     }
 }
 

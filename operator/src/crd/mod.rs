@@ -67,16 +67,6 @@ pub enum Interception {
     Redirect,
 }
 
-impl Interception {
-    /// The spelling in the CRD and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Interception::NamedPort => "namedPort",
-            Interception::Redirect => "redirect",
-        }
-    }
-}
-
 impl std::str::FromStr for Interception {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

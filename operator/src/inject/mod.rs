@@ -306,6 +306,29 @@ fn to_json(meta: &ObjectMeta, spec: &PodSpec) -> Result<serde_json::Value, Injec
     }))
 }
 
+/// The app port an injected pod's agent forwards to: the port of its
+/// `--upstream 127.0.0.1:P` argument, as [`sidecar`] writes it.
+pub fn upstream_port<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<i32> {
+    let mut args = args.into_iter();
+    args.find(|a| *a == "--upstream")?;
+    args.next()?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The number of the policy's `port` in a pod: what its agent forwards to
+/// if the pod is injected (the name has moved to the agent then), else the
+/// port resolved as injection resolves it.
+pub fn app_port(spec: &PodSpec, port: &IntOrString) -> Option<i32> {
+    let agent = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER_NAME);
+    match agent {
+        Some(agent) => upstream_port(agent.args.iter().flatten().map(String::as_str)),
+        None => ports::find(spec, port).map(|app| app.number),
+    }
+}
+
 /// Why the pod must be left alone whatever the policies say.
 pub fn skip_reason(meta: &ObjectMeta, spec: &PodSpec) -> Option<Skip> {
     let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k));
