@@ -92,21 +92,11 @@ fn intercept(args: &goaway_agent::cli::InterceptArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("goaway-agent intercept: {}", error_chain(&e));
+            // With its causes, as main prints every other command's error.
+            eprintln!("goaway-agent intercept: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 async fn drain(args: goaway_agent::cli::DrainArgs) -> anyhow::Result<()> {

@@ -82,11 +82,14 @@ impl Webhook {
         let token = (self.token)();
         let spec = pod.spec.clone().unwrap_or_default();
         let level = self.pod_security_level(&namespace);
+        // Copied only for the namespaces that refuse redirect.
+        let refusing;
         let defaults = match &level {
             Some(l) if LEVELS_REFUSING_NET_ADMIN.contains(&l.as_str()) => {
-                self.defaults.clone().refusing_redirect()
+                refusing = self.defaults.clone().refusing_redirect();
+                &refusing
             }
-            _ => self.defaults.clone(),
+            _ => &self.defaults,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             inject::mutate(
@@ -94,7 +97,7 @@ impl Webhook {
                 &spec,
                 &namespace,
                 &policies,
-                &defaults,
+                defaults,
                 &self.agent,
                 &token,
             )
