@@ -786,8 +786,9 @@ fn scenario(env: &mut Env, values: &str) {
 
 const DIRECT_CLIENT: &str = "client-pod-ips";
 
-/// (Re)starts the client that dials the app's current pod IPs.
-fn start_direct_client(env: &Env) -> String {
+/// Deletes the pod-IP client if it exists; `wait`: until it is gone (its
+/// name is about to be reused).
+fn delete_direct_client(env: &Env, wait: bool) {
     let _ = kubectl(&[
         "-n",
         &env.ns,
@@ -797,7 +798,13 @@ fn start_direct_client(env: &Env) -> String {
         "--ignore-not-found",
         "--grace-period",
         "1",
+        &format!("--wait={wait}"),
     ]);
+}
+
+/// (Re)starts the client that dials the app's current pod IPs.
+fn start_direct_client(env: &Env) -> String {
+    delete_direct_client(env, true);
     let targets: Vec<String> = env
         .app_pods()
         .keys()
@@ -972,16 +979,7 @@ fn interception(env: &mut Env) {
         d.goaways >= 1,
         "the drain sent no GOAWAY, though the pod-IP client was connected through it"
     );
-    let _ = kubectl(&[
-        "-n",
-        &env.ns,
-        "delete",
-        "pod",
-        DIRECT_CLIENT,
-        "--grace-period",
-        "1",
-        "--wait=false",
-    ]);
+    delete_direct_client(env, false);
 }
 
 /// The README's upgrade and uninstall paths, with the clients calling:
