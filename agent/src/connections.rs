@@ -52,7 +52,7 @@ pub struct ConnectionView {
     /// Ping-enforcement strikes.
     pub strikes: u32,
     /// `open`, `draining` or `closed`.
-    pub state: goaway_transport::io::ConnState,
+    pub state: goaway_transport::ConnState,
     /// Why it is draining (`max_age`, `max_idle`, `too_many_pings`,
     /// `graceful_stop`), if it is.
     pub goaway_reason: Option<goaway_transport::GoAwayReason>,
@@ -217,7 +217,7 @@ impl Passthroughs {
                 pings_sent: 0,
                 pings_received: 0,
                 strikes: 0,
-                state: goaway_transport::io::ConnState::Open,
+                state: goaway_transport::ConnState::Open,
                 goaway_reason: None,
             })
             .collect();

@@ -4,7 +4,7 @@
 //! chose (the first input byte picks the split points).
 #![no_main]
 
-use goaway_transport::frame::{FrameEvent, FrameScanner};
+use goaway_transport::test_util::frame::{FrameEvent, FrameScanner};
 use libfuzzer_sys::fuzz_target;
 
 fn events(preface: bool, pieces: &[&[u8]]) -> (Vec<FrameEvent>, bool, usize) {

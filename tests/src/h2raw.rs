@@ -16,43 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// The client connection preface (RFC 9113 §3.4).
-pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Frame types (RFC 9113 §6).
-#[allow(missing_docs)]
-pub mod kind {
-    pub const DATA: u8 = 0x0;
-    pub const HEADERS: u8 = 0x1;
-    pub const PRIORITY: u8 = 0x2;
-    pub const RST_STREAM: u8 = 0x3;
-    pub const SETTINGS: u8 = 0x4;
-    pub const PING: u8 = 0x6;
-    pub const GOAWAY: u8 = 0x7;
-    pub const WINDOW_UPDATE: u8 = 0x8;
-    pub const CONTINUATION: u8 = 0x9;
-}
-
-/// Flags.
-#[allow(missing_docs)]
-pub mod flag {
-    pub const ACK: u8 = 0x1;
-    pub const END_STREAM: u8 = 0x1;
-    pub const END_HEADERS: u8 = 0x4;
-}
-
-/// Error codes (RFC 9113 §7).
-#[allow(missing_docs)]
-pub mod code {
-    pub const NO_ERROR: u32 = 0x0;
-    pub const PROTOCOL_ERROR: u32 = 0x1;
-    pub const FLOW_CONTROL_ERROR: u32 = 0x3;
-    pub const FRAME_SIZE_ERROR: u32 = 0x6;
-    pub const REFUSED_STREAM: u32 = 0x7;
-    pub const CANCEL: u32 = 0x8;
-    pub const COMPRESSION_ERROR: u32 = 0x9;
-    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
-}
+/// The frame constants the transport itself reads and writes.
+pub use goaway_transport::test_util::frame::{PREFACE, code, flags as flag, kind};
 
 /// One frame as sent or received.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,20 +17,23 @@
 //!
 //! h2 answers PINGs internally, cannot put debug data in a GOAWAY, and
 //! waits forever for the PING ACK of a graceful shutdown. Instead of a
-//! fork, [`io::FrameIo`] sits between h2 and the socket, scans frames in
+//! fork, a frame-observing IO layer (`io::FrameIo`) sits between h2 and the socket, scans frames in
 //! both directions, rewrites GOAWAY frames to carry the reason, and hands
 //! h2 the shutdown ACK when the ack timer fires. See that module.
 
 pub mod client;
 pub mod counters;
-pub mod frame;
-pub mod io;
+mod frame;
+mod io;
 mod keepalive;
 pub mod policy;
 pub mod server;
 pub mod tcp;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 pub use counters::Counters;
+pub use io::{ConnState, ConnStats};
 pub use policy::{ClientParams, DrainParams, Policy, ServerParams};
 
 /// Why a GOAWAY was sent; its text is the GOAWAY's debug data.

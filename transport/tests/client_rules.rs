@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use goaway_transport::client::{Channel, ChannelConfig, Connectivity};
-use goaway_transport::frame::{code, kind};
 use goaway_transport::server::ServerConfig;
+use goaway_transport::test_util::frame::{code, kind};
 use goaway_transport::{ClientParams, Counters};
 use std::sync::Arc;
 use support::*;

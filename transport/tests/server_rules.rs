@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use goaway_transport::frame::{self, code, kind};
 use goaway_transport::server::{CloseReason, ServerConfig};
+use goaway_transport::test_util::frame::{self, code, kind};
 use goaway_transport::{GoAwayReason, Policy, ServerParams};
 use support::*;
 use tokio::time::Instant;
@@ -301,7 +301,7 @@ async fn age_jitter_is_uniform_in_0_9_to_1_1_and_not_constant() {
     for _ in 0..40 {
         let (mut peer, _server) = serve(
             config("server: {maxConnectionAge: 100s}"),
-            goaway_transport::server::age_jitter(),
+            goaway_transport::test_util::age_jitter(),
             respond_ok,
         )
         .await;
@@ -324,7 +324,7 @@ async fn age_jitter_is_uniform_in_0_9_to_1_1_and_not_constant() {
 #[test]
 fn age_jitter_draws_stay_in_range() {
     let draws: Vec<f64> = (0..100_000)
-        .map(|_| goaway_transport::server::age_jitter())
+        .map(|_| goaway_transport::test_util::age_jitter())
         .collect();
     assert!(draws.iter().all(|f| (0.9..1.1).contains(f)));
     let mean = draws.iter().sum::<f64>() / draws.len() as f64;
@@ -593,7 +593,7 @@ async fn stats_report_streams_pings_and_state() {
     assert_eq!(s.active_streams, 0);
     assert_eq!(s.pings_received, 2);
     assert_eq!(s.strikes, 1);
-    assert_eq!(s.state, goaway_transport::io::ConnState::Open);
+    assert_eq!(s.state, goaway_transport::ConnState::Open);
     assert_at(s.idle, secs(10) + ms(10));
     assert_at(s.age, secs(20) + ms(10));
 }

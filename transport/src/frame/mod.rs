@@ -8,6 +8,11 @@
 //! errors are `h2`'s to detect and answer; the scanner only has to stay in
 //! step with the frames `h2` sees.
 
+// A complete table of the frame types, flags and codes this crate names,
+// and the two encoders: the crate reads some, the test doubles
+// (`test-util`) write all of them.
+#![cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
+
 mod scanner;
 
 pub use scanner::{DebugData, FULL_CAPTURE, FrameEvent, FrameScanner};
@@ -45,14 +50,23 @@ pub mod flags {
     pub const END_HEADERS: u8 = 0x4;
 }
 
-/// Error codes used here (RFC 9113 §7).
+/// Error codes (RFC 9113 §7).
 #[allow(missing_docs)]
 pub mod code {
     pub const NO_ERROR: u32 = 0x0;
     pub const PROTOCOL_ERROR: u32 = 0x1;
+    pub const INTERNAL_ERROR: u32 = 0x2;
+    pub const FLOW_CONTROL_ERROR: u32 = 0x3;
+    pub const SETTINGS_TIMEOUT: u32 = 0x4;
+    pub const STREAM_CLOSED: u32 = 0x5;
+    pub const FRAME_SIZE_ERROR: u32 = 0x6;
     pub const REFUSED_STREAM: u32 = 0x7;
     pub const CANCEL: u32 = 0x8;
+    pub const COMPRESSION_ERROR: u32 = 0x9;
+    pub const CONNECT_ERROR: u32 = 0xa;
     pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    pub const INADEQUATE_SECURITY: u32 = 0xc;
+    pub const HTTP_1_1_REQUIRED: u32 = 0xd;
 }
 
 /// SETTINGS identifiers used here.

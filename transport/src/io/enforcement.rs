@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::policy::ServerParams;
-
 /// Strikes tolerated; the next one closes the connection (grpc-go
 /// `maxPingStrikes`).
 pub const MAX_PING_STRIKES: u32 = 2;
@@ -73,11 +71,6 @@ impl PingEnforcer {
         } else {
             PingVerdict::Strike(self.strikes)
         }
-    }
-
-    /// Convenience for [`ServerParams`].
-    pub fn judge(&mut self, now: Instant, active_streams: usize, p: &ServerParams) -> PingVerdict {
-        self.on_ping(now, active_streams, p.min_time, p.permit_without_stream)
     }
 }
 

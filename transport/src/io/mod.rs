@@ -27,8 +27,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-pub use enforcement::{MAX_PING_STRIKES, NO_STREAM_PING_INTERVAL, PingEnforcer, PingVerdict};
-pub use shared::{ConnState, ConnStats, DrainRequest};
+pub(crate) use enforcement::{PingEnforcer, PingVerdict};
+pub(crate) use shared::DrainRequest;
+pub use shared::{ConnState, ConnStats};
 
 use crate::frame::{self, FrameEvent, FrameScanner, HEADER_LEN, MAX_STREAM_ID, kind};
 use crate::{Counters, GoAwayReason};
@@ -81,11 +82,6 @@ impl<T> FrameIo<T> {
                 settings_pending: false,
             },
         }
-    }
-
-    /// The wrapped IO.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 

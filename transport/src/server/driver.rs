@@ -57,7 +57,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
 
     /// As [`handshake`](Self::handshake) with a given age jitter factor
     /// (tests; production draws it uniformly from [0.9, 1.1)).
-    pub async fn handshake_with_jitter(
+    pub(crate) async fn handshake_with_jitter(
         io: T,
         config: &ServerConfig,
         age_factor: f64,

@@ -111,6 +111,6 @@ impl CloseReason {
 }
 
 /// Draws the per-connection age jitter factor, uniform in [0.9, 1.1).
-pub fn age_jitter() -> f64 {
+pub(crate) fn age_jitter() -> f64 {
     rand::random_range(0.9..1.1)
 }
