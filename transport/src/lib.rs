@@ -95,13 +95,15 @@ pub enum Error {
     /// The peer did not complete the HTTP/2 handshake in time.
     #[error("HTTP/2 handshake timed out")]
     HandshakeTimeout,
-    /// Connecting to the upstream failed or timed out.
-    #[error("connect to {addr} failed: {message}")]
+    /// No connection to the address could be had: the last attempt's
+    /// cause, shared with every stream that waited for it.
+    #[error("connect to {addr} failed: {cause}")]
     Connect {
         /// The address dialled.
         addr: String,
-        /// Why.
-        message: String,
+        /// Why. (Printed in this error's message, so not also its
+        /// `source()`.)
+        cause: std::sync::Arc<ConnectError>,
     },
     /// An HTTP/2 error from h2.
     #[error("HTTP/2: {0}")]
@@ -122,6 +124,27 @@ pub enum Error {
         /// The peer's advertised limit.
         limit: u32,
     },
+}
+
+/// Why one attempt to connect failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The socket could not be connected.
+    #[error("io: {0}")]
+    Io(std::io::Error),
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2: {0}")]
+    Handshake(h2::Error),
+    /// The server closed the connection before its HTTP/2 SETTINGS.
+    #[error("connection closed before the server's HTTP/2 SETTINGS")]
+    ClosedBeforeSettings,
+    /// The attempt's deadline (gRPC backoff's connect timeout) passed.
+    #[error("timed out after {0:?}")]
+    TimedOut(std::time::Duration),
+    /// No attempt finished before the caller's deadline.
+    #[error("no connection became ready in time")]
+    NotReady,
 }
 
 impl From<h2::Error> for Error {

@@ -20,6 +20,7 @@
 mod backoff;
 mod conn;
 mod connector;
+mod driver;
 mod pool;
 
 pub use backoff::{Backoff, BackoffConfig};
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::{ClientParams, Counters, Error};
 use conn::Conn;
-use pool::Inner;
+use pool::{Pool, dialer};
 
 /// How many connections [`Channel::start`] tries for one stream when the
 /// picked one refuses it locally (it died or got GOAWAY between the pick
@@ -98,11 +99,11 @@ impl Default for ChannelConfig {
 /// clone dropped shuts it down.
 #[derive(Clone)]
 pub struct Channel {
-    inner: Arc<Inner>,
+    pool: Arc<Pool>,
     _owner: Arc<Owner>,
 }
 
-struct Owner(Arc<Inner>);
+struct Owner(Arc<Pool>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -154,7 +155,7 @@ pub fn header_list_size<B>(request: &Request<B>) -> usize {
 /// Counts a stream against its connection's concurrency while alive.
 pub struct ClientStreamGuard {
     conn: Arc<Conn>,
-    inner: Arc<Inner>,
+    pool: Arc<Pool>,
 }
 
 impl ClientStreamGuard {
@@ -173,7 +174,7 @@ impl ClientStreamGuard {
 impl Drop for ClientStreamGuard {
     fn drop(&mut self) {
         self.conn.release();
-        self.inner.slot_freed();
+        self.pool.slot_freed();
     }
 }
 
@@ -182,11 +183,11 @@ impl Channel {
     /// first stream or [`connect`](Self::connect). Must be called within a
     /// Tokio runtime (it spawns the dialer).
     pub fn new<C: Connect>(connector: C, config: ChannelConfig) -> Channel {
-        let inner = Inner::new(config, connector.describe());
-        tokio::spawn(pool::dialer(inner.clone(), connector));
+        let pool = Pool::new(config, connector.describe());
+        tokio::spawn(dialer(pool.clone(), connector));
         Channel {
-            _owner: Arc::new(Owner(inner.clone())),
-            inner,
+            _owner: Arc::new(Owner(pool.clone())),
+            pool,
         }
     }
 
@@ -201,34 +202,34 @@ impl Channel {
 
     /// Starts connecting now instead of on the first stream.
     pub fn connect(&self) {
-        self.inner.want_connection();
+        self.pool.want_connection();
     }
 
     /// The current connectivity state.
     pub fn state(&self) -> Connectivity {
-        *self.inner.state.borrow()
+        *self.pool.state.borrow()
     }
 
     /// Watches connectivity changes.
     pub fn watch_state(&self) -> watch::Receiver<Connectivity> {
-        self.inner.state.subscribe()
+        self.pool.state.subscribe()
     }
 
     /// The keepalive time new connections will use (doubled after each
     /// `too_many_pings`), `None` when keepalive is off.
     pub fn keepalive_time(&self) -> Option<Duration> {
-        self.inner.keepalive_time()
+        self.pool.keepalive_time()
     }
 
     /// Parameters for connections opened from now on (policy reload).
     /// Existing connections keep theirs until they are replaced.
     pub fn set_params(&self, params: ClientParams) {
-        self.inner.set_params(params);
+        self.pool.set_params(params);
     }
 
     /// Connections currently taking streams.
     pub fn ready_connections(&self) -> usize {
-        self.inner.pool.load().iter().filter(|c| c.usable()).count()
+        self.pool.conns.load().iter().filter(|c| c.usable()).count()
     }
 
     /// Opens a stream, waiting until `deadline` for a usable connection.
@@ -246,13 +247,13 @@ impl Channel {
     ) -> Result<ClientStream, Error> {
         let mut last = None;
         for _ in 0..MAX_CONNECTION_PICKS {
-            let conn = self.inner.acquire(deadline).await?;
+            let conn = self.pool.acquire(deadline).await?;
             let request = request();
             let limit = conn.shared.peer_max_header_list.load(Acquire);
             let size = header_list_size(&request);
             if size > limit as usize {
                 conn.release();
-                self.inner.slot_freed();
+                self.pool.slot_freed();
                 return Err(Error::HeaderListTooLarge { size, limit });
             }
             let mut send = conn.send.clone();
@@ -263,7 +264,7 @@ impl Channel {
                         body,
                         guard: ClientStreamGuard {
                             conn,
-                            inner: self.inner.clone(),
+                            pool: self.pool.clone(),
                         },
                     });
                 }
@@ -273,7 +274,7 @@ impl Channel {
                     tracing::debug!(error = %e, "stream refused locally; trying another connection");
                     conn.mark_unusable();
                     conn.release();
-                    self.inner.remove(conn.id);
+                    self.pool.remove(conn.id);
                     last = Some(e);
                 }
             }
@@ -304,7 +305,7 @@ impl Channel {
                     if attempt < MAX_UNPROCESSED_ATTEMPTS
                         && stream.guard.is_unprocessed(&e, id) =>
                 {
-                    Counters::inc(&self.inner.config.counters.upstream_retries);
+                    Counters::inc(&self.pool.config.counters.upstream_retries);
                     tracing::debug!(error = %e, "stream was not processed; retrying");
                 }
                 Err(e) => return Err(e.into()),
@@ -314,6 +315,6 @@ impl Channel {
 
     /// Closes every connection; pending and future streams fail.
     pub fn shutdown(&self) {
-        self.inner.shutdown();
+        self.pool.shutdown();
     }
 }

@@ -1,8 +1,7 @@
 //! The channel's connection pool and its dialer task.
 
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -11,15 +10,17 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::conn::{Conn, establish};
+use super::driver::{ConnParams, PoolEvents};
 use super::{ChannelConfig, Connect, Connectivity};
-use crate::io::shared::Shared;
-use crate::{ClientParams, Counters, Error};
+use crate::{ClientParams, ConnectError, Counters, Error};
 
-pub(crate) struct Inner {
+/// A channel's connections to one address, the streams waiting for one,
+/// and what the dialer needs to open more.
+pub(crate) struct Pool {
     pub config: ChannelConfig,
     addr: String,
-    pub pool: ArcSwap<Vec<Arc<Conn>>>,
-    /// Serialises writers of `pool`.
+    pub conns: ArcSwap<Vec<Arc<Conn>>>,
+    /// Serialises writers of `conns`.
     pool_write: Mutex<()>,
     pub state: watch::Sender<Connectivity>,
     /// Wakes the dialer.
@@ -43,18 +44,18 @@ pub(crate) struct Inner {
 
 #[derive(Default)]
 struct DialStatus {
-    last_error: Option<String>,
+    last_error: Option<Arc<ConnectError>>,
     next_attempt: Option<Instant>,
 }
 
-impl Inner {
+impl Pool {
     pub fn new(config: ChannelConfig, addr: String) -> Arc<Self> {
         let keepalive = keepalive_nanos(config.params.time);
         let params = config.params;
-        Arc::new(Inner {
+        Arc::new(Pool {
             config,
             addr,
-            pool: ArcSwap::from_pointee(Vec::new()),
+            conns: ArcSwap::from_pointee(Vec::new()),
             pool_write: Mutex::new(()),
             state: watch::Sender::new(Connectivity::Idle),
             dial: Notify::new(),
@@ -82,11 +83,8 @@ impl Inner {
             .store(keepalive_nanos(params.time), Release);
     }
 
-    /// The address dialled, for messages.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
+    /// The keepalive time for new connections (doubled after each
+    /// `too_many_pings`); `None` when off.
     pub fn keepalive_time(&self) -> Option<Duration> {
         match self.keepalive_nanos.load(Acquire) {
             0 => None,
@@ -110,7 +108,7 @@ impl Inner {
     }
 
     fn has_usable(&self) -> bool {
-        self.pool.load().iter().any(|c| c.usable())
+        self.conns.load().iter().any(|c| c.usable())
     }
 
     /// Whether the dialer should open a connection now.
@@ -118,13 +116,13 @@ impl Inner {
         if self.shut.load(Acquire) {
             return false;
         }
-        let pool = self.pool.load();
-        let usable = pool.iter().filter(|c| c.usable()).count();
+        let conns = self.conns.load();
+        let usable = conns.iter().filter(|c| c.usable()).count();
         if self.waiting.load(Acquire) == 0 {
             return usable == 0 && self.eager.load(Acquire);
         }
         usable == 0
-            || (usable < self.config.max_connections && !pool.iter().any(|c| c.has_capacity()))
+            || (usable < self.config.max_connections && !conns.iter().any(|c| c.has_capacity()))
     }
 
     /// Keeps at least one connection open from now on, without waiting
@@ -135,14 +133,14 @@ impl Inner {
     }
 
     fn pick(&self) -> Option<Arc<Conn>> {
-        let pool = self.pool.load();
-        if let Some(c) = pool.iter().find(|c| c.try_reserve(false)) {
+        let conns = self.conns.load();
+        if let Some(c) = conns.iter().find(|c| c.try_reserve(false)) {
             return Some(c.clone());
         }
         // At the connection cap: share the least loaded and let h2 queue.
-        let usable = pool.iter().filter(|c| c.usable()).count();
+        let usable = conns.iter().filter(|c| c.usable()).count();
         if usable >= self.config.max_connections {
-            return pool
+            return conns
                 .iter()
                 .filter(|c| c.usable())
                 .min_by_key(|c| c.in_flight())
@@ -186,33 +184,41 @@ impl Inner {
     }
 
     fn unavailable(&self, status: &DialStatus) -> Error {
-        let message = match &status.last_error {
-            Some(e) => e.clone(),
-            None => "no connection became ready in time".into(),
-        };
         Error::Connect {
             addr: self.addr.clone(),
-            message,
+            cause: status
+                .last_error
+                .clone()
+                .unwrap_or_else(|| Arc::new(ConnectError::NotReady)),
+        }
+    }
+
+    /// What the next connection runs with.
+    fn conn_params(&self) -> ConnParams {
+        let params = self.params();
+        ConnParams {
+            keepalive: self.keepalive_time().map(|time| (time, params.timeout)),
+            permit_without_stream: params.permit_without_stream,
         }
     }
 
     fn add(&self, conn: Arc<Conn>) {
         let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = self.pool.load().iter().cloned().collect();
+        let mut v: Vec<_> = self.conns.load().iter().cloned().collect();
         v.push(conn);
-        self.pool.store(Arc::new(v));
+        self.conns.store(Arc::new(v));
     }
 
     /// Forgets a connection (closed, or going away).
     pub fn remove(&self, id: u64) {
         {
             let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
-            let pool = self.pool.load();
-            if !pool.iter().any(|c| c.id == id) {
+            let conns = self.conns.load();
+            if !conns.iter().any(|c| c.id == id) {
                 return;
             }
-            let v: Vec<_> = pool.iter().filter(|c| c.id != id).cloned().collect();
-            self.pool.store(Arc::new(v));
+            let v: Vec<_> = conns.iter().filter(|c| c.id != id).cloned().collect();
+            self.conns.store(Arc::new(v));
         }
         if !self.has_usable() && !self.dialing.load(Acquire) {
             let failing = *self.state.borrow() == Connectivity::TransientFailure;
@@ -225,8 +231,8 @@ impl Inner {
     }
 
     /// A connection received GOAWAY: no new streams there.
-    pub fn on_goaway(&self, shared: &Shared) {
-        if shared.peer_too_many_pings.load(Acquire) {
+    fn on_goaway(&self, id: u64, too_many_pings: bool) {
+        if too_many_pings {
             let doubled = self
                 .keepalive_nanos
                 .fetch_update(AcqRel, Acquire, |n| (n != 0).then(|| n.saturating_mul(2)))
@@ -239,13 +245,7 @@ impl Inner {
                 );
             }
         }
-        let pool = self.pool.load();
-        if let Some(c) = pool
-            .iter()
-            .find(|c| std::ptr::eq(Arc::as_ptr(&c.shared), shared))
-        {
-            self.remove(c.id);
-        }
+        self.remove(id);
     }
 
     /// A stream slot freed up somewhere.
@@ -255,6 +255,7 @@ impl Inner {
         }
     }
 
+    /// Closes every connection; waiting and future streams fail.
     pub fn shutdown(&self) {
         if self.shut.swap(true, AcqRel) {
             return;
@@ -262,13 +263,29 @@ impl Inner {
         self.state.send_replace(Connectivity::Shutdown);
         {
             let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
-            for c in self.pool.load().iter() {
+            for c in self.conns.load().iter() {
                 c.mark_unusable();
             }
-            self.pool.store(Arc::new(Vec::new()));
+            self.conns.store(Arc::new(Vec::new()));
         }
         self.dial.notify_one();
         self.changed.notify_waiters();
+    }
+}
+
+/// Connections report to their pool without keeping it alive: the last
+/// [`Channel`](super::Channel) clone dropped shuts it down.
+impl PoolEvents for Weak<Pool> {
+    fn goaway(&self, id: u64, too_many_pings: bool) {
+        if let Some(pool) = self.upgrade() {
+            pool.on_goaway(id, too_many_pings);
+        }
+    }
+
+    fn closed(&self, id: u64) {
+        if let Some(pool) = self.upgrade() {
+            pool.remove(id);
+        }
     }
 }
 
@@ -279,12 +296,12 @@ fn keepalive_nanos(time: Option<Duration>) -> u64 {
 }
 
 /// Counts a stream waiting for a connection.
-struct Waiting<'a>(&'a Inner);
+struct Waiting<'a>(&'a Pool);
 
 impl<'a> Waiting<'a> {
-    fn new(inner: &'a Inner) -> Self {
-        inner.waiting.fetch_add(1, AcqRel);
-        Waiting(inner)
+    fn new(pool: &'a Pool) -> Self {
+        pool.waiting.fetch_add(1, AcqRel);
+        Waiting(pool)
     }
 }
 
@@ -296,16 +313,16 @@ impl Drop for Waiting<'_> {
 
 /// Opens connections while streams wait for one, with gRPC backoff
 /// between failed attempts.
-pub(crate) async fn dialer<C: Connect>(inner: Arc<Inner>, connector: C) {
-    let mut backoff = Backoff::new(inner.config.backoff);
+pub(crate) async fn dialer<C: Connect>(pool: Arc<Pool>, connector: C) {
+    let mut backoff = Backoff::new(pool.config.backoff);
     loop {
-        let woken = inner.dial.notified();
+        let woken = pool.dial.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if inner.shut.load(Acquire) {
+        if pool.shut.load(Acquire) {
             return;
         }
-        if !inner.needs_connection() {
+        if !pool.needs_connection() {
             woken.await;
             continue;
         }
@@ -316,65 +333,67 @@ pub(crate) async fn dialer<C: Connect>(inner: Arc<Inner>, connector: C) {
                 _ = tokio::time::sleep_until(at) => {}
                 _ = &mut woken => continue,
             }
-            if !inner.needs_connection() {
-                if !inner.has_usable()
-                    && *inner.state.borrow() == super::Connectivity::TransientFailure
+            if !pool.needs_connection() {
+                if !pool.has_usable()
+                    && *pool.state.borrow() == super::Connectivity::TransientFailure
                 {
-                    inner.set_state(Connectivity::Idle);
+                    pool.set_state(Connectivity::Idle);
                 }
                 continue;
             }
         }
-        inner.dialing.store(true, Release);
-        if !inner.has_usable() {
-            inner.set_state(Connectivity::Connecting);
+        pool.dialing.store(true, Release);
+        if !pool.has_usable() {
+            pool.set_state(Connectivity::Connecting);
         }
         let now = Instant::now();
         let deadline = backoff.start_attempt(now, rand::random::<f64>);
-        inner.status().next_attempt = backoff.next_attempt();
-        let id = inner.next_id.fetch_add(1, Relaxed);
+        pool.status().next_attempt = backoff.next_attempt();
+        let id = pool.next_id.fetch_add(1, Relaxed);
         let attempt = async {
-            let io = connector.connect().await?;
-            establish(io, &inner, id).await
+            let io = connector.connect().await.map_err(ConnectError::Io)?;
+            let config = &pool.config;
+            let events = Arc::downgrade(&pool);
+            establish(
+                io,
+                &config.h2,
+                config.counters.clone(),
+                id,
+                pool.conn_params(),
+                events,
+            )
+            .await
         };
-        let result = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Connect {
-                addr: connector.describe(),
-                message: format!("timed out after {:?}", deadline - now),
-            }),
-        };
-        inner.dialing.store(false, Release);
+        let result = tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| Err(ConnectError::TimedOut(deadline - now)));
+        pool.dialing.store(false, Release);
         match result {
             Ok(conn) => {
                 backoff.reset();
                 {
-                    let mut s = inner.status();
+                    let mut s = pool.status();
                     s.next_attempt = None;
                     s.last_error = None;
                 }
-                Counters::inc(&inner.config.counters.upstream_connects);
-                tracing::debug!(upstream = %inner.addr, conn = id, "upstream connected");
-                if inner.shut.load(Acquire) {
+                Counters::inc(&pool.config.counters.upstream_connects);
+                tracing::debug!(upstream = %pool.addr, conn = id, "upstream connected");
+                if pool.shut.load(Acquire) {
                     conn.mark_unusable();
                     return;
                 }
-                inner.add(conn);
-                inner.set_state(Connectivity::Ready);
+                pool.add(conn);
+                pool.set_state(Connectivity::Ready);
             }
             Err(e) => {
-                Counters::inc(&inner.config.counters.upstream_connect_failures);
-                let message = match &e {
-                    Error::Connect { message, .. } => message.clone(),
-                    other => other.to_string(),
-                };
-                tracing::warn!(upstream = %inner.addr, error = %message, "upstream connect failed");
-                inner.status().last_error = Some(message);
-                if !inner.has_usable() {
-                    inner.set_state(Connectivity::TransientFailure);
+                Counters::inc(&pool.config.counters.upstream_connect_failures);
+                tracing::warn!(upstream = %pool.addr, error = %e, "upstream connect failed");
+                pool.status().last_error = Some(Arc::new(e));
+                if !pool.has_usable() {
+                    pool.set_state(Connectivity::TransientFailure);
                 }
             }
         }
-        inner.changed.notify_waiters();
+        pool.changed.notify_waiters();
     }
 }

@@ -416,7 +416,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
                 tracing::debug!(error = %e, "connection closed during drain");
                 CloseReason::Drained(d.reason)
             }
-            (Some(e), _) => CloseReason::Error(e.to_string()),
+            (Some(e), _) => CloseReason::Error(Arc::new(e)),
         }
     }
 

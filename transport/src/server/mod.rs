@@ -69,7 +69,7 @@ impl Default for ServerConfig {
 }
 
 /// Why a server connection ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum CloseReason {
     /// The peer closed the connection.
     PeerClosed,
@@ -83,9 +83,24 @@ pub enum CloseReason {
     DrainTimeout,
     /// Closed with GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings").
     TooManyPings,
-    /// A protocol or IO error (message from h2 or the socket).
-    Error(String),
+    /// A protocol or IO error, from h2 or the socket.
+    Error(Arc<h2::Error>),
 }
+
+/// Equal when the same variant with the same reason; two
+/// [`Error`](CloseReason::Error)s only when they are the same error.
+impl PartialEq for CloseReason {
+    fn eq(&self, other: &Self) -> bool {
+        use CloseReason::*;
+        match (self, other) {
+            (Drained(a), Drained(b)) => a == b,
+            (Error(a), Error(b)) => Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
+impl Eq for CloseReason {}
 
 impl CloseReason {
     /// Short label for logs and metrics.
