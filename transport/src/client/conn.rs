@@ -24,7 +24,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Takes new streams: no GOAWAY received, not closed.
     pub fn usable(&self) -> bool {
-        !self.unusable.load(Acquire) && !self.shared.peer_goaway.load(Acquire)
+        !self.unusable.load(Acquire) && !self.shared.client().peer_goaway.load(Acquire)
     }
 
     pub fn mark_unusable(&self) {
@@ -37,7 +37,7 @@ impl Conn {
         if !self.usable() {
             return false;
         }
-        let max = self.shared.peer_max_streams.load(Acquire) as usize;
+        let max = self.shared.client().peer_max_streams.load(Acquire) as usize;
         let active = &self.shared.active_streams;
         let mut cur = active.load(Acquire);
         loop {
@@ -66,7 +66,8 @@ impl Conn {
     }
 
     pub fn has_capacity(&self) -> bool {
-        self.usable() && self.in_flight() < self.shared.peer_max_streams.load(Acquire) as usize
+        self.usable()
+            && self.in_flight() < self.shared.client().peer_max_streams.load(Acquire) as usize
     }
 }
 

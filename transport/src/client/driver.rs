@@ -169,7 +169,7 @@ where
             self.goaway_seen = true;
             Counters::inc(&self.shared.counters.upstream_connections_goaway);
             self.shared.set_state(ConnState::Draining);
-            let too_many_pings = self.shared.peer_too_many_pings.load(Acquire);
+            let too_many_pings = self.shared.client().peer_too_many_pings.load(Acquire);
             self.events.goaway(self.id, too_many_pings);
         }
     }

@@ -167,7 +167,13 @@ impl ClientStreamGuard {
         }
         err.is_go_away()
             && err.is_remote()
-            && u32::from(id) > self.conn.shared.peer_goaway_last_stream.load(Acquire)
+            && u32::from(id)
+                > self
+                    .conn
+                    .shared
+                    .client()
+                    .peer_goaway_last_stream
+                    .load(Acquire)
     }
 }
 
@@ -249,7 +255,7 @@ impl Channel {
         for _ in 0..MAX_CONNECTION_PICKS {
             let conn = self.pool.acquire(deadline).await?;
             let request = request();
-            let limit = conn.shared.peer_max_header_list.load(Acquire);
+            let limit = conn.shared.client().peer_max_header_list.load(Acquire);
             let size = header_list_size(&request);
             if size > limit as usize {
                 conn.release();

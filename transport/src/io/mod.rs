@@ -60,7 +60,7 @@ struct Observer {
 
 impl<T> FrameIo<T> {
     pub(crate) fn new(inner: T, shared: Arc<Shared>) -> Self {
-        let server = shared.role == Role::Server;
+        let server = shared.role() == Role::Server;
         FrameIo {
             inner,
             // The client writes the preface; the server reads it.
@@ -87,7 +87,8 @@ impl<T> FrameIo<T> {
 
 impl WriteObserver for Observer {
     fn goaway_debug(&self) -> Option<&'static [u8]> {
-        GoAwayReason::from_u8(self.shared.goaway_reason.load(Acquire)).map(GoAwayReason::debug_data)
+        let server = self.shared.as_server()?;
+        GoAwayReason::from_u8(server.goaway_reason.load(Acquire)).map(GoAwayReason::debug_data)
     }
 
     fn on_written(&mut self, ev: FrameEvent) {
@@ -115,7 +116,7 @@ impl WriteObserver for Observer {
                 if !self.goaway_written {
                     self.goaway_written = true;
                     self.expect_shutdown_ping =
-                        self.shared.role == Role::Server && last_stream_id == MAX_STREAM_ID;
+                        self.shared.role() == Role::Server && last_stream_id == MAX_STREAM_ID;
                 }
                 self.shared.notify(event::GOAWAY_WRITTEN);
             }
@@ -134,16 +135,16 @@ impl Observer {
         match ev {
             FrameEvent::Ping { ack: false, .. } => {
                 shared.pings_received.fetch_add(1, Relaxed);
-                if shared.role != Role::Server {
+                let Some(server) = shared.as_server() else {
                     return;
-                }
+                };
                 let verdict = self.enforcer.on_ping(
                     now,
                     shared.active_streams.load(Acquire),
-                    std::time::Duration::from_nanos(shared.min_time_nanos.load(Relaxed)),
-                    shared.permit_without_stream.load(Relaxed),
+                    std::time::Duration::from_nanos(server.min_time_nanos.load(Relaxed)),
+                    server.permit_without_stream.load(Relaxed),
                 );
-                shared.strikes.store(self.enforcer.strikes(), Relaxed);
+                server.strikes.store(self.enforcer.strikes(), Relaxed);
                 match verdict {
                     PingVerdict::Ok => {}
                     PingVerdict::Strike(n) => {
@@ -167,26 +168,33 @@ impl Observer {
                 error_code,
                 debug: data,
             } => {
-                shared
-                    .peer_goaway_last_stream
-                    .fetch_min(last_stream_id, AcqRel);
-                shared.peer_goaway.store(true, Release);
-                if error_code == frame::code::ENHANCE_YOUR_CALM
-                    && data.as_bytes() == GoAwayReason::TooManyPings.debug_data()
-                {
-                    shared.peer_too_many_pings.store(true, Release);
-                }
-                if shared.role == Role::Client {
+                if let Some(client) = shared.as_client() {
+                    client
+                        .peer_goaway_last_stream
+                        .fetch_min(last_stream_id, AcqRel);
+                    client.peer_goaway.store(true, Release);
+                    if error_code == frame::code::ENHANCE_YOUR_CALM
+                        && data.as_bytes() == GoAwayReason::TooManyPings.debug_data()
+                    {
+                        client.peer_too_many_pings.store(true, Release);
+                    }
                     Counters::inc(&shared.counters.upstream_goaways_received);
                 }
                 tracing::debug!(last_stream_id, error_code, debug_data = ?data, "received GOAWAY");
                 shared.notify(event::PEER_GOAWAY);
             }
-            FrameEvent::Setting { id, value } if id == frame::SETTINGS_MAX_CONCURRENT_STREAMS => {
-                shared.peer_max_streams.store(value, Release);
-            }
-            FrameEvent::Setting { id, value } if id == frame::SETTINGS_MAX_HEADER_LIST_SIZE => {
-                shared.peer_max_header_list.store(value, Release);
+            FrameEvent::Setting { id, value } => {
+                if let Some(client) = shared.as_client() {
+                    match id {
+                        frame::SETTINGS_MAX_CONCURRENT_STREAMS => {
+                            client.peer_max_streams.store(value, Release);
+                        }
+                        frame::SETTINGS_MAX_HEADER_LIST_SIZE => {
+                            client.peer_max_header_list.store(value, Release);
+                        }
+                        _ => {}
+                    }
+                }
             }
             FrameEvent::Header(h) if h.kind == kind::SETTINGS && !h.is_ack() => {
                 // Reported once the whole frame is read: its settings come
@@ -205,7 +213,11 @@ impl Observer {
 
     /// Whether the read half should hand h2 the shutdown PING's ACK now.
     fn wants_inject(&self) -> Option<[u8; 8]> {
-        if self.shutdown_acked || !self.shared.inject_shutdown_ack.load(Acquire) {
+        let asked = self
+            .shared
+            .as_server()
+            .is_some_and(|s| s.inject_shutdown_ack.load(Acquire));
+        if self.shutdown_acked || !asked {
             return None;
         }
         self.shutdown_payload
@@ -227,7 +239,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
         if let Some(payload) = this.obs.wants_inject() {
             if this.read.at_boundary() {
                 this.obs.shutdown_acked = true;
-                this.obs.shared.inject_shutdown_ack.store(false, Release);
+                this.obs
+                    .shared
+                    .server()
+                    .inject_shutdown_ack
+                    .store(false, Release);
                 let header = frame::FrameHeader {
                     len: 8,
                     kind: kind::PING,

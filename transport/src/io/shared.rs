@@ -2,9 +2,15 @@
 //! inside `h2`), its driver, its stream guards and observers such as the
 //! agent's `/connections` endpoint.
 //!
+//! What both ends keep is in [`Shared`]; what only one end keeps is in its
+//! [`Side`]: [`ServerSide`] (ping enforcement, the GOAWAY reason, the
+//! shutdown-ACK injection, the control mailbox) or [`ClientSide`] (the
+//! server's SETTINGS limits and GOAWAY). A connection's side is fixed when
+//! it is made, by the driver that makes it.
+//!
 //! Everything the IO layer touches per read or write is an atomic; the one
-//! mutex is the control mailbox, taken only for drain requests and policy
-//! reloads.
+//! mutex is the server's control mailbox, taken only for drain requests and
+//! policy reloads.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -46,6 +52,21 @@ pub(crate) enum Role {
     Client,
 }
 
+impl ServerSide {
+    pub fn set_enforcement(&self, params: &ServerParams) {
+        self.min_time_nanos.store(
+            u64::try_from(params.min_time.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        self.permit_without_stream
+            .store(params.permit_without_stream, Relaxed);
+    }
+
+    pub fn take_control(&self) -> Control {
+        std::mem::take(&mut *self.control.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Lifecycle of a connection as shown in stats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,8 +106,8 @@ pub(crate) struct Control {
     pub params: Option<Box<ServerParams>>,
 }
 
+/// One connection's state, as both sides have it.
 pub(crate) struct Shared {
-    pub role: Role,
     pub base: Instant,
     pub counters: Arc<Counters>,
     pub waker: AtomicWaker,
@@ -98,41 +119,75 @@ pub(crate) struct Shared {
     /// Nanoseconds after `base` at which `active_streams` last became zero.
     pub idle_since: AtomicU64,
     pub streams_total: AtomicU64,
+    /// The peer's first SETTINGS frame has been read.
+    pub peer_settings: AtomicBool,
+    pub pings_sent: AtomicU64,
+    pub pings_received: AtomicU64,
+    pub state: AtomicU8,
+    pub closed_at: AtomicI64,
 
+    /// What only one side has.
+    pub side: Side,
+}
+
+/// The state only one end of a connection keeps.
+pub(crate) enum Side {
+    Server(ServerSide),
+    Client(ClientSide),
+}
+
+/// A server connection's own state: enforcement, the GOAWAY it sends,
+/// and the control mailbox.
+pub(crate) struct ServerSide {
     /// GOAWAY debug data the IO layer adds to the next GOAWAY `h2` writes.
     pub goaway_reason: AtomicU8,
+    /// Why the connection is draining, for stats.
+    pub drain_reason: AtomicU8,
     /// Ask the IO layer to deliver an ACK for `h2`'s shutdown PING.
     pub inject_shutdown_ack: AtomicBool,
     /// Enforcement parameters, read by the IO layer on each PING.
     pub min_time_nanos: AtomicU64,
     pub permit_without_stream: AtomicBool,
+    /// Current ping strikes, for stats.
+    pub strikes: AtomicU32,
+    pub control: Mutex<Control>,
+}
 
-    /// The peer's first SETTINGS frame has been read.
-    pub peer_settings: AtomicBool,
-    /// Client side: the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
+/// A client connection's own state: what the server's SETTINGS and
+/// GOAWAY said.
+pub(crate) struct ClientSide {
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS.
     pub peer_max_streams: AtomicU32,
-    /// Client side: the peer's SETTINGS_MAX_HEADER_LIST_SIZE (h2 does not
-    /// check what it sends against it).
+    /// The peer's SETTINGS_MAX_HEADER_LIST_SIZE (h2 does not check what
+    /// it sends against it).
     pub peer_max_header_list: AtomicU32,
-    /// Client side: a GOAWAY was received; open no new stream here.
+    /// A GOAWAY was received; open no new stream here.
     pub peer_goaway: AtomicBool,
     pub peer_goaway_last_stream: AtomicU32,
     pub peer_too_many_pings: AtomicBool,
-
-    pub pings_sent: AtomicU64,
-    pub pings_received: AtomicU64,
-    pub strikes: AtomicU32,
-    pub state: AtomicU8,
-    pub drain_reason: AtomicU8,
-    pub closed_at: AtomicI64,
-
-    pub control: Mutex<Control>,
 }
 
 impl Shared {
     pub fn new(role: Role, counters: Arc<Counters>) -> Arc<Self> {
+        let side = match role {
+            Role::Server => Side::Server(ServerSide {
+                goaway_reason: AtomicU8::new(0),
+                drain_reason: AtomicU8::new(0),
+                inject_shutdown_ack: AtomicBool::new(false),
+                min_time_nanos: AtomicU64::new(0),
+                permit_without_stream: AtomicBool::new(false),
+                strikes: AtomicU32::new(0),
+                control: Mutex::new(Control::default()),
+            }),
+            Role::Client => Side::Client(ClientSide {
+                peer_max_streams: AtomicU32::new(u32::MAX),
+                peer_max_header_list: AtomicU32::new(u32::MAX),
+                peer_goaway: AtomicBool::new(false),
+                peer_goaway_last_stream: AtomicU32::new(u32::MAX),
+                peer_too_many_pings: AtomicBool::new(false),
+            }),
+        };
         Arc::new(Shared {
-            role,
             base: Instant::now(),
             counters,
             waker: AtomicWaker::new(),
@@ -141,24 +196,48 @@ impl Shared {
             active_streams: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             streams_total: AtomicU64::new(0),
-            goaway_reason: AtomicU8::new(0),
-            inject_shutdown_ack: AtomicBool::new(false),
-            min_time_nanos: AtomicU64::new(0),
-            permit_without_stream: AtomicBool::new(false),
             peer_settings: AtomicBool::new(false),
-            peer_max_streams: AtomicU32::new(u32::MAX),
-            peer_max_header_list: AtomicU32::new(u32::MAX),
-            peer_goaway: AtomicBool::new(false),
-            peer_goaway_last_stream: AtomicU32::new(u32::MAX),
-            peer_too_many_pings: AtomicBool::new(false),
             pings_sent: AtomicU64::new(0),
             pings_received: AtomicU64::new(0),
-            strikes: AtomicU32::new(0),
             state: AtomicU8::new(ConnState::Open as u8),
-            drain_reason: AtomicU8::new(0),
             closed_at: AtomicI64::new(-1),
-            control: Mutex::new(Control::default()),
+            side,
         })
+    }
+
+    pub fn role(&self) -> Role {
+        match self.side {
+            Side::Server(_) => Role::Server,
+            Side::Client(_) => Role::Client,
+        }
+    }
+
+    /// The server side's state; `None` on a client connection.
+    pub fn as_server(&self) -> Option<&ServerSide> {
+        match &self.side {
+            Side::Server(s) => Some(s),
+            Side::Client(_) => None,
+        }
+    }
+
+    /// The client side's state; `None` on a server connection.
+    pub fn as_client(&self) -> Option<&ClientSide> {
+        match &self.side {
+            Side::Client(c) => Some(c),
+            Side::Server(_) => None,
+        }
+    }
+
+    /// The server side's state, on a connection made by the server.
+    #[track_caller]
+    pub fn server(&self) -> &ServerSide {
+        self.as_server().expect("a server connection's state")
+    }
+
+    /// The client side's state, on a connection made by the client.
+    #[track_caller]
+    pub fn client(&self) -> &ClientSide {
+        self.as_client().expect("a client connection's state")
     }
 
     pub fn nanos_since_base(&self, t: Instant) -> u64 {
@@ -183,15 +262,6 @@ impl Shared {
         self.events.swap(0, AcqRel)
     }
 
-    pub fn set_enforcement(&self, params: &ServerParams) {
-        self.min_time_nanos.store(
-            u64::try_from(params.min_time.as_nanos()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
-        self.permit_without_stream
-            .store(params.permit_without_stream, Relaxed);
-    }
-
     pub fn set_state(&self, state: ConnState) {
         self.state.store(state as u8, Release);
         if state == ConnState::Closed {
@@ -203,17 +273,19 @@ impl Shared {
         ConnState::from_u8(self.state.load(Acquire))
     }
 
+    /// Puts a drain request or new parameters in a server connection's
+    /// mailbox and wakes its driver.
     pub fn send_control(&self, f: impl FnOnce(&mut Control)) {
         // A poisoned mailbox only means a panic elsewhere mid-update; the
         // data is plain values, so keep using it.
-        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self
+            .server()
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         f(&mut c);
         drop(c);
         self.notify(event::CONTROL);
-    }
-
-    pub fn take_control(&self) -> Control {
-        std::mem::take(&mut *self.control.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A stream became active. Returns true when the count left zero.
@@ -247,6 +319,9 @@ impl Shared {
         } else {
             now
         };
+        let (strikes, drain_reason) = self.as_server().map_or((0, 0), |s| {
+            (s.strikes.load(Relaxed), s.drain_reason.load(Relaxed))
+        });
         ConnStats {
             age: Duration::from_nanos(end),
             idle: Duration::from_nanos(idle),
@@ -255,9 +330,9 @@ impl Shared {
             streams_total: self.streams_total.load(Relaxed),
             pings_sent: self.pings_sent.load(Relaxed),
             pings_received: self.pings_received.load(Relaxed),
-            strikes: self.strikes.load(Relaxed),
+            strikes,
             state: self.state(),
-            goaway_reason: GoAwayReason::from_u8(self.drain_reason.load(Relaxed)),
+            goaway_reason: GoAwayReason::from_u8(drain_reason),
         }
     }
 }

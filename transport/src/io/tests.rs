@@ -166,6 +166,7 @@ fn goaway_without_debug_data_gets_the_reason() {
     let mut io = io_with(Role::Server, Scripted::new(vec![]));
     io.obs
         .shared
+        .server()
         .goaway_reason
         .store(GoAwayReason::MaxAge as u8, Release);
     write_all(&mut io, &input, &[]);
@@ -187,6 +188,7 @@ fn goaway_already_carrying_debug_data_is_left_alone() {
     let mut io = io_with(Role::Server, Scripted::new(vec![]));
     io.obs
         .shared
+        .server()
         .goaway_reason
         .store(GoAwayReason::MaxIdle as u8, Release);
     write_all(&mut io, &input, &[]);
@@ -207,14 +209,11 @@ fn client_side_skips_its_own_preface() {
     let mut input = crate::frame::PREFACE.to_vec();
     encode_goaway(&mut input, 0, 0, b"");
     let mut io = io_with(Role::Client, Scripted::new(vec![]));
-    io.obs
-        .shared
-        .goaway_reason
-        .store(GoAwayReason::GracefulStop as u8, Release);
     write_all(&mut io, &input, &[10, 10, 10]);
-    let mut want = crate::frame::PREFACE.to_vec();
-    encode_goaway(&mut want, 0, 0, b"graceful_stop");
-    assert_eq!(io.inner.written, want);
+    // Passed through untouched (a client adds no reason), and the frame
+    // after the preface was read as a GOAWAY, not as preface bytes.
+    assert_eq!(io.inner.written, input);
+    assert!(io.obs.goaway_written);
 }
 
 #[test]
@@ -243,7 +242,11 @@ fn injected_ack_lands_on_a_frame_boundary() {
     assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
     got.extend_from_slice(rb.filled());
     assert_eq!(got.len(), 30);
-    io.obs.shared.inject_shutdown_ack.store(true, Release);
+    io.obs
+        .shared
+        .server()
+        .inject_shutdown_ack
+        .store(true, Release);
     for _ in 0..4 {
         let mut rb = ReadBuf::new(&mut buf);
         assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
@@ -253,7 +256,7 @@ fn injected_ack_lands_on_a_frame_boundary() {
     encode_ping(&mut want, true, *b"shutdown");
     want.extend_from_slice(&inbound[109..]);
     assert_eq!(got, want);
-    assert!(!io.obs.shared.inject_shutdown_ack.load(Acquire));
+    assert!(!io.obs.shared.server().inject_shutdown_ack.load(Acquire));
 }
 
 #[test]
@@ -264,7 +267,11 @@ fn injected_ack_survives_a_tiny_read_buffer() {
     encode_goaway(&mut out, crate::frame::MAX_STREAM_ID, 0, b"");
     encode_ping(&mut out, false, [3; 8]);
     write_all(&mut io, &out, &[]);
-    io.obs.shared.inject_shutdown_ack.store(true, Release);
+    io.obs
+        .shared
+        .server()
+        .inject_shutdown_ack
+        .store(true, Release);
     let mut cx = Context::from_waker(Waker::noop());
     let mut got = Vec::new();
     for _ in 0..6 {
@@ -295,7 +302,11 @@ fn real_ack_cancels_injection() {
     assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
     assert_eq!(rb.filled(), &ack[..]);
     assert_ne!(io.obs.shared.take_events() & event::SHUTDOWN_ACKED, 0);
-    io.obs.shared.inject_shutdown_ack.store(true, Release);
+    io.obs
+        .shared
+        .server()
+        .inject_shutdown_ack
+        .store(true, Release);
     let mut rb = ReadBuf::new(&mut buf);
     assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
     assert!(rb.filled().is_empty(), "no second ACK");
@@ -324,7 +335,7 @@ proptest! {
             }
         }
         let mut io = io_with(Role::Server, Scripted::new(quota));
-        io.obs.shared.goaway_reason.store(GoAwayReason::GracefulStop as u8, Release);
+        io.obs.shared.server().goaway_reason.store(GoAwayReason::GracefulStop as u8, Release);
         write_all(&mut io, &input, &cuts);
         prop_assert_eq!(&io.inner.written, &want);
     }

@@ -63,7 +63,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         age_factor: f64,
     ) -> Result<Self, Error> {
         let shared = Shared::new(Role::Server, config.counters.clone());
-        shared.set_enforcement(&config.params);
+        shared.server().set_enforcement(&config.params);
         let io = FrameIo::new(io, shared.clone());
         let deadline = Instant::now() + config.handshake_timeout;
         let mut h2 = tokio::time::timeout_at(deadline, config.h2.handshake(io))
@@ -201,7 +201,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         }
         let now = Instant::now();
         if events & event::CONTROL != 0 {
-            let control = self.shared.take_control();
+            let control = self.shared.server().take_control();
             if let Some(params) = control.params {
                 self.apply_params(*params);
             }
@@ -217,10 +217,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
             // warn, not error: it is the client's misconfiguration, and an
             // abusive client must not be able to fill the error log.
             tracing::warn!(
-                strikes = self.shared.strikes.load(Relaxed),
+                strikes = self.shared.server().strikes.load(Relaxed),
                 "client pinged too often; sending GOAWAY(ENHANCE_YOUR_CALM, too_many_pings)"
             );
             self.shared
+                .server()
                 .goaway_reason
                 .store(GoAwayReason::TooManyPings as u8, Release);
             Counters::inc(&self.shared.counters.goaways_sent[GoAwayReason::TooManyPings.index()]);
@@ -307,7 +308,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
         {
             drain.ack_deadline = None;
             drain.ack_done = true;
-            self.shared.inject_shutdown_ack.store(true, Release);
+            self.shared
+                .server()
+                .inject_shutdown_ack
+                .store(true, Release);
             changed = true;
         }
         changed
@@ -370,8 +374,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
             return;
         }
         tracing::debug!(reason = reason.as_str(), "sending GOAWAY");
-        self.shared.goaway_reason.store(reason as u8, Release);
-        self.shared.drain_reason.store(reason as u8, Relaxed);
+        let server = self.shared.server();
+        server.goaway_reason.store(reason as u8, Release);
+        server.drain_reason.store(reason as u8, Relaxed);
         self.shared.set_state(ConnState::Draining);
         Counters::inc(&self.shared.counters.goaways_sent[reason.index()]);
         self.drain = Some(DrainState {
@@ -392,7 +397,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConnection<T> {
 
     fn apply_params(&mut self, params: ServerParams) {
         self.params = params;
-        self.shared.set_enforcement(&params);
+        self.shared.server().set_enforcement(&params);
         if !self.age_fired {
             self.keepalive.update(
                 params.time,
