@@ -12,10 +12,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 use crate::tls::CertStore;
 use crate::{Error, Result};
 
@@ -88,15 +88,19 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) -> Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.wait())
-        .await
-        .map_err(|error| Error::Io {
-            path: "admin server".into(),
-            error,
-        })
+/// Serves `router` on `listener` until `shutdown` is signalled, then lets
+/// open requests finish; `shutdown` is held until they have.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: drain::Watch) -> Result<()> {
+    let signalled = shutdown.clone().signaled().map(drop);
+    let served = axum::serve(listener, router).with_graceful_shutdown(signalled);
+    let result = shutdown
+        .ignore_signaled()
+        .release_after(served.into_future())
+        .await;
+    result.map_err(|error| Error::Io {
+        path: "admin server".into(),
+        error,
+    })
 }
 
 #[cfg(test)]

@@ -32,9 +32,11 @@
 //! leadership while its renewals fail.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -45,7 +47,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::shutdown::{self, Shutdown};
 use crate::{MANAGER, Result};
 
 /// How long a lease lasts, how long its holder keeps trying to renew it,
@@ -123,80 +124,108 @@ pub struct LeaseConfig {
     pub identity: String,
 }
 
+/// The election: plain data, from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Which Lease, and who we are.
+    pub lease: LeaseConfig,
+    /// How long it lasts and how often it is tried.
+    pub timing: LeaseTiming,
+}
+
+/// The runtime handles [`run_as_leader`] works with.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Operator metrics (the leader gauge).
+    pub metrics: Arc<Metrics>,
+    /// Whether this replica leads, for the tasks that only the leader
+    /// does part of (the certificate upkeep, [`crate::tls::secret`]).
+    pub leader: watch::Sender<bool>,
+}
+
 /// Runs `work` for each term this replica holds the lease, until
-/// `shutdown`. `work` gets a signal that fires when the term ends (the
-/// lease is lost or could not be renewed in time, or `shutdown`); the
-/// term is over when its future completes. `leader` and the leader metric
-/// mirror the state: true from the start of a term until `work` has
-/// finished.
+/// `shutdown` is signalled. `work` gets a [`drain::Watch`] on its term,
+/// signalled when the term ends (the lease is lost or could not be
+/// renewed in time, or `shutdown`); the term is over when its future has
+/// completed and every clone of that watch is dropped. `ctx.leader` and
+/// the leader metric mirror the state: true from the start of a term
+/// until it is over. `shutdown` is held until the Lease is released.
 ///
 /// Work that completes on its own ends the term too, and this replica
 /// stops campaigning: the lease is released for another replica.
 pub async fn run_as_leader<F, Fut>(
-    client: Client,
-    config: &LeaseConfig,
-    timing: LeaseTiming,
-    metrics: Arc<Metrics>,
-    leader: watch::Sender<bool>,
-    mut shutdown: Shutdown,
+    ctx: Context,
+    config: Config,
+    shutdown: drain::Watch,
     mut work: F,
 ) -> Result<()>
 where
-    F: FnMut(Shutdown) -> Fut,
+    F: FnMut(drain::Watch) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut elector = Elector::new(client, config, timing);
+    let Config { lease, timing } = config;
+    let mut elector = Elector::new(ctx.client, &lease, timing);
     'campaign: loop {
         let mut renewed = loop {
-            if shutdown.is_signalled() {
+            if shutdown.clone().signaled().now_or_never().is_some() {
                 break 'campaign;
             }
             let started = Instant::now();
             match elector.attempt(timing.retry_period).await {
                 Attempt::Holds => break started,
-                Attempt::HeldBy(holder) => debug!(lease = %config.name, %holder, "lease held"),
+                Attempt::HeldBy(holder) => debug!(lease = %lease.name, %holder, "lease held"),
                 Attempt::Conflict | Attempt::Failed => {}
             }
             tokio::select! {
-                () = shutdown.signalled() => break 'campaign,
+                _ = shutdown.clone().signaled() => break 'campaign,
                 () = tokio::time::sleep(timing.jittered_retry()) => {}
             }
         };
-        info!(lease = %config.name, identity = %config.identity, "became leader");
-        metrics.set_leader(true);
-        leader.send_replace(true);
-        let (end_term, term) = shutdown::channel();
-        let mut term_work = std::pin::pin!(work(term));
+        info!(lease = %lease.name, identity = %lease.identity, "became leader");
+        ctx.metrics.set_leader(true);
+        ctx.leader.send_replace(true);
+        let (end_term, term) = drain::channel();
+        let mut term_work = pin!(work(term));
         let end = tokio::select! {
             () = &mut term_work => TermEnd::WorkReturned,
             end = elector.keep(&mut renewed) => end,
-            () = shutdown.signalled() => TermEnd::Shutdown,
+            _ = shutdown.clone().signaled() => TermEnd::Shutdown,
         };
-        end_term.fire();
+        // Tell the work to stop, and wait for it and every watch on its term.
+        let mut over = pin!(async move {
+            match end {
+                TermEnd::WorkReturned => end_term.drain().await,
+                _ => {
+                    futures_util::future::join(end_term.drain(), term_work).await;
+                }
+            }
+        });
         match end {
-            TermEnd::WorkReturned => {}
             // Still the holder: keep renewing while the work stops.
             TermEnd::Shutdown => {
                 tokio::select! {
-                    () = &mut term_work => {}
-                    _ = elector.keep(&mut renewed) => term_work.await,
+                    () = &mut over => {}
+                    _ = elector.keep(&mut renewed) => over.await,
                 }
             }
-            TermEnd::Lost | TermEnd::Unrenewed => term_work.await,
+            TermEnd::WorkReturned | TermEnd::Lost | TermEnd::Unrenewed => over.await,
         }
-        metrics.set_leader(false);
-        leader.send_replace(false);
+        ctx.metrics.set_leader(false);
+        ctx.leader.send_replace(false);
         match end {
             TermEnd::Shutdown | TermEnd::WorkReturned => break,
-            TermEnd::Lost => warn!(lease = %config.name, "lost the lease; stopped leading"),
+            TermEnd::Lost => warn!(lease = %lease.name, "lost the lease; stopped leading"),
             TermEnd::Unrenewed => warn!(
-                lease = %config.name,
+                lease = %lease.name,
                 deadline = ?timing.renew_deadline,
                 "could not renew the lease in time; stopped leading"
             ),
         }
     }
     elector.release().await;
+    // Held until now: the operator's drain waits for the release.
+    drop(shutdown);
     Ok(())
 }
 

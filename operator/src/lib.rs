@@ -20,8 +20,9 @@
 //! Runtime plumbing: [`cli`] (flags and environment), [`leader`] (Lease-based leader
 //! election), [`tls`] (the webhook's certificate authority and serving
 //! certificate), [`admin`] (health and metrics endpoints), [`metrics`],
-//! [`shutdown`] and [`rbac`] (the API permissions the code uses, for the
-//! Helm chart to check against).
+//! [`lifecycle`] (stopping on SIGTERM: one drain signal every task
+//! watches, waited for) and [`rbac`] (the API permissions the code uses,
+//! for the Helm chart to check against).
 
 pub mod admin;
 pub mod cli;
@@ -31,13 +32,13 @@ pub mod defaults;
 mod error;
 pub mod inject;
 pub mod leader;
+pub mod lifecycle;
 pub mod manifests;
 pub mod metrics;
 mod quantity;
 pub mod rbac;
 pub mod run;
 pub mod selection;
-pub mod shutdown;
 pub mod tls;
 pub mod webhook;
 

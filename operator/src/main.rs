@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use goaway_operator::cli::{Cli, Command, InjectArgs, LogFormat};
 use goaway_operator::manifests as inject;
-use goaway_operator::{rbac, run, shutdown};
+use goaway_operator::{lifecycle, rbac, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -25,15 +25,18 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(async {
-                let (trigger, signal) = shutdown::channel();
-                tokio::spawn(async move {
-                    shutdown::os_signal().await;
-                    tracing::info!("shutting down");
-                    trigger.fire();
-                });
-                run::run(*args, signal).await
-            })?;
+            let stopped = runtime.block_on(lifecycle::run_until(
+                lifecycle::os_signal(),
+                lifecycle::SHUTDOWN_TIMEOUT,
+                |watch| run::run(*args, watch),
+            ));
+            match stopped {
+                Some(result) => result?,
+                None => tracing::warn!(
+                    timeout = ?lifecycle::SHUTDOWN_TIMEOUT,
+                    "tasks still running after the shutdown timeout; exiting anyway"
+                ),
+            }
         }
         Command::Inject(args) => inject_command(&args)?,
         Command::Uninject => {

@@ -5,8 +5,10 @@
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics.
 //! The leader (or the only replica without leader election) runs the
-//! controller. On shutdown the listeners close first, in-flight reviews
-//! and reconciliations finish, then the lease is released.
+//! controller. Every task holds a clone of the [`drain::Watch`] it is
+//! given ([`crate::lifecycle`]). On shutdown the listeners close first,
+//! in-flight reviews and reconciliations finish, then the lease is
+//! released; `run` returns once every task has.
 
 use std::sync::Arc;
 
@@ -22,14 +24,13 @@ use tracing::{info, warn};
 use crate::admin::{self, Readiness};
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 use crate::tls::{self, CertStore};
 use crate::webhook::{self, Webhook};
 use crate::{KeepalivePolicy, MANAGER, Result, controller, leader};
 
-/// Runs the operator until `shutdown`. Flags the operator cannot run with
-/// are refused first, before anything is bound or read.
-pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
+/// Runs the operator until `shutdown` is signalled. Flags the operator
+/// cannot run with are refused first, before anything is bound or read.
+pub async fn run(args: RunArgs, shutdown: drain::Watch) -> Result<()> {
     let agent = args.agent.agent_config()?;
     let defaults = args.defaults.policy_defaults()?;
     let lease_timing = args.lease_timing()?;
@@ -66,11 +67,11 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
     )
     .default_backoff()
     .for_each(|_| async {});
-    let mut reflector_stop = shutdown.clone();
+    let reflector_stop = shutdown.clone();
     let reflector_task = tokio::spawn(async move {
         tokio::select! {
             _ = futures_util::future::join(reflect, reflect_namespaces) => {}
-            () = reflector_stop.signalled() => {}
+            _ = reflector_stop.signaled() => {}
         }
     });
     let synced = policies.clone();
@@ -84,11 +85,15 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
 
     let (leader_tx, leader_rx) = watch::channel(false);
     let tls_task = tokio::spawn(tls::secret::maintain(
-        client.clone(),
-        args.namespace.clone(),
-        args.tls_source(),
-        certs.clone(),
-        leader_rx,
+        tls::secret::Context {
+            client: client.clone(),
+            store: certs.clone(),
+            leader: leader_rx,
+        },
+        tls::secret::Config {
+            namespace: args.namespace.clone(),
+            source: args.tls_source(),
+        },
         shutdown.clone(),
     ));
 
@@ -114,29 +119,31 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         shutdown.clone(),
     ));
 
-    let watch_namespace = args.watch_namespace.clone();
-    let lead = |term: Shutdown| {
+    let controller_config = controller::Config {
+        namespace: args.watch_namespace.clone(),
+        defaults,
+        instance: Some(identity),
+    };
+    let lead = |term: drain::Watch| {
         controller::run(
             client.clone(),
-            watch_namespace.clone(),
-            defaults.clone(),
             metrics.clone(),
-            Some(identity.clone()),
-            term.wait(),
+            controller_config.clone(),
+            term,
         )
     };
     match args.lease() {
         Some(lease) => {
-            leader::run_as_leader(
-                client.clone(),
-                &lease,
-                lease_timing,
-                metrics.clone(),
-                leader_tx,
-                shutdown.clone(),
-                lead,
-            )
-            .await?
+            let ctx = leader::Context {
+                client: client.clone(),
+                metrics: metrics.clone(),
+                leader: leader_tx,
+            };
+            let config = leader::Config {
+                lease,
+                timing: lease_timing,
+            };
+            leader::run_as_leader(ctx, config, shutdown.clone(), lead).await?
         }
         None => {
             metrics.set_leader(true);

@@ -12,7 +12,7 @@ mod support;
 use std::sync::Arc;
 
 use goaway_operator::defaults::PolicyDefaults;
-use goaway_operator::{KeepalivePolicy, controller, metrics::Metrics, shutdown};
+use goaway_operator::{KeepalivePolicy, controller, metrics::Metrics};
 use goaway_transport::policy::{DrainPolicy, GoDuration};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, Patch};
@@ -61,14 +61,17 @@ async fn controller_works_against_a_real_cluster() {
         ..DrainPolicy::default()
     })
     .expect("valid defaults");
-    let (stop, signal) = shutdown::channel();
+    let (stop, watch) = drain::channel();
+    let config = controller::Config {
+        namespace: Some(ns.name.clone()),
+        defaults,
+        instance: Some("e2e".into()),
+    };
     let task = tokio::spawn(controller::run(
         client.clone(),
-        Some(ns.name.clone()),
-        defaults,
         Arc::new(Metrics::default()),
-        Some("e2e".into()),
-        signal.wait(),
+        config,
+        watch,
     ));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -186,8 +189,8 @@ async fn controller_works_against_a_real_cluster() {
 
     // Deleting the policy: kube-controller-manager's garbage collector
     // deletes the ConfigMap it owns.
-    stop.fire();
-    task.await.expect("the controller task");
+    let ((), joined) = futures_util::future::join(stop.drain(), task).await;
+    joined.expect("the controller task");
     policies
         .delete("grpc", &DeleteParams::default())
         .await

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use goaway_operator::metrics::Metrics;
-use goaway_operator::{PolicyDefaults, controller, shutdown};
+use goaway_operator::{PolicyDefaults, controller};
 use goaway_transport::policy::DrainPolicy;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -40,8 +40,17 @@ fn ready(p: &Value) -> Option<(String, String)> {
 struct Running {
     api: FakeApi,
     client: kube::Client,
-    stop: shutdown::Trigger,
+    stop: drain::Signal,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Signals the controller to stop and waits for it: its task, and the
+    /// drain (every watch released).
+    async fn shut_down(self) {
+        let ((), joined) = futures_util::future::join(self.stop.drain(), self.task).await;
+        joined.unwrap();
+    }
 }
 
 async fn start() -> Running {
@@ -52,14 +61,17 @@ async fn start() -> Running {
 async fn start_with(defaults: PolicyDefaults) -> Running {
     let api = FakeApi::new();
     let client = api.client();
-    let (stop, signal) = shutdown::channel();
+    let (stop, watch) = drain::channel();
+    let config = controller::Config {
+        namespace: None,
+        defaults,
+        instance: Some("e2e".into()),
+    };
     let task = tokio::spawn(controller::run(
         client.clone(),
-        None,
-        defaults,
         Arc::new(Metrics::default()),
-        Some("e2e".into()),
-        signal.wait(),
+        config,
+        watch,
     ));
     Running {
         api,
@@ -126,8 +138,7 @@ async fn created_policy_gets_config_map_and_ready_status() {
     // Deleting the policy deletes its ConfigMap through the owner reference.
     r.api.delete("keepalivepolicies", "ns", "grpc");
     assert!(r.api.get("configmaps", "ns", "goaway-grpc").is_none());
-    r.stop.fire();
-    r.task.await.unwrap();
+    r.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,8 +176,7 @@ async fn pods_appearing_update_the_counts() {
             .filter(|p| p["status"]["matchedPods"] == 1 && p["status"]["injectedPods"] == 0)
     })
     .await;
-    r.stop.fire();
-    r.task.await.unwrap();
+    r.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,8 +219,7 @@ async fn edited_policy_updates_config_map_and_observed_generation() {
             .filter(|c| c["data"]["policy.yaml"] != "{}")
     })
     .await;
-    r.stop.fire();
-    r.task.await.unwrap();
+    r.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,8 +255,7 @@ async fn invalid_policy_is_ready_false_and_keeps_the_last_good_config_map() {
             .then_some(())
     })
     .await;
-    r.stop.fire();
-    r.task.await.unwrap();
+    r.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,6 +303,5 @@ async fn drain_defaults_fill_the_config_map_and_a_policy_they_break_goes_ready_f
     // Running agents keep the last good file.
     let cm = r.api.get("configmaps", "ns", "goaway-grpc").unwrap();
     assert_eq!(cm["data"], good["data"]);
-    r.stop.fire();
-    r.task.await.unwrap();
+    r.shut_down().await;
 }

@@ -11,10 +11,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use goaway_operator::leader::{LeaseConfig, LeaseTiming, run_as_leader};
+use goaway_operator::leader::{self, LeaseConfig, LeaseTiming, run_as_leader};
 use goaway_operator::metrics::Metrics;
 use goaway_operator::rbac::RBAC;
-use goaway_operator::shutdown::{self, Shutdown};
 use goaway_operator::{MANAGER, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -90,7 +89,10 @@ impl Terms {
 /// One operator replica, campaigning for the Lease.
 struct Replica {
     identity: &'static str,
-    stop: shutdown::Trigger,
+    /// Until shutdown is signalled.
+    stop: Option<drain::Signal>,
+    /// The drain, once signalled.
+    drained: Option<JoinHandle<()>>,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     task: JoinHandle<Result<()>>,
@@ -106,22 +108,23 @@ impl Replica {
     fn recorded(
         identity: &'static str,
         terms: &Terms,
-    ) -> impl FnMut(Shutdown) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static
+    ) -> impl FnMut(drain::Watch) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static
     {
         let terms = terms.clone();
-        move |term: Shutdown| {
+        move |term: drain::Watch| {
             let terms = terms.clone();
             Box::pin(async move {
                 let this = terms.begin(identity);
-                term.wait().await;
+                let release = term.signaled().await;
                 terms.end(this);
+                drop(release);
             })
         }
     }
 
     fn start_with<F, Fut>(api: &FakeApi, identity: &'static str, work: F) -> Self
     where
-        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        F: FnMut(drain::Watch) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         Self::start_on(api.client(), identity, work)
@@ -130,26 +133,31 @@ impl Replica {
     /// A replica talking to the API server through `client`.
     fn start_on<F, Fut>(client: kube::Client, identity: &'static str, work: F) -> Self
     where
-        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        F: FnMut(drain::Watch) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (stop, signal) = shutdown::channel();
+        let (stop, shutdown) = drain::channel();
         let (leader_tx, leader) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let config = LeaseConfig {
-            name: LEASE.into(),
-            namespace: NAMESPACE.into(),
-            identity: identity.into(),
+        let ctx = leader::Context {
+            client,
+            metrics: metrics.clone(),
+            leader: leader_tx,
         };
-        let timing =
-            LeaseTiming::new(2, Duration::from_secs(1), Duration::from_millis(250)).unwrap();
-        let gauge = metrics.clone();
-        let task = tokio::spawn(async move {
-            run_as_leader(client, &config, timing, gauge, leader_tx, signal, work).await
-        });
+        let config = leader::Config {
+            lease: LeaseConfig {
+                name: LEASE.into(),
+                namespace: NAMESPACE.into(),
+                identity: identity.into(),
+            },
+            timing: LeaseTiming::new(2, Duration::from_secs(1), Duration::from_millis(250))
+                .unwrap(),
+        };
+        let task = tokio::spawn(run_as_leader(ctx, config, shutdown, work));
         Replica {
             identity,
-            stop,
+            stop: Some(stop),
+            drained: None,
             leader,
             metrics,
             task,
@@ -176,14 +184,24 @@ impl Replica {
         assert!(self.reports_leadership());
     }
 
-    /// Shuts the replica down and waits for `run_as_leader` to return.
-    async fn shut_down(self) {
-        self.stop.fire();
-        let done = tokio::time::timeout(BOUND, self.task).await;
-        let Ok(joined) = done else {
+    /// Signals the replica to shut down, without waiting. Idempotent.
+    fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            self.drained = Some(tokio::spawn(stop.drain()));
+        }
+    }
+
+    /// Shuts the replica down and waits for `run_as_leader` to return and
+    /// the drain to complete (every watch released).
+    async fn shut_down(mut self) {
+        self.signal_shutdown();
+        let drained = self.drained.take().expect("signalled");
+        let both = futures_util::future::join(self.task, drained);
+        let Ok((joined, drained)) = tokio::time::timeout(BOUND, both).await else {
             panic!("{} did not stop in time", self.identity)
         };
         joined.expect("run_as_leader panicked").unwrap();
+        drained.expect("the drain task");
         assert!(!*self.leader.borrow(), "{} still leads", self.identity);
         assert!(!reports_leadership(&self.metrics));
     }
@@ -454,25 +472,28 @@ async fn leader_whose_work_returns_steps_down_for_the_other_replica() {
     let api = FakeApi::new();
     let terms = Terms::default();
     let quitting = terms.clone();
-    let (quit, quit_signal) = shutdown::channel();
+    let (quit, quit_watch) = drain::channel();
     let mut a = Replica::start_with(&api, "a", move |_term| {
-        let (terms, mut quit) = (quitting.clone(), quit_signal.clone());
+        let (terms, quit) = (quitting.clone(), quit_watch.clone());
         async move {
             let this = terms.begin("a");
-            quit.signalled().await;
+            let _ = quit.signaled().await;
             terms.end(this);
         }
     });
     a.becomes_leader().await;
     let mut b = Replica::start(&api, "b", &terms);
 
-    quit.fire();
+    let quit = tokio::spawn(quit.drain());
     let done = tokio::time::timeout(BOUND, &mut a.task).await;
     let Ok(joined) = done else {
         panic!("a still campaigns")
     };
     joined.expect("run_as_leader panicked").unwrap();
     assert!(!a.is_leader() && !a.reports_leadership());
+    // The work, and with it its watch, went with run_as_leader.
+    let drained = tokio::time::timeout(BOUND, quit).await;
+    drained.expect("the quit drain").unwrap();
 
     b.becomes_leader().await;
     terms.have_begun(&["a", "b"]).await;
@@ -611,14 +632,15 @@ async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
     let api = FakeApi::new();
     let terms = Terms::default();
     let slow = terms.clone();
-    let mut a = Replica::start_with(&api, "a", move |term: Shutdown| {
+    let mut a = Replica::start_with(&api, "a", move |term: drain::Watch| {
         let terms = slow.clone();
         async move {
             let this = terms.begin("a");
-            term.wait().await;
+            let release = term.signaled().await;
             // Longer than the lease lasts.
             tokio::time::sleep(Duration::from_secs(3)).await;
             terms.end(this);
+            drop(release);
         }
     });
     a.becomes_leader().await;
@@ -626,7 +648,7 @@ async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let stopping = Instant::now();
-    a.stop.fire();
+    a.signal_shutdown();
     b.becomes_leader().await;
     assert!(
         stopping.elapsed() >= Duration::from_secs(3),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use goaway_operator::inject::AgentConfig;
 use goaway_operator::metrics::Metrics;
-use goaway_operator::shutdown;
 use goaway_operator::tls::{CertStore, ca, provider};
 use goaway_operator::webhook::{Webhook, server};
 use http::Request;
@@ -80,12 +79,12 @@ async fn api_server_trusting_the_ca_bundle_gets_answers_over_tls() {
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, signal) = shutdown::channel();
+    let (stop, watch) = drain::channel();
     let task = tokio::spawn(server::serve(
         listener,
         webhook.router(),
         certs.clone(),
-        signal,
+        watch,
     ));
 
     let (status, body) = post_review(addr, &authority.cert).await;
@@ -104,7 +103,7 @@ async fn api_server_trusting_the_ca_bundle_gets_answers_over_tls() {
         .unwrap();
     assert_eq!(post_review(addr, &authority.cert).await.0, 200);
 
-    stop.fire();
+    stop.drain().await;
     task.await.unwrap().unwrap();
     assert!(
         TcpStream::connect(addr).await.is_err(),
@@ -140,12 +139,12 @@ async fn a_webhook_host_is_in_the_certificate_for_url_clients() {
     let certs = Arc::new(CertStore::new(provider()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, signal) = shutdown::channel();
+    let (stop, watch) = drain::channel();
     let task = tokio::spawn(server::serve(
         listener,
         webhook.router(),
         certs.clone(),
-        signal,
+        watch,
     ));
     certs
         .load_pem(serving.cert.as_bytes(), serving.key.as_bytes())
@@ -167,6 +166,6 @@ async fn a_webhook_host_is_in_the_certificate_for_url_clients() {
         "a certificate without 127.0.0.1 was accepted"
     );
 
-    stop.fire();
+    stop.drain().await;
     task.await.unwrap().unwrap();
 }

@@ -14,11 +14,10 @@ pub mod bypass;
 mod reconcile;
 mod status;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -43,7 +42,20 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// How long a failed reconciliation waits before the retry.
 pub const RETRY: Duration = Duration::from_secs(10);
 
-/// What reconciliations share.
+/// What the controller is told: plain data, from the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Only this namespace's policies (and pods, ConfigMaps and
+    /// Services); every namespace's when `None`.
+    pub namespace: Option<String>,
+    /// The operator's defaults, merged into each policy it renders.
+    pub defaults: PolicyDefaults,
+    /// Who reports its Events (the pod name).
+    pub instance: Option<String>,
+}
+
+/// What reconciliations share: the runtime handles [`run`] is given, the
+/// Event recorder and policy cache it builds, and the config's defaults.
 pub struct Context {
     /// The API client.
     pub client: Client,
@@ -58,40 +70,31 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context whose Events are reported by `instance` (the pod name).
+    /// A context for `config` whose conflicts are found in `policies`.
     pub fn new(
         client: Client,
-        policies: Store<KeepalivePolicy>,
-        defaults: PolicyDefaults,
         metrics: Arc<Metrics>,
-        instance: Option<String>,
+        policies: Store<KeepalivePolicy>,
+        config: &Config,
     ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
-            instance,
+            instance: config.instance.clone(),
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             policies,
-            defaults,
+            defaults: config.defaults.clone(),
             metrics,
         }
     }
 }
 
-/// Runs the controller until `shutdown` completes, then lets running
-/// reconciliations finish. `namespace` limits it to one namespace;
-/// `defaults` are merged into every policy it renders.
-pub async fn run(
-    client: Client,
-    namespace: Option<String>,
-    defaults: PolicyDefaults,
-    metrics: Arc<Metrics>,
-    instance: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (policies, pods, config_maps, services) = match namespace.as_deref() {
+/// Runs the controller until `shutdown` is signalled, then lets running
+/// reconciliations finish; `shutdown` is held until they have.
+pub async fn run(client: Client, metrics: Arc<Metrics>, config: Config, shutdown: drain::Watch) {
+    let (policies, pods, config_maps, services) = match config.namespace.as_deref() {
         Some(ns) => (
             Api::<KeepalivePolicy>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
@@ -107,14 +110,8 @@ pub async fn run(
     };
     let controller = Controller::new(policies, watcher::Config::default());
     let store = controller.store();
-    let ctx = Arc::new(Context::new(
-        client,
-        store.clone(),
-        defaults,
-        metrics,
-        instance,
-    ));
-    controller
+    let ctx = Arc::new(Context::new(client, metrics, store.clone(), &config));
+    let running = controller
         .owns(
             config_maps,
             watcher::Config::default().labels(MANAGED_BY_SELECTOR),
@@ -127,15 +124,15 @@ pub async fn run(
             policies_in_namespace(&store, service.namespace().as_deref())
         })
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone().signaled().map(drop))
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((policy, _)) => debug!(policy = %policy, "reconciled"),
                 Err(error) => debug!(%error, "reconcile loop"),
             }
-        })
-        .await;
+        });
+    shutdown.ignore_signaled().release_after(running).await;
 }
 
 /// The policies a pod event concerns: those selecting it now, and the one

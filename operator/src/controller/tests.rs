@@ -37,13 +37,12 @@ fn context_with(
     for p in policies {
         writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
     }
-    let ctx = Context::new(
-        client,
-        store,
+    let config = Config {
         defaults,
-        Arc::new(Metrics::default()),
-        Some("test".into()),
-    );
+        instance: Some("test".into()),
+        ..Config::default()
+    };
+    let ctx = Context::new(client, Arc::new(Metrics::default()), store, &config);
     (Arc::new(ctx), handle)
 }
 

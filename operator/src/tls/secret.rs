@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,6 @@ use tracing::{debug, info, warn};
 
 use super::ca::{self, Pem};
 use super::{CertStore, Source};
-use crate::shutdown::Shutdown;
 use crate::{Error, MANAGER, Result};
 
 /// Renew the serving certificate this long before it expires.
@@ -37,15 +37,36 @@ const CA_KEY: &str = "ca.key";
 const TLS_CERT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
 
-/// Keeps `store` loaded from `source` until shutdown; see the module doc.
-pub async fn maintain(
-    client: Client,
-    namespace: String,
-    source: Source,
-    store: Arc<CertStore>,
-    mut leader: watch::Receiver<bool>,
-    mut shutdown: Shutdown,
-) {
+/// Where the certificate comes from: plain data, from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The operator's namespace: the Secret's, and the Service's.
+    pub namespace: String,
+    /// Generate (into a Secret) or read from files.
+    pub source: Source,
+}
+
+/// The runtime handles [`maintain`] works with.
+pub struct Context {
+    /// The API client (generate mode).
+    pub client: Client,
+    /// Where the certificate is loaded, for the webhook to serve.
+    pub store: Arc<CertStore>,
+    /// Whether this replica leads ([`crate::leader`]): only the leader
+    /// renews and patches the `caBundle`. A change triggers a sync.
+    pub leader: watch::Receiver<bool>,
+}
+
+/// Keeps `ctx.store` loaded from `config.source` until `shutdown` is
+/// signalled; see the module doc.
+pub async fn maintain(ctx: Context, config: Config, shutdown: drain::Watch) {
+    let Context {
+        client,
+        store,
+        mut leader,
+    } = ctx;
+    let Config { namespace, source } = config;
+    let mut signalled = pin!(shutdown.signaled());
     let mut last_files = None;
     loop {
         let period = match &source {
@@ -84,7 +105,7 @@ pub async fn maintain(
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             _ = leader.changed() => {}
-            () = shutdown.signalled() => return,
+            _ = &mut signalled => return,
         }
     }
 }

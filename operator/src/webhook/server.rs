@@ -2,8 +2,10 @@
 //!
 //! Each connection's handshake runs in its own task so a slow client
 //! cannot stall the accept loop. On shutdown the listener closes first,
-//! then in-flight reviews get up to [`DRAIN_TIMEOUT`] to finish.
+//! then in-flight reviews get up to [`DRAIN_TIMEOUT`] to finish; the
+//! server's [`drain::Watch`] is released only then.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::shutdown::Shutdown;
 use crate::tls::CertStore;
 use crate::{Error, Result};
 
@@ -26,12 +27,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` with the certificate in `certs` until
-/// `shutdown`.
+/// `shutdown` is signalled.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     certs: Arc<CertStore>,
-    mut shutdown: Shutdown,
+    shutdown: drain::Watch,
 ) -> Result<()> {
     let mut config = ServerConfig::builder_with_provider(certs.provider())
         .with_safe_default_protocol_versions()
@@ -42,9 +43,10 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let graceful = GracefulShutdown::new();
     info!(addr = ?listener.local_addr().ok(), "webhook listening");
-    loop {
+    let mut signalled = pin!(shutdown.signaled());
+    let release = loop {
         let (tcp, peer) = tokio::select! {
-            () = shutdown.signalled() => break,
+            release = &mut signalled => break release,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -69,12 +71,10 @@ pub async fn serve(
                 debug!(%peer, %error, "webhook connection ended with an error");
             }
         });
-    }
+    };
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown());
+    if release.release_after(drained).await.is_err() {
         warn!("webhook connections still open after the drain timeout");
     }
     Ok(())
