@@ -23,7 +23,6 @@ use std::time::Duration;
 use goaway_operator::admin::{self, Readiness};
 use goaway_operator::inject::{ANNOTATION_INJECTED, CONTAINER_NAME};
 use goaway_operator::manifests::{inject_manifests, load_policies};
-use goaway_operator::shutdown;
 use goaway_tests::{python, repo_root, require_python_module};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -319,10 +318,10 @@ fn operator_admin_get(path: &str) -> (u16, String) {
     metrics.reconciled(None, Duration::from_millis(3));
     metrics.admitted("injected", "", Duration::from_micros(300));
     let router = admin::router(metrics, Arc::new(Readiness::default()));
-    let (trigger, signal) = shutdown::channel();
-    let server = runtime.spawn(admin::serve(listener, router, signal));
+    let (signal, watch) = drain::channel();
+    let server = runtime.spawn(admin::serve(listener, router, watch));
     let answer = goaway_tests::agent::http("GET", &format!("http://{addr}{path}"), &[]).unwrap();
-    trigger.fire();
+    runtime.block_on(signal.drain());
     runtime.block_on(server).unwrap().unwrap();
     answer
 }
