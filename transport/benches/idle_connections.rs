@@ -9,6 +9,9 @@
 //! defaults (timers armed, none due during the window) and keepalive every
 //! 5s (timers firing: 2,000 pings a second at 10,000 connections).
 
+// libc: getrusage and setrlimit, each with its SAFETY comment.
+#![allow(unsafe_code)]
+
 #[global_allocator]
 // The agent ships with jemalloc; measure what it will use.
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -46,7 +46,7 @@ pub(crate) struct Keepalive {
 
 impl Keepalive {
     /// Armed to fire `time` after `now`.
-    pub fn new(time: Duration, timeout: Duration, now: Instant) -> Self {
+    pub(crate) fn new(time: Duration, timeout: Duration, now: Instant) -> Self {
         Keepalive {
             time,
             timeout,
@@ -59,17 +59,23 @@ impl Keepalive {
 
     /// When the driver must call [`on_timer`](Self::on_timer) next; `None`
     /// while dormant or stopped.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
     /// Stops pinging for good (server, once max age fired).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.deadline = None;
     }
 
     /// New parameters: re-arm from the last read.
-    pub fn update(&mut self, time: Duration, timeout: Duration, base: Instant, last_read: u64) {
+    pub(crate) fn update(
+        &mut self,
+        time: Duration,
+        timeout: Duration,
+        base: Instant,
+        last_read: u64,
+    ) {
         if self.deadline.is_none() {
             self.time = time;
             self.timeout = timeout;
@@ -87,7 +93,7 @@ impl Keepalive {
     /// connection has no stream open and pings without one are not allowed
     /// (client): then, instead of pinging, the loop stops until a stream
     /// starts ([`Keepalive::wake`]).
-    pub fn on_timer(
+    pub(crate) fn on_timer(
         &mut self,
         now: Instant,
         base: Instant,
@@ -127,7 +133,7 @@ impl Keepalive {
     }
 
     /// Client: a stream started while dormant. Pings at once.
-    pub fn wake(&mut self, now: Instant) -> KeepaliveAction {
+    pub(crate) fn wake(&mut self, now: Instant) -> KeepaliveAction {
         if self.deadline.is_some() {
             return KeepaliveAction::Wait;
         }

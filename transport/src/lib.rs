@@ -21,6 +21,8 @@
 //! both directions, rewrites GOAWAY frames to carry the reason, and hands
 //! h2 the shutdown ACK when the ack timer fires. See that module.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod counters;
 mod frame;

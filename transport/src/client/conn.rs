@@ -23,17 +23,17 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Takes new streams: no GOAWAY received, not closed.
-    pub fn usable(&self) -> bool {
+    pub(super) fn usable(&self) -> bool {
         !self.unusable.load(Acquire) && !self.shared.client().peer_goaway.load(Acquire)
     }
 
-    pub fn mark_unusable(&self) {
+    pub(super) fn mark_unusable(&self) {
         self.unusable.store(true, Release);
     }
 
     /// Reserves a stream slot if the peer's concurrency limit allows it
     /// (or unconditionally with `overflow`, leaving h2 to queue it).
-    pub fn try_reserve(&self, overflow: bool) -> bool {
+    pub(super) fn try_reserve(&self, overflow: bool) -> bool {
         if !self.usable() {
             return false;
         }
@@ -57,15 +57,15 @@ impl Conn {
         true
     }
 
-    pub fn release(&self) {
+    pub(super) fn release(&self) {
         self.shared.stream_closed();
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(super) fn in_flight(&self) -> usize {
         self.shared.active_streams.load(Acquire)
     }
 
-    pub fn has_capacity(&self) -> bool {
+    pub(super) fn has_capacity(&self) -> bool {
         self.usable()
             && self.in_flight() < self.shared.client().peer_max_streams.load(Acquire) as usize
     }

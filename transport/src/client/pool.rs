@@ -49,7 +49,7 @@ struct DialStatus {
 }
 
 impl Pool {
-    pub fn new(config: ChannelConfig, addr: String) -> Arc<Self> {
+    pub(super) fn new(config: ChannelConfig, addr: String) -> Arc<Self> {
         let keepalive = keepalive_nanos(config.params.time);
         let params = config.params;
         Arc::new(Pool {
@@ -72,12 +72,12 @@ impl Pool {
     }
 
     /// Parameters for the next connection.
-    pub fn params(&self) -> ClientParams {
+    pub(super) fn params(&self) -> ClientParams {
         *self.params.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// New parameters for new connections; resets any doubling.
-    pub fn set_params(&self, params: ClientParams) {
+    pub(super) fn set_params(&self, params: ClientParams) {
         *self.params.lock().unwrap_or_else(|e| e.into_inner()) = params;
         self.keepalive_nanos
             .store(keepalive_nanos(params.time), Release);
@@ -85,7 +85,7 @@ impl Pool {
 
     /// The keepalive time for new connections (doubled after each
     /// `too_many_pings`); `None` when off.
-    pub fn keepalive_time(&self) -> Option<Duration> {
+    pub(super) fn keepalive_time(&self) -> Option<Duration> {
         match self.keepalive_nanos.load(Acquire) {
             0 => None,
             n => Some(Duration::from_nanos(n)),
@@ -127,7 +127,7 @@ impl Pool {
 
     /// Keeps at least one connection open from now on, without waiting
     /// for a stream to ask for it.
-    pub fn want_connection(&self) {
+    pub(super) fn want_connection(&self) {
         self.eager.store(true, Release);
         self.dial.notify_one();
     }
@@ -151,7 +151,7 @@ impl Pool {
     }
 
     /// A connection with a reserved stream slot, waiting until `deadline`.
-    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Conn>, Error> {
+    pub(super) async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Conn>, Error> {
         if let Some(c) = self.pick() {
             return Ok(c);
         }
@@ -210,7 +210,7 @@ impl Pool {
     }
 
     /// Forgets a connection (closed, or going away).
-    pub fn remove(&self, id: u64) {
+    pub(super) fn remove(&self, id: u64) {
         {
             let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
             let conns = self.conns.load();
@@ -249,14 +249,14 @@ impl Pool {
     }
 
     /// A stream slot freed up somewhere.
-    pub fn slot_freed(&self) {
+    pub(super) fn slot_freed(&self) {
         if self.waiting.load(Acquire) > 0 {
             self.changed.notify_waiters();
         }
     }
 
     /// Closes every connection; waiting and future streams fail.
-    pub fn shutdown(&self) {
+    pub(super) fn shutdown(&self) {
         if self.shut.swap(true, AcqRel) {
             return;
         }

@@ -11,7 +11,10 @@
 // A complete table of the frame types, flags and codes this crate names,
 // and the two encoders: the crate reads some, the test doubles
 // (`test-util`) write all of them.
-#![cfg_attr(not(feature = "test-util"), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    not(feature = "test-util"),
+    allow(dead_code, unused_imports, unreachable_pub)
+)]
 
 mod scanner;
 
@@ -25,7 +28,7 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 /// Debug data kept from a received GOAWAY; the rest is skipped. (Enough
 /// for every reason gRPC sends; larger texts are only ever logged.)
-pub const MAX_DEBUG_CAPTURE: usize = 32;
+pub(crate) const MAX_DEBUG_CAPTURE: usize = 32;
 
 /// Frame types (RFC 9113 §6).
 #[allow(missing_docs)]

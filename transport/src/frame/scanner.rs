@@ -15,7 +15,7 @@ pub enum FrameEvent {
         payload: [u8; 8],
     },
     /// A complete GOAWAY frame (debug data truncated to
-    /// [`MAX_DEBUG_CAPTURE`] bytes).
+    /// 32 bytes, `MAX_DEBUG_CAPTURE`).
     GoAway {
         /// Last stream identifier.
         last_stream_id: u32,

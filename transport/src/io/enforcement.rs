@@ -6,15 +6,15 @@ use tokio::time::Instant;
 
 /// Strikes tolerated; the next one closes the connection (grpc-go
 /// `maxPingStrikes`).
-pub const MAX_PING_STRIKES: u32 = 2;
+pub(super) const MAX_PING_STRIKES: u32 = 2;
 
 /// With no active stream and pings not permitted, pings must be at least
 /// this far apart (grpc-go `defaultPingTimeout`).
-pub const NO_STREAM_PING_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+pub(super) const NO_STREAM_PING_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// What to do about a received PING.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PingVerdict {
+pub(crate) enum PingVerdict {
     /// Within policy (or exempt).
     Ok,
     /// Too early; this is strike number `n` (1 or 2).
@@ -25,7 +25,7 @@ pub enum PingVerdict {
 
 /// Per-connection strike state.
 #[derive(Debug, Default)]
-pub struct PingEnforcer {
+pub(crate) struct PingEnforcer {
     last_ping: Option<Instant>,
     strikes: u32,
     reset: bool,
@@ -34,17 +34,17 @@ pub struct PingEnforcer {
 impl PingEnforcer {
     /// The server wrote HEADERS or DATA: the next ping is exempt and clears
     /// the strikes (pings answering real traffic are BDP or liveness probes).
-    pub fn data_or_headers_sent(&mut self) {
+    pub(crate) fn data_or_headers_sent(&mut self) {
         self.reset = true;
     }
 
     /// Current strike count.
-    pub fn strikes(&self) -> u32 {
+    pub(crate) fn strikes(&self) -> u32 {
         self.strikes
     }
 
     /// Judges a non-ACK PING received at `now` with `active_streams` open.
-    pub fn on_ping(
+    pub(crate) fn on_ping(
         &mut self,
         now: Instant,
         active_streams: usize,

@@ -38,7 +38,7 @@ use shared::{Role, Shared, event};
 
 /// The frame-aware IO wrapper. Created by the server and client drivers;
 /// not constructed directly.
-pub struct FrameIo<T> {
+pub(crate) struct FrameIo<T> {
     inner: T,
     write: WriteState,
     read: FrameScanner,
@@ -271,7 +271,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
             };
             // SAFETY: `sub` covered the first `limit` unfilled bytes of
             // `buf`, and the read initialised and filled `n` of them.
-            unsafe { buf.assume_init(n) };
+            #[allow(unsafe_code)]
+            unsafe {
+                buf.assume_init(n)
+            };
             buf.advance(n);
         } else {
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;

@@ -61,7 +61,7 @@ pub(crate) struct WriteState {
 
 impl WriteState {
     /// `preface`: the stream starts with the client connection preface.
-    pub fn new(preface: bool) -> Self {
+    pub(super) fn new(preface: bool) -> Self {
         WriteState {
             scan: FrameScanner::starting(preface),
             pending: Pending {
@@ -75,7 +75,7 @@ impl WriteState {
     }
 
     /// Writes queued bytes; Ready(Ok) once none are left.
-    pub fn poll_drain<T: AsyncWrite + Unpin>(
+    pub(super) fn poll_drain<T: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut T,
@@ -93,7 +93,7 @@ impl WriteState {
 
     /// Accepts bytes from `h2`. Returns how many were taken, like
     /// `poll_write_vectored`.
-    pub fn poll_write<T: AsyncWrite + Unpin>(
+    pub(super) fn poll_write<T: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut T,
@@ -238,7 +238,7 @@ impl WriteState {
     }
 
     /// Before shutdown: whatever is held goes out as it is.
-    pub fn poll_finish<T: AsyncWrite + Unpin>(
+    pub(super) fn poll_finish<T: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut T,

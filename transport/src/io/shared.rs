@@ -28,21 +28,21 @@ use crate::{Counters, GoAwayReason, ServerParams};
 /// Event bits set by the IO layer or stream guards for the driver.
 pub(crate) mod event {
     /// The peer broke ping enforcement a third time.
-    pub const TOO_MANY_PINGS: u32 = 1 << 0;
+    pub(crate) const TOO_MANY_PINGS: u32 = 1 << 0;
     /// A GOAWAY frame was written.
-    pub const GOAWAY_WRITTEN: u32 = 1 << 1;
+    pub(crate) const GOAWAY_WRITTEN: u32 = 1 << 1;
     /// The PING sent with the first drain GOAWAY was acknowledged.
-    pub const SHUTDOWN_ACKED: u32 = 1 << 2;
+    pub(crate) const SHUTDOWN_ACKED: u32 = 1 << 2;
     /// The shutdown PING was written (its payload is now known).
-    pub const SHUTDOWN_PING_WRITTEN: u32 = 1 << 3;
+    pub(crate) const SHUTDOWN_PING_WRITTEN: u32 = 1 << 3;
     /// The active stream count changed between zero and non-zero.
-    pub const STREAMS_CHANGED: u32 = 1 << 4;
+    pub(crate) const STREAMS_CHANGED: u32 = 1 << 4;
     /// The peer sent GOAWAY.
-    pub const PEER_GOAWAY: u32 = 1 << 5;
+    pub(crate) const PEER_GOAWAY: u32 = 1 << 5;
     /// A control message (drain, new parameters) is waiting.
-    pub const CONTROL: u32 = 1 << 6;
+    pub(crate) const CONTROL: u32 = 1 << 6;
     /// The peer's first SETTINGS frame arrived.
-    pub const PEER_SETTINGS: u32 = 1 << 7;
+    pub(crate) const PEER_SETTINGS: u32 = 1 << 7;
 }
 
 /// Which end of the connection this side is.
@@ -53,7 +53,7 @@ pub(crate) enum Role {
 }
 
 impl ServerSide {
-    pub fn set_enforcement(&self, params: &ServerParams) {
+    pub(crate) fn set_enforcement(&self, params: &ServerParams) {
         self.min_time_nanos.store(
             u64::try_from(params.min_time.as_nanos()).unwrap_or(u64::MAX),
             Relaxed,
@@ -62,7 +62,7 @@ impl ServerSide {
             .store(params.permit_without_stream, Relaxed);
     }
 
-    pub fn take_control(&self) -> Control {
+    pub(crate) fn take_control(&self) -> Control {
         std::mem::take(&mut *self.control.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -92,7 +92,7 @@ impl ConnState {
 
 /// A request to drain one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DrainRequest {
+pub(crate) struct DrainRequest {
     /// Debug data of the GOAWAY.
     pub reason: GoAwayReason,
     /// Hard-close whatever is left at this instant.
@@ -168,7 +168,7 @@ pub(crate) struct ClientSide {
 }
 
 impl Shared {
-    pub fn new(role: Role, counters: Arc<Counters>) -> Arc<Self> {
+    pub(crate) fn new(role: Role, counters: Arc<Counters>) -> Arc<Self> {
         let side = match role {
             Role::Server => Side::Server(ServerSide {
                 goaway_reason: AtomicU8::new(0),
@@ -205,7 +205,7 @@ impl Shared {
         })
     }
 
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         match self.side {
             Side::Server(_) => Role::Server,
             Side::Client(_) => Role::Client,
@@ -213,7 +213,7 @@ impl Shared {
     }
 
     /// The server side's state; `None` on a client connection.
-    pub fn as_server(&self) -> Option<&ServerSide> {
+    pub(crate) fn as_server(&self) -> Option<&ServerSide> {
         match &self.side {
             Side::Server(s) => Some(s),
             Side::Client(_) => None,
@@ -221,7 +221,7 @@ impl Shared {
     }
 
     /// The client side's state; `None` on a server connection.
-    pub fn as_client(&self) -> Option<&ClientSide> {
+    pub(crate) fn as_client(&self) -> Option<&ClientSide> {
         match &self.side {
             Side::Client(c) => Some(c),
             Side::Server(_) => None,
@@ -230,52 +230,52 @@ impl Shared {
 
     /// The server side's state, on a connection made by the server.
     #[track_caller]
-    pub fn server(&self) -> &ServerSide {
+    pub(crate) fn server(&self) -> &ServerSide {
         self.as_server().expect("a server connection's state")
     }
 
     /// The client side's state, on a connection made by the client.
     #[track_caller]
-    pub fn client(&self) -> &ClientSide {
+    pub(crate) fn client(&self) -> &ClientSide {
         self.as_client().expect("a client connection's state")
     }
 
-    pub fn nanos_since_base(&self, t: Instant) -> u64 {
+    pub(crate) fn nanos_since_base(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    pub fn instant(&self, nanos: u64) -> Instant {
+    pub(crate) fn instant(&self, nanos: u64) -> Instant {
         self.base + Duration::from_nanos(nanos)
     }
 
-    pub fn now_nanos(&self) -> u64 {
+    pub(crate) fn now_nanos(&self) -> u64 {
         self.nanos_since_base(Instant::now())
     }
 
     /// Records an event and wakes the driver.
-    pub fn notify(&self, bits: u32) {
+    pub(crate) fn notify(&self, bits: u32) {
         self.events.fetch_or(bits, AcqRel);
         self.waker.wake();
     }
 
-    pub fn take_events(&self) -> u32 {
+    pub(crate) fn take_events(&self) -> u32 {
         self.events.swap(0, AcqRel)
     }
 
-    pub fn set_state(&self, state: ConnState) {
+    pub(crate) fn set_state(&self, state: ConnState) {
         self.state.store(state as u8, Release);
         if state == ConnState::Closed {
             self.closed_at.store(self.now_nanos() as i64, Release);
         }
     }
 
-    pub fn state(&self) -> ConnState {
+    pub(crate) fn state(&self) -> ConnState {
         ConnState::from_u8(self.state.load(Acquire))
     }
 
     /// Puts a drain request or new parameters in a server connection's
     /// mailbox and wakes its driver.
-    pub fn send_control(&self, f: impl FnOnce(&mut Control)) {
+    pub(crate) fn send_control(&self, f: impl FnOnce(&mut Control)) {
         // A poisoned mailbox only means a panic elsewhere mid-update; the
         // data is plain values, so keep using it.
         let mut c = self
@@ -289,7 +289,7 @@ impl Shared {
     }
 
     /// A stream became active. Returns true when the count left zero.
-    pub fn stream_opened(&self) -> bool {
+    pub(crate) fn stream_opened(&self) -> bool {
         self.streams_total.fetch_add(1, Relaxed);
         let was = self.active_streams.fetch_add(1, AcqRel);
         if was == 0 {
@@ -298,14 +298,14 @@ impl Shared {
         was == 0
     }
 
-    pub fn stream_closed(&self) {
+    pub(crate) fn stream_closed(&self) {
         if self.active_streams.fetch_sub(1, AcqRel) == 1 {
             self.idle_since.store(self.now_nanos(), Release);
             self.notify(event::STREAMS_CHANGED);
         }
     }
 
-    pub fn snapshot(&self) -> ConnStats {
+    pub(crate) fn snapshot(&self) -> ConnStats {
         let now = self.now_nanos();
         let active = self.active_streams.load(Acquire);
         let idle = if active == 0 {

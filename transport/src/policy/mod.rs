@@ -2,8 +2,8 @@
 //! operator's CRD, the agent's policy file and this library.
 //!
 //! Every field is optional; an absent field means the gRPC default. The
-//! types carry no behaviour beyond parsing, validation ([`validate`]) and
-//! resolution into concrete timer values ([`resolve`]).
+//! types carry no behaviour beyond parsing, validation (`validate.rs`) and
+//! resolution into concrete timer values (`resolve.rs`).
 
 mod duration;
 mod resolve;

@@ -8,15 +8,15 @@ use serde::Serialize;
 use super::{GoDuration, Policy};
 
 /// Default server keepalive time (grpc-go `defaultServerKeepaliveTime`).
-pub const DEFAULT_SERVER_TIME: Duration = Duration::from_secs(2 * 60 * 60);
+pub(super) const DEFAULT_SERVER_TIME: Duration = Duration::from_secs(2 * 60 * 60);
 /// Default keepalive ping timeout, server and client.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default enforcement minimum ping interval.
-pub const DEFAULT_MIN_TIME: Duration = Duration::from_secs(5 * 60);
+pub(super) const DEFAULT_MIN_TIME: Duration = Duration::from_secs(5 * 60);
 /// Default time from the first drain GOAWAY to the hard close.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound between the first and second GOAWAY (grpc-go uses 5s).
-pub const DEFAULT_GOAWAY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_GOAWAY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Per-connection server parameters (SPEC §2). `None` means infinite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,9 +18,9 @@ pub enum Strictness {
 }
 
 /// gRPC clamps the server keepalive time to at least this.
-pub const MIN_SERVER_TIME: Duration = Duration::from_secs(1);
+pub(super) const MIN_SERVER_TIME: Duration = Duration::from_secs(1);
 /// gRPC clamps the client keepalive time to at least this.
-pub const MIN_CLIENT_TIME: Duration = Duration::from_secs(10);
+pub(super) const MIN_CLIENT_TIME: Duration = Duration::from_secs(10);
 
 /// One invalid field.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Test support: a server harness over `tokio::io::duplex`, driven by the
 //! crate's raw HTTP/2 peer (`goaway_transport::test_util`).
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
 use std::future::Future;
 use std::time::Duration;
