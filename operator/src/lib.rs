@@ -24,6 +24,8 @@
 //! watches, waited for) and [`rbac`] (the API permissions the code uses,
 //! for the Helm chart to check against).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod cli;
 pub mod controller;

@@ -26,7 +26,7 @@
 /// Why a string is not a quantity.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{input:?} is not a Kubernetes quantity ({reason}); use e.g. 100m, 0.5, 128Mi or 1G")]
-pub struct QuantityError {
+pub(crate) struct QuantityError {
     input: String,
     reason: &'static str,
 }
@@ -34,7 +34,7 @@ pub struct QuantityError {
 /// A quantity's value in billionths of its unit (cores, bytes), rounded
 /// up, saturating at `i128::MAX` in magnitude.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Nanos(pub i128);
+pub(crate) struct Nanos(pub i128);
 
 /// What the suffix multiplies by.
 enum Scale {
@@ -47,12 +47,12 @@ enum Scale {
 /// Whether a container's resource `request` is above its `limit` — the
 /// API server refuses such a container. Unparsable or empty values
 /// (no request, no limit) are never above.
-pub fn request_exceeds_limit(request: &str, limit: &str) -> bool {
+pub(crate) fn request_exceeds_limit(request: &str, limit: &str) -> bool {
     matches!((parse(request), parse(limit)), (Ok(r), Ok(l)) if r > l)
 }
 
 /// Parses `input` as apimachinery's `ParseQuantity` would.
-pub fn parse(input: &str) -> Result<Nanos, QuantityError> {
+pub(crate) fn parse(input: &str) -> Result<Nanos, QuantityError> {
     let err = |reason| QuantityError {
         input: input.to_owned(),
         reason,

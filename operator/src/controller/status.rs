@@ -17,7 +17,7 @@ pub(super) struct Cond<'a> {
 impl Cond<'_> {
     /// The metav1.Condition, keeping `previous`'s transition time when
     /// the status did not change.
-    pub fn build(
+    pub(super) fn build(
         &self,
         generation: Option<i64>,
         previous: &KeepalivePolicyStatus,

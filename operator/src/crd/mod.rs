@@ -3,12 +3,12 @@
 //! The spec embeds [`goaway_transport::Policy`] flattened, so `server`,
 //! `enforcement`, `upstream` and `drain` mean exactly what they mean in the
 //! agent's policy file — one set of types, one schema, one validator.
-//! The schema gets CEL rules ([`rules`]) for what it cannot say itself, and
+//! The schema gets CEL rules (`rules.rs`) for what it cannot say itself, and
 //! [`KeepalivePolicySpec::check`] is the same check in Rust, run by the
 //! reconciler and the webhook in case the CRD in the cluster is older;
 //! [`KeepalivePolicySpec::check_with`] adds the operator's defaults, which
 //! the API server cannot see. The `drain` fields' documentation says that
-//! an unset field takes the operator's default ([`docs`]).
+//! an unset field takes the operator's default (`docs.rs`).
 
 // Each printcolumn(...) repeats `type_`; clippy takes that for a duplicate.
 #![allow(clippy::duplicated_attributes)]

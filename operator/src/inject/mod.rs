@@ -13,7 +13,7 @@
 //!   `restartPolicy: Always`) with a hardened securityContext, a startup
 //!   and liveness probe on `/healthz` and a readiness probe on `/readyz`;
 //! - in `namedPort` interception (the default), takes over the
-//!   application port's name ([`ports`]) and rewrites the application's
+//!   application port's name (`ports.rs`) and rewrites the application's
 //!   probes that used the name to the number; in `redirect` interception,
 //!   leaves the port alone and adds an init container before the agent
 //!   that runs `goaway-agent intercept` with `NET_ADMIN` (as root, no
@@ -307,7 +307,7 @@ fn to_json(meta: &ObjectMeta, spec: &PodSpec) -> Result<serde_json::Value, Injec
 }
 
 /// The app port an injected pod's agent forwards to: the port of its
-/// `--upstream 127.0.0.1:P` argument, as [`sidecar`] writes it.
+/// `--upstream 127.0.0.1:P` argument, as `sidecar.rs` writes it.
 pub fn upstream_port<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<i32> {
     let mut args = args.into_iter();
     args.find(|a| *a == "--upstream")?;

@@ -14,9 +14,9 @@ use super::Webhook;
 use crate::inject::{self, Mutation, Outcome};
 
 /// The namespace label Pod Security admission enforces.
-pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+pub(super) const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// Pod Security levels that refuse a container adding NET_ADMIN.
-pub const LEVELS_REFUSING_NET_ADMIN: [&str; 2] = ["baseline", "restricted"];
+pub(super) const LEVELS_REFUSING_NET_ADMIN: [&str; 2] = ["baseline", "restricted"];
 
 /// Why a request body could not be answered at all.
 #[derive(Debug, thiserror::Error)]

@@ -16,17 +16,17 @@ use kube::{Api, Client};
 use serde_json::json;
 
 /// The CRD's name.
-pub const CRD: &str = "keepalivepolicies.goaway.dev";
+pub(crate) const CRD: &str = "keepalivepolicies.goaway.dev";
 
 /// A `schedulerName` no scheduler answers to: test pods that only the
 /// API server, the webhook and the controller should see stay Pending and
 /// unbound, even when the cluster has a real node.
 #[allow(dead_code)]
-pub const UNSCHEDULED: &str = "goaway-test-unscheduled";
+pub(crate) const UNSCHEDULED: &str = "goaway-test-unscheduled";
 
 /// The client for the cluster in `KUBECONFIG`, or `None` (after saying
 /// so) when it is not set.
-pub async fn client_or_skip(test: &str) -> Option<Client> {
+pub(crate) async fn client_or_skip(test: &str) -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
         eprintln!(
             "skipped {test}: set KUBECONFIG to run the real-cluster suite (scripts/kube-local up starts a local control plane)"
@@ -42,7 +42,7 @@ pub async fn client_or_skip(test: &str) -> Option<Client> {
 
 /// Polls `f` every 250ms until it returns `Some`, or panics with `what`
 /// after `timeout`.
-pub async fn wait_for<T>(
+pub(crate) async fn wait_for<T>(
     what: &str,
     timeout: Duration,
     mut f: impl AsyncFnMut() -> Option<T>,
@@ -62,18 +62,18 @@ pub async fn wait_for<T>(
 
 /// [`wait_for`] with the default real-cluster timeout: 90s, generous for
 /// a loaded 2-core CI machine.
-pub async fn wait<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn wait<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
     wait_for(what, Duration::from_secs(90), f).await
 }
 
 /// Server-side apply as the tests' field manager, forced.
-pub fn apply_params() -> PatchParams {
+pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply("goaway-e2e").force()
 }
 
 /// Applies the committed CRD (`crds/keepalivepolicy.yaml`, what users
 /// install) and waits until the API server reports it `Established`.
-pub async fn install_crd(client: &Client) -> CustomResourceDefinition {
+pub(crate) async fn install_crd(client: &Client) -> CustomResourceDefinition {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/keepalivepolicy.yaml");
     let text = std::fs::read_to_string(path).expect("crds/keepalivepolicy.yaml");
     let crd: serde_json::Value = serde_yaml::from_str(&text).expect("CRD YAML");
@@ -97,7 +97,7 @@ pub async fn install_crd(client: &Client) -> CustomResourceDefinition {
 
 /// A scratch namespace, deleted on drop (best effort, in the background
 /// of the API server: namespace deletion is asynchronous).
-pub struct Scratch {
+pub(crate) struct Scratch {
     /// Its name.
     pub name: String,
     client: Client,
@@ -105,7 +105,7 @@ pub struct Scratch {
 
 impl Scratch {
     /// Creates `goaway-e2e-<tag>-<pid>` with `labels`.
-    pub async fn new(client: &Client, tag: &str, labels: serde_json::Value) -> Scratch {
+    pub(crate) async fn new(client: &Client, tag: &str, labels: serde_json::Value) -> Scratch {
         let name = format!("goaway-e2e-{tag}-{}", std::process::id());
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
@@ -133,7 +133,7 @@ impl Scratch {
     }
 
     /// Deletes the namespace (what `Drop` cannot await).
-    pub async fn delete(self) {
+    pub(crate) async fn delete(self) {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces
             .delete(&self.name, &DeleteParams::default())
@@ -150,7 +150,7 @@ fn tool(name: &str) -> Command {
 }
 
 /// Runs `kubectl args`, returning its output (whatever the exit status).
-pub fn kubectl(args: &[&str]) -> Output {
+pub(crate) fn kubectl(args: &[&str]) -> Output {
     tool("kubectl")
         .args(args)
         .output()
@@ -158,7 +158,7 @@ pub fn kubectl(args: &[&str]) -> Output {
 }
 
 /// Runs `kubectl args` with `stdin`, returning its output.
-pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
     let mut child = tool("kubectl")
         .args(args)
@@ -177,7 +177,7 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
 }
 
 /// Runs `helm args`, returning its output.
-pub fn helm(args: &[&str]) -> Output {
+pub(crate) fn helm(args: &[&str]) -> Output {
     tool("helm")
         .args(args)
         .output()
@@ -185,7 +185,7 @@ pub fn helm(args: &[&str]) -> Output {
 }
 
 /// Stdout of a command that must succeed; panics with its stderr.
-pub fn ok(what: &str, out: Output) -> String {
+pub(crate) fn ok(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}\n{}",
@@ -198,7 +198,7 @@ pub fn ok(what: &str, out: Output) -> String {
 
 /// A free loopback port (bound and released: fine for tests that start
 /// a server on it right away).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -206,7 +206,7 @@ pub fn free_port() -> u16 {
 }
 
 /// The repository root.
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace root")
@@ -214,7 +214,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// An operator process (`goaway-operator run`), killed on drop.
-pub struct Operator {
+pub(crate) struct Operator {
     /// The child.
     pub child: Child,
     /// Its admin port (/metrics, /readyz).
@@ -229,14 +229,14 @@ impl Operator {
     /// Starts `goaway-operator run` out of cluster with `args`, on free
     /// loopback ports for the webhook and admin servers; its log goes to
     /// a file under the target directory, named after `name`.
-    pub fn start(name: &str, args: &[&str]) -> Operator {
+    pub(crate) fn start(name: &str, args: &[&str]) -> Operator {
         Operator::start_with_env(name, free_port(), args, &[])
     }
 
     /// [`Operator::start`] with the webhook on `webhook_port` and
     /// environment variables (the chart's `GOAWAY_*` settings); the flags
     /// win over them.
-    pub fn start_with_env(
+    pub(crate) fn start_with_env(
         name: &str,
         webhook_port: u16,
         args: &[&str],
@@ -268,7 +268,7 @@ impl Operator {
 
     /// GET on the admin server: (status, body), or `None` when it does
     /// not answer.
-    pub async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
             .await
@@ -284,7 +284,7 @@ impl Operator {
 
     /// The `goaway_operator_leader` gauge, or `None` when the admin server
     /// does not answer.
-    pub async fn leader_metric(&self) -> Option<i64> {
+    pub(crate) async fn leader_metric(&self) -> Option<i64> {
         let (_, body) = self.admin_get("/metrics").await?;
         body.lines()
             .find_map(|l| l.strip_prefix("goaway_operator_leader "))?
@@ -294,12 +294,12 @@ impl Operator {
     }
 
     /// Its log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Kills the process (SIGKILL: no lease release) and reaps it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -312,7 +312,11 @@ impl Drop for Operator {
 }
 
 /// The documents `helm template` renders for the repository's chart.
-pub fn helm_template(release: &str, namespace: &str, set: &[&str]) -> Vec<serde_json::Value> {
+pub(crate) fn helm_template(
+    release: &str,
+    namespace: &str,
+    set: &[&str],
+) -> Vec<serde_json::Value> {
     let chart = repo_root().join("charts/goaway");
     let chart = chart.to_str().expect("a UTF-8 path");
     let mut args = vec!["template", release, chart, "--namespace", namespace];
@@ -327,7 +331,7 @@ pub fn helm_template(release: &str, namespace: &str, set: &[&str]) -> Vec<serde_
 }
 
 /// The rendered object of `kind`.
-pub fn rendered<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+pub(crate) fn rendered<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
     docs.iter()
         .find(|d| d["kind"] == kind)
         .unwrap_or_else(|| panic!("the chart renders no {kind}"))
@@ -336,7 +340,7 @@ pub fn rendered<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json
 /// The operator container's `GOAWAY_*` environment as the chart renders
 /// it — the chart's flags — with the downward-API values (namespace and
 /// pod name) filled in as the kubelet would.
-pub fn chart_operator_env(
+pub(crate) fn chart_operator_env(
     docs: &[serde_json::Value],
     namespace: &str,
     identity: &str,

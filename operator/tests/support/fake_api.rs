@@ -78,7 +78,7 @@ struct Hold {
 /// server, unprocessed, until released or dropped: a test can let one
 /// client read, then another write, and only then the first write (a
 /// stale read).
-pub struct HeldWrites {
+pub(crate) struct HeldWrites {
     api: FakeApi,
     manager: String,
     hold: Arc<Hold>,
@@ -86,12 +86,12 @@ pub struct HeldWrites {
 
 impl HeldWrites {
     /// Completes once a write is being held.
-    pub async fn arrived(&self) {
+    pub(crate) async fn arrived(&self) {
         let _ = self.hold.waiting.subscribe().wait_for(|n| *n > 0).await;
     }
 
     /// Lets the held writes, and later ones, through.
-    pub fn release(self) {}
+    pub(crate) fn release(self) {}
 }
 
 impl Drop for HeldWrites {
@@ -103,7 +103,7 @@ impl Drop for HeldWrites {
 
 /// What a cut [`Link`] does to requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// They wait, unanswered, until the link heals (a partition).
     Hang,
     /// They are answered `503 Service Unavailable`.
@@ -112,23 +112,23 @@ pub enum Cut {
 
 /// One client's link to the server (see [`FakeApi::linked_client`]).
 #[derive(Clone)]
-pub struct Link(Arc<watch::Sender<Option<Cut>>>);
+pub(crate) struct Link(Arc<watch::Sender<Option<Cut>>>);
 
 impl Link {
     /// Cuts the link: requests sent from now on are treated as `how` says.
-    pub fn cut(&self, how: Cut) {
+    pub(crate) fn cut(&self, how: Cut) {
         self.0.send_replace(Some(how));
     }
 
     /// Heals the link; held requests go through.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.0.send_replace(None);
     }
 }
 
 /// The fake API server. Clones share state.
 #[derive(Clone)]
-pub struct FakeApi {
+pub(crate) struct FakeApi {
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
 }
@@ -137,7 +137,7 @@ pub struct FakeApi {
 const STATUS_SUBRESOURCE: &[&str] = &["keepalivepolicies"];
 
 impl FakeApi {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         FakeApi {
             state: Arc::default(),
             changes: broadcast::channel(4096).0,
@@ -145,7 +145,7 @@ impl FakeApi {
     }
 
     /// A kube client talking to this server.
-    pub fn client(&self) -> kube::Client {
+    pub(crate) fn client(&self) -> kube::Client {
         let api = self.clone();
         let service = tower::service_fn(move |req: Request<Body>| {
             let api = api.clone();
@@ -155,7 +155,7 @@ impl FakeApi {
     }
 
     /// A kube client whose link to this server a test can cut and heal.
-    pub fn linked_client(&self) -> (kube::Client, Link) {
+    pub(crate) fn linked_client(&self) -> (kube::Client, Link) {
         let (api, link) = (self.clone(), Link(Arc::new(watch::channel(None).0)));
         let state = link.0.clone();
         let service = tower::service_fn(move |req: Request<Body>| {
@@ -177,12 +177,12 @@ impl FakeApi {
     }
 
     /// The RBAC verbs of every request made for `resource` so far.
-    pub fn verbs(&self, resource: &str) -> BTreeSet<&'static str> {
+    pub(crate) fn verbs(&self, resource: &str) -> BTreeSet<&'static str> {
         self.lock().verbs.get(resource).cloned().unwrap_or_default()
     }
 
     /// The stored object, if any.
-    pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+    pub(crate) fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.lock()
             .objects
             .get(&key(resource, namespace, name))
@@ -191,7 +191,13 @@ impl FakeApi {
 
     /// The field managers owning `field` (`.spec.holderIdentity`) of the
     /// stored object.
-    pub fn owners(&self, resource: &str, namespace: &str, name: &str, field: &str) -> Vec<String> {
+    pub(crate) fn owners(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        field: &str,
+    ) -> Vec<String> {
         self.lock()
             .fields
             .get(&key(resource, namespace, name))
@@ -201,7 +207,7 @@ impl FakeApi {
 
     /// Holds `field_manager`'s writes until the result is released or
     /// dropped.
-    pub fn hold_writes(&self, field_manager: &str) -> HeldWrites {
+    pub(crate) fn hold_writes(&self, field_manager: &str) -> HeldWrites {
         let hold = Arc::new(Hold {
             waiting: watch::channel(0).0,
             released: watch::channel(false).0,
@@ -221,7 +227,7 @@ impl FakeApi {
     }
 
     /// Every stored object of a resource.
-    pub fn list(&self, resource: &str) -> Vec<Value> {
+    pub(crate) fn list(&self, resource: &str) -> Vec<Value> {
         let state = self.lock();
         state
             .objects
@@ -622,7 +628,7 @@ impl FakeApi {
     }
 
     /// Deletes an object and, through owner references, its dependents.
-    pub fn delete(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+    pub(crate) fn delete(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         let removed = {
             let mut state = self.lock();
             let key = key(resource, namespace, name);

@@ -46,11 +46,11 @@ const SERVER_METADATA: &[&str] = &[
 
 /// Who owns which leaf of one object.
 #[derive(Clone, Debug, Default)]
-pub struct ManagedFields(BTreeMap<Field, BTreeSet<String>>);
+pub(crate) struct ManagedFields(BTreeMap<Field, BTreeSet<String>>);
 
 /// A leaf an apply would change, and a manager that owns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Conflict {
+pub(crate) struct Conflict {
     /// The leaf, as the API server spells it: `.spec.holderIdentity`.
     pub field: String,
     /// Its owner.
@@ -62,7 +62,7 @@ impl ManagedFields {
     /// `live` (`None`: it is being created) to `next`. Refused, changing
     /// nothing, if it would change a leaf another manager owns and is not
     /// `force`d.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         manager: &str,
         force: bool,
@@ -100,7 +100,7 @@ impl ManagedFields {
 
     /// A write by `manager` that is not an apply, taking the object from
     /// `live` (`None`: it is being created) to `next`. Never refused.
-    pub fn update(&mut self, manager: &str, live: Option<&Value>, next: &Value) {
+    pub(crate) fn update(&mut self, manager: &str, live: Option<&Value>, next: &Value) {
         for field in changed(live, next) {
             self.0.insert(field, BTreeSet::from([manager.to_string()]));
         }
@@ -108,7 +108,7 @@ impl ManagedFields {
     }
 
     /// The managers owning `field` (spelled `.spec.holderIdentity`).
-    pub fn owners(&self, field: &str) -> Vec<String> {
+    pub(crate) fn owners(&self, field: &str) -> Vec<String> {
         self.0
             .iter()
             .find(|(f, _)| display(f) == field)

@@ -2,14 +2,14 @@
 
 #![allow(dead_code)]
 
-pub mod cluster;
-pub mod fake_api;
-pub mod managed_fields;
+pub(crate) mod cluster;
+pub(crate) mod fake_api;
+pub(crate) mod managed_fields;
 
 use std::time::{Duration, Instant};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after 20s.
-pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = check() {
