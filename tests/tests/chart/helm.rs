@@ -79,16 +79,16 @@ fn rendered(release: &str, namespace: &str, values: &str, out: &Value) -> Render
 }
 
 /// `helm template` as release `goaway` in `goaway-system` with `values`.
-pub fn render(values: &str) -> Rendered {
+pub(crate) fn render(values: &str) -> Rendered {
     render_as(RELEASE, NAMESPACE, values)
 }
 
-pub fn render_as(release: &str, namespace: &str, values: &str) -> Rendered {
+pub(crate) fn render_as(release: &str, namespace: &str, values: &str) -> Rendered {
     render_all(&[(release, namespace, values)]).remove(0)
 }
 
 /// Several `helm template`s: (release, namespace, values) each.
-pub fn render_all(cases: &[(&str, &str, &str)]) -> Vec<Rendered> {
+pub(crate) fn render_all(cases: &[(&str, &str, &str)]) -> Vec<Rendered> {
     let commands = cases
         .iter()
         .map(|(release, ns, values)| render_args(release, ns, values))
@@ -102,7 +102,7 @@ pub fn render_all(cases: &[(&str, &str, &str)]) -> Vec<Rendered> {
 
 /// `helm template` as `goaway` for each of `values`: the render, or
 /// Helm's error message when it refuses the values.
-pub fn try_render_all(values: &[&str]) -> Vec<Result<Rendered, String>> {
+pub(crate) fn try_render_all(values: &[&str]) -> Vec<Result<Rendered, String>> {
     values
         .iter()
         .zip(batch_as_goaway(values))
@@ -125,12 +125,12 @@ fn batch_as_goaway(values: &[&str]) -> Vec<Value> {
 }
 
 /// The Helm error for `values`: (error type, message).
-pub fn render_error(values: &str) -> (String, String) {
+pub(crate) fn render_error(values: &str) -> (String, String) {
     render_errors(&[values]).remove(0)
 }
 
 /// The Helm error for each of `values`, rendered as `goaway`.
-pub fn render_errors(values: &[&str]) -> Vec<(String, String)> {
+pub(crate) fn render_errors(values: &[&str]) -> Vec<(String, String)> {
     values
         .iter()
         .zip(batch_as_goaway(values))
@@ -145,7 +145,7 @@ pub fn render_errors(values: &[&str]) -> Vec<(String, String)> {
 }
 
 /// `helm lint --strict` for each (values, Kubernetes version).
-pub fn lint_all(cases: &[(&str, Option<&str>)]) -> Vec<Value> {
+pub(crate) fn lint_all(cases: &[(&str, Option<&str>)]) -> Vec<Value> {
     let commands = cases
         .iter()
         .map(|(values, kube)| {
@@ -163,6 +163,6 @@ pub fn lint_all(cases: &[(&str, Option<&str>)]) -> Vec<Value> {
 }
 
 /// The chart's metadata, default values and CRDs as Helm loads them.
-pub fn show() -> Value {
+pub(crate) fn show() -> Value {
     script(&["show", &chart_dir()], None).unwrap()
 }

@@ -24,7 +24,7 @@ use crate::POD_NAME;
 /// One `helm template`: every object, typed, and NOTES.txt. Unknown kinds
 /// fail the parse.
 #[derive(Default)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     pub release: String,
     pub namespace: String,
     pub notes: String,
@@ -46,13 +46,13 @@ pub struct Rendered {
 
 /// Where an environment variable's value comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Env {
+pub(crate) enum Env {
     Value(String),
     Field(String),
 }
 
 impl Rendered {
-    pub fn parse(release: &str, namespace: &str, manifests: &Value) -> Rendered {
+    pub(crate) fn parse(release: &str, namespace: &str, manifests: &Value) -> Rendered {
         let mut r = Rendered {
             release: release.into(),
             namespace: namespace.into(),
@@ -119,7 +119,7 @@ impl Rendered {
     }
 
     /// Every rendered object as (kind, namespace, name).
-    pub fn inventory(&self) -> BTreeSet<(String, String, String)> {
+    pub(crate) fn inventory(&self) -> BTreeSet<(String, String, String)> {
         fn meta<T: k8s_openapi::Metadata<Ty = ObjectMeta> + k8s_openapi::Resource>(
             items: &[T],
         ) -> Vec<(String, String, String)> {
@@ -167,17 +167,17 @@ impl Rendered {
         all.into_iter().collect()
     }
 
-    pub fn deployment(&self) -> &Deployment {
+    pub(crate) fn deployment(&self) -> &Deployment {
         assert_eq!(self.deployments.len(), 1, "one operator Deployment");
         &self.deployments[0]
     }
 
-    pub fn pod(&self) -> &PodSpec {
+    pub(crate) fn pod(&self) -> &PodSpec {
         let spec = self.deployment().spec.as_ref().expect("Deployment.spec");
         spec.template.spec.as_ref().expect("pod template spec")
     }
 
-    pub fn pod_labels(&self) -> BTreeMap<String, String> {
+    pub(crate) fn pod_labels(&self) -> BTreeMap<String, String> {
         let spec = self.deployment().spec.as_ref().expect("Deployment.spec");
         let meta = spec
             .template
@@ -187,13 +187,13 @@ impl Rendered {
         meta.labels.clone().unwrap_or_default()
     }
 
-    pub fn container(&self) -> &Container {
+    pub(crate) fn container(&self) -> &Container {
         let pod = self.pod();
         assert_eq!(pod.containers.len(), 1, "one operator container");
         &pod.containers[0]
     }
 
-    pub fn env(&self) -> BTreeMap<String, Env> {
+    pub(crate) fn env(&self) -> BTreeMap<String, Env> {
         let mut env = BTreeMap::new();
         for var in self.container().env.iter().flatten() {
             let value = match (&var.value, &var.value_from) {
@@ -218,7 +218,7 @@ impl Rendered {
         env
     }
 
-    pub fn env_value(&self, name: &str) -> Option<String> {
+    pub(crate) fn env_value(&self, name: &str) -> Option<String> {
         match self.env().get(name) {
             Some(Env::Value(v)) => Some(v.clone()),
             Some(Env::Field(f)) => panic!("{name} comes from {f}"),
@@ -229,7 +229,7 @@ impl Rendered {
     /// The operator's command line as the binary would parse it: each
     /// GOAWAY_* variable becomes the flag that reads it (so an unknown
     /// variable fails), the downward API filled in as the kubelet would.
-    pub fn operator_args(&self) -> (RunArgs, LogFormat) {
+    pub(crate) fn operator_args(&self) -> (RunArgs, LogFormat) {
         let cmd = Cli::command();
         let run = cmd.find_subcommand("run").expect("a run subcommand");
         let flag_of: BTreeMap<String, String> = cmd
@@ -268,12 +268,12 @@ impl Rendered {
         }
     }
 
-    pub fn service(&self) -> &Service {
+    pub(crate) fn service(&self) -> &Service {
         assert_eq!(self.services.len(), 1, "one Service");
         &self.services[0]
     }
 
-    pub fn service_port(&self, name: &str) -> &ServicePort {
+    pub(crate) fn service_port(&self, name: &str) -> &ServicePort {
         let spec = self.service().spec.as_ref().expect("Service.spec");
         spec.ports
             .iter()
@@ -282,7 +282,7 @@ impl Rendered {
             .unwrap_or_else(|| panic!("the Service has no port {name}"))
     }
 
-    pub fn webhook_config(&self) -> &MutatingWebhookConfiguration {
+    pub(crate) fn webhook_config(&self) -> &MutatingWebhookConfiguration {
         assert_eq!(
             self.webhook_configs.len(),
             1,
@@ -291,7 +291,7 @@ impl Rendered {
         &self.webhook_configs[0]
     }
 
-    pub fn webhook(&self) -> &MutatingWebhook {
+    pub(crate) fn webhook(&self) -> &MutatingWebhook {
         let hooks = self
             .webhook_config()
             .webhooks
@@ -302,7 +302,7 @@ impl Rendered {
     }
 
     /// The container port a probe or Service names, as a number.
-    pub fn container_port(&self, port: &IntOrString) -> u16 {
+    pub(crate) fn container_port(&self, port: &IntOrString) -> u16 {
         let n = match port {
             IntOrString::Int(n) => *n,
             IntOrString::String(name) => {
@@ -378,7 +378,7 @@ fn strip_nulls(value: Value) -> Value {
     }
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -386,13 +386,13 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// Label selector semantics as kube (and the API server) apply them.
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     Selector::try_from(selector.clone())
         .expect("a valid selector")
         .matches(labels)
 }
 
-pub fn namespace_labels(name: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn namespace_labels(name: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut l = labels(extra);
     l.insert("kubernetes.io/metadata.name".into(), name.into());
     l

@@ -274,7 +274,7 @@ fn leaves(values: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-pub fn default_leaves() -> Vec<String> {
+pub(crate) fn default_leaves() -> Vec<String> {
     let mut out = Vec::new();
     leaves(&show()["values"], "", &mut out);
     out
