@@ -17,7 +17,7 @@
 //!
 //! h2 answers PINGs internally, cannot put debug data in a GOAWAY, and
 //! waits forever for the PING ACK of a graceful shutdown. Instead of a
-//! fork, a frame-observing IO layer (`io::FrameIo`) sits between h2 and the socket, scans frames in
+//! fork, a frame-observing IO layer (`frame_io::FrameIo`) sits between h2 and the socket, scans frames in
 //! both directions, rewrites GOAWAY frames to carry the reason, and hands
 //! h2 the shutdown ACK when the ack timer fires. See that module.
 
@@ -26,7 +26,7 @@
 pub mod client;
 pub mod counters;
 mod frame;
-mod io;
+mod frame_io;
 mod keepalive;
 pub mod policy;
 pub mod server;
@@ -35,7 +35,7 @@ pub mod tcp;
 pub mod test_util;
 
 pub use counters::Counters;
-pub use io::{ConnState, ConnStats};
+pub use frame_io::{ConnState, ConnStats};
 pub use policy::{ClientParams, DrainParams, Policy, ServerParams};
 
 /// Why a GOAWAY was sent; its text is the GOAWAY's debug data.

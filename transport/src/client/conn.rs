@@ -9,8 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::driver::{ClientDriver, ConnParams, PoolEvents};
-use crate::io::FrameIo;
-use crate::io::shared::{Role, Shared, event};
+use crate::frame_io::FrameIo;
+use crate::frame_io::shared::{Role, Shared, event};
 use crate::{ConnectError, Counters};
 
 /// A connection as the pool sees it.

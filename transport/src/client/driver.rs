@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::Counters;
-use crate::io::shared::{Shared, event};
-use crate::io::{ConnState, FrameIo};
+use crate::frame_io::shared::{Shared, event};
+use crate::frame_io::{ConnState, FrameIo};
 use crate::keepalive::{Keepalive, KeepaliveAction, far_future};
 
 /// What a connection reports to whoever owns it.

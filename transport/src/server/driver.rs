@@ -13,8 +13,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::handle::{ConnectionHandle, Incoming, StreamGuard};
 use super::{CloseReason, ServerConfig, age_jitter};
-use crate::io::shared::{Role, Shared, event};
-use crate::io::{ConnState, FrameIo};
+use crate::frame_io::shared::{Role, Shared, event};
+use crate::frame_io::{ConnState, FrameIo};
 use crate::keepalive::{Keepalive, KeepaliveAction, far_future};
 use crate::{Counters, Error, GoAwayReason, ServerParams};
 

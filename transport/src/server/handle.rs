@@ -10,8 +10,8 @@ use h2::server::SendResponse;
 use http::Request;
 use tokio::time::Instant;
 
-use crate::io::shared::Shared;
-use crate::io::{ConnState, ConnStats, DrainRequest};
+use crate::frame_io::shared::Shared;
+use crate::frame_io::{ConnState, ConnStats, DrainRequest};
 use crate::{GoAwayReason, ServerParams};
 
 /// A stream accepted on a [`ServerConnection`](super::ServerConnection).
