@@ -299,3 +299,39 @@ impl Pump {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(chunks: &[usize]) -> Replay {
+        let mut r = Replay::default();
+        for &len in chunks {
+            r.record(&Bytes::from(vec![7; len]));
+        }
+        r
+    }
+
+    #[test]
+    fn the_replay_keeps_up_to_64_kib_and_gives_up_past_it() {
+        assert!(kept(&[64 * 1024]).is_complete());
+        assert!(kept(&[16 * 1024; 4]).is_complete());
+        assert!(!kept(&[64 * 1024 + 1]).is_complete());
+        assert!(!kept(&[64 * 1024, 1]).is_complete());
+        // Once given up, later small chunks do not make it whole again.
+        let mut r = kept(&[64 * 1024 + 1]);
+        r.record(&Bytes::from_static(b"x"));
+        assert!(!r.is_complete());
+        assert_eq!(r.count, 0, "what was kept is dropped");
+    }
+
+    #[test]
+    fn a_discarded_replay_is_never_complete() {
+        let mut r = kept(&[10]);
+        assert!(r.is_complete());
+        r.discard();
+        assert!(!r.is_complete());
+        r.record(&Bytes::from_static(b"x"));
+        assert!(!r.is_complete());
+    }
+}

@@ -353,3 +353,6 @@ fn fail_after_head(ctx: &Ctx<'_>, up: &Upstream, resp: &mut Pump, e: &h2::Error)
     }
     resp.sink.send_reset(Reason::INTERNAL_ERROR);
 }
+
+#[cfg(test)]
+mod tests;
