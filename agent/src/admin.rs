@@ -43,7 +43,7 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
     if !agent.ready.load(Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let Some(upstream) = &agent.readiness_upstream else {
+    let Some(upstream) = &agent.config.readiness_upstream else {
         return (StatusCode::OK, "ready\n").into_response();
     };
     // A connect, nothing sent: the app's listener answers it even while
@@ -101,7 +101,7 @@ async fn set_log_level(
 
 /// The 401 for a request without the drain token, when one is set.
 fn unauthorized(agent: &Agent, headers: &HeaderMap, what: &str) -> Option<Response> {
-    let token = agent.drain_token.as_ref()?;
+    let token = agent.config.drain_token.as_ref()?;
     if presented(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
         return None;
     }

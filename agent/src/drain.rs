@@ -1,23 +1,43 @@
-//! The drain sequence (SPEC §4), run once per process whether started by
-//! `/drain` (the preStop hook) or by SIGTERM: readiness fails at once →
-//! `drain.delay` → the listener closes (new connections are refused) →
-//! graceful GOAWAY (`graceful_stop`) on every connection, idle ones
-//! included → wait until all are closed or `drain.timeout` → the rest are
-//! hard-closed. Concurrent callers share the one drain and all get its
+//! The drain's own state and its signal (SPEC §4). The sequence —
+//! readiness fails at once → `drain.delay` → the listener closes and every
+//! connection is sent GOAWAY → wait → the rest hard-closed → the upstream
+//! pools and spliced connections closed — is
+//! [`Agent::drain`](crate::Agent::drain)'s; this module owns the step in
+//! the middle, how connections take part in it, its summary, and that it
+//! runs once per process, whether started by `/drain` (the preStop hook)
+//! or by SIGTERM: concurrent callers share the one drain and all get its
 //! summary.
+//!
+//! Connections take part through linkerd's drain-rs ([`::drain`]), the
+//! idiom the operator's tasks use too. [`Drain::new`] returns the
+//! [`::drain::Watch`] the accept loop holds; every connection it accepts
+//! holds a clone from then until it has closed (one spliced to the app lets
+//! go as soon as it is known to be one: it gets no GOAWAY, and is closed
+//! after the drain instead). [`Drain::goaway_all`] sets the deadline, then
+//! signals: the accept loop closes the listener, and each connection
+//! ([`Drain::watch_connection`]) sends its GOAWAY (`graceful_stop`) with
+//! that deadline, idle ones included — one accepted in the race with the
+//! listener closing at once, as its watch was cloned before the signal it
+//! has not seen yet. The drain then waits for every watch to be released:
+//! connections close on their own, or the transport cuts them at the
+//! deadline; the wait ends [`CLOSE_MARGIN`] after it in any case.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use goaway_transport::GoAwayReason;
 use goaway_transport::server::ConnectionHandle;
+use goaway_transport::{Counters, GoAwayReason};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::Agent;
+use crate::connections::ConnectionTable;
+
+/// How long after the drain deadline the drain still waits for the last
+/// connections to close: the transport cuts them at the deadline, and
+/// their sockets close just after.
+pub const CLOSE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What a drain did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -66,41 +86,45 @@ impl DrainCounts {
     }
 }
 
-/// Drain state shared by the admin API, the signal handler and the
+/// The drain's state, shared by the admin API, the signal handler and the
 /// connection tasks.
 pub struct Drain {
-    started: AtomicBool,
-    done: watch::Sender<Option<DrainSummary>>,
-    /// Set once GOAWAYs go out; connections accepted in the race with the
-    /// listener closing are drained with the same deadline.
-    deadline: Mutex<Option<Instant>>,
-    late: AtomicU64,
+    /// Until the drain starts; then its sequence's.
+    signal: Mutex<Option<::drain::Signal>>,
+    /// Set just before the signal, read by each connection as it sees it.
+    deadline: OnceLock<Instant>,
+    /// Connections that saw the signal (and sent their GOAWAY).
+    sent_goaway: AtomicU64,
+    /// Streams hard closes cut off.
     cut: AtomicU64,
-    stop_accepting: watch::Sender<bool>,
-}
-
-impl Default for Drain {
-    fn default() -> Self {
-        Drain {
-            started: AtomicBool::new(false),
-            done: watch::Sender::new(None),
-            deadline: Mutex::new(None),
-            late: AtomicU64::new(0),
-            cut: AtomicU64::new(0),
-            stop_accepting: watch::Sender::new(false),
-        }
-    }
+    done: watch::Sender<Option<DrainSummary>>,
 }
 
 impl Drain {
-    /// Turns true when the listener must close.
-    pub fn stop_signal(&self) -> watch::Receiver<bool> {
-        self.stop_accepting.subscribe()
+    /// A drain not started yet, and the watch the accept loop holds (and
+    /// clones for every connection it accepts).
+    pub fn new() -> (Drain, ::drain::Watch) {
+        let (signal, watch) = ::drain::channel();
+        let drain = Drain {
+            signal: Mutex::new(Some(signal)),
+            deadline: OnceLock::new(),
+            sent_goaway: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+            done: watch::Sender::new(None),
+        };
+        (drain, watch)
     }
 
-    /// Whether a drain has started.
-    pub fn is_started(&self) -> bool {
-        self.started.load(Acquire)
+    /// Starts the drain: the signal for the first caller, who runs the
+    /// sequence and [`finish`](Self::finish)es it; `None` once started.
+    pub fn start(&self) -> Option<::drain::Signal> {
+        self.signal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Publishes the summary to every caller waiting in
+    /// [`finished`](Self::finished), and to later ones.
+    pub fn finish(&self, summary: DrainSummary) {
+        self.done.send_replace(Some(summary));
     }
 
     /// The summary, once the drain has finished.
@@ -108,106 +132,84 @@ impl Drain {
         self.done.borrow().clone()
     }
 
-    /// A connection registered during a drain is drained at once.
-    pub fn adopt(&self, handle: &ConnectionHandle) {
-        let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(deadline) = deadline {
-            self.late.fetch_add(1, Relaxed);
-            handle.drain(GoAwayReason::GracefulStop, Some(deadline));
-        }
-    }
-
-    /// Streams a hard close cut off.
-    pub fn record_cut(&self, streams: usize) {
-        self.cut.fetch_add(streams as u64, Relaxed);
-    }
-}
-
-impl Agent {
-    /// Starts the drain, or joins the one running, and returns its summary
-    /// once every connection has closed.
-    pub async fn drain(self: &Arc<Self>) -> DrainSummary {
-        let mut done = self.drain.done.subscribe();
-        if !self.drain.started.swap(true, AcqRel) {
-            let agent = self.clone();
-            tokio::spawn(async move { agent.run_drain().await });
-        }
+    /// Waits until the drain has finished; its summary.
+    pub async fn finished(&self) -> DrainSummary {
+        let mut done = self.done.subscribe();
         loop {
             if let Some(summary) = done.borrow_and_update().clone() {
                 return summary;
             }
             if done.changed().await.is_err() {
-                // The sender lives in `self`, which we hold.
+                // The sender lives in `self`, which we borrow.
                 unreachable!("drain state dropped while borrowed");
             }
         }
     }
 
-    async fn run_drain(self: Arc<Self>) {
-        let start = Instant::now();
-        self.ready.store(false, Release);
-        let params = self.policy.current().drain_params();
-        tracing::info!(delay = ?params.delay, timeout = ?params.timeout, "drain started; readiness failing");
-        tokio::time::sleep(params.delay).await;
-
-        let c = &self.counters;
-        let streams_before = c.streams_total.load(Relaxed);
-        let active_before = c.streams_active.load(Relaxed).max(0) as u64;
-        let hard_before = c.hard_closes.load(Relaxed);
-        let deadline = Instant::now() + params.timeout;
-        *self
-            .drain
-            .deadline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
-        self.drain.stop_accepting.send_replace(true);
-        let handles = self.connections.handles();
-        let drained_now = handles.len() as u64;
-        for h in &handles {
-            h.drain(GoAwayReason::GracefulStop, Some(deadline));
-        }
-        tracing::info!(connections = drained_now, "GOAWAY sent to every connection");
-        // Connections close on their own, or their drivers cut them at the
-        // deadline; the margin covers the last socket closes.
-        let all_closed = self
-            .connections
-            .wait_empty(deadline + Duration::from_secs(2))
-            .await;
-        if !all_closed {
+    /// Closes the listener and sends every connection GOAWAY with a
+    /// deadline `timeout` from now, by draining `signal`; waits for every
+    /// connection to close (at most until [`CLOSE_MARGIN`] after the
+    /// deadline). The summary of what the counters moved by meanwhile,
+    /// timed from `started`.
+    pub async fn goaway_all(
+        &self,
+        signal: ::drain::Signal,
+        started: Instant,
+        timeout: Duration,
+        counters: &Counters,
+        connections: &ConnectionTable,
+    ) -> DrainSummary {
+        let streams_before = counters.streams_total.load(Relaxed);
+        let active_before = counters.streams_active.load(Relaxed).max(0) as u64;
+        let hard_before = counters.hard_closes.load(Relaxed);
+        let deadline = Instant::now() + timeout;
+        // Before the signal: every connection that sees it reads it.
+        let _ = self.deadline.set(deadline);
+        // Logged as the signal goes out (on the first poll below); each
+        // connection sends its GOAWAY as it sees it.
+        tracing::info!(
+            connections = connections.len(),
+            "GOAWAY sent to every connection"
+        );
+        if tokio::time::timeout_at(deadline + CLOSE_MARGIN, signal.drain())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                left = self.connections.len(),
+                left = connections.len(),
                 "connections still open after the drain deadline"
             );
         }
-
-        let summary = DrainCounts {
-            sent_goaway: drained_now + self.drain.late.load(Relaxed),
-            hard_closed: c.hard_closes.load(Relaxed) - hard_before,
+        DrainCounts {
+            sent_goaway: self.sent_goaway.load(Relaxed),
+            hard_closed: counters.hard_closes.load(Relaxed) - hard_before,
             streams_active_at_goaway: active_before,
-            streams_started: c.streams_total.load(Relaxed) - streams_before,
-            streams_cut: self.drain.cut.load(Relaxed),
+            streams_started: counters.streams_total.load(Relaxed) - streams_before,
+            streams_cut: self.cut.load(Relaxed),
         }
-        .summary(start.elapsed());
-        self.metrics.drain_duration.set(summary.duration_seconds);
-        // Nothing will reach the application through this agent any more:
-        // stop keeping connections to it (the app is about to get SIGTERM,
-        // and reconnecting to it would only log failures).
-        for w in &self.workers {
-            w.upstream.channel.shutdown();
-        }
-        // Spliced connections get no GOAWAY; they end with the drain.
-        let spliced = self.passthrough.close_all();
-        if spliced > 0 {
-            tracing::info!(connections = spliced, "closing passthrough connections");
-        }
-        tracing::info!(
-            connections_drained = summary.connections_drained,
-            streams_completed = summary.streams_completed,
-            connections_hard_closed = summary.connections_hard_closed,
-            duration_seconds = summary.duration_seconds,
-            "drain finished"
-        );
-        self.drain.done.send_replace(Some(summary));
+        .summary(started.elapsed())
+    }
+
+    /// Runs a connection's `serving` to its end. When the drain signals
+    /// `watch` — at once if it already has — the connection is sent GOAWAY
+    /// with the drain deadline; it is then served until it closes.
+    pub async fn watch_connection<F: Future + Unpin>(
+        &self,
+        watch: ::drain::Watch,
+        connection: &ConnectionHandle,
+        serving: F,
+    ) -> F::Output {
+        watch
+            .watch(serving, |_| {
+                self.sent_goaway.fetch_add(1, Relaxed);
+                connection.drain(GoAwayReason::GracefulStop, self.deadline.get().copied());
+            })
+            .await
+    }
+
+    /// Streams a hard close cut off.
+    pub fn record_cut(&self, streams: usize) {
+        self.cut.fetch_add(streams as u64, Relaxed);
     }
 }
 
@@ -247,16 +249,96 @@ mod tests {
         assert_eq!((s.connections_hard_closed, s.streams_cut), (3, 9));
     }
 
-    #[tokio::test]
-    async fn the_listener_is_told_to_close_and_cut_streams_add_up() {
-        let drain = Drain::default();
-        assert!(!drain.is_started() && drain.summary().is_none());
-        let mut stop = drain.stop_signal();
-        assert!(!*stop.borrow_and_update());
-        drain.stop_accepting.send_replace(true);
-        assert!(*stop.borrow_and_update(), "the listener is told to close");
+    /// A connection task's part, without a connection: holds `watch`
+    /// until `lasts` after the signal.
+    fn hold(watch: ::drain::Watch, lasts: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let release = watch.signaled().await;
+            tokio::time::sleep(lasts).await;
+            drop(release);
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_runs_once_and_every_caller_gets_its_summary() {
+        let (drain, _listener) = Drain::new();
+        let signal = drain.start().expect("the first caller starts it");
+        assert!(drain.start().is_none(), "and only the first");
+        assert!(drain.summary().is_none());
+        let summary = DrainCounts::default().summary(Duration::from_secs(1));
+        let waiting = async { drain.finished().await };
+        let finishing = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drain.finish(summary.clone());
+        };
+        let (got, ()) = tokio::join!(waiting, finishing);
+        assert_eq!(got, summary, "a caller waiting meanwhile");
+        assert_eq!(drain.finished().await, summary, "a later caller, at once");
+        assert_eq!(drain.summary(), Some(summary));
+        drop(signal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_waits_for_every_watch_including_those_cloned_after_the_signal() {
+        let (drain, listener) = Drain::new();
+        let early = hold(listener.clone(), Duration::from_secs(3));
+        let late = listener.clone();
+        // The accept loop lets its watch go when the listener closes.
+        let accept_loop = hold(listener, Duration::ZERO);
+        let (counters, connections) = (Counters::default(), ConnectionTable::default());
+        let started = Instant::now();
+        let signal = drain.start().expect("not started");
+        let goaway = drain.goaway_all(
+            signal,
+            started,
+            Duration::from_secs(30),
+            &counters,
+            &connections,
+        );
+        let accepted_late = async {
+            // A connection accepted in the race with the listener
+            // closing: its watch is cloned after the signal and sees it
+            // at once.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let release = tokio::time::timeout(Duration::ZERO, late.clone().signaled())
+                .await
+                .expect("signalled at once");
+            drop(late);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            drop(release);
+        };
         drain.record_cut(2);
         drain.record_cut(3);
-        assert_eq!(drain.cut.load(Relaxed), 5);
+        let (summary, ()) = tokio::join!(goaway, accepted_late);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "the last release"
+        );
+        assert_eq!(summary.duration_seconds, 5.0);
+        assert_eq!(summary.streams_cut, 5, "cut streams add up");
+        early.await.unwrap();
+        accept_loop.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_ends_at_the_margin_past_the_deadline() {
+        let (drain, listener) = Drain::new();
+        // A connection that never lets go.
+        let stuck = listener.clone();
+        drop(listener);
+        let started = Instant::now();
+        let summary = drain
+            .goaway_all(
+                drain.start().expect("not started"),
+                started,
+                Duration::from_secs(10),
+                &Counters::default(),
+                &ConnectionTable::default(),
+            )
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10) + CLOSE_MARGIN);
+        assert_eq!(summary.connections_drained, 0, "no connection saw it");
+        drop(stuck);
     }
 }

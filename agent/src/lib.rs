@@ -6,6 +6,10 @@
 //! This crate owns the proxying, the admin API, metrics, policy hot reload
 //! and the drain sequence. HTTP/2 connection behaviour lives in the
 //! transport; Kubernetes in the operator.
+//!
+//! [`Config`] is the plain data an agent is started with; [`Agent`] is a
+//! running one: that config and the handles its tasks share. Stopping
+//! follows linkerd's drain-rs, as in the operator: see [`drain`].
 
 pub mod admin;
 pub mod admin_client;
@@ -22,32 +26,19 @@ pub mod run;
 pub mod workers;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering::Release};
 use std::time::Duration;
 
 use goaway_transport::Counters;
 use goaway_transport::server::ServerConfig;
+use tokio::time::Instant;
 
-pub use drain::DrainSummary;
+pub use self::drain::DrainSummary;
 
-/// Everything a running agent shares between its tasks.
-pub struct Agent {
-    /// The policy in force.
-    pub policy: Arc<policy::PolicyStore>,
-    /// Open client connections.
-    pub connections: connections::ConnectionTable,
-    /// Open connections spliced to the app unmanaged (TLS, HTTP/1.x).
-    pub passthrough: connections::Passthroughs,
-    /// Transport event counters.
-    pub counters: Arc<Counters>,
-    /// The worker threads, each with its own upstream pool.
-    pub workers: Vec<Arc<workers::Worker>>,
-    /// Prometheus metrics.
-    pub metrics: metrics::Metrics,
-    /// The drain state.
-    pub drain: drain::Drain,
-    /// True while serving; false from the moment a drain starts.
-    pub ready: Arc<AtomicBool>,
+/// What the agent runs with: plain data, fixed at start from the command
+/// line (the policy, which can change, is in [`Agent::policy`]).
+#[derive(Clone, Debug)]
+pub struct Config {
     /// Required on `/drain` when set.
     pub drain_token: Option<String>,
     /// HTTP/2 settings for client connections.
@@ -61,6 +52,30 @@ pub struct Agent {
     pub readiness_upstream: Option<String>,
 }
 
+/// A running agent: its [`Config`], and the runtime handles its tasks
+/// share.
+pub struct Agent {
+    /// What it was started with.
+    pub config: Config,
+    /// The policy in force.
+    pub policy: Arc<policy::PolicyStore>,
+    /// Open client connections.
+    pub connections: connections::ConnectionTable,
+    /// Open connections spliced to the app unmanaged (TLS, HTTP/1.x).
+    pub passthrough: connections::Passthroughs,
+    /// Transport event counters.
+    pub counters: Arc<Counters>,
+    /// The worker threads, each with its own upstream pool.
+    pub workers: Vec<Arc<workers::Worker>>,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// The drain's state; connections take part through the watch the
+    /// accept loop was given with it ([`drain::Drain::new`]).
+    pub drain: drain::Drain,
+    /// True while serving; false from the moment a drain starts.
+    pub ready: Arc<AtomicBool>,
+}
+
 impl Agent {
     /// The configuration for the next accepted connection, from the policy
     /// in force.
@@ -68,9 +83,68 @@ impl Agent {
         ServerConfig {
             params: self.policy.current().server_params(),
             counters: self.counters.clone(),
-            h2: self.server_h2.clone(),
-            handshake_timeout: self.handshake_timeout,
+            h2: self.config.server_h2.clone(),
+            handshake_timeout: self.config.handshake_timeout,
         }
+    }
+
+    /// Starts the drain, or joins the one running, and returns its summary
+    /// once it has finished. It runs once per process, in its own task
+    /// (a caller that goes away does not stop it).
+    pub async fn drain(self: &Arc<Self>) -> DrainSummary {
+        if let Some(signal) = self.drain.start() {
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let summary = agent.run_drain(signal).await;
+                agent.drain.finish(summary);
+            });
+        }
+        self.drain.finished().await
+    }
+
+    /// The drain sequence (SPEC §4): readiness fails at once →
+    /// `drain.delay` → the listener closes (new connections are refused)
+    /// and every connection is sent GOAWAY → wait until all are closed or
+    /// `drain.timeout`, when the transport hard-closes the rest (see
+    /// [`drain::Drain::goaway_all`]) → the upstream pools stop and the
+    /// spliced connections are closed.
+    async fn run_drain(&self, signal: ::drain::Signal) -> DrainSummary {
+        let start = Instant::now();
+        self.ready.store(false, Release);
+        let params = self.policy.current().drain_params();
+        tracing::info!(delay = ?params.delay, timeout = ?params.timeout, "drain started; readiness failing");
+        tokio::time::sleep(params.delay).await;
+
+        let summary = self
+            .drain
+            .goaway_all(
+                signal,
+                start,
+                params.timeout,
+                &self.counters,
+                &self.connections,
+            )
+            .await;
+        self.metrics.drain_duration.set(summary.duration_seconds);
+        // Nothing will reach the application through this agent any more:
+        // stop keeping connections to it (the app is about to get SIGTERM,
+        // and reconnecting to it would only log failures).
+        for w in &self.workers {
+            w.upstream.channel.shutdown();
+        }
+        // Spliced connections get no GOAWAY; they end with the drain.
+        let spliced = self.passthrough.close_all();
+        if spliced > 0 {
+            tracing::info!(connections = spliced, "closing passthrough connections");
+        }
+        tracing::info!(
+            connections_drained = summary.connections_drained,
+            streams_completed = summary.streams_completed,
+            connections_hard_closed = summary.connections_hard_closed,
+            duration_seconds = summary.duration_seconds,
+            "drain finished"
+        );
+        summary
     }
 }
 

@@ -11,10 +11,11 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::RunArgs;
+use crate::drain::Drain;
 use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
 use crate::{
-    Agent, CONNECTION_WINDOW, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW,
+    Agent, CONNECTION_WINDOW, Config, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW,
     UPSTREAM_DATA_FRAME_BUDGET, UPSTREAM_MAX_HEADER_LIST_SIZE, admin, connections, metrics, proxy,
     workers,
 };
@@ -133,15 +134,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     let ready = Arc::new(AtomicBool::new(false));
     let store = PolicyStore::new(policy, args.policy.clone());
     let channels = workers.iter().map(|w| w.upstream.channel.clone()).collect();
-    let agent = Arc::new(Agent {
-        metrics: metrics::Metrics::new(counters.clone(), channels, ready.clone()),
-        workers,
-        policy: store.clone(),
-        connections: connections::ConnectionTable::default(),
-        passthrough: Default::default(),
-        counters,
-        drain: Default::default(),
-        ready,
+    let config = Config {
         drain_token,
         server_h2,
         handshake_timeout,
@@ -149,6 +142,18 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         readiness_upstream: args
             .readiness_checks_upstream
             .then(|| args.upstream.clone()),
+    };
+    let (drain, accepting) = Drain::new();
+    let agent = Arc::new(Agent {
+        config,
+        metrics: metrics::Metrics::new(counters.clone(), channels, ready.clone()),
+        workers,
+        policy: store.clone(),
+        connections: connections::ConnectionTable::default(),
+        passthrough: Default::default(),
+        counters,
+        drain,
+        ready,
     });
 
     if let Some(path) = args.policy.clone() {
@@ -160,11 +165,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     }
     let listen = listener.local_addr()?;
     let admin = admin_listener.local_addr()?;
-    tokio::spawn(proxy::accept_loop(
-        listener,
-        agent.clone(),
-        agent.drain.stop_signal(),
-    ));
+    tokio::spawn(proxy::accept_loop(listener, agent.clone(), accepting));
     let router = admin::router(agent.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin_listener, router).await {

@@ -1,5 +1,8 @@
 //! The client-facing side: accept h2c connections, manage each with the
 //! transport's server driver (SPEC §2), and proxy every stream upstream.
+//! The accept loop and every connection it accepts hold the drain's
+//! watch ([`crate::drain`]): the loop closes the listener when the drain
+//! signals, and each connection sends its GOAWAY.
 
 pub mod grpc;
 pub mod passthrough;
@@ -9,37 +12,35 @@ mod stream;
 pub use stream::{Upstream, forward};
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use goaway_transport::server::ServerConnection;
 use goaway_transport::tcp;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{Agent, workers};
 
-/// Accepts connections until `stop` turns true, then drops the listener so
-/// new connections are refused.
-pub async fn accept_loop(
-    listener: TcpListener,
-    agent: Arc<Agent>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepts connections until the drain signals `drain`, then drops the
+/// listener so new connections are refused, and `drain` with it. Every
+/// connection accepted is handed a clone.
+pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, drain: ::drain::Watch) {
+    let mut draining = pin!(drain.clone().signaled());
     loop {
         tokio::select! {
             biased;
-            _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
+            _ = &mut draining => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) if workers::open_connections(&agent.workers) >= agent.max_connections => {
+                Ok((tcp, peer)) if workers::open_connections(&agent.workers) >= agent.config.max_connections => {
                     // Closed at once rather than left in the backlog: the
                     // client sees a reset and tries another endpoint.
                     drop(tcp);
                     agent.metrics.connection_refused();
-                    tracing::warn!(%peer, limit = agent.max_connections, "connection limit reached; closing new connection");
+                    tracing::warn!(%peer, limit = agent.config.max_connections, "connection limit reached; closing new connection");
                 }
-                Ok((tcp, peer)) => hand_off(tcp, peer, &agent),
+                Ok((tcp, peer)) => hand_off(tcp, peer, &agent, drain.clone()),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -49,12 +50,13 @@ pub async fn accept_loop(
         }
     }
     drop(listener);
+    drop(drain);
     tracing::info!("listener closed; new connections are refused");
 }
 
 /// Moves an accepted connection to the least loaded worker thread, where
-/// it lives until closed.
-fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>) {
+/// it lives until closed, holding `drain` until then.
+fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>, drain: ::drain::Watch) {
     let worker = workers::least_loaded(&agent.workers).clone();
     let seat = worker.enter();
     // Re-registered with the worker's own reactor below.
@@ -71,7 +73,7 @@ fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>) {
     let fut = async move {
         let _seat = seat;
         match TcpStream::from_std(tcp) {
-            Ok(tcp) => serve_connection(tcp, peer, agent, worker.upstream.clone()).await,
+            Ok(tcp) => serve_connection(tcp, peer, agent, worker.upstream.clone(), drain).await,
             Err(e) => tracing::warn!(error = %e, "could not register the connection"),
         }
     }
@@ -79,18 +81,25 @@ fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>) {
     handle.spawn(fut);
 }
 
+/// Serves one accepted connection. The drain waits for it from the start:
+/// one still in its handshake when the drain signals gets its GOAWAY once
+/// the handshake is done.
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     agent: Arc<Agent>,
     upstream: Arc<Upstream>,
+    drain: ::drain::Watch,
 ) {
     // TLS and HTTP/1.x are passed through to the app untouched.
-    let deadline = tokio::time::Instant::now() + agent.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + agent.config.handshake_timeout;
     match passthrough::sniff(&tcp, deadline).await {
         None => return,
         Some(passthrough::Sniffed::Http2) => {}
         Some(other) => {
+            // No GOAWAY for it: the drain need not wait for it, and
+            // closes it when it has finished.
+            drop(drain);
             passthrough::splice(tcp, peer, other, agent, upstream).await;
             return;
         }
@@ -101,7 +110,7 @@ async fn serve_connection(
     // would keep storage for it beside the second phase.)
     let Some(serving) = handshake(tcp, &agent, deadline)
         .await
-        .map(|conn| serve(conn, peer, agent.clone(), upstream))
+        .map(|conn| serve(conn, peer, agent.clone(), upstream, drain))
     else {
         return;
     };
@@ -137,17 +146,23 @@ fn serve(
     peer: SocketAddr,
     agent: Arc<Agent>,
     upstream: Arc<Upstream>,
+    drain: ::drain::Watch,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let handle = conn.handle();
         let _registration = agent.connections.register(peer, handle.clone());
-        agent.drain.adopt(&handle);
         tracing::debug!("connection accepted");
         // The streams run inside this task (see the transport's
-        // `serve_streams`).
-        let leftover = conn
-            .serve_streams(|stream| forward(stream, upstream.clone()))
-            .await;
+        // `serve_streams`). The drain's GOAWAY reaches the connection
+        // through a clone of `drain`; `drain` itself is held, and the
+        // drain waits, until the connection is gone.
+        let leftover = {
+            let serving = pin!(conn.serve_streams(|stream| forward(stream, upstream.clone())));
+            agent
+                .drain
+                .watch_connection(drain.clone(), &handle, serving)
+                .await
+        };
         // Streams still counted now were cut off by the close.
         let stats = handle.stats();
         agent
@@ -167,5 +182,6 @@ fn serve(
         );
         drop(conn);
         leftover.finish().await;
+        drop(drain);
     }
 }
