@@ -177,10 +177,13 @@ impl Passthroughs {
         self.closing.subscribe()
     }
 
-    /// Closes every passthrough connection, and any accepted later.
+    /// Closes every passthrough connection, and any accepted later; how
+    /// many were open. Counted under the lock the told connections need to
+    /// leave the list: none has left it yet.
     pub fn close_all(&self) -> usize {
+        let open = self.lock();
         self.closing.send_replace(true);
-        self.lock().len()
+        open.len()
     }
 
     /// The `/connections` entries.

@@ -133,10 +133,9 @@ impl Agent {
             w.upstream.channel.shutdown();
         }
         // Spliced connections get no GOAWAY; they end with the drain.
+        // Logged even when none is left, so the drain's end is visible.
         let spliced = self.passthrough.close_all();
-        if spliced > 0 {
-            tracing::info!(connections = spliced, "closing passthrough connections");
-        }
+        tracing::info!(connections = spliced, "closing passthrough connections");
         tracing::info!(
             connections_drained = summary.connections_drained,
             streams_completed = summary.streams_completed,
