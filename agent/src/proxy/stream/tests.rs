@@ -520,9 +520,7 @@ async fn a_body_of_64_kib_is_replayed_whole_on_the_retry() {
 #[tokio::test(start_paused = true)]
 async fn a_body_over_64_kib_is_not_replayed_and_the_client_gets_unavailable() {
     bounded(async {
-        // In the agent's 16 KiB frames this is five chunks: the replay gives
-        // up on the fifth (REPLAY_CHUNKS) before it could pass 64 KiB; the
-        // byte bound itself is checked in `pump::tests`.
+        // One byte over the bound, in the agent's 16 KiB frames.
         let mut p = proxy().await;
         let (response, _send, _first) = refuse_after_body(&mut p, pattern(64 * 1024 + 1)).await;
         let response = response.await.unwrap();
@@ -539,12 +537,10 @@ async fn a_body_over_64_kib_is_not_replayed_and_the_client_gets_unavailable() {
     .await;
 }
 
-/// What stream.rs promises (a retry while the body "is still fully held in
-/// the 64 KiB replay buffer") and what the replay does (it also gives up
-/// past `REPLAY_CHUNKS` = 4 DATA frames, however small) disagree: 50 bytes
-/// in five frames are not replayed and the client gets UNAVAILABLE.
+/// A retry while the body is still fully held in the 64 KiB replay buffer,
+/// however many DATA frames it came in (the replay once gave up after
+/// four, so five small messages of a client stream were not retried).
 #[tokio::test(start_paused = true)]
-#[ignore = "known gap: the replay gives up after 4 DATA frames, whatever their size"]
 async fn a_small_body_sent_in_five_frames_is_replayed() {
     bounded(async {
         let mut p = proxy().await;
