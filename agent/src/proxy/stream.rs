@@ -7,7 +7,9 @@
 //! stream with the same code. The agent speaks for itself only when the
 //! application cannot be reached: a trailers-only `grpc-status: 14`
 //! (UNAVAILABLE) with a message, or `4` (DEADLINE_EXCEEDED) when the
-//! request's own deadline passed first.
+//! request's own deadline passed first; and when the connection to the
+//! application is lost after the response head, a gRPC call ends with
+//! `grpc-status: 14` in its trailers (any other request is reset).
 
 use std::future::poll_fn;
 use std::pin::Pin;
