@@ -13,6 +13,9 @@
 //! `-- --memory-only` skips the throughput rounds; `BENCH_AGENT_ARGS`
 //! passes extra flags to the agent (e.g. `--worker-threads 1`).
 
+// libc: sysconf and setrlimit, each with its SAFETY comment.
+#![allow(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -13,6 +13,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "GOAWAY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    // Documented by each subcommand (a doc comment here would become
+    // clap help text).
+    #[allow(missing_docs)]
     #[command(subcommand)]
     pub command: Command,
 }

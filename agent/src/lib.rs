@@ -11,6 +11,8 @@
 //! running one: that config and the handles its tasks share. Stopping
 //! follows linkerd's drain-rs, as in the operator: see [`drain`].
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod admin_client;
 pub mod cli;

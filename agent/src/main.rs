@@ -14,7 +14,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc options: return freed memory to the system after about a
 /// second (not jemalloc's default ten) from a background thread, so a
 /// burst of connection churn does not stay in the sidecar's RSS.
-#[allow(non_upper_case_globals)]
+// SAFETY: the symbol jemalloc reads its options from, defined once.
+#[allow(non_upper_case_globals, unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
 

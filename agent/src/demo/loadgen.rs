@@ -16,20 +16,20 @@ use tokio::time::Instant;
 
 /// The endpoint list as clients see it (after propagation).
 #[derive(Default)]
-pub struct Endpoints {
+pub(super) struct Endpoints {
     list: ArcSwap<Vec<String>>,
 }
 
 impl Endpoints {
     /// Adds an address.
-    pub fn add(&self, addr: String) {
+    pub(super) fn add(&self, addr: String) {
         let mut v = (**self.list.load()).clone();
         v.push(addr);
         self.list.store(Arc::new(v));
     }
 
     /// Removes an address.
-    pub fn remove(&self, addr: &str) {
+    pub(super) fn remove(&self, addr: &str) {
         let v: Vec<String> = self
             .list
             .load()
@@ -47,7 +47,7 @@ impl Endpoints {
 
 /// Totals across every client.
 #[derive(Default)]
-pub struct Tally {
+pub(super) struct Tally {
     /// Calls that succeeded.
     pub ok: AtomicU64,
     /// Calls that failed.
@@ -134,7 +134,7 @@ impl ClientPod {
 }
 
 /// Runs `pods × concurrency` callers until `stop`.
-pub async fn run(
+pub(super) async fn run(
     endpoints: Arc<Endpoints>,
     tally: Arc<Tally>,
     pods: usize,

@@ -307,7 +307,10 @@ async fn stop_replica(mut r: Replica, start: Instant) -> Result<(Option<Duration
 async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM)
+        };
     }
     if tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// One rollout's results.
-pub struct RunReport {
+pub(super) struct RunReport {
     pub ok: u64,
     pub failed: u64,
     pub steps: Vec<StepReport>,
@@ -12,7 +12,7 @@ pub struct RunReport {
 }
 
 /// One replica's replacement.
-pub struct StepReport {
+pub(super) struct StepReport {
     /// How long its preStop /drain took (agents only).
     pub drain_time: Option<Duration>,
     /// Client connections its agent sent GOAWAY.
@@ -33,7 +33,7 @@ fn rate(r: &RunReport) -> f64 {
 }
 
 /// Prints the comparison.
-pub fn print(with: &RunReport, without: Option<&RunReport>) {
+pub(super) fn print(with: &RunReport, without: Option<&RunReport>) {
     println!("== Results");
     println!(
         "{:<28} {:>16} {:>22}",

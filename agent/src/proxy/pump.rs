@@ -20,7 +20,7 @@ use h2::{RecvStream, SendStream};
 /// Why a pump stopped early (the errors are kept for logs).
 #[derive(Debug)]
 #[allow(dead_code)]
-pub enum PumpError {
+pub(super) enum PumpError {
     /// The side we read from failed or reset (reason if a reset).
     Source(h2::Error),
     /// The side we write to failed or reset.
@@ -37,7 +37,7 @@ pub enum PumpError {
 /// two DATA frames); a request in more frames than that is gathered into
 /// one buffer, still bounded by `MAX_REPLAY`.
 #[derive(Default)]
-pub struct Replay {
+pub(super) struct Replay {
     chunks: [Option<Bytes>; REPLAY_CHUNKS],
     count: usize,
     bytes: usize,
@@ -46,7 +46,7 @@ pub struct Replay {
 
 const REPLAY_CHUNKS: usize = 4;
 /// The most request body kept for a transparent retry.
-pub const MAX_REPLAY: usize = 64 * 1024;
+pub(super) const MAX_REPLAY: usize = 64 * 1024;
 
 impl Replay {
     fn record(&mut self, chunk: &Bytes) {
@@ -77,14 +77,14 @@ impl Replay {
     }
 
     /// Stops keeping data (the response arrived, or too much to keep).
-    pub fn discard(&mut self) {
+    pub(super) fn discard(&mut self) {
         self.overflowed = true;
         self.chunks = Default::default();
         self.count = 0;
     }
 
     /// Whether everything sent so far is still here.
-    pub fn is_complete(&self) -> bool {
+    pub(super) fn is_complete(&self) -> bool {
         !self.overflowed
     }
 }
@@ -141,7 +141,7 @@ impl Held {
 }
 
 /// The request direction: downstream body → upstream stream.
-pub struct Pump {
+pub(super) struct Pump {
     pub source: RecvStream,
     pub sink: SendStream<Bytes>,
     /// Received, not yet sent on, and not yet released to the source.
@@ -159,7 +159,7 @@ pub struct Pump {
 
 impl Pump {
     /// A pump; `done` when the source already ended (END_STREAM on HEADERS).
-    pub fn new(source: RecvStream, sink: SendStream<Bytes>, replay: bool) -> Self {
+    pub(super) fn new(source: RecvStream, sink: SendStream<Bytes>, replay: bool) -> Self {
         let done = source.is_end_stream();
         let mut p = Pump {
             source,
@@ -178,7 +178,7 @@ impl Pump {
     }
 
     /// Moves data until done, blocked, or failed.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
@@ -279,7 +279,7 @@ impl Pump {
     /// Moves the request onto a new upstream stream after the old one was
     /// refused unprocessed: everything received so far is sent again.
     /// Returns false when the request cannot be replayed.
-    pub fn rewind(&mut self, sink: SendStream<Bytes>) -> bool {
+    pub(super) fn rewind(&mut self, sink: SendStream<Bytes>) -> bool {
         if !self.replay.is_complete() {
             return false;
         }

@@ -13,22 +13,22 @@ use goaway_tests::{Proc, grpc_peer, grpc_peer_command};
 use serde_json::Value;
 
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_goaway-agent");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_goaway-agent");
 
 /// An agent in front of `127.0.0.1:{port}`.
-pub fn agent(upstream_port: u16) -> AgentBuilder {
+pub(crate) fn agent(upstream_port: u16) -> AgentBuilder {
     AgentBuilder::new(BIN, format!("127.0.0.1:{upstream_port}"))
 }
 
 /// Runs the grpcio client with `args` and returns its JSON summary.
-pub fn grpc_client(target: &str, args: &[&str]) -> Result<Value> {
+pub(crate) fn grpc_client(target: &str, args: &[&str]) -> Result<Value> {
     let mut all = vec!["client", "--target", target];
     all.extend_from_slice(args);
     grpc_peer("grpcio-client", &all)?.finish_json(Duration::from_secs(120))
 }
 
 /// Starts the grpcio client with `args` (to run while the test acts).
-pub fn spawn_grpc_client(target: &str, args: &[&str]) -> Result<Proc> {
+pub(crate) fn spawn_grpc_client(target: &str, args: &[&str]) -> Result<Proc> {
     let mut all = vec!["client", "--target", target];
     all.extend_from_slice(args);
     let mut cmd = grpc_peer_command(&all)?;
@@ -37,7 +37,7 @@ pub fn spawn_grpc_client(target: &str, args: &[&str]) -> Result<Proc> {
 }
 
 /// `goaway-agent ARGS…`, run to completion: (exit code, stdout, stderr).
-pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, String)> {
+pub(crate) fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, String)> {
     let mut cmd = Command::new(BIN);
     cmd.args(args).env_remove("GOAWAY_DRAIN_TOKEN");
     for (k, v) in env {
@@ -52,10 +52,10 @@ pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, Stri
 }
 
 /// A scratch directory, removed on drop.
-pub struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    pub fn new(tag: &str) -> Result<Scratch> {
+    pub(crate) fn new(tag: &str) -> Result<Scratch> {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "goaway-agent-test-{tag}-{}-{}",
@@ -66,12 +66,12 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 
     /// Writes `name` with `text` and returns its path.
-    pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
         let p = self.0.join(name);
         std::fs::write(&p, text)?;
         Ok(p)
@@ -79,7 +79,7 @@ impl Scratch {
 
     /// Replaces `name` the way editors and tools do: write a temporary
     /// file beside it, then rename it over the original.
-    pub fn replace_by_rename(&self, name: &str, text: &str) -> Result<PathBuf> {
+    pub(crate) fn replace_by_rename(&self, name: &str, text: &str) -> Result<PathBuf> {
         let tmp = self.0.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)?;
         let p = self.0.join(name);
@@ -95,12 +95,12 @@ impl Drop for Scratch {
 }
 
 /// The events the h2 peer printed so far with `event == kind`.
-pub fn events(all: &[Value], kind: &str) -> Vec<Value> {
+pub(crate) fn events(all: &[Value], kind: &str) -> Vec<Value> {
     all.iter().filter(|v| v["event"] == kind).cloned().collect()
 }
 
 /// Reads the h2 peer's JSON lines until it exits (or `timeout`).
-pub fn collect_until_exit(mut p: Proc, timeout: Duration) -> Result<Vec<Value>> {
+pub(crate) fn collect_until_exit(mut p: Proc, timeout: Duration) -> Result<Vec<Value>> {
     let deadline = std::time::Instant::now() + timeout;
     let mut out = Vec::new();
     loop {
