@@ -214,6 +214,19 @@ fn trailers_only_status(r: &Response<RecvStream>) -> (String, String) {
     )
 }
 
+/// The agent's own UNAVAILABLE (trailers-only status 14 naming the
+/// upstream); its message.
+#[track_caller]
+fn agent_unavailable(r: &Response<RecvStream>) -> String {
+    let (status, message) = trailers_only_status(r);
+    assert_eq!(status, "14", "{message}");
+    assert!(
+        message.starts_with(&format!("goaway-agent: upstream {APP} unavailable: ")),
+        "{message}"
+    );
+    message
+}
+
 /// `len` bytes that differ from one position to the next.
 fn pattern(len: usize) -> Bytes {
     (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
@@ -432,12 +445,7 @@ async fn after_four_goaway_refusals_the_client_gets_unavailable() {
             .send_request(grpc_request("/pkg.Svc/M"), true)
             .unwrap();
         let response = response.await.unwrap();
-        let (status, message) = trailers_only_status(&response);
-        assert_eq!(status, "14");
-        assert!(
-            message.starts_with(&format!("goaway-agent: upstream {APP} unavailable: ")),
-            "{message}"
-        );
+        agent_unavailable(&response);
         settle().await;
         assert_eq!(seen.load(Ordering::SeqCst), 4, "attempts the app saw");
         assert_eq!(p.counters.upstream_retries.load(Ordering::Relaxed), 3);
@@ -524,12 +532,7 @@ async fn a_body_over_64_kib_is_not_replayed_and_the_client_gets_unavailable() {
         let mut p = proxy().await;
         let (response, _send, _first) = refuse_after_body(&mut p, pattern(64 * 1024 + 1)).await;
         let response = response.await.unwrap();
-        let (status, message) = trailers_only_status(&response);
-        assert_eq!(status, "14");
-        assert!(
-            message.starts_with(&format!("goaway-agent: upstream {APP} unavailable: ")),
-            "{message}"
-        );
+        agent_unavailable(&response);
         settle().await;
         assert_eq!(p.counters.upstream_retries.load(Ordering::Relaxed), 0);
         assert!(p.app.try_recv().is_err(), "no second upstream connection");
@@ -583,12 +586,7 @@ async fn an_unreachable_app_gets_unavailable_within_the_connect_timeout() {
         // Sooner when the channel's next attempt would come too late.
         assert!(start.elapsed() <= CONNECT_TIMEOUT, "{:?}", start.elapsed());
         assert!(p.counters.upstream_connect_failures.load(Ordering::Relaxed) >= 1);
-        let (status, message) = trailers_only_status(&response);
-        assert_eq!(status, "14");
-        assert!(
-            message.starts_with(&format!("goaway-agent: upstream {APP} unavailable: ")),
-            "{message}"
-        );
+        let message = agent_unavailable(&response);
         assert!(message.to_lowercase().contains("refused"), "{message}");
 
         // Not gRPC: a plain 503.
@@ -627,12 +625,7 @@ async fn a_silent_app_gets_unavailable_at_the_connect_timeout() {
         silent_app(&mut p).await;
         let response = response.await.unwrap();
         assert_at(start.elapsed(), CONNECT_TIMEOUT);
-        let (status, message) = trailers_only_status(&response);
-        assert_eq!(status, "14");
-        assert!(
-            message.starts_with(&format!("goaway-agent: upstream {APP} unavailable: ")),
-            "{message}"
-        );
+        agent_unavailable(&response);
     })
     .await;
 }
