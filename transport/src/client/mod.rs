@@ -123,9 +123,10 @@ pub struct ClientStream {
 
 impl ClientStream {
     /// Whether `err` (from this stream's response or body) proves the
-    /// peer never processed the stream, so it is safe to send again: a
-    /// GOAWAY whose last-stream-id is below it (RFC 9113 §6.8), or
-    /// REFUSED_STREAM (§8.7).
+    /// peer never processed the stream, so it is safe to send again: the
+    /// connection received a GOAWAY whose last-stream-id is below it (RFC
+    /// 9113 §6.8) — whatever error then ended the stream — or the stream
+    /// was reset with REFUSED_STREAM (§8.7).
     pub fn is_unprocessed(&self, err: &h2::Error) -> bool {
         self.guard.is_unprocessed(err, self.response.stream_id())
     }
@@ -165,15 +166,18 @@ impl ClientStreamGuard {
         if err.reason() == Some(h2::Reason::REFUSED_STREAM) && err.is_remote() && err.is_reset() {
             return true;
         }
-        err.is_go_away()
-            && err.is_remote()
-            && u32::from(id)
-                > self
-                    .conn
-                    .shared
-                    .client()
-                    .peer_goaway_last_stream
-                    .load(Acquire)
+        // The peer processed no stream above a GOAWAY's last-stream-id
+        // (RFC 9113 §6.8), whatever then ended it: h2 opens a stream even
+        // after it has read a GOAWAY, so one picked just before the GOAWAY
+        // arrived can go out after it, and fail when the server closes the
+        // connection (a broken pipe, EOF) rather than with the GOAWAY.
+        u32::from(id)
+            > self
+                .conn
+                .shared
+                .client()
+                .peer_goaway_last_stream
+                .load(Acquire)
     }
 }
 
