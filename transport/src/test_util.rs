@@ -94,18 +94,6 @@ impl Frame {
         payload.copy_from_slice(&self.payload);
         Some((self.header.is_ack(), payload))
     }
-
-    /// The error code of a RST_STREAM.
-    pub fn reset_code(&self) -> Option<u32> {
-        (self.header.kind == kind::RST_STREAM && self.payload.len() == 4).then(|| {
-            u32::from_be_bytes([
-                self.payload[0],
-                self.payload[1],
-                self.payload[2],
-                self.payload[3],
-            ])
-        })
-    }
 }
 
 /// A hand-driven HTTP/2 client.
