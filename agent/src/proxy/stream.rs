@@ -233,10 +233,14 @@ fn exchange<'a>(
                 }
                 Head::Failed(e) => {
                     let unprocessed = guard.is_unprocessed(&e, response.stream_id());
+                    tracing::debug!(stream = ?response.stream_id(), error = %e, unprocessed, "upstream stream failed before its response");
                     if unprocessed && attempts < MAX_ATTEMPTS && req.replay.is_complete() {
                         attempts += 1;
                         Counters::inc(&up.counters.upstream_retries);
-                        tracing::debug!(error = %e, attempts, "upstream never processed the stream; retrying on another connection");
+                        tracing::debug!(
+                            attempts,
+                            "upstream never processed the stream; retrying on another connection"
+                        );
                         let Some(stream) = open(ctx, up, &mut respond, req.eos_on_headers).await
                         else {
                             return;
@@ -331,7 +335,6 @@ fn fail_before_head(
         respond.send_reset(reason);
         return;
     }
-    tracing::debug!(error = %e, "upstream stream failed before its response");
     let _ = respond.send_response(ctx.unavailable(up, e), true);
 }
 

@@ -123,10 +123,17 @@ pub struct ClientStream {
 
 impl ClientStream {
     /// Whether `err` (from this stream's response or body) proves the
-    /// peer never processed the stream, so it is safe to send again: the
-    /// connection received a GOAWAY whose last-stream-id is below it (RFC
-    /// 9113 §6.8) — whatever error then ended the stream — or the stream
-    /// was reset with REFUSED_STREAM (§8.7).
+    /// peer never processed the stream, so it is safe to send again —
+    /// whatever error then ended the stream, and in whatever order the
+    /// server's frames and its close arrived:
+    ///
+    /// - the stream was reset with REFUSED_STREAM (RFC 9113 §8.7), read
+    ///   by h2, or found after a failed write in what the server had sent
+    ///   before closing;
+    /// - the connection received a GOAWAY whose last-stream-id is below it
+    ///   (§6.8), likewise read by h2 or found after a failed write;
+    /// - its HEADERS never left this end (the connection failed first).
+    ///   grpc-go's client retries such streams transparently too.
     pub fn is_unprocessed(&self, err: &h2::Error) -> bool {
         self.guard.is_unprocessed(err, self.response.stream_id())
     }
@@ -166,18 +173,18 @@ impl ClientStreamGuard {
         if err.reason() == Some(h2::Reason::REFUSED_STREAM) && err.is_remote() && err.is_reset() {
             return true;
         }
-        // The peer processed no stream above a GOAWAY's last-stream-id
-        // (RFC 9113 §6.8), whatever then ended it: h2 opens a stream even
-        // after it has read a GOAWAY, so one picked just before the GOAWAY
-        // arrived can go out after it, and fail when the server closes the
-        // connection (a broken pipe, EOF) rather than with the GOAWAY.
-        u32::from(id)
-            > self
-                .conn
-                .shared
-                .client()
-                .peer_goaway_last_stream
-                .load(Acquire)
+        let id = u32::from(id);
+        let client = self.conn.shared.client();
+        // A stream picked just before the GOAWAY arrived can go out after
+        // it, and end when the server closes the connection (a broken
+        // pipe, EOF) rather than with the GOAWAY.
+        id > client.peer_goaway_last_stream.load(Acquire)
+            || id > client.max_headers_sent.load(Acquire)
+            || client
+                .refused_unread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
     }
 }
 

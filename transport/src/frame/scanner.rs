@@ -24,6 +24,13 @@ pub enum FrameEvent {
         /// Leading debug data.
         debug: DebugData,
     },
+    /// A complete, well-sized RST_STREAM frame.
+    Reset {
+        /// The stream reset.
+        stream_id: u32,
+        /// Error code.
+        error_code: u32,
+    },
     /// One parameter of a (non-ACK) SETTINGS frame.
     Setting {
         /// Identifier.
@@ -145,7 +152,26 @@ impl<const CAP: usize> FrameScanner<CAP> {
     }
 
     /// Feeds the next bytes of the stream, reporting events in order.
-    pub fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(FrameEvent)) {
+    pub fn feed(&mut self, bytes: &[u8], mut on: impl FnMut(FrameEvent)) {
+        self.feed_until(bytes, |e| {
+            on(e);
+            false
+        });
+    }
+
+    /// Like [`feed`](Self::feed), but stops at the end of the first frame
+    /// during which `on` returned true. Returns how many bytes it took:
+    /// all of them, or those up to and including that frame's last byte
+    /// (the scanner is then [`at_boundary`](Self::at_boundary), and the
+    /// rest can be fed later).
+    pub fn feed_until(&mut self, all: &[u8], mut on: impl FnMut(FrameEvent) -> bool) -> usize {
+        let mut bytes = all;
+        let stop = std::cell::Cell::new(false);
+        let mut on = |e| {
+            if on(e) {
+                stop.set(true);
+            }
+        };
         while !bytes.is_empty() {
             if self.preface_left > 0 {
                 let n = bytes.len().min(usize::from(self.preface_left));
@@ -167,6 +193,9 @@ impl<const CAP: usize> FrameScanner<CAP> {
                     on(FrameEvent::Header(self.current));
                     if self.payload_left == 0 {
                         self.finish(&mut on);
+                        if stop.get() {
+                            break;
+                        }
                     }
                 }
                 continue;
@@ -177,8 +206,12 @@ impl<const CAP: usize> FrameScanner<CAP> {
             bytes = &bytes[n..];
             if self.payload_left == 0 {
                 self.finish(&mut on);
+                if stop.get() {
+                    break;
+                }
             }
         }
+        all.len() - bytes.len()
     }
 
     fn capture(&mut self, chunk: &[u8], on: &mut impl FnMut(FrameEvent)) {
@@ -186,6 +219,7 @@ impl<const CAP: usize> FrameScanner<CAP> {
         match h.kind {
             kind::PING if h.len == 8 => self.keep(chunk, 8),
             kind::GOAWAY if h.len >= 8 => self.keep(chunk, CAP),
+            kind::RST_STREAM if h.len == 4 => self.keep(chunk, 4),
             kind::SETTINGS if !h.is_ack() && h.len.is_multiple_of(6) && h.stream_id == 0 => {
                 for &b in chunk {
                     self.capture[usize::from(self.capture_len)] = b;
@@ -223,6 +257,10 @@ impl<const CAP: usize> FrameScanner<CAP> {
                     payload,
                 });
             }
+            kind::RST_STREAM if h.len == 4 => on(FrameEvent::Reset {
+                stream_id: h.stream_id,
+                error_code: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            }),
             kind::GOAWAY if h.len >= 8 => {
                 let kept = &c[8..usize::from(self.capture_len).max(8)];
                 let kept = &kept[..kept.len().min(MAX_DEBUG_CAPTURE)];

@@ -11,9 +11,17 @@
 //! - `graceful_shutdown()` waits for its PING's ACK forever. When the
 //!   driver's ack timer fires, the read half hands h2 that ACK itself, at a
 //!   frame boundary, and h2 sends the second GOAWAY.
+//! - as a client, h2 acknowledges a server's shutdown PING ahead of the
+//!   HEADERS of streams it opened before the GOAWAY, which the server then
+//!   refuses. The read half stops after a GOAWAY until h2 has written what
+//!   it had queued ([`barrier`]); and when a write fails, it still reads
+//!   what the server sent before closing, so that a GOAWAY or a refusal
+//!   h2 never got to still tells which streams were never processed
+//!   (`salvage`).
 //!
 //! Everything else passes through byte for byte.
 
+mod barrier;
 mod enforcement;
 mod outbound;
 pub(crate) mod shared;
@@ -33,6 +41,7 @@ pub use shared::{ConnState, ConnStats};
 
 use crate::frame::{self, FrameEvent, FrameScanner, HEADER_LEN, MAX_STREAM_ID, kind};
 use crate::{Counters, GoAwayReason};
+use barrier::ReadBarrier;
 use outbound::{WriteObserver, WriteState};
 use shared::{Role, Shared, event};
 
@@ -44,8 +53,14 @@ pub(crate) struct FrameIo<T> {
     read: FrameScanner,
     inject: [u8; HEADER_LEN + 8],
     inject_pos: usize,
+    /// A client connection's read barrier after GOAWAY (boxed: servers,
+    /// of which there are many more, have none).
+    barrier: Option<Box<ReadBarrier>>,
     obs: Observer,
 }
+
+/// The most a failed write reads of what the server sent before closing.
+const SALVAGE_LIMIT: usize = 64 << 10;
 
 struct Observer {
     shared: Arc<Shared>,
@@ -72,6 +87,7 @@ impl<T> FrameIo<T> {
             },
             inject: [0; HEADER_LEN + 8],
             inject_pos: HEADER_LEN + 8,
+            barrier: (!server).then(Box::default),
             obs: Observer {
                 shared,
                 enforcer: PingEnforcer::default(),
@@ -95,6 +111,11 @@ impl WriteObserver for Observer {
         match ev {
             FrameEvent::Header(h) if h.kind == kind::HEADERS || h.kind == kind::DATA => {
                 self.enforcer.data_or_headers_sent();
+                if h.kind == kind::HEADERS
+                    && let Some(client) = self.shared.as_client()
+                {
+                    client.max_headers_sent.fetch_max(h.stream_id, AcqRel);
+                }
             }
             FrameEvent::Ping {
                 ack: false,
@@ -235,6 +256,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
             this.deliver_inject(buf);
             return Poll::Ready(Ok(()));
         }
+        if let Some(barrier) = this.barrier.as_deref_mut() {
+            ready!(barrier.poll_open(cx));
+            if barrier.has_held() {
+                let before = buf.filled().len();
+                let n = barrier.give(buf);
+                let taken = this.scan_read(buf, before, Instant::now());
+                buf.set_filled(before + taken);
+                if let Some(barrier) = this.barrier.as_deref_mut() {
+                    barrier.ungive(n - taken);
+                    barrier.trim();
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
         let mut limit = usize::MAX;
         if let Some(payload) = this.obs.wants_inject() {
             if this.read.at_boundary() {
@@ -279,20 +314,105 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameIo<T> {
         } else {
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         }
-        let new = &buf.filled()[before..];
-        if !new.is_empty() {
+        if buf.filled().len() > before {
             let now = Instant::now();
             let shared = &this.obs.shared;
             shared
                 .last_read
                 .store(shared.nanos_since_base(now), Release);
-            let obs = &mut this.obs;
-            this.read.feed(new, |e| obs.on_read(e, now));
-            if obs.settings_pending && this.read.at_boundary() {
-                obs.settings_done();
+            let read = buf.filled().len() - before;
+            let taken = this.scan_read(buf, before, now);
+            if taken < read
+                && let Some(barrier) = this.barrier.as_deref_mut()
+            {
+                barrier.keep(&buf.filled()[before + taken..]);
+                buf.set_filled(before + taken);
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<T> FrameIo<T> {
+    /// Scans what this read added to `buf` (from `before`). On a client
+    /// connection the scan stops at the end of a GOAWAY frame and the
+    /// barrier holds; returns how many of the new bytes were scanned (the
+    /// rest are the caller's to hold back and take out of `buf`).
+    fn scan_read(&mut self, buf: &ReadBuf<'_>, before: usize, now: Instant) -> usize {
+        let new = &buf.filled()[before..];
+        let obs = &mut self.obs;
+        let taken = match self.barrier.as_deref_mut() {
+            None => {
+                self.read.feed(new, |e| obs.on_read(e, now));
+                new.len()
+            }
+            Some(barrier) => {
+                let mut goaway = false;
+                let taken = self.read.feed_until(new, |e| {
+                    goaway |= matches!(e, FrameEvent::GoAway { .. });
+                    obs.on_read(e, now);
+                    goaway
+                });
+                if goaway {
+                    barrier.hold();
+                }
+                taken
+            }
+        };
+        if obs.settings_pending && self.read.at_boundary() {
+            obs.settings_done();
+        }
+        taken
+    }
+
+    /// After a write failed on a client connection: reads what the server
+    /// sent before it closed (held bytes first, then the socket, up to
+    /// [`SALVAGE_LIMIT`]), so that a GOAWAY or a REFUSED_STREAM h2 did not
+    /// get to read still marks the streams it names as never processed.
+    fn salvage(&mut self, cx: &mut Context<'_>)
+    where
+        T: AsyncRead + Unpin,
+    {
+        let Some(barrier) = self.barrier.as_deref_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut refused = Vec::new();
+        let obs = &mut self.obs;
+        let mut scan = |read: &mut FrameScanner, bytes: &[u8]| {
+            read.feed(bytes, |e| {
+                if let FrameEvent::Reset {
+                    stream_id,
+                    error_code: frame::code::REFUSED_STREAM,
+                } = e
+                {
+                    refused.push(stream_id);
+                }
+                obs.on_read(e, now);
+            });
+        };
+        scan(&mut self.read, barrier.held());
+        let mut chunk = [0u8; 4096];
+        let mut total = 0;
+        while total < SALVAGE_LIMIT {
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    total += rb.filled().len();
+                    scan(&mut self.read, rb.filled());
+                }
+                _ => break,
+            }
+        }
+        if !refused.is_empty() {
+            tracing::debug!(streams = ?refused, "refused streams read after the connection failed");
+            let client = self.obs.shared.client();
+            let mut unread = client
+                .refused_unread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            unread.extend(refused);
+        }
     }
 }
 
@@ -304,15 +424,38 @@ impl<T> FrameIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for FrameIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> FrameIo<T> {
+    /// Tells the barrier about a write's outcome; on a client whose write
+    /// failed, salvages what the server sent first.
+    fn after_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match &r {
+            Poll::Ready(Err(_)) => self.salvage(cx),
+            Poll::Ready(Ok(_)) => {
+                if let Some(barrier) = self.barrier.as_deref_mut() {
+                    barrier.wrote();
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FrameIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.write
-            .poll_write(cx, &mut this.inner, &[IoSlice::new(buf)], &mut this.obs)
+        let r = this
+            .write
+            .poll_write(cx, &mut this.inner, &[IoSlice::new(buf)], &mut this.obs);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -321,8 +464,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameIo<T> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.write
-            .poll_write(cx, &mut this.inner, bufs, &mut this.obs)
+        let r = this
+            .write
+            .poll_write(cx, &mut this.inner, bufs, &mut this.obs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -331,8 +476,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameIo<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.write.poll_drain(cx, &mut this.inner))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        let r = match this.write.poll_drain(cx, &mut this.inner) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        };
+        match &r {
+            Poll::Ready(Err(_)) => this.salvage(cx),
+            Poll::Ready(Ok(())) => {
+                if let Some(barrier) = this.barrier.as_deref_mut() {
+                    barrier.flushed();
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -165,6 +165,12 @@ pub(crate) struct ClientSide {
     pub peer_goaway: AtomicBool,
     pub peer_goaway_last_stream: AtomicU32,
     pub peer_too_many_pings: AtomicBool,
+    /// The highest stream whose HEADERS began to reach the socket; a
+    /// stream above it never left this end.
+    pub max_headers_sent: AtomicU32,
+    /// Streams refused (REFUSED_STREAM) in bytes `h2` never read, because
+    /// a write failed first (filled once, as the connection dies).
+    pub refused_unread: Mutex<Vec<u32>>,
 }
 
 impl Shared {
@@ -185,6 +191,8 @@ impl Shared {
                 peer_goaway: AtomicBool::new(false),
                 peer_goaway_last_stream: AtomicU32::new(u32::MAX),
                 peer_too_many_pings: AtomicBool::new(false),
+                max_headers_sent: AtomicU32::new(0),
+                refused_unread: Mutex::new(Vec::new()),
             }),
         };
         Arc::new(Shared {

@@ -22,6 +22,8 @@ struct Scripted {
     read_pos: usize,
     read_quota: Vec<usize>,
     reads: usize,
+    /// Every write fails with a broken pipe (the peer has closed).
+    closed: bool,
 }
 
 impl Scripted {
@@ -34,6 +36,7 @@ impl Scripted {
             read_pos: 0,
             read_quota: Vec::new(),
             reads: 0,
+            closed: false,
         }
     }
 
@@ -55,6 +58,9 @@ impl AsyncWrite for Scripted {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
         let n = buf.len().min(self.next_quota());
         self.written.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
@@ -64,6 +70,9 @@ impl AsyncWrite for Scripted {
         _: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
         let mut left = self.next_quota();
         let mut n = 0;
         for b in bufs {
@@ -312,8 +321,165 @@ fn real_ack_cancels_injection() {
     assert!(rb.filled().is_empty(), "no second ACK");
 }
 
+/// Reads from a client connection as h2 does: when a read is pending,
+/// h2 writes and flushes what it has queued, then reads again. Returns
+/// the bytes h2 was given, one entry per read.
+fn client_reads(io: &mut FrameIo<Scripted>, buf_len: usize, rounds: usize) -> Vec<Vec<u8>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut got = Vec::new();
+    for _ in 0..rounds {
+        let mut mem = vec![0u8; buf_len];
+        let mut rb = ReadBuf::new(&mut mem);
+        match Pin::new(&mut *io).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(r) => {
+                r.unwrap();
+                if rb.filled().is_empty() && !io.barrier.as_ref().unwrap().has_held() {
+                    break;
+                }
+                got.push(rb.filled().to_vec());
+            }
+            Poll::Pending => {
+                let mut h = Vec::new();
+                frame_bytes(&mut h, crate::frame::kind::HEADERS, 5, &[0x83]);
+                assert!(matches!(
+                    Pin::new(&mut *io).poll_write(&mut cx, &h),
+                    Poll::Ready(Ok(_))
+                ));
+                assert!(Pin::new(&mut *io).poll_flush(&mut cx).is_ready());
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn a_client_reads_nothing_past_a_goaway_until_it_has_flushed() {
+    let mut inbound = Vec::new();
+    frame_bytes(&mut inbound, crate::frame::kind::DATA, 1, b"before");
+    encode_goaway(&mut inbound, crate::frame::MAX_STREAM_ID, 0, b"max_age");
+    let goaway_end = inbound.len();
+    encode_ping(&mut inbound, false, *b"shutdown");
+    frame_bytes(&mut inbound, crate::frame::kind::DATA, 1, b"after");
+    let mut sock = Scripted::new(vec![]);
+    sock.input = inbound.clone();
+    let mut io = io_with(Role::Client, sock);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut mem = [0u8; 4096];
+
+    let mut rb = ReadBuf::new(&mut mem);
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
+    assert_eq!(
+        rb.filled(),
+        &inbound[..goaway_end],
+        "up to the GOAWAY's end"
+    );
+    assert_eq!(io.obs.shared.pings_received.load(Relaxed), 0);
+    // h2 handles the GOAWAY and reads again: nothing until it has written.
+    let mut rb = ReadBuf::new(&mut mem);
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_pending());
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_pending());
+    assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+    let mut rb = ReadBuf::new(&mut mem);
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
+    assert_eq!(rb.filled(), &inbound[goaway_end..], "the PING and the rest");
+    assert_eq!(io.obs.shared.pings_received.load(Relaxed), 1);
+    assert!(!io.barrier.as_ref().unwrap().has_held());
+}
+
+#[test]
+fn a_server_reads_straight_past_a_goaway() {
+    let mut inbound = Vec::new();
+    encode_goaway(&mut inbound, 0, 0, b"");
+    encode_ping(&mut inbound, false, [1; 8]);
+    let mut sock = Scripted::new(vec![]);
+    sock.input = inbound.clone();
+    let mut io = io_with(Role::Server, sock);
+    io.read = FrameScanner::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut mem = [0u8; 4096];
+    let mut rb = ReadBuf::new(&mut mem);
+    assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_ready());
+    assert_eq!(rb.filled(), &inbound[..]);
+}
+
+#[test]
+fn a_failed_write_still_reads_the_goaway_and_refusals_h2_never_got_to() {
+    let mut inbound = Vec::new();
+    encode_goaway(&mut inbound, 1, 0, b"max_age");
+    frame_bytes(
+        &mut inbound,
+        crate::frame::kind::RST_STREAM,
+        3,
+        &7u32.to_be_bytes(),
+    );
+    frame_bytes(
+        &mut inbound,
+        crate::frame::kind::RST_STREAM,
+        5,
+        &8u32.to_be_bytes(),
+    );
+    let mut sock = Scripted::new(vec![]);
+    sock.input = inbound;
+    sock.closed = true;
+    let mut io = io_with(Role::Client, sock);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut data = Vec::new();
+    frame_bytes(&mut data, crate::frame::kind::DATA, 3, b"body");
+    let r = Pin::new(&mut io).poll_write(&mut cx, &data);
+    assert!(matches!(r, Poll::Ready(Err(_))));
+    let client = io.obs.shared.client();
+    assert_eq!(client.peer_goaway_last_stream.load(Acquire), 1);
+    assert!(client.peer_goaway.load(Acquire));
+    // REFUSED_STREAM only: a CANCEL says nothing about processing.
+    assert_eq!(*client.refused_unread.lock().unwrap(), [3]);
+}
+
+#[test]
+fn headers_written_raise_the_highest_stream_sent() {
+    let mut out = crate::frame::PREFACE.to_vec();
+    frame_bytes(&mut out, crate::frame::kind::HEADERS, 5, &[0x83]);
+    frame_bytes(&mut out, crate::frame::kind::DATA, 7, b"x");
+    frame_bytes(&mut out, crate::frame::kind::HEADERS, 3, &[0x83]);
+    let mut io = io_with(Role::Client, Scripted::new(vec![]));
+    write_all(&mut io, &out, &[7, 13, 1]);
+    assert_eq!(io.obs.shared.client().max_headers_sent.load(Acquire), 5);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// However the socket splits them and however small h2's buffer, a
+    /// client is given every byte once and in order, and never a byte past
+    /// a GOAWAY before it has flushed.
+    #[test]
+    fn a_client_is_given_every_byte_in_order(
+        frames in prop::collection::vec((0u8..10, prop::collection::vec(any::<u8>(), 0..40)), 0..20),
+        read_quota in prop::collection::vec(1usize..60, 0..200),
+        buf_len in 1usize..100,
+    ) {
+        let mut inbound = Vec::new();
+        let mut goaway_ends = Vec::new();
+        for (k, payload) in &frames {
+            if *k == crate::frame::kind::GOAWAY {
+                encode_goaway(&mut inbound, 1, 0, payload);
+                goaway_ends.push(inbound.len());
+            } else {
+                frame_bytes(&mut inbound, *k, 1, payload);
+            }
+        }
+        let mut sock = Scripted::new(vec![]);
+        sock.input = inbound.clone();
+        sock.read_quota = read_quota;
+        let mut io = io_with(Role::Client, sock);
+        let reads = client_reads(&mut io, buf_len, 10_000);
+        let mut pos = 0;
+        for r in &reads {
+            // No read runs across the end of a GOAWAY.
+            prop_assert!(goaway_ends.iter().all(|&end| end <= pos || end >= pos + r.len()));
+            pos += r.len();
+        }
+        prop_assert_eq!(reads.concat(), inbound);
+    }
 
     /// Whatever the chunking on either side, the bytes on the wire are
     /// h2's bytes with only the GOAWAYs changed.
