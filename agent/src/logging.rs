@@ -18,6 +18,7 @@ use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use goaway_transport::log_filter;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -33,11 +34,22 @@ pub const BURST: u32 = 10;
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// Starts logging to stderr: `GOAWAY_LOG` (or `RUST_LOG`) filters, else
-/// `default_filter`.
+/// `default_filter`. Every filter goes through the same bounded parser
+/// ([`log_filter::parse`]); one that does not parse is reported and the
+/// default used.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_env("GOAWAY_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let from_env = ["GOAWAY_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| Some((var, std::env::var(var).ok()?)));
+    let mut refused = None;
+    let filter = match from_env.map(|(var, value)| (var, log_filter::parse(&value))) {
+        Some((_, Ok(filter))) => filter,
+        Some((var, Err(e))) => {
+            refused = Some((var, e));
+            default(default_filter)
+        }
+        None => default(default_filter),
+    };
     let (filter, handle) = reload::Layer::new(filter);
     let _ = FILTER.set(handle);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
@@ -48,6 +60,13 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
+    if let Some((var, error)) = refused {
+        tracing::error!(%error, var, "log filter refused; using the default");
+    }
+}
+
+fn default(filter: &str) -> EnvFilter {
+    log_filter::parse(filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// The filter in force, replaceable at runtime (`PUT /log-level`).
@@ -62,13 +81,7 @@ pub fn filter() -> Option<String> {
 /// Replaces the log filter (same syntax as `GOAWAY_LOG`: a level such as
 /// `debug`, or directives such as `info,goaway_transport=debug`).
 pub fn set_filter(directives: &str) -> Result<String, String> {
-    let directives = directives.trim();
-    if directives.is_empty() {
-        return Err("empty log filter".into());
-    }
-    let new = EnvFilter::builder()
-        .parse(directives)
-        .map_err(|e| format!("not a log filter: {e}"))?;
+    let new = log_filter::parse(directives).map_err(|e| e.to_string())?;
     let handle = FILTER.get().ok_or("logging is not initialised")?;
     handle.reload(new).map_err(|e| e.to_string())?;
     filter().ok_or_else(|| "logging is not initialised".into())

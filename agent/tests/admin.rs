@@ -80,6 +80,21 @@ fn log_level_changes_at_runtime_with_the_drain_token() -> Result<()> {
     let auth = [("Authorization", "Bearer s3cret")];
     let (status, body) = api.put("/log-level", &auth, "nonsense=[")?;
     assert_eq!(status, 400, "{body}");
+    let (status, body) = api.put("/log-level", &auth, &"a=info,".repeat(200))?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("at most 1024"), "{body}");
+    // A field matcher built to blow up a regular expression is plain text
+    // (compiled, it kept a worker busy for minutes); the filter in force
+    // after it answers at once.
+    let hostile = format!(
+        "goaway_agent[conn{{peer={}}}]=trace,h2=warn,info",
+        "(a|b)*a".to_string() + &"(a|b)".repeat(24)
+    );
+    let (status, body) = api.put("/log-level", &auth, &hostile)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("(a|b)*a(a|b)"), "{body}");
+    let (status, body) = api.put("/log-level", &auth, "h2=warn,info")?;
+    assert_eq!((status, body.trim()), (200, "h2=warn,info"), "{body}");
     // Debug lines appear only once the filter says so.
     let accepted = || agent.log().matches("connection accepted").count();
     grpc_client(&agent.target(), &["call"])?;

@@ -426,3 +426,38 @@ spec:
     assert_eq!(annotations["on"], "yes", "{annotations}");
     assert_eq!(annotations["note"], "10:30", "{annotations}");
 }
+
+/// The log-level annotation is parsed at a bounded cost: a field matcher
+/// built to blow up a regular expression (it took `inject` minutes and
+/// gigabytes) is plain text, and a filter over the size limit is refused
+/// with the reason, the pod left as it was.
+#[test]
+fn hostile_log_filters_cost_nothing_and_oversized_ones_are_refused() {
+    let pod = |name: &str, filter: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{tier: backend}}\n  \
+             annotations: {{goaway.dev/agent-log-level: '{filter}'}}\nspec:\n  containers:\n  \
+             - name: app\n    image: app\n    ports: [{{name: grpc, containerPort: 9000}}]\n"
+        )
+    };
+    let hostile = format!(
+        "goaway_agent[conn{{peer={}}}]=trace",
+        "(a|b)*a".to_string() + &"(a|b)".repeat(24)
+    );
+    let (output, stderr) = inject(&pod("hostile", &hostile));
+    assert!(stderr.contains("injected Pod/hostile"), "{stderr}");
+    let doc: Value = serde_yaml::from_str(&output).unwrap();
+    let agent = &doc["spec"]["initContainers"][0];
+    let env = agent["env"].as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "GOAWAY_LOG" && e["value"] == hostile.as_str()),
+        "{agent}"
+    );
+
+    let long = "a=info,".repeat(200);
+    let input = pod("oversized", long.trim_end_matches(','));
+    let (output, stderr) = inject(&input);
+    assert!(stderr.contains("at most 1024"), "{stderr}");
+    assert_eq!(output, input, "left as it was");
+}

@@ -28,6 +28,8 @@ pub mod counters;
 mod frame;
 mod frame_io;
 mod keepalive;
+#[cfg(feature = "log-filter")]
+pub mod log_filter;
 pub mod policy;
 pub mod server;
 pub mod tcp;
