@@ -77,8 +77,10 @@ pub struct RunArgs {
     /// `ip:port`, or `:port` for every interface.
     #[arg(long, env = "GOAWAY_LISTEN", value_parser = parse_bind)]
     pub listen: SocketAddr,
-    /// The application's gRPC port, `host:port`.
-    #[arg(long, env = "GOAWAY_UPSTREAM")]
+    /// The application's gRPC port, `host:port`. An IPv6 address may be
+    /// written without brackets (`fd00::7:50051`), as `$(POD_IP):50051`
+    /// expands to on an IPv6 pod.
+    #[arg(long, env = "GOAWAY_UPSTREAM", value_parser = parse_upstream)]
     pub upstream: String,
     /// Admin HTTP server: health, readiness, drain, metrics. Same forms as
     /// `--listen`.
@@ -131,6 +133,16 @@ pub struct RunArgs {
     /// The operator turns this on for the agents it injects.
     #[arg(long, env = "GOAWAY_READINESS_CHECKS_UPSTREAM")]
     pub readiness_checks_upstream: bool,
+    /// Whether requests reach the application with the client's address
+    /// appended to `x-forwarded-for` (after any entries the client sent:
+    /// the last one is the agent's), or as they came.
+    #[arg(
+        long,
+        env = "GOAWAY_FORWARDED_FOR",
+        value_enum,
+        default_value = "append"
+    )]
+    pub forwarded_for: crate::proxy::forwarded::ForwardedFor,
     /// Worker threads, each serving its share of client connections with
     /// its own upstream connections (default: the CPUs available to the
     /// process, at most 2).
@@ -157,6 +169,23 @@ pub struct DrainArgs {
     pub timeout: GoDuration,
 }
 
+/// `host:port`, with an unbracketed IPv6 address and port
+/// (`fd00::7:50051`) bracketed (`[fd00::7]:50051`).
+pub fn parse_upstream(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let (host, port) = s
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    match (host.parse::<std::net::Ipv6Addr>(), port.parse::<u16>()) {
+        (Ok(ip), Ok(port)) => Ok(SocketAddr::from((ip, port)).to_string()),
+        _ if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) => Err(format!(
+            "{s:?} is not host:port (an IPv6 address needs a port)"
+        )),
+        _ => Ok(s.to_string()),
+    }
+}
+
 /// A bind address: `ip:port`, `[v6]:port`, `host:port` (resolved once), or
 /// Go's `:port` for every interface.
 pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
@@ -177,6 +206,22 @@ pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_addresses_take_bare_ipv6_as_the_pod_ip_expands() {
+        for (given, want) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("10.1.2.3:50051", "10.1.2.3:50051"),
+            ("fd00::7:50051", "[fd00::7]:50051"),
+            ("[fd00::7]:50051", "[fd00::7]:50051"),
+            ("app.shop.svc:50051", "app.shop.svc:50051"),
+        ] {
+            assert_eq!(parse_upstream(given).unwrap(), want, "{given}");
+        }
+        for bad in ["", "10.1.2.3", ":50051", "host:http", "fd00::7"] {
+            assert!(parse_upstream(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn bind_addresses_take_every_usual_form() {

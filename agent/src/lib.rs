@@ -52,6 +52,8 @@ pub struct Config {
     /// `/readyz` also connects to this application address
     /// (`--readiness-checks-upstream`).
     pub readiness_upstream: Option<String>,
+    /// `--forwarded-for`.
+    pub forwarded_for: proxy::forwarded::ForwardedFor,
 }
 
 /// A running agent: its [`Config`], and the runtime handles its tasks

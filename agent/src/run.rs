@@ -142,6 +142,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         readiness_upstream: args
             .readiness_checks_upstream
             .then(|| args.upstream.clone()),
+        forwarded_for: args.forwarded_for,
     };
     let (drain, accepting) = Drain::new();
     let agent = Arc::new(Agent {

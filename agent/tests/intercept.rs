@@ -199,7 +199,8 @@ impl Pod {
             .args(["--log-format", "json", "run"])
             .args(["--listen", &format!("0.0.0.0:{AGENT_PORT}")])
             .args(["--admin", &format!("0.0.0.0:{ADMIN_PORT}")])
-            .args(["--upstream", &format!("127.0.0.1:{APP_PORT}")])
+            // As the operator injects it: the app on the pod's IP.
+            .args(["--upstream", &format!("{}:{APP_PORT}", self.ip)])
             .arg("--policy")
             .arg(policy);
         let proc = Proc::spawn_capturing(
@@ -375,8 +376,8 @@ fn redirect_mode_puts_pod_ip_clients_through_the_agent() -> Result<()> {
         Ok(pods.iter().all(|p| counted(&t["servers"], p.name) > 20))
     })?;
     for pod in &pods {
-        // No loop: the agent's own connection to 127.0.0.1:APP_PORT was not
-        // redirected back to it (it would show as a client from loopback).
+        // No loop: the agent's own connection to podIP:APP_PORT was not
+        // redirected back to it (it would show as a client from the pod).
         let clients = pod.clients()?;
         ensure!(
             clients

@@ -120,6 +120,35 @@ fn status_codes_and_messages_reach_the_client_unchanged() -> Result<()> {
     Ok(())
 }
 
+/// The app learns the client's address from the last `x-forwarded-for`
+/// entry, which the agent wrote after whatever the client claimed; with
+/// `--forwarded-for off` it gets the headers as they came.
+#[test]
+fn the_app_sees_the_client_address_after_what_the_client_claimed() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let report = [
+        "--metadata",
+        "x-report-peer=1",
+        "--metadata",
+        "x-forwarded-for=6.6.6.6",
+        "call",
+    ];
+    let agent = agent(port).start()?;
+    let r = grpc_client(&agent.target(), &report)?;
+    assert_eq!(r["code"], "OK", "{r}");
+    let md = &r["initial_metadata"];
+    assert_eq!(md["x-forwarded-for-seen"], "6.6.6.6, 127.0.0.1", "{r}");
+    assert!(md["x-peer"].as_str().unwrap().contains("127.0.0.1"), "{r}");
+
+    let off = common::agent(port).args(["--forwarded-for", "off"]).start()?;
+    let r = grpc_client(&off.target(), &report)?;
+    assert_eq!(
+        r["initial_metadata"]["x-forwarded-for-seen"], "6.6.6.6",
+        "{r}"
+    );
+    Ok(())
+}
+
 #[test]
 fn grpc_timeout_reaches_the_app_and_an_expired_deadline_ends_the_call() -> Result<()> {
     let (_server, port) = grpc_server(&[])?;

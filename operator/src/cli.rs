@@ -127,6 +127,16 @@ pub struct AgentArgs {
         value_parser = agent_log_level
     )]
     pub agent_log_level: String,
+    /// Whether injected agents append the client's address to
+    /// `x-forwarded-for` (`append`) or forward requests as they came
+    /// (`off`). A pod's `goaway.dev/agent-forwarded-for` annotation wins.
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_FORWARDED_FOR",
+        default_value = "append",
+        value_parser = ["append", "off"]
+    )]
+    pub agent_forwarded_for: String,
     /// The agent's CPU request, a Kubernetes quantity (empty: none).
     #[arg(
         long,
@@ -241,6 +251,7 @@ impl AgentArgs {
             memory_limit: self.agent_memory_limit.clone(),
             max_concurrent_streams: self.agent_max_concurrent_streams,
             max_connections: self.agent_max_connections,
+            forward_client_address: self.agent_forwarded_for == "append",
         })
     }
 }

@@ -151,7 +151,13 @@ fn the_cli_mutation_equals_the_webhook_mutation() {
         let cli: Pod = serde_yaml::from_str(&output).unwrap();
         let inits = cli.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
         let agent = inits.iter().find(|c| c.name == "goaway-agent").unwrap();
-        let token = agent.env.as_ref().unwrap()[0].value.clone().unwrap();
+        let token = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "GOAWAY_DRAIN_TOKEN")
+            .and_then(|e| e.value.clone())
+            .unwrap();
         let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
         match mode {
             Interception::NamedPort => assert_eq!(names, ["goaway-agent"]),

@@ -63,27 +63,44 @@ impl Drop for Agent {
     }
 }
 
-/// Starts the sidecar as the kubelet would: its args and env, with the
-/// volume mount's path mapped to `mount`.
+/// Starts the sidecar as the kubelet would: its env (the downward API's
+/// `status.podIP` is 127.0.0.1 here), its args with `$(VAR)` expanded from
+/// that env, and the volume mount's path mapped to `mount`.
 fn start_agent(sidecar: &Container, mount: &Path) -> Agent {
+    let env: Vec<(String, String)> = sidecar
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+                Some(field) if field.field_path == "status.podIP" => "127.0.0.1".to_string(),
+                Some(field) => panic!("no downward API value for {}", field.field_path),
+                None => e.value.clone().unwrap_or_default(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
     let mount_path = &sidecar.volume_mounts.as_ref().unwrap()[0].mount_path;
     let args: Vec<String> = sidecar
         .args
         .iter()
         .flatten()
-        .map(|a| match a.strip_prefix(mount_path.as_str()) {
-            Some(rest) => format!("{}{rest}", mount.display()),
-            None => a.clone(),
+        .map(|a| {
+            let a = env.iter().fold(a.clone(), |a, (name, value)| {
+                a.replace(&format!("$({name})"), value)
+            });
+            match a.strip_prefix(mount_path.as_str()) {
+                Some(rest) => format!("{}{rest}", mount.display()),
+                None => a,
+            }
         })
         .collect();
     let mut cmd = Command::new(agent_binary());
     cmd.args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .env_clear();
-    for env in sidecar.env.iter().flatten() {
-        cmd.env(&env.name, env.value.as_deref().unwrap_or_default());
-    }
+        .env_clear()
+        .envs(env);
     Agent(cmd.spawn().expect("starting goaway-agent"))
 }
 

@@ -252,7 +252,7 @@ async fn numeric_target_port_is_fronted_without_a_name() {
         agent["ports"][0],
         json!({"name": "goaway-proxy", "containerPort": 15060, "protocol": "TCP"})
     );
-    assert_eq!(agent["args"][4], "127.0.0.1:50051");
+    assert_eq!(agent["args"][4], "$(GOAWAY_POD_IP):50051");
     // Defaults: 0s delay + 30s timeout + 5s margin.
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 35);
 }

@@ -76,6 +76,11 @@ def echo_metadata(ctx):
     if "x-report-deadline" in request:
         left = ctx.time_remaining()
         initial.append(("x-time-remaining-ms", "none" if left is None else str(int(left * 1000))))
+    if "x-report-peer" in request:
+        # Who the app sees: the TCP peer, and every x-forwarded-for entry.
+        initial.append(("x-peer", ctx.peer()))
+        seen = [v for k, v in ctx.invocation_metadata() if k == "x-forwarded-for"]
+        initial.append(("x-forwarded-for-seen", " | ".join(seen) or "none"))
     if initial:
         ctx.send_initial_metadata(initial)
     if md:

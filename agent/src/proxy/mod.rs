@@ -4,6 +4,7 @@
 //! watch ([`crate::drain`]): the loop closes the listener when the drain
 //! signals, and each connection sends its GOAWAY.
 
+pub mod forwarded;
 pub mod grpc;
 pub mod passthrough;
 mod pump;
@@ -156,8 +157,14 @@ fn serve(
         // `serve_streams`). The drain's GOAWAY reaches the connection
         // through a clone of `drain`; `drain` itself is held, and the
         // drain waits, until the connection is gone.
+        let client = (agent.config.forwarded_for == forwarded::ForwardedFor::Append)
+            .then(|| forwarded::entry(peer.ip()));
         let leftover = {
-            let serving = pin!(conn.serve_streams(|stream| forward(stream, upstream.clone())));
+            let serving = pin!(conn.serve_streams(|stream| forward(
+                stream,
+                upstream.clone(),
+                client.clone()
+            )));
             agent
                 .drain
                 .watch_connection(drain.clone(), &handle, serving)

@@ -24,9 +24,10 @@ use goaway_transport::server::{Incoming, StreamGuard};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use tokio::time::Instant;
 
+use super::forwarded;
 use super::grpc::{self, Code};
 use super::pump::{Pump, PumpError};
 
@@ -54,16 +55,22 @@ struct Ctx<'a> {
     grpc: bool,
     received: Instant,
     deadline: Option<Instant>,
+    /// The client's `x-forwarded-for` entry, unless turned off.
+    client: Option<&'a HeaderValue>,
 }
 
 impl Ctx<'_> {
-    /// The request head for an upstream attempt: the client's, with
-    /// `grpc-timeout` reduced by however long the agent held the request.
+    /// The request head for an upstream attempt: the client's, with its
+    /// address appended to `x-forwarded-for` and `grpc-timeout` reduced by
+    /// however long the agent held the request.
     fn upstream_request(&self) -> Request<()> {
         let mut r = Request::new(());
         *r.method_mut() = self.head.method.clone();
         *r.uri_mut() = self.head.uri.clone();
         *r.headers_mut() = self.head.headers.clone();
+        if let Some(client) = self.client {
+            forwarded::append(r.headers_mut(), client);
+        }
         if let Some(deadline) = self.deadline
             && self.received.elapsed() > Duration::from_millis(1)
         {
@@ -101,10 +108,17 @@ impl Ctx<'_> {
 /// (The futures here are `async move` blocks in plain functions, not
 /// `async fn`s: an `async fn` keeps a second copy of each by-value
 /// argument, and this future is built, moved and kept once per stream.)
-pub fn forward(incoming: Incoming, up: Arc<Upstream>) -> impl Future<Output = ()> + Send {
+///
+/// `client` is the client's `x-forwarded-for` entry
+/// ([`forwarded::entry`]), `None` to forward the headers as they came.
+pub fn forward(
+    incoming: Incoming,
+    up: Arc<Upstream>,
+    client: Option<HeaderValue>,
+) -> impl Future<Output = ()> + Send {
     let (request, respond, guard) = incoming.into_parts();
     let (head, body) = request.into_parts();
-    proxy(head, body, respond, guard, up)
+    proxy(head, body, respond, guard, up, client)
 }
 
 // An `async fn` would keep a second copy of its by-value arguments.
@@ -115,6 +129,7 @@ fn proxy(
     mut respond: SendResponse<Bytes>,
     guard: StreamGuard,
     up: Arc<Upstream>,
+    client: Option<HeaderValue>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // Counts the stream as active until this future ends.
@@ -125,6 +140,7 @@ fn proxy(
             deadline: grpc::timeout(&head.headers).map(|t| received + t),
             received,
             head: &head,
+            client: client.as_ref(),
         };
         let eos = body.is_end_stream();
         let Some(stream) = open(&ctx, &up, &mut respond, eos).await else {

@@ -307,7 +307,8 @@ fn to_json(meta: &ObjectMeta, spec: &PodSpec) -> Result<serde_json::Value, Injec
 }
 
 /// The app port an injected pod's agent forwards to: the port of its
-/// `--upstream 127.0.0.1:P` argument, as `sidecar.rs` writes it.
+/// `--upstream $(GOAWAY_POD_IP):P` argument, as `sidecar.rs` writes it (or
+/// `127.0.0.1:P`, as earlier injections did).
 pub fn upstream_port<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<i32> {
     let mut args = args.into_iter();
     args.find(|a| *a == "--upstream")?;

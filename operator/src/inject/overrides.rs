@@ -28,9 +28,12 @@ pub const LOG_LEVEL: &str = "goaway.dev/agent-log-level";
 pub const MAX_CONCURRENT_STREAMS: &str = "goaway.dev/agent-max-concurrent-streams";
 /// The agent's `--max-connections`.
 pub const MAX_CONNECTIONS: &str = "goaway.dev/agent-max-connections";
+/// The agent's `--forwarded-for`: `append` (the client's address after
+/// any `x-forwarded-for` entries it sent) or `off`.
+pub const FORWARDED_FOR: &str = "goaway.dev/agent-forwarded-for";
 
 /// Every override annotation, for documentation and tests.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     CPU_REQUEST,
     CPU_LIMIT,
     MEMORY_REQUEST,
@@ -38,6 +41,7 @@ pub const ALL: [&str; 7] = [
     LOG_LEVEL,
     MAX_CONCURRENT_STREAMS,
     MAX_CONNECTIONS,
+    FORWARDED_FOR,
 ];
 
 /// The operator-wide settings with the pod's annotations applied.
@@ -102,6 +106,10 @@ pub fn apply(meta: &ObjectMeta, base: &AgentConfig) -> Result<AgentConfig, Injec
         check_log_filter(value).map_err(|reason| invalid(LOG_LEVEL, value, reason))?;
         agent.log_level = value.to_string();
     }
+    if let Some(value) = annotations.get(FORWARDED_FOR) {
+        agent.forward_client_address =
+            forwarded_for(value.trim()).map_err(|reason| invalid(FORWARDED_FOR, value, reason))?;
+    }
     if let Some(value) = annotations.get(MAX_CONCURRENT_STREAMS) {
         agent.max_concurrent_streams = value.trim().parse().map_err(|_| {
             invalid(
@@ -126,6 +134,16 @@ pub fn apply(meta: &ObjectMeta, base: &AgentConfig) -> Result<AgentConfig, Injec
             })?;
     }
     Ok(agent)
+}
+
+/// `append` (true) or `off` (false), as the agent's `--forwarded-for`
+/// takes them.
+pub fn forwarded_for(value: &str) -> Result<bool, String> {
+    match value {
+        "append" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("not append or off".into()),
+    }
 }
 
 /// Whether the agent will accept `value` as its `GOAWAY_LOG` filter: the
@@ -172,6 +190,7 @@ mod tests {
                 (LOG_LEVEL, "info,goaway_transport=debug"),
                 (MAX_CONCURRENT_STREAMS, "0"),
                 (MAX_CONNECTIONS, "20000"),
+                (FORWARDED_FOR, "off"),
             ]),
             &AgentConfig::default(),
         )
@@ -183,6 +202,7 @@ mod tests {
         assert_eq!(agent.log_level, "info,goaway_transport=debug");
         assert_eq!(agent.max_concurrent_streams, 0);
         assert_eq!(agent.max_connections, 20000);
+        assert!(!agent.forward_client_address);
     }
 
     #[test]
@@ -200,6 +220,7 @@ mod tests {
             (LOG_LEVEL, &"a=info,".repeat(200), "at most 1024"),
             (MAX_CONCURRENT_STREAMS, "-5", "whole number"),
             (MAX_CONNECTIONS, "0", "from 1"),
+            (FORWARDED_FOR, "yes", "append or off"),
         ] {
             let err = apply(&meta(&[(annotation, value)]), &base).unwrap_err();
             let text = err.to_string();

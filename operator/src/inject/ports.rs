@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// The application port the agent fronts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct AppPort {
-    /// The port number the agent forwards to on 127.0.0.1.
+    /// The port number the agent forwards to, on the pod IP.
     pub number: i32,
     /// Where it is declared: (container index, port index). A numeric
     /// policy port need not be declared.

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub max_concurrent_streams: u32,
     /// The agent's `--max-connections`.
     pub max_connections: u32,
+    /// The agent's `--forwarded-for`: true for `append` (its default),
+    /// false for `off`.
+    pub forward_client_address: bool,
 }
 
 impl Default for AgentConfig {
@@ -80,6 +83,7 @@ impl Default for AgentConfig {
             memory_limit: "128Mi".into(),
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            forward_client_address: true,
         }
     }
 }
@@ -104,6 +108,12 @@ impl AgentConfig {
     }
 }
 
+/// The pod's IP, from the downward API: the agent connects to the app
+/// there (`--upstream $(GOAWAY_POD_IP):P`), not on loopback, so a port the
+/// app bound to loopback only stays out of reach of the network, as it
+/// would be without the agent (Istio made the same change in 1.10).
+pub(super) const ENV_POD_IP: &str = "GOAWAY_POD_IP";
+
 fn env(agent: &AgentConfig, token: &str) -> Vec<EnvVar> {
     let var = |name: &str, value: &str| EnvVar {
         name: name.into(),
@@ -111,11 +121,25 @@ fn env(agent: &AgentConfig, token: &str) -> Vec<EnvVar> {
         ..Default::default()
     };
     let mut env = vec![
+        EnvVar {
+            name: ENV_POD_IP.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
         var("GOAWAY_DRAIN_TOKEN", token),
         var("GOAWAY_LOG_FORMAT", &agent.log_format),
     ];
     if !agent.log_level.is_empty() {
         env.push(var("GOAWAY_LOG", &agent.log_level));
+    }
+    if !agent.forward_client_address {
+        env.push(var("GOAWAY_FORWARDED_FOR", "off"));
     }
     env
 }
@@ -196,7 +220,7 @@ pub(super) fn container(
         "--listen".into(),
         format!("0.0.0.0:{agent_port}"),
         "--upstream".into(),
-        format!("127.0.0.1:{}", app.number),
+        format!("$({ENV_POD_IP}):{}", app.number),
         "--admin".into(),
         format!("0.0.0.0:{admin}"),
         "--policy".into(),

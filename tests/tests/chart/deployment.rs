@@ -198,6 +198,7 @@ agent:
   logFormat: text
   maxConcurrentStreams: 250
   maxConnections: 1000
+  forwardedFor: "off"
   resources: {requests: {cpu: 20m, memory: 64Mi}, limits: {cpu: 200m, memory: 256Mi}}
   drain: {delay: 5s, timeout: 1m30s, goawayAckTimeout: 2500ms}
 "#,
@@ -270,6 +271,7 @@ agent:
             memory_limit: "256Mi".into(),
             max_concurrent_streams: 250,
             max_connections: 1000,
+            forward_client_address: false,
         }
     );
     assert_names_agree(&r);

@@ -181,6 +181,12 @@ fn flag_values() -> Vec<FlagValue> {
             "500",
         ),
         v(
+            "agent.forwardedFor",
+            json!("off"),
+            "GOAWAY_AGENT_FORWARDED_FOR",
+            "off",
+        ),
+        v(
             "agent.resources.requests.cpu",
             json!("25m"),
             "GOAWAY_AGENT_CPU_REQUEST",

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Upstream, forward};
+use crate::proxy::forwarded::{self, ForwardedFor};
 use crate::proxy::grpc;
 
 /// `--upstream`, as the agent's messages name it.
@@ -49,10 +50,20 @@ struct Proxy {
     counters: Arc<Counters>,
 }
 
+/// The client's address, as the agent sees it.
+const CLIENT_IP: &str = "192.0.2.7";
+
 /// Starts the proxy with the agent's own windows (as `run.rs` configures
 /// them: they decide how much request body the agent takes in before the
-/// app reads any) and connects a client to it.
+/// app reads any) and connects a client to it from [`CLIENT_IP`].
 async fn proxy() -> Proxy {
+    proxy_with(ForwardedFor::Append).await
+}
+
+/// [`proxy`], with `--forwarded-for` as given.
+async fn proxy_with(forwarded_for: ForwardedFor) -> Proxy {
+    let client_entry = (forwarded_for == ForwardedFor::Append)
+        .then(|| forwarded::entry(CLIENT_IP.parse().unwrap()));
     let (connector, app) = PipeConnector::new();
     let counters = Arc::new(Counters::default());
     let mut client_h2 = h2::client::Builder::new();
@@ -88,7 +99,7 @@ async fn proxy() -> Proxy {
             .await
             .expect("agent handshake");
         let leftover = conn
-            .serve_streams(|stream| forward(stream, upstream.clone()))
+            .serve_streams(|stream| forward(stream, upstream.clone(), client_entry.clone()))
             .await;
         leftover.finish().await;
     });
@@ -292,6 +303,8 @@ async fn metadata_messages_and_trailers_pass_through_unchanged_both_ways() {
         assert_eq!(head.headers["x-user"], "alice");
         // Not held by the agent: the client's deadline goes up as it was.
         assert_eq!(head.headers["grpc-timeout"], "10S");
+        // The one header the agent adds: who the client is.
+        assert_eq!(head.headers["x-forwarded-for"], CLIENT_IP);
         assert_eq!(read_body(&mut body).await, b"\0\0\0\0\x05hello");
         let trailers = body.trailers().await.unwrap().expect("request trailers");
         assert_eq!(trailers["x-request-trailer"], "t1");
@@ -321,6 +334,54 @@ async fn metadata_messages_and_trailers_pass_through_unchanged_both_ways() {
         assert_eq!(trailers["grpc-message"], "fine");
         assert_eq!(trailers["x-response-trailer"], "t2");
         assert_eq!(p.counters.upstream_retries.load(Ordering::Relaxed), 0);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_address_follows_what_the_client_sent_once_per_attempt() {
+    bounded(async {
+        let mut p = proxy().await;
+        let mut request = grpc_request("/pkg.Echo/Say");
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let (_response, _send) = p.client.send_request(request, true).unwrap();
+        // The first attempt is turned away unprocessed; the retry, on a
+        // new connection, carries the list as the first did, not the
+        // agent's entry twice.
+        let mut first = raw_app(&mut p).await;
+        let id = first.next_request().await.unwrap();
+        first.goaway(id - 1, code::NO_ERROR, b"max_age").await;
+        let mut calls = h2_app(&mut p).await;
+        let (request, _respond) = calls.recv().await.unwrap();
+        let seen: Vec<_> = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect();
+        assert_eq!(seen, [&format!("6.6.6.6, {CLIENT_IP}")]);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_forwarded_for_off_the_headers_go_up_as_they_came() {
+    bounded(async {
+        let mut p = proxy_with(ForwardedFor::Off).await;
+        let mut request = grpc_request("/pkg.Echo/Say");
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let (_response, _send) = p.client.send_request(request, true).unwrap();
+        let mut calls = h2_app(&mut p).await;
+        let (request, _respond) = calls.recv().await.unwrap();
+        let seen: Vec<_> = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect();
+        assert_eq!(seen, ["6.6.6.6"]);
     })
     .await;
 }
