@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use goaway_transport::policy::{DrainPolicy, GoDuration};
@@ -24,6 +25,7 @@ use crate::inject::{
 };
 use crate::leader::{LeaseConfig, LeaseTiming};
 use crate::tls::Source;
+use crate::webhook::server::DEFAULT_MAX_CONNECTIONS as DEFAULT_WEBHOOK_MAX_CONNECTIONS;
 use crate::{Error, FlagError, Result, quantity};
 
 /// The operator's command line.
@@ -334,6 +336,27 @@ pub struct RunArgs {
     /// The webhook's HTTPS listen address.
     #[arg(long, env = "GOAWAY_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
     pub webhook_addr: SocketAddr,
+    /// How long the API server waits for the webhook: the
+    /// MutatingWebhookConfiguration's timeoutSeconds (the chart sets both
+    /// from webhook.timeoutSeconds), 1s to 30s. A request's body is read
+    /// for at most this long, and a review gets half of it; past that the
+    /// pod is admitted unchanged, with a warning.
+    #[arg(
+        long,
+        env = "GOAWAY_WEBHOOK_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub webhook_timeout: GoDuration,
+    /// Most connections the webhook serves at once; more are closed at
+    /// accept.
+    #[arg(
+        long,
+        env = "GOAWAY_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_WEBHOOK_MAX_CONNECTIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub webhook_max_connections: u32,
     /// The admin HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "GOAWAY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
@@ -442,6 +465,30 @@ impl RunArgs {
             })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| format!("goaway-operator-{}", std::process::id()))
+    }
+
+    /// The webhook's timeout. Fails, naming the flag, outside the 1s-30s
+    /// the API server allows for timeoutSeconds.
+    pub fn webhook_timeout(&self) -> Result<Duration> {
+        let timeout = self.webhook_timeout.to_std().unwrap_or_default();
+        if !(Duration::from_secs(1)..=Duration::from_secs(30)).contains(&timeout) {
+            return Err(Error::InvalidFlags(vec![FlagError {
+                flag: "--webhook-timeout",
+                reason: format!(
+                    "must be between 1s and 30s, as the API server's timeoutSeconds (got {})",
+                    self.webhook_timeout
+                ),
+            }]));
+        }
+        Ok(timeout)
+    }
+
+    /// The webhook server's limits.
+    pub fn webhook_server(&self) -> crate::webhook::server::Config {
+        crate::webhook::server::Config {
+            max_connections: self.webhook_max_connections as usize,
+            ..Default::default()
+        }
     }
 
     /// The lease timings. Fails, naming the flags, unless the duration is

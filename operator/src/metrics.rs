@@ -7,6 +7,9 @@
 //! - `goaway_operator_admissions_total{outcome,reason}` (outcome injected,
 //!   unchanged or error; reason the skip or error kind)
 //! - `goaway_operator_admission_duration_seconds` (histogram)
+//! - `goaway_operator_webhook_connections_open`,
+//!   `goaway_operator_webhook_connections_refused_total` (connections the
+//!   webhook serves now / closed at accept because its cap was reached)
 //! - `goaway_operator_leader` (1 while this replica holds the lease)
 
 use std::time::Duration;
@@ -27,6 +30,8 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     admissions: Family<Labels, Counter>,
     admission_duration: Histogram,
+    webhook_connections_open: Gauge,
+    webhook_connections_refused: Counter,
     leader: Gauge,
 }
 
@@ -57,6 +62,18 @@ impl Default for Metrics {
             "Time to answer one admission review",
             admission_duration.clone(),
         );
+        let webhook_connections_open = Gauge::default();
+        registry.register(
+            "webhook_connections_open",
+            "Connections the webhook serves now",
+            webhook_connections_open.clone(),
+        );
+        let webhook_connections_refused = Counter::default();
+        registry.register(
+            "webhook_connections_refused",
+            "Connections closed at accept because the webhook's connection cap was reached",
+            webhook_connections_refused.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -69,6 +86,8 @@ impl Default for Metrics {
             reconcile_duration,
             admissions,
             admission_duration,
+            webhook_connections_open,
+            webhook_connections_refused,
             leader,
         }
     }
@@ -93,6 +112,20 @@ impl Metrics {
             .get_or_create(&vec![("outcome", outcome), ("reason", reason)])
             .inc();
         self.admission_duration.observe(took.as_secs_f64());
+    }
+
+    /// A webhook connection was accepted (`true`) or has ended.
+    pub fn webhook_connection(&self, opened: bool) {
+        if opened {
+            self.webhook_connections_open.inc();
+        } else {
+            self.webhook_connections_open.dec();
+        }
+    }
+
+    /// A webhook connection was closed at accept: the cap was reached.
+    pub fn webhook_connection_refused(&self) {
+        self.webhook_connections_refused.inc();
     }
 
     /// Sets the leader gauge.
@@ -123,6 +156,10 @@ mod tests {
         };
         m.reconciled(Some(&missing), Duration::from_millis(1));
         m.admitted("injected", "", Duration::from_micros(300));
+        m.webhook_connection(true);
+        m.webhook_connection(true);
+        m.webhook_connection(false);
+        m.webhook_connection_refused();
         m.set_leader(true);
         let text = m.render();
         for name in [
@@ -131,6 +168,8 @@ mod tests {
             "goaway_operator_reconcile_duration_seconds_count 2",
             "goaway_operator_admissions_total{outcome=\"injected\",reason=\"\"} 1",
             "goaway_operator_admission_duration_seconds_count 1",
+            "goaway_operator_webhook_connections_open 1",
+            "goaway_operator_webhook_connections_refused_total 1",
             "goaway_operator_leader 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

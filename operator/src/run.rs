@@ -34,6 +34,7 @@ pub async fn run(args: RunArgs, shutdown: drain::Watch) -> Result<()> {
     let agent = args.agent.agent_config()?;
     let defaults = args.defaults.policy_defaults()?;
     let lease_timing = args.lease_timing()?;
+    let webhook_timeout = args.webhook_timeout()?;
     // Bind next: a taken port is a startup error, not a half-running operator.
     let webhook_listener = admin::bind(args.webhook_addr).await?;
     let admin_listener = admin::bind(args.admin_addr).await?;
@@ -105,12 +106,17 @@ pub async fn run(args: RunArgs, shutdown: drain::Watch) -> Result<()> {
         Webhook::new(policies, agent, metrics.clone())
             .with_namespaces(namespaces)
             .with_policy_defaults(defaults.clone())
+            .with_timeout(webhook_timeout)
             .with_recorder(Recorder::new(client.clone(), reporter)),
     );
     let webhook_task = tokio::spawn(webhook::server::serve(
         webhook_listener,
         webhook.router(),
-        certs,
+        webhook::server::Context {
+            certs,
+            metrics: metrics.clone(),
+        },
+        args.webhook_server(),
         shutdown.clone(),
     ));
     let admin_task = tokio::spawn(admin::serve(

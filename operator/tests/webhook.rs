@@ -5,13 +5,15 @@
 //! also reviewed a second time on its own output: nothing changes.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::StreamExt;
 use goaway_operator::inject::AgentConfig;
 use goaway_operator::manifests::load_policies;
 use goaway_operator::metrics::Metrics;
-use goaway_operator::webhook::Webhook;
+use goaway_operator::webhook::{DEFAULT_TIMEOUT, MAX_REVIEW_BYTES, Webhook};
 use goaway_operator::{KeepalivePolicy, PolicyDefaults};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -36,29 +38,42 @@ fn webhook() -> (Arc<Webhook>, Arc<Metrics>) {
 
 /// The webhook of an operator run with policy defaults.
 fn webhook_with(defaults: PolicyDefaults) -> (Arc<Webhook>, Arc<Metrics>) {
-    let (store, mut writer) = reflector::store();
-    for p in policies() {
-        writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
-    }
-    let metrics = Arc::new(Metrics::default());
-    let w = Webhook::new(store, AgentConfig::default(), metrics.clone())
+    let (w, metrics) = unbuilt_webhook();
+    let w = w
         .with_policy_defaults(defaults)
         .with_token_source(|| "fixture-token".into());
     (Arc::new(w), metrics)
 }
 
-/// Posts a review; returns (allowed, uid, patched object or None when unpatched).
-async fn review(webhook: &Arc<Webhook>, body: &Value) -> (bool, String, Option<Value>) {
+/// The webhook with the fixtures' policies, to configure further.
+fn unbuilt_webhook() -> (Webhook, Arc<Metrics>) {
+    let (store, mut writer) = reflector::store();
+    for p in policies() {
+        writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let w = Webhook::new(store, AgentConfig::default(), metrics.clone());
+    (w, metrics)
+}
+
+/// Posts a review; returns the AdmissionReview answered.
+async fn answer(webhook: Arc<Webhook>, body: &Value) -> Value {
     let req = Request::post("/mutate")
         .header("content-type", "application/json")
         .body(Body::from(serde_json::to_vec(body).unwrap()))
         .unwrap();
-    let resp = webhook.clone().router().oneshot(req).await.unwrap();
+    let resp = webhook.router().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let answer: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(answer["kind"], "AdmissionReview");
+    answer
+}
+
+/// Posts a review; returns (allowed, uid, patched object or None when unpatched).
+async fn review(webhook: &Arc<Webhook>, body: &Value) -> (bool, String, Option<Value>) {
+    let answer = answer(webhook.clone(), body).await;
     let response = &answer["response"];
     let patched = response.get("patch").map(|p| {
         assert_eq!(response["patchType"], "JSONPatch");
@@ -357,6 +372,127 @@ async fn broken_input_is_admitted_or_refused_never_patched() {
     let text = metrics.render();
     assert!(
         text.contains("outcome=\"error\",reason=\"unreadable_pod\""),
+        "{text}"
+    );
+}
+
+/// A review whose CPU work outlasts its budget (here: a drain token
+/// source that blocks until the test lets it go) is answered at the
+/// budget, on the handler's own: allowed, unpatched, with a warning. The
+/// worker's late answer is dropped without being counted or logged as an
+/// injection.
+#[test]
+fn a_review_over_its_budget_is_admitted_unpatched_with_a_warning_and_counted_once() {
+    // Declared first, dropped last: a failing assertion drops `release`
+    // first, which lets the worker go, so the runtime's drop (which waits
+    // for blocking tasks) does not hang.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let (webhook, metrics) = unbuilt_webhook();
+    let webhook = Arc::new(
+        webhook
+            .with_timeout(Duration::from_secs(4))
+            .with_token_source(move || {
+                let _ = entered_tx.send(());
+                // Bounded, so a handler that waits for the worker fails
+                // the assertions below instead of hanging.
+                let _ = released
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+                "fixture-token".into()
+            }),
+    );
+    let input = load("named_port");
+    let (answer, waited) = runtime.block_on(async {
+        let started = tokio::time::Instant::now();
+        let (webhook, body) = (webhook.clone(), input.clone());
+        let request = tokio::spawn(async move { answer(webhook, &body).await });
+        entered.recv().await.expect("the worker started");
+        // A blocking task holds the paused clock still; move it by hand.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let answer = request.await.unwrap();
+        (answer, started.elapsed())
+    });
+    release.send(()).unwrap();
+    drop(runtime);
+
+    assert_eq!(waited, Duration::from_secs(2), "half the 4s timeout");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], input["request"]["uid"]);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    assert_eq!(
+        response["warnings"],
+        json!(["goaway: not injected: the webhook did not finish its review within 2s"])
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            "goaway_operator_admissions_total{outcome=\"error\",reason=\"budget_exceeded\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("outcome=\"injected\""),
+        "the late answer was counted:\n{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_still_arriving_at_the_timeout_is_refused() {
+    let (webhook, metrics) = webhook();
+    let trickle = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"apiVersion\": "))
+    })
+    .chain(futures_util::stream::pending());
+    let req = Request::post("/mutate")
+        .body(Body::from_stream(trickle))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let resp = webhook.router().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(resp.headers()["connection"], "close");
+    assert_eq!(started.elapsed(), DEFAULT_TIMEOUT);
+    let text = metrics.render();
+    assert!(
+        text.contains("outcome=\"error\",reason=\"request_timeout\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_announced_or_not() {
+    let (webhook, metrics) = webhook();
+    let big = vec![b' '; MAX_REVIEW_BYTES + 1];
+    let announced = Request::post("/mutate")
+        .header("content-length", big.len())
+        .body(Body::from(big.clone()))
+        .unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    let chunked = Request::post("/mutate")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    for req in [announced, chunked] {
+        let resp = webhook.clone().router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // At the limit exactly, a body is read (and found not to be a review).
+    let at_limit = Request::post("/mutate")
+        .body(Body::from(vec![b' '; MAX_REVIEW_BYTES]))
+        .unwrap();
+    let resp = webhook.clone().router().oneshot(at_limit).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let text = metrics.render();
+    assert!(
+        text.contains("outcome=\"error\",reason=\"request_too_large\"} 2"),
         "{text}"
     );
 }

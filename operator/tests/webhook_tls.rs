@@ -83,7 +83,11 @@ async fn api_server_trusting_the_ca_bundle_gets_answers_over_tls() {
     let task = tokio::spawn(server::serve(
         listener,
         webhook.router(),
-        certs.clone(),
+        server::Context {
+            certs: certs.clone(),
+            metrics: Arc::new(Metrics::default()),
+        },
+        server::Config::default(),
         watch,
     ));
 
@@ -143,7 +147,11 @@ async fn a_webhook_host_is_in_the_certificate_for_url_clients() {
     let task = tokio::spawn(server::serve(
         listener,
         webhook.router(),
-        certs.clone(),
+        server::Context {
+            certs: certs.clone(),
+            metrics: Arc::new(Metrics::default()),
+        },
+        server::Config::default(),
         watch,
     ));
     certs

@@ -238,3 +238,29 @@ fn lease_timing_defaults_to_client_go_and_is_checked_at_start_up() {
         assert!(err.starts_with(message), "{flags:?}: {err}");
     }
 }
+
+#[test]
+fn webhook_timeout_is_the_api_servers_and_is_checked_at_start_up() {
+    assert_eq!(
+        run_args(&[]).webhook_timeout().unwrap(),
+        crate::webhook::DEFAULT_TIMEOUT
+    );
+    assert_eq!(
+        run_args(&["--webhook-timeout=30s"])
+            .webhook_timeout()
+            .unwrap(),
+        Duration::from_secs(30)
+    );
+    for flag in ["--webhook-timeout=500ms", "--webhook-timeout=31s"] {
+        let err = run_args(&[flag]).webhook_timeout().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--webhook-timeout: must be between 1s and 30s"),
+            "{flag}: {err}"
+        );
+    }
+    assert_eq!(
+        run_args(&[]).webhook_server().max_connections,
+        crate::webhook::server::DEFAULT_MAX_CONNECTIONS
+    );
+    assert!(parse(&["run", "--webhook-max-connections=0"]).is_err());
+}

@@ -7,19 +7,33 @@
 //! bug that panics) admits the pod unchanged and is logged and counted,
 //! and the chart registers it with `failurePolicy: Ignore` for when the
 //! operator is down. Served over TLS by [`server`].
+//!
+//! With `failurePolicy: Ignore` a stalled webhook admits pods all over the
+//! cluster without the agent, so no request may stall it or the others. A
+//! body is read for at most the API server's timeout and up to
+//! [`MAX_REVIEW_BYTES`]. The review's CPU work (decoding, the mutation,
+//! serialising) runs on a blocking thread, off the async workers, within
+//! half the API server's timeout ([`Webhook::with_timeout`]); past that
+//! budget the handler answers on its own — the pod allowed unpatched, with
+//! an AdmissionReview warning, a Warning log,
+//! `goaway_operator_admissions_total{outcome="error",reason="budget_exceeded"}`
+//! and, when a policy selects the pod, a Warning Event `InjectionFailed` —
+//! and the late answer is dropped. Connection limits are the server's.
 
 mod review;
 pub mod server;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
@@ -29,9 +43,18 @@ use tracing::warn;
 use crate::inject::{self, AgentConfig};
 use crate::metrics::Metrics;
 use crate::{KeepalivePolicy, PolicyDefaults};
+use review::{Pending, ReviewError};
 
 /// The path the chart's MutatingWebhookConfiguration calls.
 pub const MUTATE_PATH: &str = "/mutate";
+/// How long the API server waits for an answer unless told otherwise
+/// ([`Webhook::with_timeout`]): the chart's `webhook.timeoutSeconds`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest review body read; a larger one is refused (413), and the
+/// API server admits the pod unchanged. etcd stores objects of at most
+/// 1.5 MiB (as protobuf, which JSON rarely doubles), so no pod that could
+/// be stored comes near it.
+pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 
 /// The webhook's state: the policies (a reflector store kept current on
 /// every replica), the operator's policy defaults, the agent settings and
@@ -43,7 +66,9 @@ pub struct Webhook {
     agent: AgentConfig,
     metrics: Arc<Metrics>,
     recorder: Option<Recorder>,
-    token: fn() -> String,
+    token: Arc<dyn Fn() -> String + Send + Sync>,
+    request_timeout: Duration,
+    budget: Duration,
 }
 
 impl Webhook {
@@ -61,8 +86,22 @@ impl Webhook {
             agent,
             metrics,
             recorder: None,
-            token: inject::new_drain_token,
+            token: Arc::new(inject::new_drain_token),
+            request_timeout: DEFAULT_TIMEOUT,
+            budget: DEFAULT_TIMEOUT / 2,
         }
+    }
+
+    /// Fits the webhook's time limits to `timeout`, how long the API
+    /// server waits for it (the MutatingWebhookConfiguration's
+    /// `timeoutSeconds`): a request's body is read for at most that long,
+    /// and a review's CPU work gets half of it, leaving the rest for the
+    /// connection, the transfer and a slow start. A review past its budget
+    /// is answered without it (see the module's doc).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self.budget = timeout / 2;
+        self
     }
 
     /// Merges the operator's `defaults` into every policy (grace period,
@@ -88,8 +127,8 @@ impl Webhook {
     }
 
     /// Replaces the random drain token source (tests need fixed tokens).
-    pub fn with_token_source(mut self, token: fn() -> String) -> Self {
-        self.token = token;
+    pub fn with_token_source(mut self, token: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.token = Arc::new(token);
         self
     }
 
@@ -101,22 +140,77 @@ impl Webhook {
     }
 }
 
-async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> Response {
+async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Response {
+    let body = match webhook.read_body(request).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let started = Instant::now();
-    match webhook.review(&body) {
-        Ok(answer) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            answer,
-        )
-            .into_response(),
-        Err(error) => {
-            // No uid to answer with: the API server treats this as a
-            // webhook failure and, with failurePolicy Ignore, admits.
-            warn!(%error, "unreadable admission review");
-            webhook
-                .metrics
-                .admitted("error", "unreadable", started.elapsed());
+    let pending = Arc::new(Pending::default());
+    let mut worker = {
+        let (webhook, pending) = (webhook.clone(), pending.clone());
+        tokio::task::spawn_blocking(move || webhook.review(&body, &pending))
+    };
+    let joined = match tokio::time::timeout(webhook.budget, &mut worker).await {
+        Ok(joined) => joined,
+        Err(_) => match webhook.over_budget(&pending, started) {
+            Some(answer) => return respond(answer),
+            // The worker settled first: its answer is on its way.
+            None => worker.await,
+        },
+    };
+    match joined {
+        Ok(Some(answer)) => respond(answer),
+        // A worker returns None only once the handler has answered, and
+        // it panics only outside the injection's own catch_unwind.
+        _ => {
+            webhook.worker_failed(&pending, started);
+            (StatusCode::INTERNAL_SERVER_ERROR, "admission review failed").into_response()
+        }
+    }
+}
+
+impl Webhook {
+    /// Reads a review's body: at most [`MAX_REVIEW_BYTES`], for at most the
+    /// request timeout. Refused otherwise, counted, and the connection
+    /// closed.
+    async fn read_body(&self, request: Request) -> Result<Bytes, Response> {
+        let started = Instant::now();
+        let refuse = |status: StatusCode, reason: &'static str| {
+            warn!(reason, "admission review refused");
+            self.metrics.admitted("error", reason, started.elapsed());
+            (status, [(CONNECTION, "close")], reason).into_response()
+        };
+        let announced = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_REVIEW_BYTES as u64) {
+            return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"));
+        }
+        let body = Limited::new(request.into_body(), MAX_REVIEW_BYTES).collect();
+        match tokio::time::timeout(self.request_timeout, body).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"))
+            }
+            Ok(Err(_)) => Err(refuse(StatusCode::BAD_REQUEST, "unreadable")),
+            Err(_) => Err(refuse(StatusCode::REQUEST_TIMEOUT, "request_timeout")),
+        }
+    }
+}
+
+/// The HTTP answer: the AdmissionReview, or, without a uid to answer
+/// with, an error status the API server treats as a failed call (and,
+/// with failurePolicy Ignore, admits).
+fn respond(answer: Result<Vec<u8>, ReviewError>) -> Response {
+    match answer {
+        Ok(review) => ([(CONTENT_TYPE, "application/json")], review).into_response(),
+        Err(error @ ReviewError::Unreadable(_)) => {
             (StatusCode::BAD_REQUEST, error.to_string()).into_response()
+        }
+        Err(error @ ReviewError::NotDecodedInBudget(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response()
         }
     }
 }

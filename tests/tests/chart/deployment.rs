@@ -247,6 +247,11 @@ agent:
     assert_eq!(r.webhook().timeout_seconds, Some(3));
 
     let (args, log_format) = r.operator_args();
+    // The operator fits its time budget to the API server's wait.
+    assert_eq!(
+        args.webhook_timeout().unwrap(),
+        std::time::Duration::from_secs(3)
+    );
     assert_eq!(log_format, LogFormat::Text);
     assert_eq!(args.watch_namespace.as_deref(), Some("shop"));
     assert_eq!(

@@ -133,6 +133,18 @@ fn flag_values() -> Vec<FlagValue> {
             "127.0.0.1",
         ),
         v(
+            "webhook.timeoutSeconds",
+            json!(12),
+            "GOAWAY_WEBHOOK_TIMEOUT",
+            "12s",
+        ),
+        v(
+            "webhook.maxConnections",
+            json!(1000),
+            "GOAWAY_WEBHOOK_MAX_CONNECTIONS",
+            "1000",
+        ),
+        v(
             "admin.port",
             json!(8081),
             "GOAWAY_ADMIN_ADDR",
@@ -258,7 +270,6 @@ const PLUMBING: &[&str] = &[
     "affinity",
     "topologySpreadConstraints",
     "priorityClassName",
-    "webhook.timeoutSeconds",
     "webhook.excludeNamespaces",
     "webhook.tls.certManager",
 ];
@@ -456,6 +467,7 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         ("watchNamespace: Not_A_Namespace", "/watchNamespace"),
         ("webhook: {tls: {mode: selfSigned}}", "/webhook/tls/mode"),
         ("webhook: {timeoutSeconds: 31}", "/webhook/timeoutSeconds"),
+        ("webhook: {maxConnections: 0}", "/webhook/maxConnections"),
         ("webhook: {port: 70000}", "/webhook/port"),
         // The API server calls webhooks over HTTPS only.
         (
