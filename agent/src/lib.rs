@@ -182,3 +182,20 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// How long a request may wait for an upstream connection by default.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reconnect backoff to the app: gRPC's shape (×1.6, ±20%) but from
+/// 100ms and at most 1s apart, not 1s to 120s. The app is in the same pod:
+/// a refused connect costs nothing, and an app restarting takes a few
+/// seconds; with gRPC's schedule the agent would try again at 1s, 2.6s,
+/// 5.2s, so requests held through a 3s restart waited past their 5s
+/// `--upstream-connect-timeout` while the app was already back (seen with
+/// a grpc-java app under load). Linkerd's proxy uses 100ms–500ms for its
+/// inbound connections to the app for the same reason.
+pub const UPSTREAM_BACKOFF: goaway_transport::client::BackoffConfig =
+    goaway_transport::client::BackoffConfig {
+        initial: Duration::from_millis(100),
+        multiplier: 1.6,
+        jitter: 0.2,
+        max: Duration::from_secs(1),
+        min_connect_timeout: Duration::from_secs(20),
+    };

@@ -15,7 +15,7 @@ use crate::drain::Drain;
 use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
 use crate::{
-    Agent, CONNECTION_WINDOW, Config, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW,
+    Agent, CONNECTION_WINDOW, Config, STREAM_WINDOW, UPSTREAM_BACKOFF, UPSTREAM_CONNECTION_WINDOW,
     UPSTREAM_DATA_FRAME_BUDGET, UPSTREAM_MAX_HEADER_LIST_SIZE, admin, connections, metrics, proxy,
     workers,
 };
@@ -108,8 +108,8 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
                         params: client_params,
                         counters: counters.clone(),
                         h2: client_h2,
+                        backoff: UPSTREAM_BACKOFF,
                         max_connections,
-                        ..ChannelConfig::default()
                     },
                 );
                 channel.connect();

@@ -140,7 +140,9 @@ fn the_app_sees_the_client_address_after_what_the_client_claimed() -> Result<()>
     assert_eq!(md["x-forwarded-for-seen"], "6.6.6.6, 127.0.0.1", "{r}");
     assert!(md["x-peer"].as_str().unwrap().contains("127.0.0.1"), "{r}");
 
-    let off = common::agent(port).args(["--forwarded-for", "off"]).start()?;
+    let off = common::agent(port)
+        .args(["--forwarded-for", "off"])
+        .start()?;
     let r = grpc_client(&off.target(), &report)?;
     assert_eq!(
         r["initial_metadata"]["x-forwarded-for-seen"], "6.6.6.6",

@@ -75,6 +75,7 @@ async fn proxy_with(forwarded_for: ForwardedFor) -> Proxy {
         ChannelConfig {
             counters: counters.clone(),
             h2: client_h2,
+            backoff: crate::UPSTREAM_BACKOFF,
             ..ChannelConfig::default()
         },
     );
@@ -660,6 +661,43 @@ async fn an_unreachable_app_gets_unavailable_within_the_connect_timeout() {
         let response = response.await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().get("grpc-status").is_none());
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_back_from_a_long_restart_is_reached_within_a_second() {
+    bounded(async {
+        let mut p = proxy().await;
+        // The app is restarting: its port refuses connections while calls
+        // keep coming (and fail) until the agent has tried five times.
+        p.connector.refuse.store(true, Ordering::SeqCst);
+        let failures = || p.counters.upstream_connect_failures.load(Ordering::Relaxed);
+        while failures() < 5 {
+            let (response, _send) = p
+                .client
+                .send_request(grpc_request("/pkg.Svc/M"), true)
+                .unwrap();
+            agent_unavailable(&response.await.unwrap());
+        }
+        // Back now. gRPC's own backoff would wait over 5s before the next
+        // attempt (1s, 1.6s, 2.56s, 4.1s, then 6.55s ±20%), longer than
+        // the call may wait; the agent tries again within a second.
+        p.connector.refuse.store(false, Ordering::SeqCst);
+        let (response, _send) = p
+            .client
+            .send_request(grpc_request("/pkg.Svc/M"), true)
+            .unwrap();
+        let mut calls = h2_app(&mut p).await;
+        let (_request, mut respond) = calls.recv().await.unwrap();
+        let head = Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "0")
+            .body(())
+            .unwrap();
+        respond.send_response(head, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(trailers_only_status(&response).0, "0");
     })
     .await;
 }
