@@ -133,6 +133,20 @@ pub struct RunArgs {
     /// The operator turns this on for the agents it injects.
     #[arg(long, env = "GOAWAY_READINESS_CHECKS_UPSTREAM")]
     pub readiness_checks_upstream: bool,
+    /// Who may use `/drain`, `PUT /log-level` and `/connections` besides
+    /// the pod itself (loopback): a comma-separated list of addresses,
+    /// CIDRs, `gateway` (the pod's default gateways: where the node's
+    /// kubelet connects from on bridged pod networks) or `any`. The
+    /// operator injects `gateway,$(GOAWAY_HOST_IP)`.
+    #[arg(long, env = "GOAWAY_ADMIN_ALLOW", default_value = "gateway")]
+    pub admin_allow: String,
+    /// How long after a drain has finished the agent waits for SIGTERM
+    /// (which a pod's termination sends once the app has exited) before it
+    /// opens its listener again and reports ready: a drain that no stop
+    /// follows ends on its own. The operator sets it to the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "GOAWAY_DRAIN_EXPIRY", default_value = "60s")]
+    pub drain_expiry: GoDuration,
     /// Whether requests reach the application with the client's address
     /// appended to `x-forwarded-for` (after any entries the client sent:
     /// the last one is the agent's), or as they came.

@@ -28,12 +28,11 @@ pub mod run;
 pub mod workers;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Release};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use goaway_transport::Counters;
 use goaway_transport::server::ServerConfig;
-use tokio::time::Instant;
 
 pub use self::drain::DrainSummary;
 
@@ -54,6 +53,12 @@ pub struct Config {
     pub readiness_upstream: Option<String>,
     /// `--forwarded-for`.
     pub forwarded_for: proxy::forwarded::ForwardedFor,
+    /// `--drain-expiry`: how long after a drain has finished the agent
+    /// waits for SIGTERM before it serves again.
+    pub drain_expiry: Duration,
+    /// `--admin-allow`: who may drain, change the log level or list
+    /// connections, besides loopback.
+    pub admin_access: admin::access::AdminAccess,
 }
 
 /// A running agent: its [`Config`], and the runtime handles its tasks
@@ -74,8 +79,8 @@ pub struct Agent {
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// The drain's state; connections take part through the watch the
-    /// accept loop was given with it ([`drain::Drain::new`]).
-    pub drain: drain::Drain,
+    /// accept loop was given with it ([`drain::DrainState::new`]).
+    pub drain: drain::DrainState,
     /// True while serving; false from the moment a drain starts.
     pub ready: Arc<AtomicBool>,
 }
@@ -90,64 +95,6 @@ impl Agent {
             h2: self.config.server_h2.clone(),
             handshake_timeout: self.config.handshake_timeout,
         }
-    }
-
-    /// Starts the drain, or joins the one running, and returns its summary
-    /// once it has finished. It runs once per process, in its own task
-    /// (a caller that goes away does not stop it).
-    pub async fn drain(self: &Arc<Self>) -> DrainSummary {
-        if let Some(signal) = self.drain.start() {
-            let agent = self.clone();
-            tokio::spawn(async move {
-                let summary = agent.run_drain(signal).await;
-                agent.drain.finish(summary);
-            });
-        }
-        self.drain.finished().await
-    }
-
-    /// The drain sequence (SPEC §4): readiness fails at once →
-    /// `drain.delay` → the listener closes (new connections are refused)
-    /// and every connection is sent GOAWAY → wait until all are closed or
-    /// `drain.timeout`, when the transport hard-closes the rest (see
-    /// [`drain::Drain::goaway_all`]) → the upstream pools stop and the
-    /// spliced connections are closed.
-    async fn run_drain(&self, signal: ::drain::Signal) -> DrainSummary {
-        let start = Instant::now();
-        self.ready.store(false, Release);
-        let params = self.policy.current().drain_params();
-        tracing::info!(delay = ?params.delay, timeout = ?params.timeout, "drain started; readiness failing");
-        tokio::time::sleep(params.delay).await;
-
-        let summary = self
-            .drain
-            .goaway_all(
-                signal,
-                start,
-                params.timeout,
-                &self.counters,
-                &self.connections,
-            )
-            .await;
-        self.metrics.drain_duration.set(summary.duration_seconds);
-        // Nothing will reach the application through this agent any more:
-        // stop keeping connections to it (the app is about to get SIGTERM,
-        // and reconnecting to it would only log failures).
-        for w in &self.workers {
-            w.upstream.channel.shutdown();
-        }
-        // Spliced connections get no GOAWAY; they end with the drain.
-        // Logged even when none is left, so the drain's end is visible.
-        let spliced = self.passthrough.close_all();
-        tracing::info!(connections = spliced, "closing passthrough connections");
-        tracing::info!(
-            connections_drained = summary.connections_drained,
-            streams_completed = summary.streams_completed,
-            connections_hard_closed = summary.connections_hard_closed,
-            duration_seconds = summary.duration_seconds,
-            "drain finished"
-        );
-        summary
     }
 }
 

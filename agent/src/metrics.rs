@@ -37,6 +37,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections spliced to the app unmanaged, by protocol.
     pub passthrough_connections: Family<ProtocolLabels, Counter>,
+    /// Drains that no SIGTERM followed within `--drain-expiry`.
+    pub drains_expired: Counter,
 }
 
 /// Labels of `goaway_passthrough_connections_total`.
@@ -89,6 +91,12 @@ impl Metrics {
         for protocol in ["tls", "http1"] {
             let _ = passthrough_connections.get_or_create(&ProtocolLabels { protocol });
         }
+        let drains_expired = Counter::default();
+        registry.register(
+            "goaway_drains_expired",
+            "Drains that no SIGTERM followed within --drain-expiry, after which the agent served again",
+            drains_expired.clone(),
+        );
         registry.register_collector(Box::new(TransportCollector {
             counters,
             upstreams,
@@ -101,6 +109,7 @@ impl Metrics {
             policy_reloads,
             connections_refused,
             passthrough_connections,
+            drains_expired,
         }
     }
 

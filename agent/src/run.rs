@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::RunArgs;
-use crate::drain::Drain;
+use crate::drain::{self, DrainState};
 use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
 use crate::{
@@ -64,6 +64,14 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         .to_std()
         .filter(|d| !d.is_zero())
         .context("--handshake-timeout: must be greater than zero")?;
+    let drain_expiry = args
+        .drain_expiry
+        .to_std()
+        .filter(|d| !d.is_zero())
+        .context("--drain-expiry: must be greater than zero")?;
+    let gateways = admin::access::default_gateways();
+    let admin_access = admin::access::AdminAccess::parse(&args.admin_allow, &gateways)
+        .map_err(|e| anyhow::anyhow!("--admin-allow: {e}"))?;
     let drain_token = match (&args.drain_token, &args.drain_token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => Some(
@@ -143,8 +151,10 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
             .readiness_checks_upstream
             .then(|| args.upstream.clone()),
         forwarded_for: args.forwarded_for,
+        drain_expiry,
+        admin_access,
     };
-    let (drain, accepting) = Drain::new();
+    let (drain, accepting) = DrainState::new();
     let agent = Arc::new(Agent {
         config,
         metrics: metrics::Metrics::new(counters.clone(), channels, ready.clone()),
@@ -167,14 +177,14 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     let listen = listener.local_addr()?;
     let admin = admin_listener.local_addr()?;
     tokio::spawn(proxy::accept_loop(listener, agent.clone(), accepting));
-    let router = admin::router(agent.clone());
+    let served = agent.clone();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, router).await {
+        if let Err(e) = admin::serve(admin_listener, served).await {
             tracing::error!(error = %e, "admin server failed");
         }
     });
     agent.ready.store(true, Release);
-    tracing::info!(%listen, %admin, upstream = %args.upstream, workers = agent.workers.len(), "serving");
+    tracing::info!(%listen, %admin, upstream = %args.upstream, workers = agent.workers.len(), admin_access = ?agent.config.admin_access, "serving");
     Ok(Running {
         agent,
         listen,
@@ -211,11 +221,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let running = start(&args).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let agent = running.agent;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+        e = drain::expire(&agent, running.listen) => {
+            return Err(e).context("opening the listener again after the drain expired");
+        }
     }
-    let agent = running.agent;
     if agent.drain.summary().is_some() {
         tracing::info!("drained earlier; exiting");
         return Ok(());

@@ -368,6 +368,46 @@ fn after_a_drain_the_agent_stays_up_until_sigterm_then_exits_zero_at_once() -> R
     Ok(())
 }
 
+/// A drain that no SIGTERM follows is not an off switch: `--drain-expiry`
+/// after it finished the agent serves again — listener open, ready,
+/// calls answered, counted and logged — and a later drain and SIGTERM
+/// work as before.
+#[test]
+fn a_drain_that_no_sigterm_follows_expires_and_the_agent_serves_again() -> Result<()> {
+    let (_server, port) = grpc_server(&[])?;
+    let mut agent = agent(port).args(["--drain-expiry", "2s"]).start()?;
+    let summary = agent.drain(&[])?;
+    assert_eq!(summary["connections_hard_closed"], 0, "{summary}");
+    let drained = Instant::now();
+    assert!(refused(agent.listen), "the listener closed");
+    assert_eq!(agent.readyz()?, 503);
+    wait_for(Duration::from_secs(20), "readiness to return", || {
+        Ok(agent.readyz()? == 200)
+    })?;
+    let took = drained.elapsed();
+    assert!(took >= Duration::from_millis(1900), "back after {took:?}");
+    let r = common::grpc_client(&agent.target(), &["call"])?;
+    assert_eq!(r["code"], "OK", "{r}");
+    let m = agent.metrics()?;
+    assert_eq!(m.value("goaway_drains_expired_total")?, 1.0);
+    assert!(
+        agent
+            .log()
+            .contains("drain expired: no SIGTERM followed it"),
+        "{}",
+        agent.log()
+    );
+    // A drain after that drains again (the listener closes) …
+    let summary = agent.drain(&[])?;
+    assert_eq!(summary["connections_hard_closed"], 0, "{summary}");
+    assert!(refused(agent.listen));
+    // … and SIGTERM then exits at once, as after any drain.
+    agent.proc.signal("TERM")?;
+    let status = agent.proc.wait(Duration::from_secs(5))?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
 #[test]
 fn rolling_drain_across_two_agents_under_round_robin_load_fails_no_call() -> Result<()> {
     let (_app1, app1) = grpc_server(&[])?;

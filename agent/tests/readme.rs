@@ -76,6 +76,10 @@ fn every_goaway_variable_the_readme_names_is_read_by_something() {
     let elsewhere = [
         ("GOAWAY_LOG", "agent/src/logging.rs"),
         ("GOAWAY_DRAIN_URL", "operator/src/inject/mod.rs"),
+        // The downward API's pod and node IPs, set by the operator and
+        // expanded into the agent's flags by the kubelet.
+        ("GOAWAY_POD_IP", "operator/src/inject/sidecar.rs"),
+        ("GOAWAY_HOST_IP", "operator/src/inject/sidecar.rs"),
         ("GOAWAY_KUBE_CACHE", "scripts/kube-local"),
         ("GOAWAY_KUBE_STATE", "scripts/kube-local"),
         ("GOAWAY_KUBE_APISERVER_PORT", "scripts/kube-local"),

@@ -90,7 +90,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `router` on `listener` until `shutdown` is signalled, then lets
 /// open requests finish; `shutdown` is held until they have.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: drain::Watch) -> Result<()> {
+pub async fn serve(listener: TcpListener, router: Router, shutdown: drain_rs::Watch) -> Result<()> {
     let signalled = shutdown.clone().signaled().map(drop);
     let served = axum::serve(listener, router).with_graceful_shutdown(signalled);
     let result = shutdown

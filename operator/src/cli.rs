@@ -129,6 +129,18 @@ pub struct AgentArgs {
         value_parser = agent_log_level
     )]
     pub agent_log_level: String,
+    /// Who besides the pod itself may drain an injected agent, change its
+    /// log level or list its connections (the agent's `--admin-allow`):
+    /// a comma-separated list of `gateway` (the pod's default gateway: the
+    /// node, on bridged pod networks), `$(GOAWAY_HOST_IP)` (the node's IP,
+    /// on routed ones), addresses and CIDRs, or `any`.
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_ADMIN_ALLOW",
+        default_value = crate::inject::DEFAULT_ADMIN_ALLOW,
+        value_parser = admin_allow
+    )]
+    pub agent_admin_allow: String,
     /// Whether injected agents append the client's address to
     /// `x-forwarded-for` (`append`) or forward requests as they came
     /// (`off`). A pod's `goaway.dev/agent-forwarded-for` annotation wins.
@@ -200,6 +212,22 @@ fn agent_log_level(value: &str) -> Result<String, String> {
     log_filter(value)
 }
 
+/// An `--admin-allow` list as the agent reads it, with the node IP's
+/// variable left for the kubelet to expand.
+fn admin_allow(value: &str) -> Result<String, String> {
+    for item in value.split(',').map(str::trim) {
+        let known = matches!(item, "gateway" | "any" | "$(GOAWAY_HOST_IP)")
+            || item.parse::<ipnet::IpNet>().is_ok()
+            || item.parse::<std::net::IpAddr>().is_ok();
+        if !known {
+            return Err(format!(
+                "{item:?} is not `gateway`, `$(GOAWAY_HOST_IP)`, an address, a CIDR or `any`"
+            ));
+        }
+    }
+    Ok(value.to_string())
+}
+
 fn resource_quantity(value: &str) -> Result<String, String> {
     if !value.is_empty() {
         let q = quantity::parse(value).map_err(|e| e.to_string())?;
@@ -254,6 +282,7 @@ impl AgentArgs {
             max_concurrent_streams: self.agent_max_concurrent_streams,
             max_connections: self.agent_max_connections,
             forward_client_address: self.agent_forwarded_for == "append",
+            admin_allow: self.agent_admin_allow.clone(),
         })
     }
 }

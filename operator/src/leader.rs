@@ -145,7 +145,7 @@ pub struct Context {
 }
 
 /// Runs `work` for each term this replica holds the lease, until
-/// `shutdown` is signalled. `work` gets a [`drain::Watch`] on its term,
+/// `shutdown` is signalled. `work` gets a [`drain_rs::Watch`] on its term,
 /// signalled when the term ends (the lease is lost or could not be
 /// renewed in time, or `shutdown`); the term is over when its future has
 /// completed and every clone of that watch is dropped. `ctx.leader` and
@@ -157,11 +157,11 @@ pub struct Context {
 pub async fn run_as_leader<F, Fut>(
     ctx: Context,
     config: Config,
-    shutdown: drain::Watch,
+    shutdown: drain_rs::Watch,
     mut work: F,
 ) -> Result<()>
 where
-    F: FnMut(drain::Watch) -> Fut,
+    F: FnMut(drain_rs::Watch) -> Fut,
     Fut: Future<Output = ()>,
 {
     let Config { lease, timing } = config;
@@ -185,7 +185,7 @@ where
         info!(lease = %lease.name, identity = %lease.identity, "became leader");
         ctx.metrics.set_leader(true);
         ctx.leader.send_replace(true);
-        let (end_term, term) = drain::channel();
+        let (end_term, term) = drain_rs::channel();
         let mut term_work = pin!(work(term));
         let end = tokio::select! {
             () = &mut term_work => TermEnd::WorkReturned,

@@ -2,8 +2,8 @@
 //! how `main` learns that they have.
 //!
 //! One idiom, linkerd's drain-rs ([`drain`]), the one the agent uses for
-//! its connections' drain: `main` holds the [`drain::Signal`] (through
-//! [`run_until`]), and every long-running task holds a [`drain::Watch`]
+//! its connections' drain: `main` holds the [`drain_rs::Signal`] (through
+//! [`run_until`]), and every long-running task holds a [`drain_rs::Watch`]
 //! for as long as it runs. On SIGTERM or SIGINT ([`os_signal`]) the
 //! signal is drained: every watch sees it, the accept loops stop first,
 //! in-flight work (reviews, reconciliations, the leader's term and the
@@ -16,7 +16,7 @@
 //! (`watch.clone().signaled()`, or polled once with `now_or_never` for
 //! "already signalled?"), keeping the original, and with it the drain,
 //! until it has finished; or it wraps its work in
-//! [`drain::ReleaseShutdown::release_after`].
+//! [`drain_rs::ReleaseShutdown::release_after`].
 //!
 //! This module owns the OS signals the operator stops on and how long it
 //! waits for its tasks; what each task does when told to stop is that
@@ -38,7 +38,7 @@ use tracing::info;
 /// renew deadline (10 s by default).
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// Runs `task`, handed the [`drain::Watch`], until it returns on its own
+/// Runs `task`, handed the [`drain_rs::Watch`], until it returns on its own
 /// (then this returns at once, with its output) or `stop` completes. Then
 /// drains: signals every watch and waits for `task` to return and every
 /// watch to be dropped, at most `bound`. `None` when the bound passed
@@ -50,10 +50,10 @@ pub async fn run_until<F, Fut>(
     task: F,
 ) -> Option<Fut::Output>
 where
-    F: FnOnce(drain::Watch) -> Fut,
+    F: FnOnce(drain_rs::Watch) -> Fut,
     Fut: Future,
 {
-    let (signal, watch) = drain::channel();
+    let (signal, watch) = drain_rs::channel();
     let mut running = pin!(task(watch));
     tokio::select! {
         output = &mut running => return Some(output),
@@ -99,7 +99,7 @@ mod tests {
 
     /// A spawned task that holds a watch for `lasts` after the signal,
     /// then notes that it finished.
-    fn holder(watch: drain::Watch, lasts: Duration) -> Arc<AtomicBool> {
+    fn holder(watch: drain_rs::Watch, lasts: Duration) -> Arc<AtomicBool> {
         let finished = Arc::new(AtomicBool::new(false));
         let done = finished.clone();
         tokio::spawn(async move {

@@ -5,7 +5,7 @@
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics.
 //! The leader (or the only replica without leader election) runs the
-//! controller. Every task holds a clone of the [`drain::Watch`] it is
+//! controller. Every task holds a clone of the [`drain_rs::Watch`] it is
 //! given ([`crate::lifecycle`]). On shutdown the listeners close first,
 //! in-flight reviews and reconciliations finish, then the lease is
 //! released; `run` returns once every task has.
@@ -30,7 +30,7 @@ use crate::{KeepalivePolicy, MANAGER, Result, controller, leader};
 
 /// Runs the operator until `shutdown` is signalled. Flags the operator
 /// cannot run with are refused first, before anything is bound or read.
-pub async fn run(args: RunArgs, shutdown: drain::Watch) -> Result<()> {
+pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
     let agent = args.agent.agent_config()?;
     let defaults = args.defaults.policy_defaults()?;
     let lease_timing = args.lease_timing()?;
@@ -130,7 +130,7 @@ pub async fn run(args: RunArgs, shutdown: drain::Watch) -> Result<()> {
         defaults,
         instance: Some(identity),
     };
-    let lead = |term: drain::Watch| {
+    let lead = |term: drain_rs::Watch| {
         controller::run(
             client.clone(),
             metrics.clone(),

@@ -61,7 +61,7 @@ async fn controller_works_against_a_real_cluster() {
         ..DrainPolicy::default()
     })
     .expect("valid defaults");
-    let (stop, watch) = drain::channel();
+    let (stop, watch) = drain_rs::channel();
     let config = controller::Config {
         namespace: Some(ns.name.clone()),
         defaults,

@@ -40,7 +40,7 @@ fn ready(p: &Value) -> Option<(String, String)> {
 struct Running {
     api: FakeApi,
     client: kube::Client,
-    stop: drain::Signal,
+    stop: drain_rs::Signal,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,7 +61,7 @@ async fn start() -> Running {
 async fn start_with(defaults: PolicyDefaults) -> Running {
     let api = FakeApi::new();
     let client = api.client();
-    let (stop, watch) = drain::channel();
+    let (stop, watch) = drain_rs::channel();
     let config = controller::Config {
         namespace: None,
         defaults,

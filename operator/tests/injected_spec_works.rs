@@ -64,7 +64,7 @@ impl Drop for Agent {
 }
 
 /// Starts the sidecar as the kubelet would: its env (the downward API's
-/// `status.podIP` is 127.0.0.1 here), its args with `$(VAR)` expanded from
+/// `status.podIP` and `status.hostIP` are 127.0.0.1 here), its args with `$(VAR)` expanded from
 /// that env, and the volume mount's path mapped to `mount`.
 fn start_agent(sidecar: &Container, mount: &Path) -> Agent {
     let env: Vec<(String, String)> = sidecar
@@ -73,7 +73,12 @@ fn start_agent(sidecar: &Container, mount: &Path) -> Agent {
         .flatten()
         .map(|e| {
             let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
-                Some(field) if field.field_path == "status.podIP" => "127.0.0.1".to_string(),
+                // Pod and node are this machine.
+                Some(field)
+                    if ["status.podIP", "status.hostIP"].contains(&field.field_path.as_str()) =>
+                {
+                    "127.0.0.1".to_string()
+                }
                 Some(field) => panic!("no downward API value for {}", field.field_path),
                 None => e.value.clone().unwrap_or_default(),
             };

@@ -90,7 +90,7 @@ impl Terms {
 struct Replica {
     identity: &'static str,
     /// Until shutdown is signalled.
-    stop: Option<drain::Signal>,
+    stop: Option<drain_rs::Signal>,
     /// The drain, once signalled.
     drained: Option<JoinHandle<()>>,
     leader: watch::Receiver<bool>,
@@ -108,10 +108,10 @@ impl Replica {
     fn recorded(
         identity: &'static str,
         terms: &Terms,
-    ) -> impl FnMut(drain::Watch) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static
+    ) -> impl FnMut(drain_rs::Watch) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static
     {
         let terms = terms.clone();
-        move |term: drain::Watch| {
+        move |term: drain_rs::Watch| {
             let terms = terms.clone();
             Box::pin(async move {
                 let this = terms.begin(identity);
@@ -124,7 +124,7 @@ impl Replica {
 
     fn start_with<F, Fut>(api: &FakeApi, identity: &'static str, work: F) -> Self
     where
-        F: FnMut(drain::Watch) -> Fut + Send + 'static,
+        F: FnMut(drain_rs::Watch) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         Self::start_on(api.client(), identity, work)
@@ -133,10 +133,10 @@ impl Replica {
     /// A replica talking to the API server through `client`.
     fn start_on<F, Fut>(client: kube::Client, identity: &'static str, work: F) -> Self
     where
-        F: FnMut(drain::Watch) -> Fut + Send + 'static,
+        F: FnMut(drain_rs::Watch) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (stop, shutdown) = drain::channel();
+        let (stop, shutdown) = drain_rs::channel();
         let (leader_tx, leader) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let ctx = leader::Context {
@@ -472,7 +472,7 @@ async fn leader_whose_work_returns_steps_down_for_the_other_replica() {
     let api = FakeApi::new();
     let terms = Terms::default();
     let quitting = terms.clone();
-    let (quit, quit_watch) = drain::channel();
+    let (quit, quit_watch) = drain_rs::channel();
     let mut a = Replica::start_with(&api, "a", move |_term| {
         let (terms, quit) = (quitting.clone(), quit_watch.clone());
         async move {
@@ -632,7 +632,7 @@ async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
     let api = FakeApi::new();
     let terms = Terms::default();
     let slow = terms.clone();
-    let mut a = Replica::start_with(&api, "a", move |term: drain::Watch| {
+    let mut a = Replica::start_with(&api, "a", move |term: drain_rs::Watch| {
         let terms = slow.clone();
         async move {
             let this = terms.begin("a");

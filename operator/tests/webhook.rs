@@ -292,6 +292,13 @@ async fn drain_defaults_change_only_the_grace_period_of_policies_without_drain_s
     let mut want = expected("numeric_target_port");
     assert_eq!(want["spec"]["terminationGracePeriodSeconds"], 35);
     want["spec"]["terminationGracePeriodSeconds"] = json!(75);
+    // The agent waits as long for SIGTERM after a drain.
+    let args = want["spec"]["initContainers"][0]["args"]
+        .as_array_mut()
+        .unwrap();
+    let at = args.iter().position(|a| a == "--drain-expiry").unwrap();
+    assert_eq!(args[at + 1], "35s");
+    args[at + 1] = json!("75s");
     assert_eq!(patched, Some(want));
     // Policy `api` sets its own drain (5s + 40s): the golden pod as is.
     let (_, _, patched) = review(&webhook, &load("named_port")).await;

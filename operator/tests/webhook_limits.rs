@@ -38,7 +38,7 @@ struct Server {
     tls: TlsConnector,
     metrics: Arc<Metrics>,
     /// Dropping it stops the server.
-    _stop: drain::Signal,
+    _stop: drain_rs::Signal,
 }
 
 /// A client connection: its sender, and its driver, which ends when the
@@ -62,7 +62,7 @@ async fn start(config: server::Config) -> Server {
     let webhook = Arc::new(Webhook::new(store, AgentConfig::default(), metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, watch) = drain::channel();
+    let (stop, watch) = drain_rs::channel();
     let ctx = server::Context {
         certs,
         metrics: metrics.clone(),

@@ -79,7 +79,7 @@ async fn api_server_trusting_the_ca_bundle_gets_answers_over_tls() {
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, watch) = drain::channel();
+    let (stop, watch) = drain_rs::channel();
     let task = tokio::spawn(server::serve(
         listener,
         webhook.router(),
@@ -143,7 +143,7 @@ async fn a_webhook_host_is_in_the_certificate_for_url_clients() {
     let certs = Arc::new(CertStore::new(provider()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, watch) = drain::channel();
+    let (stop, watch) = drain_rs::channel();
     let task = tokio::spawn(server::serve(
         listener,
         webhook.router(),

@@ -24,11 +24,11 @@ use tracing::Instrument;
 
 use crate::{Agent, workers};
 
-/// Accepts connections until the drain signals `drain`, then drops the
-/// listener so new connections are refused, and `drain` with it. Every
+/// Accepts connections until the drain signals `watch`, then drops the
+/// listener so new connections are refused, and `watch` with it. Every
 /// connection accepted is handed a clone.
-pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, drain: ::drain::Watch) {
-    let mut draining = pin!(drain.clone().signaled());
+pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, watch: drain_rs::Watch) {
+    let mut draining = pin!(watch.clone().signaled());
     loop {
         tokio::select! {
             biased;
@@ -41,7 +41,7 @@ pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, drain: ::drai
                     agent.metrics.connection_refused();
                     tracing::warn!(%peer, limit = agent.config.max_connections, "connection limit reached; closing new connection");
                 }
-                Ok((tcp, peer)) => hand_off(tcp, peer, &agent, drain.clone()),
+                Ok((tcp, peer)) => hand_off(tcp, peer, &agent, watch.clone()),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -51,13 +51,13 @@ pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, drain: ::drai
         }
     }
     drop(listener);
-    drop(drain);
+    drop(watch);
     tracing::info!("listener closed; new connections are refused");
 }
 
 /// Moves an accepted connection to the least loaded worker thread, where
-/// it lives until closed, holding `drain` until then.
-fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>, drain: ::drain::Watch) {
+/// it lives until closed, holding `watch` until then.
+fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>, watch: drain_rs::Watch) {
     let worker = workers::least_loaded(&agent.workers).clone();
     let seat = worker.enter();
     // Re-registered with the worker's own reactor below.
@@ -74,7 +74,7 @@ fn hand_off(tcp: TcpStream, peer: SocketAddr, agent: &Arc<Agent>, drain: ::drain
     let fut = async move {
         let _seat = seat;
         match TcpStream::from_std(tcp) {
-            Ok(tcp) => serve_connection(tcp, peer, agent, worker.upstream.clone(), drain).await,
+            Ok(tcp) => serve_connection(tcp, peer, agent, worker.upstream.clone(), watch).await,
             Err(e) => tracing::warn!(error = %e, "could not register the connection"),
         }
     }
@@ -90,7 +90,7 @@ async fn serve_connection(
     peer: SocketAddr,
     agent: Arc<Agent>,
     upstream: Arc<Upstream>,
-    drain: ::drain::Watch,
+    watch: drain_rs::Watch,
 ) {
     // TLS and HTTP/1.x are passed through to the app untouched.
     let deadline = tokio::time::Instant::now() + agent.config.handshake_timeout;
@@ -100,7 +100,7 @@ async fn serve_connection(
         Some(other) => {
             // No GOAWAY for it: the drain need not wait for it, and
             // closes it when it has finished.
-            drop(drain);
+            drop(watch);
             passthrough::splice(tcp, peer, other, agent, upstream).await;
             return;
         }
@@ -111,7 +111,7 @@ async fn serve_connection(
     // would keep storage for it beside the second phase.)
     let Some(serving) = handshake(tcp, &agent, deadline)
         .await
-        .map(|conn| serve(conn, peer, agent.clone(), upstream, drain))
+        .map(|conn| serve(conn, peer, agent.clone(), upstream, watch))
     else {
         return;
     };
@@ -147,7 +147,7 @@ fn serve(
     peer: SocketAddr,
     agent: Arc<Agent>,
     upstream: Arc<Upstream>,
-    drain: ::drain::Watch,
+    watch: drain_rs::Watch,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let handle = conn.handle();
@@ -155,7 +155,7 @@ fn serve(
         tracing::debug!("connection accepted");
         // The streams run inside this task (see the transport's
         // `serve_streams`). The drain's GOAWAY reaches the connection
-        // through a clone of `drain`; `drain` itself is held, and the
+        // through a clone of `watch`; `watch` itself is held, and the
         // drain waits, until the connection is gone.
         let client = (agent.config.forwarded_for == forwarded::ForwardedFor::Append)
             .then(|| forwarded::entry(peer.ip()));
@@ -167,7 +167,7 @@ fn serve(
             )));
             agent
                 .drain
-                .watch_connection(drain.clone(), &handle, serving)
+                .watch_connection(watch.clone(), &handle, serving)
                 .await
         };
         // Streams still counted now were cut off by the close.
@@ -189,6 +189,6 @@ fn serve(
         );
         drop(conn);
         leftover.finish().await;
-        drop(drain);
+        drop(watch);
     }
 }

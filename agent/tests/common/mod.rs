@@ -2,6 +2,8 @@
 //! scratch directories for policy files.
 #![allow(dead_code)]
 
+pub(crate) mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -93,7 +93,7 @@ impl Context {
 
 /// Runs the controller until `shutdown` is signalled, then lets running
 /// reconciliations finish; `shutdown` is held until they have.
-pub async fn run(client: Client, metrics: Arc<Metrics>, config: Config, shutdown: drain::Watch) {
+pub async fn run(client: Client, metrics: Arc<Metrics>, config: Config, shutdown: drain_rs::Watch) {
     let (policies, pods, config_maps, services) = match config.namespace.as_deref() {
         Some(ns) => (
             Api::<KeepalivePolicy>::namespaced(client.clone(), ns),

@@ -50,8 +50,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 pub use sidecar::{
-    ADMIN_PORT_NAME, AGENT_UID, AgentConfig, DEFAULT_ADMIN_PORT, DEFAULT_AGENT_IMAGE,
-    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, PROXY_PORT_NAME,
+    ADMIN_PORT_NAME, AGENT_UID, AgentConfig, DEFAULT_ADMIN_ALLOW, DEFAULT_ADMIN_PORT,
+    DEFAULT_AGENT_IMAGE, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, PROXY_PORT_NAME,
 };
 
 use crate::crd::Interception;
@@ -446,6 +446,19 @@ fn apply(
         // inbound connections to the agent.
         Interception::Redirect => None,
     };
+    // The pod's grace period covers the drain; the agent waits that long
+    // after a drain for the SIGTERM a termination sends before it serves
+    // again (--drain-expiry).
+    let drain = defaults.merge(&policy.spec.policy).drain_params();
+    let needed = (drain.delay + drain.timeout).as_secs_f64().ceil() as i64 + DRAIN_MARGIN_SECONDS;
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    if grace < needed {
+        spec.termination_grace_period_seconds = Some(needed);
+    }
+    let grace = grace.max(needed);
+
     let inits = spec.init_containers.get_or_insert_with(Vec::new);
     if interception == Interception::Redirect {
         inits.push(sidecar::intercept_container(agent, agent_port, &app));
@@ -456,6 +469,7 @@ fn apply(
         &app,
         port_name.as_deref(),
         token,
+        grace,
     ));
 
     let mut kept_pre_stop = Vec::new();
@@ -484,16 +498,6 @@ fn apply(
         } else {
             lifecycle.pre_stop = Some(drain_hook(admin_port, token));
         }
-    }
-
-    let drain = defaults.merge(&policy.spec.policy).drain_params();
-    let needed = (drain.delay + drain.timeout).as_secs_f64().ceil() as i64 + DRAIN_MARGIN_SECONDS;
-    if spec
-        .termination_grace_period_seconds
-        .unwrap_or(DEFAULT_GRACE_SECONDS)
-        < needed
-    {
-        spec.termination_grace_period_seconds = Some(needed);
     }
 
     meta.annotations

@@ -67,6 +67,8 @@ pub struct AgentConfig {
     /// The agent's `--forwarded-for`: true for `append` (its default),
     /// false for `off`.
     pub forward_client_address: bool,
+    /// The agent's `--admin-allow`: who besides the pod may drain it.
+    pub admin_allow: String,
 }
 
 impl Default for AgentConfig {
@@ -84,6 +86,7 @@ impl Default for AgentConfig {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             forward_client_address: true,
+            admin_allow: DEFAULT_ADMIN_ALLOW.into(),
         }
     }
 }
@@ -113,6 +116,12 @@ impl AgentConfig {
 /// app bound to loopback only stays out of reach of the network, as it
 /// would be without the agent (Istio made the same change in 1.10).
 pub(super) const ENV_POD_IP: &str = "GOAWAY_POD_IP";
+/// The node's IP, from the downward API: where the kubelet's preStop hook
+/// comes from on routed pod networks (`--admin-allow`).
+pub(super) const ENV_HOST_IP: &str = "GOAWAY_HOST_IP";
+/// `--agent-admin-allow` by default: the pod's gateway (the node, on
+/// bridged pod networks) and the node's IP (on routed ones).
+pub const DEFAULT_ADMIN_ALLOW: &str = "gateway,$(GOAWAY_HOST_IP)";
 
 fn env(agent: &AgentConfig, token: &str) -> Vec<EnvVar> {
     let var = |name: &str, value: &str| EnvVar {
@@ -120,18 +129,20 @@ fn env(agent: &AgentConfig, token: &str) -> Vec<EnvVar> {
         value: Some(value.into()),
         ..Default::default()
     };
-    let mut env = vec![
-        EnvVar {
-            name: ENV_POD_IP.into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
-                }),
+    let downward = |name: &str, field: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
                 ..Default::default()
             }),
             ..Default::default()
-        },
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![
+        downward(ENV_POD_IP, "status.podIP"),
+        downward(ENV_HOST_IP, "status.hostIP"),
         var("GOAWAY_DRAIN_TOKEN", token),
         var("GOAWAY_LOG_FORMAT", &agent.log_format),
     ];
@@ -213,6 +224,7 @@ pub(super) fn container(
     app: &AppPort,
     port_name: Option<&str>,
     token: &str,
+    grace_seconds: i64,
 ) -> Container {
     let admin = agent.admin_port;
     let mut args = vec![
@@ -229,6 +241,10 @@ pub(super) fn container(
         agent.max_connections.to_string(),
         // A pod whose app is down leaves its Services' endpoints.
         "--readiness-checks-upstream".into(),
+        "--admin-allow".into(),
+        agent.admin_allow.clone(),
+        "--drain-expiry".into(),
+        format!("{grace_seconds}s"),
     ];
     if agent.max_concurrent_streams > 0 {
         args.push("--max-concurrent-streams".into());

@@ -102,7 +102,7 @@ fn named_port_moves_to_the_agent_and_probes_use_the_number() {
     assert_eq!(agent_ports[0].container_port, 15051);
     assert_eq!(
         agent.args.as_ref().unwrap().join(" "),
-        "run --listen 0.0.0.0:15051 --upstream $(GOAWAY_POD_IP):8080 --admin 0.0.0.0:15052 --policy /etc/goaway/policy.yaml --max-connections 4096 --readiness-checks-upstream --max-concurrent-streams 100"
+        "run --listen 0.0.0.0:15051 --upstream $(GOAWAY_POD_IP):8080 --admin 0.0.0.0:15052 --policy /etc/goaway/policy.yaml --max-connections 4096 --readiness-checks-upstream --admin-allow gateway,$(GOAWAY_HOST_IP) --drain-expiry 50s --max-concurrent-streams 100"
     );
     let sc = agent.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));

@@ -59,7 +59,7 @@ pub struct Context {
 
 /// Keeps `ctx.store` loaded from `config.source` until `shutdown` is
 /// signalled; see the module doc.
-pub async fn maintain(ctx: Context, config: Config, shutdown: drain::Watch) {
+pub async fn maintain(ctx: Context, config: Config, shutdown: drain_rs::Watch) {
     let Context {
         client,
         store,

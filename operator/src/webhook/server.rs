@@ -21,7 +21,7 @@
 //! Each connection runs in its own task, so a slow one cannot stall the
 //! accept loop or another. On shutdown the listener closes first, then
 //! in-flight reviews get up to [`DRAIN_TIMEOUT`] to finish; the server's
-//! [`drain::Watch`] is released only then.
+//! [`drain_rs::Watch`] is released only then.
 
 use std::io;
 use std::pin::{Pin, pin};
@@ -99,7 +99,7 @@ pub async fn serve(
     router: Router,
     ctx: Context,
     config: Config,
-    shutdown: drain::Watch,
+    shutdown: drain_rs::Watch,
 ) -> Result<()> {
     let mut tls = ServerConfig::builder_with_provider(ctx.certs.provider())
         .with_safe_default_protocol_versions()

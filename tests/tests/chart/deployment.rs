@@ -277,6 +277,7 @@ agent:
             max_concurrent_streams: 250,
             max_connections: 1000,
             forward_client_address: false,
+            admin_allow: goaway_operator::inject::DEFAULT_ADMIN_ALLOW.into(),
         }
     );
     assert_names_agree(&r);

@@ -318,7 +318,7 @@ fn operator_admin_get(path: &str) -> (u16, String) {
     metrics.reconciled(None, Duration::from_millis(3));
     metrics.admitted("injected", "", Duration::from_micros(300));
     let router = admin::router(metrics, Arc::new(Readiness::default()));
-    let (signal, watch) = drain::channel();
+    let (signal, watch) = drain_rs::channel();
     let server = runtime.spawn(admin::serve(listener, router, watch));
     let answer = goaway_tests::agent::http("GET", &format!("http://{addr}{path}"), &[]).unwrap();
     runtime.block_on(signal.drain());
@@ -540,10 +540,11 @@ fn pod_monitor_scrapes_the_admin_port_the_injected_agent_declares() {
         );
         // The agent serves its metrics at the path scraped.
         let path = e["path"].as_str().expect("a path");
-        let admin_src = std::fs::read_to_string(repo_root().join("agent/src/admin.rs")).unwrap();
+        let admin_src =
+            std::fs::read_to_string(repo_root().join("agent/src/admin/mod.rs")).unwrap();
         assert!(
             admin_src.contains(&format!(".route(\"{path}\", get(metrics))")),
-            "agent/src/admin.rs serves no {path}"
+            "agent/src/admin/mod.rs serves no {path}"
         );
     }
 }

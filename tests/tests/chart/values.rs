@@ -193,6 +193,12 @@ fn flag_values() -> Vec<FlagValue> {
             "500",
         ),
         v(
+            "agent.adminAllow",
+            json!("gateway,10.0.0.0/8"),
+            "GOAWAY_AGENT_ADMIN_ALLOW",
+            "gateway,10.0.0.0/8",
+        ),
+        v(
             "agent.forwardedFor",
             json!("off"),
             "GOAWAY_AGENT_FORWARDED_FOR",

@@ -330,6 +330,13 @@ impl Channel {
         }
     }
 
+    /// Closes every connection, each once its last stream has ended, and
+    /// stops keeping one open ([`connect`](Self::connect) undoes that); a
+    /// new stream connects again.
+    pub fn disconnect(&self) {
+        self.pool.disconnect();
+    }
+
     /// Closes every connection; pending and future streams fail.
     pub fn shutdown(&self) {
         self.pool.shutdown();

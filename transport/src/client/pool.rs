@@ -255,6 +255,23 @@ impl Pool {
         }
     }
 
+    /// Closes every connection (each as its last stream ends) and stops
+    /// keeping one open; the next stream connects again.
+    pub(super) fn disconnect(&self) {
+        self.eager.store(false, Release);
+        {
+            let _w = self.pool_write.lock().unwrap_or_else(|e| e.into_inner());
+            for c in self.conns.load().iter() {
+                c.mark_unusable();
+            }
+            self.conns.store(Arc::new(Vec::new()));
+        }
+        if !self.dialing.load(Acquire) {
+            self.set_state(Connectivity::Idle);
+        }
+        self.changed.notify_waiters();
+    }
+
     /// Closes every connection; waiting and future streams fail.
     pub(super) fn shutdown(&self) {
         if self.shut.swap(true, AcqRel) {

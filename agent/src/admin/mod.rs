@@ -1,12 +1,21 @@
 //! The admin HTTP server (SPEC §4): health, readiness, drain, metrics,
 //! the effective policy and live connections.
+//!
+//! `/healthz`, `/readyz`, `/metrics`, `/policy` and `GET /log-level` answer
+//! anyone (probes and scrapers). `/drain`, `PUT /log-level` and
+//! `/connections` answer only the pod itself and the node ([`access`]),
+//! and with the drain token when one is set.
+
+pub mod access;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Acquire;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -64,9 +73,19 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
     }
 }
 
+/// Serves the admin API on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, agent: Arc<Agent>) -> std::io::Result<()> {
+    let app = router(agent).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
+}
+
 /// Starts (or joins) the drain and answers when it has finished.
-async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = unauthorized(&agent, &headers, "drain") {
+async fn drain(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = guard(&agent, peer, &headers, "drain") {
         return refused;
     }
     Json(agent.drain().await).into_response()
@@ -84,10 +103,11 @@ async fn log_level() -> Response {
 /// Needs the drain token, like `/drain`: both change what the agent does.
 async fn set_log_level(
     State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Some(refused) = unauthorized(&agent, &headers, "log level change") {
+    if let Some(refused) = guard(&agent, peer, &headers, "log level change") {
         return refused;
     }
     match crate::logging::set_filter(&body) {
@@ -97,6 +117,27 @@ async fn set_log_level(
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
+}
+
+/// The refusal of a request from outside the pod and its node, or
+/// without the drain token when one is set.
+fn guard(agent: &Agent, peer: SocketAddr, headers: &HeaderMap, what: &str) -> Option<Response> {
+    outsider(agent, peer, what).or_else(|| unauthorized(agent, headers, what))
+}
+
+/// The 403 for a request from a source `--admin-allow` does not list.
+fn outsider(agent: &Agent, peer: SocketAddr, what: &str) -> Option<Response> {
+    if agent.config.admin_access.allows(peer.ip()) {
+        return None;
+    }
+    tracing::warn!(%peer, "{what} request from outside the pod and its node refused");
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            "only the pod itself and its node may use this endpoint (--admin-allow)\n",
+        )
+            .into_response(),
+    )
 }
 
 /// The 401 for a request without the drain token, when one is set.
@@ -167,12 +208,18 @@ async fn policy(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
     Json(v)
 }
 
+/// Every client connection, with its peer address: for the pod and its
+/// node only (no token needed, as it changes nothing).
 async fn connections(
     State(agent): State<Arc<Agent>>,
-) -> Json<Vec<crate::connections::ConnectionView>> {
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(refused) = outsider(&agent, peer, "connections") {
+        return refused;
+    }
     let mut views = agent.connections.views();
     views.extend(agent.passthrough.views());
-    Json(views)
+    Json(views).into_response()
 }
 
 #[cfg(test)]

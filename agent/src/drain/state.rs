@@ -1,29 +1,25 @@
-//! The drain's own state and its signal (SPEC §4). The sequence —
-//! readiness fails at once → `drain.delay` → the listener closes and every
-//! connection is sent GOAWAY → wait → the rest hard-closed → the upstream
-//! pools and spliced connections closed — is
-//! [`Agent::drain`](crate::Agent::drain)'s; this module owns the step in
-//! the middle, how connections take part in it, its summary, and that it
-//! runs once per process, whether started by `/drain` (the preStop hook)
-//! or by SIGTERM: concurrent callers share the one drain and all get its
-//! summary.
+//! The drain's state: its signal, its deadline, what it counted, its
+//! summary, and that one runs at a time — whether started by `/drain` (the
+//! preStop hook) or by SIGTERM, concurrent callers share it and all get its
+//! summary. The sequence itself is [`super`]'s.
 //!
-//! Connections take part through linkerd's drain-rs ([`::drain`]), the
-//! idiom the operator's tasks use too. [`Drain::new`] returns the
-//! [`::drain::Watch`] the accept loop holds; every connection it accepts
-//! holds a clone from then until it has closed (one spliced to the app lets
-//! go as soon as it is known to be one: it gets no GOAWAY, and is closed
-//! after the drain instead). [`Drain::goaway_all`] sets the deadline, then
-//! signals: the accept loop closes the listener, and each connection
-//! ([`Drain::watch_connection`]) sends its GOAWAY (`graceful_stop`) with
-//! that deadline, idle ones included — one accepted in the race with the
-//! listener closing at once, as its watch was cloned before the signal it
-//! has not seen yet. The drain then waits for every watch to be released:
-//! connections close on their own, or the transport cuts them at the
-//! deadline; the wait ends [`CLOSE_MARGIN`] after it in any case.
+//! Connections take part through linkerd's drain-rs ([`drain_rs`]), the
+//! idiom the operator's tasks use too. [`DrainState::new`] (and
+//! [`DrainState::rearm`]) returns the [`drain_rs::Watch`] the accept loop
+//! holds; every connection it accepts holds a clone from then until it has
+//! closed (one spliced to the app lets go as soon as it is known to be one:
+//! it gets no GOAWAY, and is closed after the drain instead).
+//! [`DrainState::goaway_all`] sets the deadline, then signals: the accept
+//! loop closes the listener, and each connection
+//! ([`DrainState::watch_connection`]) sends its GOAWAY (`graceful_stop`)
+//! with that deadline, idle ones included — one accepted in the race with
+//! the listener closing at once, as its watch was cloned before the signal
+//! it has not seen yet. The drain then waits for every watch to be
+//! released: connections close on their own, or the transport cuts them at
+//! the deadline; the wait ends [`CLOSE_MARGIN`] after it in any case.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use goaway_transport::server::ConnectionHandle;
@@ -86,13 +82,18 @@ impl DrainCounts {
     }
 }
 
+/// A poisoned lock only means a panic elsewhere mid-update of plain values.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The drain's state, shared by the admin API, the signal handler and the
 /// connection tasks.
-pub struct Drain {
+pub struct DrainState {
     /// Until the drain starts; then its sequence's.
-    signal: Mutex<Option<::drain::Signal>>,
+    signal: Mutex<Option<drain_rs::Signal>>,
     /// Set just before the signal, read by each connection as it sees it.
-    deadline: OnceLock<Instant>,
+    deadline: Mutex<Option<Instant>>,
     /// Connections that saw the signal (and sent their GOAWAY).
     sent_goaway: AtomicU64,
     /// Streams hard closes cut off.
@@ -100,14 +101,14 @@ pub struct Drain {
     done: watch::Sender<Option<DrainSummary>>,
 }
 
-impl Drain {
+impl DrainState {
     /// A drain not started yet, and the watch the accept loop holds (and
     /// clones for every connection it accepts).
-    pub fn new() -> (Drain, ::drain::Watch) {
-        let (signal, watch) = ::drain::channel();
-        let drain = Drain {
+    pub fn new() -> (DrainState, drain_rs::Watch) {
+        let (signal, watch) = drain_rs::channel();
+        let drain = DrainState {
             signal: Mutex::new(Some(signal)),
-            deadline: OnceLock::new(),
+            deadline: Mutex::new(None),
             sent_goaway: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             done: watch::Sender::new(None),
@@ -117,8 +118,21 @@ impl Drain {
 
     /// Starts the drain: the signal for the first caller, who runs the
     /// sequence and [`finish`](Self::finish)es it; `None` once started.
-    pub fn start(&self) -> Option<::drain::Signal> {
-        self.signal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    pub fn start(&self) -> Option<drain_rs::Signal> {
+        lock(&self.signal).take()
+    }
+
+    /// After a finished drain that no SIGTERM followed (see
+    /// [`super::expire`]): a fresh state, not started, and the watch for
+    /// the new accept loop.
+    pub fn rearm(&self) -> drain_rs::Watch {
+        let (signal, watch) = drain_rs::channel();
+        *lock(&self.signal) = Some(signal);
+        *lock(&self.deadline) = None;
+        self.sent_goaway.store(0, Relaxed);
+        self.cut.store(0, Relaxed);
+        self.done.send_replace(None);
+        watch
     }
 
     /// Publishes the summary to every caller waiting in
@@ -153,7 +167,7 @@ impl Drain {
     /// timed from `started`.
     pub async fn goaway_all(
         &self,
-        signal: ::drain::Signal,
+        signal: drain_rs::Signal,
         started: Instant,
         timeout: Duration,
         counters: &Counters,
@@ -164,7 +178,7 @@ impl Drain {
         let hard_before = counters.hard_closes.load(Relaxed);
         let deadline = Instant::now() + timeout;
         // Before the signal: every connection that sees it reads it.
-        let _ = self.deadline.set(deadline);
+        *lock(&self.deadline) = Some(deadline);
         // Logged as the signal goes out (on the first poll below); each
         // connection sends its GOAWAY as it sees it.
         tracing::info!(
@@ -195,14 +209,14 @@ impl Drain {
     /// with the drain deadline; it is then served until it closes.
     pub async fn watch_connection<F: Future + Unpin>(
         &self,
-        watch: ::drain::Watch,
+        watch: drain_rs::Watch,
         connection: &ConnectionHandle,
         serving: F,
     ) -> F::Output {
         watch
             .watch(serving, |_| {
                 self.sent_goaway.fetch_add(1, Relaxed);
-                connection.drain(GoAwayReason::GracefulStop, self.deadline.get().copied());
+                connection.drain(GoAwayReason::GracefulStop, *lock(&self.deadline));
             })
             .await
     }
@@ -251,7 +265,7 @@ mod tests {
 
     /// A connection task's part, without a connection: holds `watch`
     /// until `lasts` after the signal.
-    fn hold(watch: ::drain::Watch, lasts: Duration) -> tokio::task::JoinHandle<()> {
+    fn hold(watch: drain_rs::Watch, lasts: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let release = watch.signaled().await;
             tokio::time::sleep(lasts).await;
@@ -261,7 +275,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_drain_runs_once_and_every_caller_gets_its_summary() {
-        let (drain, _listener) = Drain::new();
+        let (drain, _listener) = DrainState::new();
         let signal = drain.start().expect("the first caller starts it");
         assert!(drain.start().is_none(), "and only the first");
         assert!(drain.summary().is_none());
@@ -280,7 +294,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_drain_waits_for_every_watch_including_those_cloned_after_the_signal() {
-        let (drain, listener) = Drain::new();
+        let (drain, listener) = DrainState::new();
         let early = hold(listener.clone(), Duration::from_secs(3));
         let late = listener.clone();
         // The accept loop lets its watch go when the listener closes.
@@ -323,7 +337,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_wait_ends_at_the_margin_past_the_deadline() {
-        let (drain, listener) = Drain::new();
+        let (drain, listener) = DrainState::new();
         // A connection that never lets go.
         let stuck = listener.clone();
         drop(listener);
