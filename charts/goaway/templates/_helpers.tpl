@@ -119,6 +119,27 @@ goaway.dev/inject
   verbs: ["create", "patch"]
 {{- end }}
 
+{{/* The user name the operator's requests carry (its ServiceAccount's). */}}
+{{- define "goaway.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "goaway.serviceAccountName" .) }}
+{{- end }}
+
+{{/*
+The ConfigMaps the operator writes (controller::apply_config_map): named
+goaway-<policy> (crd::config_map_name) and labelled
+app.kubernetes.io/managed-by=goaway-operator (controller::LABEL_MANAGED_BY,
+MANAGER); a chart test checks these against the operator's code.
+*/}}
+{{- define "goaway.configMapPrefix" -}}
+goaway-
+{{- end }}
+{{- define "goaway.managedByKey" -}}
+app.kubernetes.io/managed-by
+{{- end }}
+{{- define "goaway.managedByValue" -}}
+goaway-operator
+{{- end }}
+
 {{/* The operator's ServiceAccount as an RBAC subject. */}}
 {{- define "goaway.subject" -}}
 - kind: ServiceAccount
