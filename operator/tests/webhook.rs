@@ -4,6 +4,8 @@
 //! returned patch (regenerate with `UPDATE_FIXTURES=1`). Every fixture is
 //! also reviewed a second time on its own output: nothing changes.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,8 +21,11 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
+use support::eventually;
+use support::fake_api::FakeApi;
 use tower::ServiceExt;
 
 fn dir() -> PathBuf {
@@ -502,4 +507,61 @@ async fn a_body_over_the_limit_is_refused_announced_or_not() {
         text.contains("outcome=\"error\",reason=\"request_too_large\"} 2"),
         "{text}"
     );
+}
+
+/// The chart registers the webhook with `sideEffects: NoneOnDryRun`: a
+/// dry-run review publishes no Event, where the same review for real
+/// does (a kept preStop hook; an unrecognised opt-out value).
+#[tokio::test]
+async fn dry_run_reviews_publish_no_events() {
+    let api = FakeApi::new();
+    let (store, mut writer) = reflector::store();
+    for p in policies() {
+        writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
+    }
+    let reporter = Reporter {
+        controller: goaway_operator::MANAGER.into(),
+        instance: None,
+    };
+    let webhook = Arc::new(
+        Webhook::new(store, AgentConfig::default(), Arc::new(Metrics::default()))
+            .with_token_source(|| "fixture-token".into())
+            .with_recorder(Recorder::new(api.client(), reporter)),
+    );
+    // The two reviews' pods belong to different ReplicaSets, which the
+    // Events would be about.
+    let owned_by = |replica_set: &str, dry_run: bool| {
+        let mut review = load("existing_prestop");
+        let request = &mut review["request"];
+        request["dryRun"] = json!(dry_run);
+        let meta = &mut request["object"]["metadata"];
+        meta["ownerReferences"][0]["name"] = json!(replica_set);
+        meta["annotations"] = json!({"goaway.dev/inject": "maybe"});
+        review
+    };
+
+    let (allowed, _, patched) = review(&webhook, &owned_by("dry-run", true)).await;
+    assert!(allowed && patched.is_some(), "a dry run is injected too");
+    let (_, _, patched) = review(&webhook, &owned_by("for-real", false)).await;
+    assert!(patched.is_some());
+
+    // Events are published in the background, in the order of the
+    // reviews: once the second review's are in, the first's would be.
+    let about = |events: &[Value], name: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let events = eventually("the real review's two Events", || {
+        let events = api.list("events");
+        (about(&events, "for-real").len() == 2).then_some(events)
+    })
+    .await;
+    let mut reasons = about(&events, "for-real");
+    reasons.sort();
+    assert_eq!(reasons, ["InjectValueUnrecognised", "PreStopKept"]);
+    assert_eq!(about(&events, "dry-run"), Vec::<String>::new());
+    assert_eq!(events.len(), 2, "{events:#?}");
 }

@@ -12,6 +12,8 @@
 //! Modules: [`helm`] drives Helm, [`rendered`] types its output; the
 //! tests are grouped by what they check.
 
+#[path = "chart/admission_policy.rs"]
+mod admission_policy;
 #[path = "chart/deployment.rs"]
 mod deployment;
 #[path = "chart/helm.rs"]
@@ -56,6 +58,9 @@ const POD_NAME: &str = "goaway-operator-5d8f7c9b4-x2x7q";
 fn helm_lint_strict_passes_with_default_and_other_values() {
     let cases = [
         ("", None),
+        // Lint does not stop at a template's `fail`: that the admission
+        // policies refuse to render for 1.29 is checked with the Helm CLI
+        // (operator/tests/cluster_admission_policy.rs).
         ("", Some("v1.29.0")),
         (
             "webhook: {tls: {mode: certManager}}\nwatchNamespace: shop",
@@ -130,6 +135,32 @@ fn default_render_is_the_operator_and_nothing_else() {
         ("RoleBinding", NAMESPACE, "goaway-operator-self"),
         ("MutatingWebhookConfiguration", "", "goaway-operator"),
         ("PodDisruptionBudget", NAMESPACE, "goaway-operator"),
+        (
+            "ValidatingAdmissionPolicy",
+            "",
+            "goaway-operator-configmaps",
+        ),
+        (
+            "ValidatingAdmissionPolicy",
+            "",
+            "goaway-operator-webhook-config",
+        ),
+        ("ValidatingAdmissionPolicy", "", "goaway-operator-secrets"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            "goaway-operator-configmaps",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            "goaway-operator-webhook-config",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            "goaway-operator-secrets",
+        ),
     ]
     .into_iter()
     .map(|(k, n, m)| (k.to_string(), n.to_string(), m.to_string()))

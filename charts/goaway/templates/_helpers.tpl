@@ -61,12 +61,31 @@ named goaway, the operator's own defaults).
 {{- if eq .Values.webhook.tls.mode "certManager" }}true{{ end }}
 {{- end }}
 
+{{/*
+An image reference from image values: <repository>:<tag> (the tag
+defaults to the chart's appVersion); with a digest, <repository>@<digest>,
+or <repository>:<tag>@<digest> when a tag is given too (the runtime pulls
+by the digest; the tag is only for people reading it).
+*/}}
+{{- define "goaway.imageRef" -}}
+{{- $image := .image }}
+{{- if $image.digest }}
+{{- if $image.tag }}
+{{- printf "%s:%s@%s" $image.repository $image.tag $image.digest }}
+{{- else }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- end }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .appVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "goaway.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "goaway.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "goaway.agentImage" -}}
-{{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) }}
+{{- include "goaway.imageRef" (dict "image" .Values.agent.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "goaway.selectorLabels" -}}
@@ -117,6 +136,27 @@ goaway.dev/inject
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* The user name the operator's requests carry (its ServiceAccount's). */}}
+{{- define "goaway.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "goaway.serviceAccountName" .) }}
+{{- end }}
+
+{{/*
+The ConfigMaps the operator writes (controller::apply_config_map): named
+goaway-<policy> (crd::config_map_name) and labelled
+app.kubernetes.io/managed-by=goaway-operator (controller::LABEL_MANAGED_BY,
+MANAGER); a chart test checks these against the operator's code.
+*/}}
+{{- define "goaway.configMapPrefix" -}}
+goaway-
+{{- end }}
+{{- define "goaway.managedByKey" -}}
+app.kubernetes.io/managed-by
+{{- end }}
+{{- define "goaway.managedByValue" -}}
+goaway-operator
 {{- end }}
 
 {{/* The operator's ServiceAccount as an RBAC subject. */}}

@@ -143,6 +143,42 @@ fn chart_defaults_for_the_agent_are_the_operators_defaults() {
     );
 }
 
+/// An image digest (what `crane digest` prints).
+pub(crate) const DIGEST: &str =
+    "sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+#[test]
+fn images_pinned_by_digest_are_referenced_by_digest() {
+    let by_digest =
+        format!("image: {{digest: '{DIGEST}'}}\nagent: {{image: {{digest: '{DIGEST}'}}}}");
+    let tagged = format!(
+        "image: {{tag: '1.2.3', digest: '{DIGEST}'}}\nagent: {{image: {{tag: '1.2.3', digest: '{DIGEST}'}}}}"
+    );
+    let [by_digest, tagged] = render_all(&[
+        (RELEASE, NAMESPACE, &by_digest),
+        (RELEASE, NAMESPACE, &tagged),
+    ])
+    .try_into()
+    .unwrap_or_else(|_| panic!("one render per case"));
+    // Without a tag the digest alone: not the appVersion's tag, which
+    // the digest may not even be.
+    for (r, reference) in [
+        (&by_digest, format!("@{DIGEST}")),
+        (&tagged, format!(":1.2.3@{DIGEST}")),
+    ] {
+        assert_eq!(
+            r.container().image,
+            Some(format!("ghcr.io/goaway-dev/goaway-operator{reference}"))
+        );
+        // The operator injects exactly that agent image.
+        let (args, _) = r.operator_args();
+        assert_eq!(
+            args.agent.agent_config().unwrap().image,
+            format!("ghcr.io/goaway-dev/goaway-agent{reference}")
+        );
+    }
+}
+
 #[test]
 fn a_disruption_budget_keeps_one_replica_when_there_are_several() {
     let [default, three, one, disabled] = render_all(&[

@@ -13,17 +13,17 @@ use crate::rendered::Rendered;
 use crate::{NAMESPACE, RELEASE};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Place {
+pub(crate) enum Place {
     Cluster,
     Namespace(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Grant {
-    place: Place,
-    group: String,
-    resource: String,
-    verb: String,
+pub(crate) struct Grant {
+    pub place: Place,
+    pub group: String,
+    pub resource: String,
+    pub verb: String,
 }
 
 /// Kubernetes' own scoping of the resources the operator touches.
@@ -77,7 +77,7 @@ fn expected_grants(args: &RunArgs) -> BTreeSet<Grant> {
 
 /// What the rendered bindings give the operator's ServiceAccount, with the
 /// resourceNames each grant is limited to (None: any name).
-fn granted(r: &Rendered) -> BTreeMap<Grant, Option<BTreeSet<String>>> {
+pub(crate) fn granted(r: &Rendered) -> BTreeMap<Grant, Option<BTreeSet<String>>> {
     let sa = r
         .pod()
         .service_account_name

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{CommandFactory, Parser};
 use goaway_operator::cli::{Cli, Command as OperatorCommand, LogFormat, RunArgs};
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PodSpec, Secret, Service, ServiceAccount, ServicePort,
@@ -36,6 +39,8 @@ pub(crate) struct Rendered {
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
     pub webhook_configs: Vec<MutatingWebhookConfiguration>,
+    pub admission_policies: Vec<ValidatingAdmissionPolicy>,
+    pub admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub config_maps: Vec<ConfigMap>,
     pub secrets: Vec<Secret>,
@@ -82,7 +87,11 @@ impl Rendered {
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let namespaced = !matches!(
             kind.as_str(),
-            "ClusterRole" | "ClusterRoleBinding" | "MutatingWebhookConfiguration"
+            "ClusterRole"
+                | "ClusterRoleBinding"
+                | "MutatingWebhookConfiguration"
+                | "ValidatingAdmissionPolicy"
+                | "ValidatingAdmissionPolicyBinding"
         );
         // `helm template | kubectl apply` must land in the right place too.
         if namespaced {
@@ -110,6 +119,12 @@ impl Rendered {
             }
             ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
                 self.webhook_configs.push(typed(template, &value))
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                self.admission_policies.push(typed(template, &value))
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                self.admission_policy_bindings.push(typed(template, &value))
             }
             ("policy/v1", "PodDisruptionBudget") => self.pdbs.push(typed(template, &value)),
             ("cert-manager.io/v1", "Issuer") => self.issuers.push(value),
@@ -161,6 +176,8 @@ impl Rendered {
         all.extend(meta(&self.roles));
         all.extend(meta(&self.role_bindings));
         all.extend(meta(&self.webhook_configs));
+        all.extend(meta(&self.admission_policies));
+        all.extend(meta(&self.admission_policy_bindings));
         all.extend(meta(&self.pdbs));
         all.extend(generic("Issuer", &self.issuers));
         all.extend(generic("Certificate", &self.certificates));

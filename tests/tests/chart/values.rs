@@ -10,6 +10,7 @@ use goaway_transport::policy::{DURATION_PATTERN, GoDuration};
 use serde_json::{Value, json};
 
 use crate::VERSION;
+use crate::deployment::DIGEST;
 use crate::helm::{render, render_all, render_errors, show, try_render_all};
 use crate::{NAMESPACE, RELEASE};
 
@@ -161,6 +162,12 @@ fn flag_values() -> Vec<FlagValue> {
             json!("1.2.3"),
             "GOAWAY_AGENT_IMAGE",
             "ghcr.io/goaway-dev/goaway-agent:1.2.3",
+        ),
+        v(
+            "agent.image.digest",
+            json!(DIGEST),
+            "GOAWAY_AGENT_IMAGE",
+            &format!("ghcr.io/goaway-dev/goaway-agent@{DIGEST}"),
         ),
         v(
             "agent.image.pullPolicy",
@@ -484,6 +491,24 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         (
             "agent: {image: {pullPolicy: Sometimes}}",
             "/agent/image/pullPolicy",
+        ),
+        // A digest is sha256 and 64 lower-case hex digits, nothing else.
+        ("image: {digest: 'sha256:0f1e2d'}", "/image/digest"),
+        (
+            "image: {digest: '0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0'}",
+            "/image/digest",
+        ),
+        (
+            "agent: {image: {digest: 'sha256:0F1E2D3C4B5A69788796A5B4C3D2E1F00F1E2D3C4B5A69788796A5B4C3D2E1F0'}}",
+            "/agent/image/digest",
+        ),
+        (
+            "agent: {image: {digest: 'sha512:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0'}}",
+            "/agent/image/digest",
+        ),
+        (
+            "rbac: {admissionPolicy: {enabled: 'yes'}}",
+            "/rbac/admissionPolicy/enabled",
         ),
         ("agent: {logFormat: yaml}", "/agent/logFormat"),
         ("agent: {adminPort: 0}", "/agent/adminPort"),

@@ -23,7 +23,8 @@ fn webhook_calls_the_operators_mutate_path_and_never_blocks_pods() {
             hook.name
         );
         assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
-        assert_eq!(hook.side_effects, "None");
+        // It publishes Events, never for a dry run (webhook::review).
+        assert_eq!(hook.side_effects, "NoneOnDryRun");
         let timeout = hook.timeout_seconds.expect("an explicit timeout");
         assert!((1..=5).contains(&timeout), "timeoutSeconds {timeout}");
         assert_eq!(hook.admission_review_versions, ["v1"]);
@@ -83,7 +84,8 @@ fn webhook_skips_kube_system_opted_out_namespaces_and_pods_and_the_operator() {
         ns,
         &namespace_labels("shop", &[(LABEL_INJECT, "enabled")])
     ));
-    assert!(selects(ns, &namespace_labels(NAMESPACE, &[])));
+    // Nor the operator's own namespace, whatever runs there.
+    assert!(!selects(ns, &namespace_labels(NAMESPACE, &[])));
 
     let pods = hook.object_selector.as_ref().expect("objectSelector");
     assert!(selects(pods, &labels(&[("app", "api")])));
@@ -99,7 +101,14 @@ fn webhook_skips_kube_system_opted_out_namespaces_and_pods_and_the_operator() {
     let ns = r.webhook().namespace_selector.as_ref().unwrap();
     assert!(!selects(ns, &namespace_labels("monitoring", &[])));
     assert!(!selects(ns, &namespace_labels("kube-system", &[])));
+    assert!(!selects(ns, &namespace_labels(NAMESPACE, &[])));
     assert!(selects(ns, &namespace_labels("shop", &[])));
+    // No excluded namespaces but the operator's: kube-system is injected.
+    let r = render_as("goaway", "platform", "webhook: {excludeNamespaces: []}");
+    let ns = r.webhook().namespace_selector.as_ref().unwrap();
+    assert!(!selects(ns, &namespace_labels("platform", &[])));
+    assert!(selects(ns, &namespace_labels("kube-system", &[])));
+    assert!(selects(ns, &namespace_labels(NAMESPACE, &[])));
 
     // With --watch-namespace the webhook only sees that namespace (the
     // operator has no policies anywhere else), opt-out still applies.
@@ -110,6 +119,13 @@ fn webhook_skips_kube_system_opted_out_namespaces_and_pods_and_the_operator() {
     assert!(!selects(ns, &namespace_labels("other", &[])));
     assert!(!selects(ns, &namespace_labels("kube-system", &[])));
     assert_eq!(r.operator_args().0.watch_namespace.as_deref(), Some("shop"));
+    // Watching its own namespace, the operator injects there (its own
+    // pods are still skipped by the objectSelector).
+    let r = render(&format!("watchNamespace: {NAMESPACE}"));
+    let ns = r.webhook().namespace_selector.as_ref().unwrap();
+    assert!(selects(ns, &namespace_labels(NAMESPACE, &[])));
+    let pods = r.webhook().object_selector.as_ref().unwrap();
+    assert!(!selects(pods, &r.pod_labels()));
 }
 
 #[test]
