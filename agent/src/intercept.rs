@@ -7,7 +7,7 @@
 //! ```text
 //! table inet goaway_<P> {
 //!     chain prerouting {
-//!         type nat hook prerouting priority dstnat; policy accept;
+//!         type nat hook prerouting priority dstnat + 10; policy accept;
 //!         tcp dport <P> redirect to :<A>
 //!     }
 //! }
@@ -19,6 +19,18 @@
 //! traverse the `output` hook, never `prerouting`, so they are not
 //! redirected — no loop, and no need to exempt the agent's user ID as
 //! outbound interceptors (linkerd-init, istio-init) must.
+//!
+//! Beside a service mesh: istio-init and linkerd-init capture inbound TCP
+//! with an iptables `nat PREROUTING` REDIRECT to their proxy, at priority
+//! `dstnat` (-100). Only the first NAT a connection meets at a hook
+//! applies, so whichever chain runs first takes the connection; at equal
+//! priority that is not defined. This chain runs at `dstnat + 10`, after
+//! the mesh's: a pod's inbound connections stay with the mesh's proxy (its
+//! mTLS and authorization are never bypassed), which then connects to the
+//! app from inside the pod — not redirected either — so such a pod runs
+//! without goaway's management rather than around the mesh. namedPort
+//! interception works behind a mesh: the mesh's proxy forwards to the
+//! agent's port.
 //!
 //! The agent image has no shell and no `nft` binary, so the rule set is
 //! sent to the kernel directly as one nfnetlink batch (a transaction: all
@@ -135,8 +147,9 @@ const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
 const NF_INET_PRE_ROUTING: u32 = 0;
-/// `priority dstnat`.
-const NF_IP_PRI_NAT_DST: i32 = -100;
+/// `priority dstnat + 10`: after iptables' `nat PREROUTING` (a mesh's
+/// capture rule) at `dstnat` (-100), see the module docs.
+const PRIORITY: i32 = -100 + 10;
 const NF_ACCEPT: u32 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
@@ -295,7 +308,7 @@ fn install_batch(r: Redirect) -> Batch {
     b.attr_str(NFTA_CHAIN_NAME, CHAIN);
     b.nest(NFTA_CHAIN_HOOK, |b| {
         b.attr_u32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING);
-        b.attr(NFTA_HOOK_PRIORITY, &NF_IP_PRI_NAT_DST.to_be_bytes());
+        b.attr(NFTA_HOOK_PRIORITY, &PRIORITY.to_be_bytes());
     });
     b.attr_u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
     b.attr_str(NFTA_CHAIN_TYPE, "nat");

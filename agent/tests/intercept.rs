@@ -334,6 +334,93 @@ fn redirect_mode_puts_pod_ip_clients_through_the_agent() -> Result<()> {
     Ok(())
 }
 
+/// Beside a mesh: the pod's namespace also has istio-init's kind of
+/// capture rule, an iptables `nat PREROUTING` REDIRECT of inbound TCP to
+/// the mesh proxy's port. Installed before or after goaway's redirect,
+/// the mesh's rule takes the connection (its mTLS is never bypassed) and
+/// the agent sees none.
+#[test]
+fn beside_a_mesh_capture_rule_the_mesh_keeps_inbound_connections() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return Ok(());
+    }
+    const MESH_PORT: u16 = 15006;
+    let mut net = Net::new()?;
+    let ns = net.host("mesh", 10)?;
+    let client_ns = net.host("client", 30)?;
+    let pod_ip = net.ip(10);
+    let capture = |op: &str| -> Result<String> {
+        let port = MESH_PORT.to_string();
+        ok_in(
+            &ns,
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                op,
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "!",
+                "-i",
+                "lo",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &port,
+            ],
+        )
+    };
+    // The "mesh proxy" and the agent's port, each printing a JSON line per
+    // connection it accepts.
+    let listener = |port: u16, name: &str| -> Result<Proc> {
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_INET6)\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('::',{port}));s.listen();print('{{\"listening\":1}}',flush=True)\n\
+             while True:\n c,a=s.accept();print('{{\"accepted\":1}}',flush=True);c.close()"
+        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &script]);
+        let p = Proc::spawn_capturing(name, &mut in_netns(&ns, &cmd))?;
+        p.json_where(Duration::from_secs(10), |v| v.get("listening").is_some())
+            .with_context(|| format!("{name}: {}", p.stderr()))?;
+        Ok(p)
+    };
+    let mesh = listener(MESH_PORT, "mesh-proxy")?;
+    let agent = listener(AGENT_PORT, "agent-port")?;
+    let pod = Pod {
+        name: "mesh",
+        ns: ns.clone(),
+        ip: pod_ip.clone(),
+        app: None,
+        agent: None,
+    };
+    for order in ["mesh rule first", "goaway's redirect first"] {
+        if order == "mesh rule first" {
+            capture("-A")?;
+            ensure!(pod.intercept(&[])?.status.success(), "intercept failed");
+        } else {
+            capture("-D")?;
+            ensure!(pod.intercept(&[])?.status.success(), "intercept failed");
+            capture("-A")?;
+        }
+        let script = format!(
+            "import socket;socket.create_connection(('{pod_ip}',{APP_PORT}),timeout=5).close()"
+        );
+        ok_in(&client_ns, "python3", &["-c", &script])?;
+        mesh.json_where(Duration::from_secs(10), |v| v.get("accepted").is_some())
+            .with_context(|| format!("{order}: the mesh proxy got nothing"))?;
+        // The connection is the mesh's; none came to the agent's port.
+        ensure!(
+            agent.drain_json().is_empty(),
+            "{order}: the agent's port took a connection"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn intercept_without_net_admin_says_what_it_needs() -> Result<()> {
     if !is_root() {
