@@ -328,19 +328,47 @@ pub struct PolicyDefaultsArgs {
         default_value = "namedPort"
     )]
     pub default_interception: Interception,
+    /// Forbid redirect interception cluster-wide: no pod gets its
+    /// NET_ADMIN init container. Pods of a policy that asks for it are
+    /// admitted without the agent, with a warning to whoever creates them
+    /// and a Warning Event RedirectForbidden on their owner; the policy's
+    /// Ready condition is False (RedirectForbidden). `--forbid-redirect`
+    /// alone means true.
+    #[arg(
+        long,
+        env = "GOAWAY_FORBID_REDIRECT",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    pub forbid_redirect: bool,
 }
 
 impl PolicyDefaultsArgs {
     /// The defaults, checked as a policy of their own (see
-    /// [`PolicyDefaults::new`]); errors name the flags.
+    /// [`PolicyDefaults::new`]); errors name the flags. Forbidding
+    /// redirect while making it the default is refused: every policy that
+    /// leaves the mode out would ask for what the operator forbids.
     pub fn policy_defaults(&self) -> Result<PolicyDefaults> {
-        Ok(PolicyDefaults::new(DrainPolicy {
+        let drain = PolicyDefaults::new(DrainPolicy {
             delay: self.default_drain_delay,
             timeout: self.default_drain_timeout,
             goaway_ack_timeout: self.default_drain_goaway_ack_timeout,
-        })
-        .map_err(Error::InvalidFlags)?
-        .with_interception(self.default_interception))
+        });
+        let mut errors = drain.as_ref().err().cloned().unwrap_or_default();
+        if self.forbid_redirect && self.default_interception == Interception::Redirect {
+            errors.push(FlagError {
+                flag: "--forbid-redirect",
+                reason: "contradicts --default-interception redirect: policies without spec.interception would ask for what the operator forbids; set --default-interception namedPort".into(),
+            });
+        }
+        match drain {
+            Ok(defaults) if errors.is_empty() => Ok(defaults
+                .with_interception(self.default_interception)
+                .forbidding_redirect(self.forbid_redirect)),
+            _ => Err(Error::InvalidFlags(errors)),
+        }
     }
 }
 

@@ -19,6 +19,14 @@
 //! `goaway_operator_admissions_total{outcome="error",reason="budget_exceeded"}`
 //! and, when a policy selects the pod, a Warning Event `InjectionFailed` —
 //! and the late answer is dropped. Connection limits are the server's.
+//!
+//! Redirect interception's NET_ADMIN init container goes only where it is
+//! allowed, with a Warning Event on the pod's owner otherwise. With
+//! `--forbid-redirect` the pods of a policy asking for redirect are
+//! admitted without the agent (`RedirectForbidden`, and an AdmissionReview
+//! warning for whoever creates the pod). A policy asking for it gets
+//! namedPort instead in a namespace whose Pod Security label enforces
+//! `baseline` or `restricted` (`RedirectRefusedByPodSecurity`).
 
 mod review;
 pub mod server;

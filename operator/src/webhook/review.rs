@@ -97,6 +97,8 @@ enum Verdict {
     Injected(Injection),
     PatchUnserialisable(String),
     Unchanged(Skip),
+    /// The winning policy asks for redirect, which the operator forbids.
+    RedirectForbidden(String),
     Failed(InjectError),
     Panicked,
 }
@@ -260,6 +262,19 @@ impl Webhook {
                 outcome: Outcome::Unchanged(skip),
                 ..
             })) => (response, Verdict::Unchanged(skip)),
+            Ok(Ok(Mutation {
+                outcome: Outcome::RedirectForbidden { policy },
+                ..
+            })) => {
+                // Said to whoever creates the pod (kubectl prints it), as
+                // well as in the Event on its owner.
+                let mut warned = response;
+                warned.warnings = Some(vec![format!(
+                    "goaway: not injected: {}",
+                    inject::redirect_forbidden_note(&policy)
+                )]);
+                (warned, Verdict::RedirectForbidden(policy))
+            }
             Ok(Err(e)) => (response, Verdict::Failed(e)),
             Err(_) => (response, Verdict::Panicked),
         };
@@ -316,6 +331,19 @@ impl Webhook {
             Verdict::Unchanged(skip) => {
                 debug!(%namespace, pod = %name, reason = skip.as_str(), "admitted unchanged");
                 self.metrics.admitted("unchanged", skip.as_str(), elapsed());
+            }
+            Verdict::RedirectForbidden(policy) => {
+                let note = inject::redirect_forbidden_note(&policy);
+                warn!(%namespace, pod = %name, %policy, "redirect interception forbidden; admitted unchanged");
+                self.metrics
+                    .admitted("unchanged", "redirect_forbidden", elapsed());
+                if !pod.dry_run {
+                    self.report(
+                        pod,
+                        "RedirectForbidden",
+                        format!("pod {name} admitted without the goaway agent: {note}"),
+                    );
+                }
             }
             Verdict::Failed(e) => {
                 warn!(%namespace, pod = %name, error = %e, "cannot inject; admitted unchanged");
