@@ -405,6 +405,21 @@ pub struct RunArgs {
         default_value = "5s"
     )]
     pub webhook_timeout: GoDuration,
+    /// Before a namespace's first pod gets redirect interception, ask the
+    /// API server with dry-run probe pods whether the namespace admits its
+    /// NET_ADMIN init container. Needs create on pods (the chart's
+    /// admission policy holds it to dry runs of probe pods); false: the
+    /// namespace's Pod Security label alone decides. Unused with
+    /// --forbid-redirect.
+    #[arg(
+        long,
+        env = "GOAWAY_REDIRECT_PROBE",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    pub redirect_probe: bool,
     /// Most connections the webhook serves at once; more are closed at
     /// accept.
     #[arg(
@@ -497,6 +512,13 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether the webhook probes namespaces before redirect interception
+    /// (and so creates pods, as dry runs): `--redirect-probe`, unless
+    /// `--forbid-redirect` leaves nothing to probe for.
+    pub fn probes_redirect(&self) -> bool {
+        self.redirect_probe && !self.defaults.forbid_redirect
+    }
+
     /// The webhook certificate source.
     pub fn tls_source(&self) -> Source {
         match self.tls_mode {

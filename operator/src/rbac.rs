@@ -26,6 +26,10 @@ pub enum Needed {
     TlsModeGenerate,
     /// Only with `--leader-election` ([`crate::leader`]).
     LeaderElection,
+    /// Only when the webhook probes namespaces before redirect
+    /// interception: `--redirect-probe` and not `--forbid-redirect`
+    /// ([`crate::cli::RunArgs::probes_redirect`]).
+    RedirectProbe,
 }
 
 /// One RBAC rule.
@@ -47,7 +51,7 @@ pub struct Rule {
     pub why: &'static str,
 }
 
-/// Every permission, one entry per resource.
+/// Every permission, one entry per resource and condition.
 pub const RBAC: &[Rule] = &[
     Rule {
         api_group: "goaway.dev",
@@ -83,11 +87,19 @@ pub const RBAC: &[Rule] = &[
     },
     Rule {
         api_group: "",
+        resource: "pods",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        needed: Needed::RedirectProbe,
+        why: "webhook creates redirect probe pods, as dry runs only, before redirect interception (--redirect-probe)",
+    },
+    Rule {
+        api_group: "",
         resource: "namespaces",
         verbs: &["list", "watch"],
         scope: Scope::Cluster,
         needed: Needed::Always,
-        why: "webhook reads namespaces' Pod Security level (metadata) before redirect interception",
+        why: "webhook reads namespaces' labels (metadata: the Pod Security level; a change probes again) before redirect interception",
     },
     Rule {
         api_group: "",
@@ -143,13 +155,19 @@ mod tests {
     #[test]
     fn the_words_say_what_needed_says() {
         for rule in RBAC {
-            let generate = rule.why.contains("--tls-mode generate");
-            let leader = rule.why.contains("leader election");
-            let said = match (generate, leader) {
-                (true, false) => Needed::TlsModeGenerate,
-                (false, true) => Needed::LeaderElection,
-                (false, false) => Needed::Always,
-                (true, true) => panic!("{}: two conditions", rule.resource),
+            let said: Vec<Needed> = [
+                ("--tls-mode generate", Needed::TlsModeGenerate),
+                ("leader election", Needed::LeaderElection),
+                ("--redirect-probe", Needed::RedirectProbe),
+            ]
+            .into_iter()
+            .filter(|(words, _)| rule.why.contains(words))
+            .map(|(_, needed)| needed)
+            .collect();
+            let said = match said[..] {
+                [] => Needed::Always,
+                [one] => one,
+                _ => panic!("{}: two conditions", rule.resource),
             };
             assert_eq!(rule.needed, said, "{}: {}", rule.resource, rule.why);
         }
@@ -167,6 +185,13 @@ mod tests {
                 .map(|r| r["needed"].clone())
         };
         assert_eq!(needed("pods"), Some("always".into()));
+        let create_pods = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods" && r["verbs"] == serde_json::json!(["create"]))
+            .map(|r| r["needed"].clone());
+        assert_eq!(create_pods, Some("redirectProbe".into()));
         assert_eq!(needed("secrets"), Some("tlsModeGenerate".into()));
         assert_eq!(needed("leases"), Some("leaderElection".into()));
     }

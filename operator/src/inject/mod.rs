@@ -44,6 +44,7 @@
 
 pub mod overrides;
 mod ports;
+mod probe;
 mod sidecar;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+pub use probe::{LABEL_PROBE, LABEL_PROBE_VALUE, PROBE_NAME_PREFIX, redirect_probe_pod};
 pub use sidecar::{
     ADMIN_PORT_NAME, AGENT_UID, AgentConfig, DEFAULT_ADMIN_ALLOW, DEFAULT_ADMIN_PORT,
     DEFAULT_AGENT_IMAGE, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, PROXY_PORT_NAME,
