@@ -33,7 +33,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy: the sidecar's main command.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask a running agent to drain and wait until it has (for exec preStop
     /// hooks). Prints the drain summary.
     Drain(DrainArgs),
@@ -133,6 +133,20 @@ pub struct RunArgs {
     /// The operator turns this on for the agents it injects.
     #[arg(long, env = "GOAWAY_READINESS_CHECKS_UPSTREAM")]
     pub readiness_checks_upstream: bool,
+    /// The operator's control channel, `https://host:port` (with
+    /// `--control-ca` and `--control-token-file`): policy changes within
+    /// a second, and the evidence a drain starts on. Without it the policy
+    /// file alone is the source and a drain waits its whole delay.
+    #[arg(long, env = "GOAWAY_CONTROL_URL", requires_all = ["control_ca", "control_token_file"])]
+    pub control_url: Option<String>,
+    /// The CA certificate (PEM) the operator's certificate is checked
+    /// against; read at each connection.
+    #[arg(long, env = "GOAWAY_CONTROL_CA")]
+    pub control_ca: Option<PathBuf>,
+    /// The pod's projected service-account token for the operator
+    /// (audience `goaway.dev/agent`); read at each connection.
+    #[arg(long, env = "GOAWAY_CONTROL_TOKEN_FILE")]
+    pub control_token_file: Option<PathBuf>,
     /// Who may use `/drain`, `PUT /log-level` and `/connections` besides
     /// the pod itself (loopback): a comma-separated list of addresses,
     /// CIDRs, `gateway` (the pod's default gateways: where the node's

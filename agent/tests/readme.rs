@@ -83,6 +83,8 @@ fn every_goaway_variable_the_readme_names_is_read_by_something() {
         ("GOAWAY_KUBE_CACHE", "scripts/kube-local"),
         ("GOAWAY_KUBE_STATE", "scripts/kube-local"),
         ("GOAWAY_KUBE_APISERVER_PORT", "scripts/kube-local"),
+        ("GOAWAY_KUBE_ETCD_PORT", "scripts/kube-local"),
+        ("GOAWAY_KUBE_KCM_PORT", "scripts/kube-local"),
         ("GOAWAY_KUBE_NODE_IP", "scripts/kube-local"),
         ("GOAWAY_IMAGE_PROFILE", "scripts/kube-local"),
         ("GOAWAY_E2E_VALUES", "operator/tests/node_e2e.rs"),

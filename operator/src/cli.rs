@@ -317,6 +317,16 @@ pub struct PolicyDefaultsArgs {
         allow_hyphen_values = true
     )]
     pub default_drain_goaway_ack_timeout: Option<GoDuration>,
+    /// drain.quietPeriod for policies that do not set it (unset: 1s): how
+    /// long no new connection may arrive, with the pod out of its
+    /// endpoints, before the drain's GOAWAYs go out ahead of drain.delay.
+    #[arg(
+        long,
+        env = "GOAWAY_DEFAULT_DRAIN_QUIET_PERIOD",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub default_drain_quiet_period: Option<GoDuration>,
     /// spec.interception for policies that do not set it: namedPort (no
     /// privileges; only Services with the port's name as targetPort go
     /// through the agent) or redirect (an init container with NET_ADMIN
@@ -338,6 +348,7 @@ impl PolicyDefaultsArgs {
             delay: self.default_drain_delay,
             timeout: self.default_drain_timeout,
             goaway_ack_timeout: self.default_drain_goaway_ack_timeout,
+            quiet_period: self.default_drain_quiet_period,
         })
         .map_err(Error::InvalidFlags)?
         .with_interception(self.default_interception))

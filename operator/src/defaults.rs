@@ -27,7 +27,7 @@ struct Field {
     get: fn(&DrainPolicy) -> Option<GoDuration>,
 }
 
-const FIELDS: [Field; 3] = [
+const FIELDS: [Field; 4] = [
     Field {
         path: "drain.delay",
         flag: "--default-drain-delay",
@@ -42,6 +42,11 @@ const FIELDS: [Field; 3] = [
         path: "drain.goawayAckTimeout",
         flag: "--default-drain-goaway-ack-timeout",
         get: |d| d.goaway_ack_timeout,
+    },
+    Field {
+        path: "drain.quietPeriod",
+        flag: "--default-drain-quiet-period",
+        get: |d| d.quiet_period,
     },
 ];
 
@@ -137,6 +142,7 @@ impl PolicyDefaults {
         d.delay = d.delay.or(defaults.delay);
         d.timeout = d.timeout.or(defaults.timeout);
         d.goaway_ack_timeout = d.goaway_ack_timeout.or(defaults.goaway_ack_timeout);
+        d.quiet_period = d.quiet_period.or(defaults.quiet_period);
         merged
     }
 
@@ -168,6 +174,7 @@ pub(crate) fn drain(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str
         delay: d(delay),
         timeout: d(timeout),
         goaway_ack_timeout: d(ack),
+        quiet_period: None,
     }
 }
 
@@ -238,8 +245,10 @@ mod tests {
                 "--default-drain-goaway-ack-timeout: must be greater than zero"
             ]
         );
-        // Against each other, with SPEC §1 filling in what is not given.
-        let ack = err(drain(None, Some("3s"), None));
+        // Against each other, with SPEC §1 filling in what is not given
+        // (a 3s timeout alone is fine: the default ack bound follows it).
+        assert!(PolicyDefaults::new(drain(None, Some("3s"), None)).is_ok());
+        let ack = err(drain(None, Some("3s"), Some("3s")));
         assert_eq!(ack.len(), 1);
         assert!(
             ack[0].starts_with(

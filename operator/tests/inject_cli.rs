@@ -302,7 +302,10 @@ const BAD_FLAGS: &[(&[&str], &str)] = &[
         "--default-drain-delay: must not be negative",
     ),
     (
-        &["--default-drain-timeout=2s"],
+        &[
+            "--default-drain-timeout=2s",
+            "--default-drain-goaway-ack-timeout=2s",
+        ],
         "--default-drain-goaway-ack-timeout: must be less than drain.timeout (2s)",
     ),
 ];

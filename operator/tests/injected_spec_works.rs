@@ -180,6 +180,7 @@ async fn app_pre_stop_drains_the_injected_agent() {
         delay: Some("20s".parse().unwrap()),
         timeout: Some("3s".parse().unwrap()),
         goaway_ack_timeout: Some("1s".parse().unwrap()),
+        quiet_period: None,
     })
     .unwrap();
     let pod: Pod = serde_yaml::from_str(&format!(
@@ -260,7 +261,7 @@ async fn app_pre_stop_drains_the_injected_agent() {
     let effective: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         effective["drain"],
-        serde_json::json!({"delay": "0s", "timeout": "3s", "goawayAckTimeout": "1s"})
+        serde_json::json!({"delay": "0s", "timeout": "3s", "goawayAckTimeout": "1s", "quietPeriod": "1s"})
     );
 
     // A client talks to the application through the agent's port.

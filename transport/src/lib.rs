@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod control;
 pub mod counters;
 mod frame;
 mod frame_io;

@@ -209,9 +209,11 @@ mod tests {
 
     #[test]
     fn a_policy_invalid_as_written_reports_its_own_errors_whatever_the_defaults() {
-        let s = spec("selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {timeout: 1s}\n");
-        // 5s (built in) >= 1s: the API server's CEL rule refuses this
-        // policy too, so it is the policy's mistake, not the operator's.
+        let s = spec(
+            "selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {timeout: 1s, goawayAckTimeout: 2s}\n",
+        );
+        // 2s >= 1s: the API server's CEL rule refuses this policy too, so
+        // it is the policy's mistake, not the operator's.
         let err = s.check_with(&defaults(None, Some("500ms"))).unwrap_err();
         assert_eq!(err, s.check().unwrap_err());
         assert!(!err.to_string().contains("operator default"), "{err}");

@@ -296,6 +296,7 @@ agent:
             delay: Some("5s".parse().unwrap()),
             timeout: Some("90s".parse().unwrap()),
             goaway_ack_timeout: Some("2.5s".parse().unwrap()),
+            quiet_period: None,
         }
     );
     assert_eq!(

@@ -254,6 +254,12 @@ fn flag_values() -> Vec<FlagValue> {
             "2500ms",
         ),
         v(
+            "agent.drain.quietPeriod",
+            json!("500ms"),
+            "GOAWAY_DEFAULT_DRAIN_QUIET_PERIOD",
+            "500ms",
+        ),
+        v(
             "agent.interception",
             json!("redirect"),
             "GOAWAY_DEFAULT_INTERCEPTION",

@@ -15,8 +15,13 @@ pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 pub(super) const DEFAULT_MIN_TIME: Duration = Duration::from_secs(5 * 60);
 /// Default time from the first drain GOAWAY to the hard close.
 pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default bound between the first and second GOAWAY (grpc-go uses 5s).
+/// Default bound between the first and second GOAWAY (grpc-go uses 5s);
+/// at most half of `drain.timeout`.
 pub(super) const DEFAULT_GOAWAY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default quiet period of the evidence-driven drain start.
+pub(super) const DEFAULT_QUIET_PERIOD: Duration = Duration::from_secs(1);
+/// The longest quiet period allowed.
+pub(super) const MAX_QUIET_PERIOD: Duration = Duration::from_secs(60);
 
 /// Per-connection server parameters (SPEC §2). `None` means infinite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +58,15 @@ pub struct ClientParams {
 /// The agent's drain sequence (SPEC §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainParams {
-    /// Wait between failing readiness and the first GOAWAY.
+    /// Longest wait between failing readiness and the first GOAWAY.
     pub delay: Duration,
     /// From the first GOAWAY to the hard close.
     pub timeout: Duration,
     /// Bound between the first and second GOAWAY.
     pub goaway_ack_timeout: Duration,
+    /// No new connection for this long completes the evidence for an
+    /// early GOAWAY.
+    pub quiet_period: Duration,
 }
 
 impl Default for ServerParams {
@@ -113,10 +121,15 @@ impl Policy {
     /// Drain parameters with defaults filled in.
     pub fn drain_params(&self) -> DrainParams {
         let d = &self.drain;
+        let timeout = std(d.timeout).unwrap_or(DEFAULT_DRAIN_TIMEOUT);
         DrainParams {
             delay: std(d.delay).unwrap_or(Duration::ZERO),
-            timeout: std(d.timeout).unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-            goaway_ack_timeout: std(d.goaway_ack_timeout).unwrap_or(DEFAULT_GOAWAY_ACK_TIMEOUT),
+            timeout,
+            // A default follows what the user set: a short drain.timeout
+            // alone never makes the ack timeout invalid.
+            goaway_ack_timeout: std(d.goaway_ack_timeout)
+                .unwrap_or_else(|| DEFAULT_GOAWAY_ACK_TIMEOUT.min(timeout / 2)),
+            quiet_period: std(d.quiet_period).unwrap_or(DEFAULT_QUIET_PERIOD),
         }
     }
 
@@ -146,6 +159,7 @@ impl Policy {
                 delay: d.delay.into(),
                 timeout: d.timeout.into(),
                 goaway_ack_timeout: d.goaway_ack_timeout.into(),
+                quiet_period: d.quiet_period.into(),
             },
         }
     }
@@ -236,4 +250,5 @@ pub struct EffectiveDrain {
     pub delay: GoDuration,
     pub timeout: GoDuration,
     pub goaway_ack_timeout: GoDuration,
+    pub quiet_period: GoDuration,
 }

@@ -199,6 +199,15 @@ impl Policy {
         c.duration("drain.delay", d.delay, true);
         c.duration("drain.timeout", d.timeout, false);
         c.duration("drain.goawayAckTimeout", d.goaway_ack_timeout, false);
+        c.duration("drain.quietPeriod", d.quiet_period, true);
+        if let Some(q) = d.quiet_period.and_then(GoDuration::to_std)
+            && q > super::resolve::MAX_QUIET_PERIOD
+        {
+            c.error(
+                "drain.quietPeriod",
+                format!("must be at most 1m (got {})", GoDuration::from(q)),
+            );
+        }
         let drain = self.drain_params();
         if c.errors.is_empty() && drain.goaway_ack_timeout >= drain.timeout {
             c.error(
