@@ -137,6 +137,22 @@ build_etcd() {
         etcd-main.go "${modules[@]}"
 }
 
+build_coredns() {
+    if [[ -x $COREDNS_BIN/coredns ]]; then
+        log "coredns $COREDNS_VERSION: cached in $COREDNS_BIN"
+        return
+    fi
+    log "coredns $COREDNS_VERSION: building"
+    # CoreDNS's go.mod has no replace directives, but its main package
+    # links every plugin; ours links those the Corefile uses. The version
+    # variables are what CoreDNS's Makefile stamps from git.
+    local date
+    date=$(module_time "github.com/coredns/coredns@$COREDNS_VERSION")
+    build_go_main coredns "$COREDNS_BIN" \
+        "-s -w -X github.com/coredns/coredns/coremain.gitTag=$COREDNS_VERSION -X github.com/coredns/coredns/coremain.buildDate=$date" \
+        "github.com/coredns/coredns@$COREDNS_VERSION" coredns-main.go github.com/coredns/coredns
+}
+
 build_helm() {
     if [[ -x $HELM_BIN/helm ]]; then
         log "helm $HELM_VERSION: cached in $HELM_BIN"
@@ -162,6 +178,7 @@ cmd_build() {
     local start=$SECONDS
     build_etcd
     build_kubernetes
+    build_coredns
     build_helm
     log "build done in $((SECONDS - start))s"
 }

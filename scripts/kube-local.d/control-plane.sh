@@ -40,6 +40,9 @@ make_pki() {
     issue_cert scheduler "/CN=system:kube-scheduler" "$client"
     issue_cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
     issue_cert kube-proxy "/CN=system:kube-proxy" "$client"
+    # CoreDNS, bound to the ClusterRole system:coredns (templates/
+    # cluster-dns.yaml), as kubeadm binds its service account.
+    issue_cert coredns "/CN=system:coredns" "$client"
     # The kubelet's serving certificate, for the API server's logs/exec.
     issue_cert kubelet-serving "/CN=$NODE_NAME" \
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:$NODE_IP,DNS:$NODE_NAME"

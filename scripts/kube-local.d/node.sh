@@ -13,7 +13,8 @@ need_node_tools() {
     done
     [[ -x $CNI_BIN/bridge && -x $CNI_BIN/host-local && -x $CNI_BIN/loopback ]] ||
         die "CNI plugins are missing in $CNI_BIN: apt-get install containernetworking-plugins"
-    for b in "$KUBE_BIN/kube-scheduler" "$KUBE_BIN/kubelet" "$KUBE_BIN/kube-proxy"; do
+    for b in "$KUBE_BIN/kube-scheduler" "$KUBE_BIN/kubelet" "$KUBE_BIN/kube-proxy" \
+        "$KUBE_BIN/kubectl" "$COREDNS_BIN/coredns"; do
         [[ -x $b ]] || die "$b is missing: run scripts/kube-local build first"
     done
 }
@@ -79,9 +80,10 @@ start_node() {
         --hostname-override "$NODE_NAME" \
         --node-ip "$NODE_IP"
     start kube-proxy "$KUBE_BIN/kube-proxy" --config "$STATE/kube-proxy.yaml"
+    start_cluster_dns
     wait_for 180 "node $NODE_NAME Ready" node_ready ||
         die "node $NODE_NAME is not Ready; see $STATE/logs/kubelet.log"
-    log "node $NODE_NAME Ready ($NODE_IP, pods $POD_SUBNET)"
+    log "node $NODE_NAME Ready ($NODE_IP, pods $POD_SUBNET, DNS $CLUSTER_DNS_IP)"
 }
 
 # Pod network namespaces left by the CRI, some maybe duplicated under a
@@ -110,7 +112,7 @@ cleanup_pod_netns() {
 # iptables rules and the node address.
 stop_node() {
     local c
-    for c in kube-proxy kubelet kube-scheduler; do stop "$c"; done
+    for c in coredns kube-proxy kubelet kube-scheduler; do stop "$c"; done
     if running containerd; then
         local task
         for task in $(ctr_k8s tasks ls -q 2>/dev/null); do
