@@ -30,7 +30,7 @@ fn every_operator_flag_is_set_by_the_chart() {
         (
             RELEASE,
             NAMESPACE,
-            "agent: {drain: {delay: 5s, timeout: 45s, goawayAckTimeout: 2s}}",
+            "agent: {drain: {delay: 5s, timeout: 45s, goawayAckTimeout: 2s, quietPeriod: 2s}}",
         ),
         (
             RELEASE,
@@ -391,7 +391,7 @@ fn each_drain_flag_of_the_operator_is_an_agent_drain_value_unset_by_default() {
         drain_flags, drain_values,
         "drain flags vs agent.drain values"
     );
-    assert_eq!(drain_flags.len(), 3);
+    assert_eq!(drain_flags.len(), 4);
 
     // Empty by default: no variable, so policies are used as written.
     let r = render("");
@@ -424,7 +424,7 @@ fn each_drain_flag_of_the_operator_is_an_agent_drain_value_unset_by_default() {
 fn drain_defaults_that_contradict_each_other_pass_the_schema_but_stop_the_operator() {
     // The schema cannot compare durations; the operator refuses to start,
     // naming the flag, so the old replicas keep serving (maxUnavailable 0).
-    let (args, _) = render("agent: {drain: {timeout: 3s}}").operator_args();
+    let (args, _) = render("agent: {drain: {timeout: 3s, goawayAckTimeout: 3s}}").operator_args();
     let err = args.defaults.policy_defaults().unwrap_err().to_string();
     assert!(
         err.starts_with("--default-drain-goaway-ack-timeout: must be less than drain.timeout (3s)"),
