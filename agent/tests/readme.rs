@@ -90,6 +90,7 @@ fn every_goaway_variable_the_readme_names_is_read_by_something() {
         ("GOAWAY_E2E_VALUES", "operator/tests/node_e2e.rs"),
         ("GOAWAY_KUBE_NODE", "operator/tests/node_e2e.rs"),
         ("GOAWAY_CACHE", "scripts/build-peers"),
+        ("GOAWAY_CI", "transport/src/test_util.rs"),
     ];
     for (name, file) in elsewhere {
         assert!(read(file).contains(name), "{file} does not read {name}");
