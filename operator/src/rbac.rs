@@ -26,6 +26,8 @@ pub enum Needed {
     TlsModeGenerate,
     /// Only with `--leader-election` ([`crate::leader`]).
     LeaderElection,
+    /// Only with `--control-channel` ([`crate::channel`]).
+    ControlChannel,
 }
 
 /// One RBAC rule.
@@ -47,7 +49,7 @@ pub struct Rule {
     pub why: &'static str,
 }
 
-/// Every permission, one entry per resource.
+/// Every permission, one entry per resource and condition.
 pub const RBAC: &[Rule] = &[
     Rule {
         api_group: "goaway.dev",
@@ -106,6 +108,30 @@ pub const RBAC: &[Rule] = &[
         why: "controller and webhook publish Events",
     },
     Rule {
+        api_group: "",
+        resource: "pods",
+        verbs: &["get"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel reads the pod an agent's token names (--control-channel)",
+    },
+    Rule {
+        api_group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel watches the EndpointSlices of its agents' namespaces (--control-channel)",
+    },
+    Rule {
+        api_group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel checks agents' tokens (--control-channel)",
+    },
+    Rule {
         api_group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
         verbs: &["get", "patch"],
@@ -145,11 +171,13 @@ mod tests {
         for rule in RBAC {
             let generate = rule.why.contains("--tls-mode generate");
             let leader = rule.why.contains("leader election");
-            let said = match (generate, leader) {
-                (true, false) => Needed::TlsModeGenerate,
-                (false, true) => Needed::LeaderElection,
-                (false, false) => Needed::Always,
-                (true, true) => panic!("{}: two conditions", rule.resource),
+            let control = rule.why.contains("--control-channel");
+            let said = match (generate, leader, control) {
+                (true, false, false) => Needed::TlsModeGenerate,
+                (false, true, false) => Needed::LeaderElection,
+                (false, false, true) => Needed::ControlChannel,
+                (false, false, false) => Needed::Always,
+                _ => panic!("{}: two conditions", rule.resource),
             };
             assert_eq!(rule.needed, said, "{}: {}", rule.resource, rule.why);
         }
@@ -163,11 +191,12 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|r| r["resource"] == resource)
+                .find(|r| r["resource"] == resource && r["verbs"][0] != "get")
                 .map(|r| r["needed"].clone())
         };
         assert_eq!(needed("pods"), Some("always".into()));
         assert_eq!(needed("secrets"), Some("tlsModeGenerate".into()));
         assert_eq!(needed("leases"), Some("leaderElection".into()));
+        assert_eq!(needed("tokenreviews"), Some("controlChannel".into()));
     }
 }

@@ -66,6 +66,7 @@ async fn start_with(defaults: PolicyDefaults) -> Running {
         namespace: None,
         defaults,
         instance: Some("e2e".into()),
+        ..controller::Config::default()
     };
     let task = tokio::spawn(controller::run(
         client.clone(),

@@ -263,6 +263,9 @@ pub const MAX_POLICY_NAME_LEN: usize = 253 - CONFIG_MAP_PREFIX.len();
 
 /// The ConfigMap key the agent reads (`/etc/goaway/policy.yaml`).
 pub const POLICY_FILE_KEY: &str = "policy.yaml";
+/// The ConfigMap key of the operator's CA certificate (PEM), which the
+/// agent checks the control channel's certificate against.
+pub const CA_FILE_KEY: &str = "ca.crt";
 
 /// The agent's policy file: the YAML serialisation of the embedded policy
 /// with the operator's `defaults` filled into the fields it leaves out.

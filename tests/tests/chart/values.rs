@@ -114,9 +114,9 @@ fn flag_values() -> Vec<FlagValue> {
         ),
         v(
             "webhook.port",
-            json!(9444),
+            json!(9445),
             "GOAWAY_WEBHOOK_ADDR",
-            "0.0.0.0:9444",
+            "0.0.0.0:9445",
         ),
         FlagValue {
             also: &["GOAWAY_TLS_SECRET", "GOAWAY_TLS_DIR"],
@@ -150,6 +150,30 @@ fn flag_values() -> Vec<FlagValue> {
             json!(8081),
             "GOAWAY_ADMIN_ADDR",
             "0.0.0.0:8081",
+        ),
+        FlagValue {
+            path: "control.enabled",
+            values: json!({"control": {"enabled": false}}),
+            env: "GOAWAY_CONTROL_CHANNEL",
+            expect: "false".into(),
+            also: &[
+                "GOAWAY_CONTROL_ADDR",
+                "GOAWAY_CONTROL_MAX_CONNECTIONS",
+                "GOAWAY_AGENT_CONTROL_URL",
+            ],
+        },
+        FlagValue {
+            path: "control.port",
+            values: json!({"control": {"port": 9555}}),
+            env: "GOAWAY_CONTROL_ADDR",
+            expect: "0.0.0.0:9555".into(),
+            also: &["GOAWAY_AGENT_CONTROL_URL"],
+        },
+        v(
+            "control.maxConnections",
+            json!(500),
+            "GOAWAY_CONTROL_MAX_CONNECTIONS",
+            "500",
         ),
         v(
             "agent.image.repository",
