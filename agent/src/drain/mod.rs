@@ -7,8 +7,9 @@
 //!  1  readiness fails ────────────► the pod leaves its Services' endpoints
 //!  2  wait for evidence that the endpoint removal reached the nodes:
 //!       the pod out of every EndpointSlice's ready endpoints (word from
-//!       the operator) and no new connection for drain.quietPeriod; at
-//!       most drain.delay, all of it without the operator
+//!       the operator) and, for drain.quietPeriod since that word, no
+//!       new connection; at most drain.delay, all of it without the
+//!       operator
 //!  3  the listener closes (new connections are refused), then every
 //!       connection accepted before it closed is sent GOAWAY
 //!       (graceful_stop): in-flight streams finish, clients reconnect to
@@ -117,10 +118,14 @@ impl Agent {
 /// Step 2: the GOAWAYs go out `drain.delay` after the start, or sooner on
 /// evidence that every node has stopped sending new connections here: the
 /// operator reports the pod out of the ready endpoints of every
-/// EndpointSlice that lists it (`endpoints`), and no connection has been
-/// accepted for `drain.quietPeriod` (counted from the start at the
-/// earliest, so that is the least wait). Without word from the operator
-/// the whole delay is waited.
+/// EndpointSlice that lists it (`endpoints`), and for `drain.quietPeriod`
+/// since then no connection has been accepted. The window runs from the
+/// latest of the drain's start, the operator's word and the last accept:
+/// the nodes' proxies watch the same EndpointSlices the operator does, so
+/// the window is their time to apply the change (kube-proxy applies a
+/// batch of changes at most once a second, its default
+/// `minSyncPeriod`), and a connection arriving meanwhile says one has
+/// not yet. Without word from the operator the whole delay is waited.
 async fn await_evidence(
     drain: &DrainState,
     mut endpoints: watch::Receiver<Endpoints>,
@@ -129,17 +134,21 @@ async fn await_evidence(
 ) -> GoawayOn {
     let max = start + params.delay;
     let quiet = params.quiet_period.min(params.delay);
+    // Since when the operator has been saying that the pod is out of every
+    // ready set.
+    let mut out_since = None;
     loop {
         let now = Instant::now();
         if now >= max {
             return GoawayOn::Delay;
         }
         let out = *endpoints.borrow_and_update() == Endpoints::OutOfReadyEndpoints;
-        let quiet_at = drain.last_accept().max(start) + quiet;
-        if out && now >= quiet_at {
+        out_since = if out { out_since.or(Some(now)) } else { None };
+        let quiet_at = out_since.map(|since| drain.last_accept().max(start).max(since) + quiet);
+        if quiet_at.is_some_and(|at| now >= at) {
             return GoawayOn::Evidence;
         }
-        let wake = if out { quiet_at.min(max) } else { max };
+        let wake = quiet_at.map_or(max, |at| at.min(max));
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             changed = endpoints.changed() => {
@@ -235,9 +244,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn out_of_the_endpoints_and_quiet_sends_goaway_early() {
-        // Out at 300ms; the quiet period runs from the start: 1s.
+        // Out at 300ms: the quiet period runs from then.
         let got = step_two(params(5, 1000), async |_, tx| {
             tokio::time::sleep(ms(300)).await;
+            tx.send_replace(Endpoints::OutOfReadyEndpoints);
+            tokio::time::sleep(ms(10_000)).await;
+        })
+        .await;
+        assert_eq!(got, (ms(1_300), GoawayOn::Evidence));
+        // Out before the drain starts (the operator saw it first): from the
+        // start.
+        let got = step_two(params(5, 1000), async |_, tx| {
             tx.send_replace(Endpoints::OutOfReadyEndpoints);
             tokio::time::sleep(ms(10_000)).await;
         })
@@ -265,8 +282,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn still_in_the_endpoints_waits_and_the_delay_bounds_the_wait() {
-        // Ready somewhere until 2s, then out: evidence at 2s (quiet since
-        // the start).
+        // Ready somewhere until 2s, then out: evidence a quiet period
+        // later, though nothing was accepted since the start.
         let got = step_two(params(5, 1000), async |_, tx| {
             tx.send_replace(Endpoints::InReadyEndpoints);
             tokio::time::sleep(ms(2_000)).await;
@@ -274,7 +291,18 @@ mod tests {
             tokio::time::sleep(ms(10_000)).await;
         })
         .await;
-        assert_eq!(got, (ms(2_000), GoawayOn::Evidence));
+        assert_eq!(got, (ms(3_000), GoawayOn::Evidence));
+        // Out, back in, out again: the window starts over at the last word.
+        let got = step_two(params(5, 1000), async |_, tx| {
+            tx.send_replace(Endpoints::OutOfReadyEndpoints);
+            tokio::time::sleep(ms(800)).await;
+            tx.send_replace(Endpoints::InReadyEndpoints);
+            tokio::time::sleep(ms(400)).await;
+            tx.send_replace(Endpoints::OutOfReadyEndpoints);
+            tokio::time::sleep(ms(10_000)).await;
+        })
+        .await;
+        assert_eq!(got, (ms(2_200), GoawayOn::Evidence));
         // Never out, or connections never stop: the delay.
         let got = step_two(params(5, 1000), async |drain, tx| {
             tx.send_replace(Endpoints::OutOfReadyEndpoints);

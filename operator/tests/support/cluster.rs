@@ -28,9 +28,9 @@ pub(crate) const UNSCHEDULED: &str = "goaway-test-unscheduled";
 /// so) when it is not set.
 pub(crate) async fn client_or_skip(test: &str) -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!(
-            "skipped {test}: set KUBECONFIG to run the real-cluster suite (scripts/kube-local up starts a local control plane)"
-        );
+        goaway_transport::test_util::skip(&format!(
+            "{test}: set KUBECONFIG to run the real-cluster suite (scripts/kube-local up starts a local control plane)"
+        ));
         return None;
     }
     Some(

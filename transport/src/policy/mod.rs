@@ -151,9 +151,11 @@ pub struct DrainPolicy {
     /// half of `timeout` when that is shorter than 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goaway_ack_timeout: Option<GoDuration>,
-    /// How long no new connection may arrive before the evidence that the
-    /// endpoint removal has reached every node is complete: the least time
-    /// between the drain's start and its GOAWAYs. At most 1m. Default 1s.
+    /// How long, once the operator reports the pod out of every ready set,
+    /// no new connection may arrive before the evidence that the endpoint
+    /// removal has reached every node is complete: the nodes' proxies' time
+    /// to apply it, and the least time between the drain's start and its
+    /// GOAWAYs. At most 1m. Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_period: Option<GoDuration>,
 }
