@@ -1,4 +1,5 @@
-//! Command line (SPEC §4). Every flag may also come from `GOAWAY_<FLAG>`.
+//! Command line (docs/design.md §5.1). Every flag may also come from
+//! `GOAWAY_<FLAG>`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,8 +87,8 @@ pub struct RunArgs {
     /// `--listen`.
     #[arg(long, env = "GOAWAY_ADMIN", value_parser = parse_bind)]
     pub admin: SocketAddr,
-    /// Policy file (SPEC §1); reloaded when it changes. Defaults apply
-    /// without one.
+    /// Policy file (docs/design.md §2); reloaded when it changes. Defaults
+    /// apply without one.
     #[arg(long, env = "GOAWAY_POLICY")]
     pub policy: Option<PathBuf>,
     /// Require this token on /drain (`Authorization: Bearer <token>`).

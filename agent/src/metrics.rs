@@ -1,4 +1,4 @@
-//! Prometheus metrics under SPEC §4's names.
+//! Prometheus metrics under the names of docs/design.md §5.3.
 //!
 //! Connection, stream, GOAWAY and ping counts live in the transport's
 //! plain-atomic [`Counters`] and are read at scrape time by a collector,

@@ -1,5 +1,6 @@
-//! The drain (SPEC §4), black-box: `/drain`, `goaway-agent drain` and
-//! SIGTERM against a real agent with grpcio and hyper-h2 clients.
+//! The drain (docs/design.md §6), black-box: `/drain`, `goaway-agent
+//! drain` and SIGTERM against a real agent with grpcio and hyper-h2
+//! clients.
 
 mod common;
 

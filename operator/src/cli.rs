@@ -319,8 +319,9 @@ impl AgentArgs {
     }
 }
 
-/// Drain settings for the policies that leave them out (shared by `run`
-/// and `inject`). Unset: the SPEC §1 default. A policy's own value wins.
+/// Drain settings for the policies that leave them out (shared by `run` and
+/// `inject`). Unset: the docs/design.md §2.1 default. A policy's own value
+/// wins.
 #[derive(Clone, Debug, Default, Args)]
 pub struct PolicyDefaultsArgs {
     /// drain.delay for policies that do not set it, a Go duration such as

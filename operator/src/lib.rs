@@ -1,4 +1,4 @@
-//! The goaway Kubernetes operator (SPEC §5).
+//! The goaway Kubernetes operator (docs/design.md §8, §9, §10).
 //!
 //! It owns the `KeepalivePolicy` custom resource ([`crd`]), the controller
 //! that renders each policy into the ConfigMap the agent reads and reports

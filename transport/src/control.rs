@@ -1,6 +1,6 @@
 //! The operator → agent control channel's wire format: what the operator
 //! tells each injected agent about its own pod, as one JSON object per
-//! line on a long-lived stream (design: the README's "Control channel").
+//! line on a long-lived stream (docs/design.md §7).
 //!
 //! An agent opens the stream with an HTTP/1.1 request to [`PATH`] that
 //! upgrades the connection to [`PROTOCOL`], authenticated by a projected

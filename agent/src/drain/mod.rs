@@ -1,5 +1,5 @@
-//! The drain (SPEC §4), top-down: how a pod stops without failing a call,
-//! and how a drain that no stop follows ends.
+//! The drain (docs/design.md §6), top-down: how a pod stops without failing a
+//! call, and how a drain that no stop follows ends.
 //!
 //! ```text
 //!  preStop GET /drain ──┐  (or SIGTERM, when no hook ran)

@@ -1,6 +1,6 @@
 //! The client-facing side: accept h2c connections, manage each with the
-//! transport's server driver (SPEC §2), and proxy every stream upstream.
-//! The accept loop and every connection it accepts hold the drain's
+//! transport's server driver (docs/design.md §3), and proxy every stream
+//! upstream. The accept loop and every connection it accepts hold the drain's
 //! watch ([`crate::drain`]): the loop closes the listener when the drain
 //! signals, and each connection sends its GOAWAY.
 

@@ -1,4 +1,5 @@
-//! The `KeepalivePolicy` custom resource (`goaway.dev/v1alpha1`, SPEC §5).
+//! The `KeepalivePolicy` custom resource (`goaway.dev/v1alpha1`;
+//! docs/design.md §8).
 //!
 //! The spec embeds [`goaway_transport::Policy`] flattened, so `server`,
 //! `enforcement`, `upstream` and `drain` mean exactly what they mean in the

@@ -41,9 +41,9 @@ impl KeepalivePolicySpec {
     /// Checks the whole spec as written: the selector is not empty, `port`
     /// and `agentPort` are usable, and the embedded policy passes
     /// [`Policy::validate`](goaway_transport::Policy::validate) with
-    /// production strictness, SPEC §1 defaults filling the rest. This is
-    /// what the CRD's CEL rules check. Returns every error, not just the
-    /// first.
+    /// production strictness, the defaults of docs/design.md §2.1 filling the
+    /// rest. This is what the CRD's CEL rules check. Returns every error, not
+    /// just the first.
     pub fn check(&self) -> Result<Vec<SpecWarning>, SpecError> {
         self.check_with(&PolicyDefaults::default())
     }

@@ -1,4 +1,5 @@
-//! The pod mutation (SPEC §5 injection rules), as a pure function.
+//! The pod mutation (the injection rules of docs/design.md §9), as a pure
+//! function.
 //!
 //! [`mutate`] takes a pod's (or pod template's) metadata and spec, the
 //! policies of its namespace and the agent settings, and returns what

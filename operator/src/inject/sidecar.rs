@@ -1,4 +1,5 @@
-//! The agent container (SPEC §5, the agent contract in SPEC §4).
+//! The agent container (docs/design.md §9.1, the agent contract in
+//! docs/design.md §5).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
-//! Policy parameters (SPEC §1): one set of plain-data types used by the
-//! operator's CRD, the agent's policy file and this library.
+//! Policy parameters (docs/design.md §2): one set of plain-data types used by
+//! the operator's CRD, the agent's policy file and this library.
 //!
 //! Every field is optional; an absent field means the gRPC default. The
 //! types carry no behaviour beyond parsing, validation (`validate.rs`) and

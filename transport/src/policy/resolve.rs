@@ -23,7 +23,8 @@ pub(super) const DEFAULT_QUIET_PERIOD: Duration = Duration::from_secs(1);
 /// The longest quiet period allowed.
 pub(super) const MAX_QUIET_PERIOD: Duration = Duration::from_secs(60);
 
-/// Per-connection server parameters (SPEC §2). `None` means infinite.
+/// Per-connection server parameters (docs/design.md §3). `None` means
+/// infinite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerParams {
     /// Ping after this long with nothing read.
@@ -44,7 +45,7 @@ pub struct ServerParams {
     pub goaway_ack_timeout: Duration,
 }
 
-/// Per-connection client parameters (SPEC §3).
+/// Per-connection client parameters (docs/design.md §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientParams {
     /// Ping after this long with nothing read; `None` turns keepalive off.
@@ -55,7 +56,7 @@ pub struct ClientParams {
     pub permit_without_stream: bool,
 }
 
-/// The agent's drain sequence (SPEC §4).
+/// The agent's drain sequence (docs/design.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainParams {
     /// Longest wait between failing readiness and the first GOAWAY.
@@ -170,7 +171,8 @@ impl Policy {
 pub struct MaybeInfinite(Option<GoDuration>);
 
 /// A duration for something that may be switched off, shown as `"off"`
-/// (upstream keepalive, whose SPEC default is "off", not a time).
+/// (upstream keepalive, whose default in docs/design.md §2.1 is "off",
+/// not a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaybeOff(Option<GoDuration>);
 

@@ -154,8 +154,8 @@ impl Checker {
 }
 
 impl Policy {
-    /// Checks every rule of SPEC §1. Returns warnings for valid but
-    /// questionable settings, or every error found (not just the first),
+    /// Checks every rule of docs/design.md §2.3. Returns warnings for valid
+    /// but questionable settings, or every error found (not just the first),
     /// each naming its field.
     pub fn validate(&self, strictness: Strictness) -> Result<Vec<PolicyWarning>, PolicyError> {
         let mut c = Checker {
