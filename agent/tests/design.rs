@@ -124,6 +124,9 @@ fn all_metrics() -> (BTreeMap<String, String>, BTreeSet<String>) {
     // A family without a series is not encoded at all: one of each.
     operator.reconciled(None, std::time::Duration::ZERO);
     operator.admitted("injected", "", std::time::Duration::ZERO);
+    operator.control_refused("capacity");
+    operator.control_message("heartbeat");
+    operator.control_token_review("accepted");
     let (mut names, mut samples) = registered(&agent.encode());
     let (n, s) = registered(&operator.render());
     names.extend(n);
