@@ -1,4 +1,5 @@
-//! Command line (SPEC §4). Every flag may also come from `GOAWAY_<FLAG>`.
+//! Command line (docs/design.md §5.1). Every flag may also come from
+//! `GOAWAY_<FLAG>`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy: the sidecar's main command.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask a running agent to drain and wait until it has (for exec preStop
     /// hooks). Prints the drain summary.
     Drain(DrainArgs),
@@ -86,8 +87,8 @@ pub struct RunArgs {
     /// `--listen`.
     #[arg(long, env = "GOAWAY_ADMIN", value_parser = parse_bind)]
     pub admin: SocketAddr,
-    /// Policy file (SPEC §1); reloaded when it changes. Defaults apply
-    /// without one.
+    /// Policy file (docs/design.md §2); reloaded when it changes. Defaults
+    /// apply without one.
     #[arg(long, env = "GOAWAY_POLICY")]
     pub policy: Option<PathBuf>,
     /// Require this token on /drain (`Authorization: Bearer <token>`).
@@ -133,6 +134,20 @@ pub struct RunArgs {
     /// The operator turns this on for the agents it injects.
     #[arg(long, env = "GOAWAY_READINESS_CHECKS_UPSTREAM")]
     pub readiness_checks_upstream: bool,
+    /// The operator's control channel, `https://host:port` (with
+    /// `--control-ca` and `--control-token-file`): policy changes within
+    /// a second, and the evidence a drain starts on. Without it the policy
+    /// file alone is the source and a drain waits its whole delay.
+    #[arg(long, env = "GOAWAY_CONTROL_URL", requires_all = ["control_ca", "control_token_file"])]
+    pub control_url: Option<String>,
+    /// The CA certificate (PEM) the operator's certificate is checked
+    /// against; read at each connection.
+    #[arg(long, env = "GOAWAY_CONTROL_CA")]
+    pub control_ca: Option<PathBuf>,
+    /// The pod's projected service-account token for the operator
+    /// (audience `goaway.dev/agent`); read at each connection.
+    #[arg(long, env = "GOAWAY_CONTROL_TOKEN_FILE")]
+    pub control_token_file: Option<PathBuf>,
     /// Who may use `/drain`, `PUT /log-level` and `/connections` besides
     /// the pod itself (loopback): a comma-separated list of addresses,
     /// CIDRs, `gateway` (the pod's default gateways: where the node's

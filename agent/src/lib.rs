@@ -17,6 +17,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod cli;
 pub mod connections;
+pub mod control;
 pub mod demo;
 pub mod drain;
 pub mod intercept;
@@ -83,6 +84,11 @@ pub struct Agent {
     pub drain: drain::DrainState,
     /// True while serving; false from the moment a drain starts.
     pub ready: Arc<AtomicBool>,
+    /// Whether the pod is in its Services' ready endpoints, as the
+    /// operator last said (evidence for the drain).
+    pub endpoints: tokio::sync::watch::Receiver<control::Endpoints>,
+    /// True while the operator's control channel is open.
+    pub control_connected: Arc<AtomicBool>,
 }
 
 impl Agent {

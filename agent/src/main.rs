@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => goaway_agent::run::run(args).await,
+            Command::Run(args) => goaway_agent::run::run(*args).await,
             Command::Drain(args) => drain(args).await,
             Command::CheckConfig { file } => goaway_agent::run::check_config(&file),
             Command::Demo(args) => goaway_agent::demo::run(args).await,

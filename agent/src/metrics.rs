@@ -1,4 +1,4 @@
-//! Prometheus metrics under SPEC §4's names.
+//! Prometheus metrics under the names of docs/design.md §5.3.
 //!
 //! Connection, stream, GOAWAY and ping counts live in the transport's
 //! plain-atomic [`Counters`] and are read at scrape time by a collector,
@@ -50,7 +50,12 @@ pub struct ProtocolLabels {
 
 impl Metrics {
     /// Registers everything; `counters` and `upstream` are read per scrape.
-    pub fn new(counters: Arc<Counters>, upstreams: Vec<Channel>, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        counters: Arc<Counters>,
+        upstreams: Vec<Channel>,
+        ready: Arc<AtomicBool>,
+        control_connected: Arc<AtomicBool>,
+    ) -> Self {
         let mut registry = Registry::default();
         let connection_duration = Histogram::new([
             0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0,
@@ -101,6 +106,7 @@ impl Metrics {
             counters,
             upstreams,
             ready,
+            control_connected,
         }));
         Metrics {
             registry,
@@ -185,6 +191,7 @@ struct TransportCollector {
     /// One pool per worker thread.
     upstreams: Vec<Channel>,
     ready: Arc<AtomicBool>,
+    control_connected: Arc<AtomicBool>,
 }
 
 /// The upstream as one state: READY if any worker's pool is, otherwise
@@ -347,6 +354,12 @@ impl Collector for TransportCollector {
             "goaway_ready",
             "1 while serving, 0 once a drain started",
             i64::from(self.ready.load(Relaxed)),
+        )?;
+        gauge(
+            &mut e,
+            "goaway_control_connected",
+            "1 while the operator's control channel is open",
+            i64::from(self.control_connected.load(Relaxed)),
         )?;
         Ok(())
     }

@@ -46,6 +46,12 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
     },
+    /// A policy the operator sent did not parse or validate.
+    #[error("the policy from the operator: {error}")]
+    FromOperator {
+        /// What is wrong.
+        error: PolicyError,
+    },
 }
 
 /// Reads and validates a policy file, logging its warnings.
@@ -74,6 +80,9 @@ fn parse(path: &Path, text: &str) -> Result<Policy, LoadError> {
 pub struct SourceStatus {
     /// The file, if any.
     pub file: Option<PathBuf>,
+    /// Where the policy in force came from: `file` (or the defaults) or
+    /// `operator` (its control channel, ahead of the file).
+    pub from: &'static str,
     /// When the policy in force was loaded (seconds since the epoch).
     pub loaded_at: Option<u64>,
     /// The last rejected change, if the file currently holds one.
@@ -96,6 +105,7 @@ impl PolicyStore {
             changes: watch::Sender::new(initial),
             status: Mutex::new(SourceStatus {
                 file,
+                from: "file",
                 loaded_at: Some(epoch_secs()),
                 last_error: None,
             }),
@@ -120,13 +130,42 @@ impl PolicyStore {
             .clone()
     }
 
-    fn accept(&self, policy: Policy) {
+    fn accept(&self, policy: Policy, from: &'static str) {
         let policy = Arc::new(policy);
         self.current.store(policy.clone());
         self.changes.send_replace(policy);
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.from = from;
         s.loaded_at = Some(epoch_secs());
         s.last_error = None;
+    }
+
+    /// Applies a policy the operator sent over its control channel, loaded
+    /// and validated as the file is; a bad one is rejected the same way
+    /// (logged, the last good policy kept). The file — the same text once
+    /// the kubelet has refreshed it — stays the source at start-up and
+    /// whenever the channel is down. Ok(true) when the values changed.
+    pub fn apply_from_operator(&self, text: &str) -> Result<bool, LoadError> {
+        let result = Policy::load(text, Strictness::Permissive)
+            .map_err(|error| LoadError::FromOperator { error });
+        match result {
+            Ok((policy, warnings)) => {
+                for w in warnings {
+                    tracing::warn!(field = %w.field, message = %w.message, "policy warning");
+                }
+                let changed = *self.current() != policy;
+                if changed {
+                    tracing::info!("policy from the operator applied");
+                    self.accept(policy, "operator");
+                }
+                Ok(changed)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy change rejected; keeping the last good policy");
+                self.reject(&e);
+                Err(e)
+            }
+        }
     }
 
     fn reject(&self, error: &LoadError) {
@@ -185,7 +224,7 @@ pub async fn watch_file(
                 } else {
                     tracing::info!(file = %path.display(), "policy reloaded");
                 }
-                store.accept(policy);
+                store.accept(policy, "file");
                 on_result(true);
             }
             Err(e) => {

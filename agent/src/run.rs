@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::RunArgs;
+use crate::control::{self, ControlConfig, Endpoints};
 use crate::drain::{self, DrainState};
 use crate::policy::{PolicyStore, load_file, watch_file};
 use crate::proxy::Upstream;
@@ -69,6 +70,17 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         .to_std()
         .filter(|d| !d.is_zero())
         .context("--drain-expiry: must be greater than zero")?;
+    let control = match (
+        &args.control_url,
+        &args.control_ca,
+        &args.control_token_file,
+    ) {
+        (Some(url), Some(ca), Some(token)) => Some(
+            ControlConfig::parse(url, ca.clone(), token.clone())
+                .map_err(|e| anyhow::anyhow!("--control-url: {e}"))?,
+        ),
+        _ => None,
+    };
     let gateways = admin::access::default_gateways();
     let admin_access = admin::access::AdminAccess::parse(&args.admin_allow, &gateways)
         .map_err(|e| anyhow::anyhow!("--admin-allow: {e}"))?;
@@ -155,9 +167,18 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         admin_access,
     };
     let (drain, accepting) = DrainState::new();
+    // Without a control channel the operator's word never comes, and a
+    // drain waits its whole delay.
+    let (endpoints_tx, endpoints) = tokio::sync::watch::channel(Endpoints::Unknown);
+    let control_connected = Arc::new(AtomicBool::new(false));
     let agent = Arc::new(Agent {
         config,
-        metrics: metrics::Metrics::new(counters.clone(), channels, ready.clone()),
+        metrics: metrics::Metrics::new(
+            counters.clone(),
+            channels,
+            ready.clone(),
+            control_connected.clone(),
+        ),
         workers,
         policy: store.clone(),
         connections: connections::ConnectionTable::default(),
@@ -165,7 +186,12 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         counters,
         drain,
         ready,
+        endpoints,
+        control_connected: control_connected.clone(),
     });
+    if let Some(config) = control {
+        tokio::spawn(control::run(config, agent.clone(), endpoints_tx));
+    }
 
     if let Some(path) = args.policy.clone() {
         let a = agent.clone();

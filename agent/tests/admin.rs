@@ -1,7 +1,8 @@
-//! The admin API (SPEC §4) of a real agent while real clients use it:
-//! health, readiness, `/metrics` names and counters, `/connections`,
-//! `/policy`; and the §2 connection management the metrics count
-//! (keepalive pings, ping enforcement, max age) against grpcio clients.
+//! The admin API (docs/design.md §5.2) of a real agent while real clients
+//! use it: health, readiness, `/metrics` names and counters,
+//! `/connections`, `/policy`; and the connection management of
+//! docs/design.md §3 that the metrics count (keepalive pings, ping
+//! enforcement, max age) against grpcio clients.
 
 mod common;
 
@@ -14,7 +15,8 @@ use goaway_tests::agent::{Agent, wait_for};
 use goaway_tests::{Proc, grpc_peer_command, grpc_server, h2_peer};
 use serde_json::Value;
 
-/// Every metric SPEC §4 names.
+/// A core set of the agent's metrics (docs/design.md §5.3 lists every
+/// one).
 const SPEC_METRICS: [&str; 13] = [
     "goaway_connections_open",
     "goaway_connections_total",
@@ -60,8 +62,8 @@ fn readyz_follows_the_app_with_readiness_checks_upstream() -> Result<()> {
     let (status, body) = agent.get("/readyz")?;
     assert_eq!(status, 503);
     assert!(body.contains("refused"), "{body}");
-    // Without the flag the agent answers for itself only (SPEC: 200 while
-    // serving), whatever the app does.
+    // Without the flag the agent answers for itself only
+    // (docs/design.md §5.2: 200 while serving), whatever the app does.
     let plain = agent_at_dead_upstream()?;
     assert_eq!(plain.readyz()?, 200);
     Ok(())
@@ -311,7 +313,7 @@ fn policy_shows_the_effective_policy_with_defaults_filled_in() -> Result<()> {
     let p = agent.policy()?;
     assert_eq!(p["server"]["maxConnectionAge"], "1m30s", "{p}");
     assert_eq!(p["enforcement"]["permitWithoutStream"], true, "{p}");
-    // Defaults (SPEC §1).
+    // Defaults (docs/design.md §2.1).
     assert_eq!(p["server"]["time"], "2h0m0s", "{p}");
     assert_eq!(p["server"]["timeout"], "20s", "{p}");
     assert_eq!(p["server"]["maxConnectionIdle"], "infinite", "{p}");

@@ -19,6 +19,7 @@ use common::BIN;
 use common::netns::{Net, in_netns, is_root};
 use goaway_tests::Proc;
 use goaway_tests::agent::Agent;
+use goaway_transport::test_util::skip;
 
 const TOKEN: &str = "token-from-the-pod-spec";
 const AGENT_PORT: u16 = 15001;
@@ -57,7 +58,7 @@ fn curl_from(ns: &str, method: &str, url: &str) -> Result<String> {
 #[test]
 fn only_the_pod_and_its_node_may_drain_even_with_the_token() -> Result<()> {
     if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+        skip("network namespaces need root");
         return Ok(());
     }
     let mut net = Net::new()?;

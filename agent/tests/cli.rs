@@ -1,5 +1,5 @@
-//! The command line (SPEC §4): `check-config` exit codes and messages,
-//! and `run` refusing bad input before it binds a port.
+//! The command line (docs/design.md §5.1): `check-config` exit codes and
+//! messages, and `run` refusing bad input before it binds a port.
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! The drain (SPEC §4), black-box: `/drain`, `goaway-agent drain` and
-//! SIGTERM against a real agent with grpcio and hyper-h2 clients.
+//! The drain (docs/design.md §6), black-box: `/drain`, `goaway-agent
+//! drain` and SIGTERM against a real agent with grpcio and hyper-h2
+//! clients.
 
 mod common;
 
@@ -120,8 +121,23 @@ fn drain_fails_readiness_waits_the_delay_refuses_connections_and_finishes_in_fli
         );
         let duration = summary["duration_seconds"].as_f64().unwrap();
         assert!((1.0..20.0).contains(&duration), "{summary}");
+        // No word from an operator: the whole delay, then the GOAWAYs.
+        assert_eq!(summary["goaway_on"], "delay", "{summary}");
+        assert!(
+            summary["goaway_after_seconds"].as_f64().unwrap() >= 1.0,
+            "{summary}"
+        );
         Ok(())
     })?;
+    // The listener closed before the GOAWAYs went out: no connection can
+    // be accepted after them.
+    let log = agent.log();
+    let closed = log.find("listener closed; new connections are refused");
+    let goaway = log.find("GOAWAY sent to every connection");
+    assert!(
+        closed.is_some() && goaway.is_some() && closed < goaway,
+        "{log}"
+    );
 
     // The idle connection got GOAWAY graceful_stop (first with the
     // maximum stream id, RFC 9113 §6.8) and was closed.

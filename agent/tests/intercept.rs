@@ -23,6 +23,7 @@ use common::{BIN, Scratch};
 use goaway_tests::Proc;
 use goaway_tests::agent::{Agent, wait_for};
 use goaway_tests::peers::{Peer, finish};
+use goaway_transport::test_util::skip;
 use serde_json::Value;
 
 const APP_PORT: u16 = 50051;
@@ -171,7 +172,7 @@ fn counted(v: &Value, key: &str) -> u64 {
 #[test]
 fn redirect_mode_puts_pod_ip_clients_through_the_agent() -> Result<()> {
     if !is_root() {
-        eprintln!("skipped: network namespaces and nftables need root");
+        skip("network namespaces and nftables need root");
         return Ok(());
     }
     let dir = Scratch::new("intercept")?;
@@ -342,7 +343,7 @@ fn redirect_mode_puts_pod_ip_clients_through_the_agent() -> Result<()> {
 #[test]
 fn beside_a_mesh_capture_rule_the_mesh_keeps_inbound_connections() -> Result<()> {
     if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+        skip("network namespaces need root");
         return Ok(());
     }
     const MESH_PORT: u16 = 15006;
@@ -424,7 +425,7 @@ fn beside_a_mesh_capture_rule_the_mesh_keeps_inbound_connections() -> Result<()>
 #[test]
 fn intercept_without_net_admin_says_what_it_needs() -> Result<()> {
     if !is_root() {
-        eprintln!("skipped: needs root to drop to an unprivileged user");
+        skip("dropping to an unprivileged user needs root");
         return Ok(());
     }
     let out = run(

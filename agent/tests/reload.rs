@@ -1,6 +1,6 @@
-//! Policy file hot reload (SPEC §4), black-box: the file is replaced the
-//! ways tools and Kubernetes do it, and `/policy`, `/metrics` and the
-//! connections show the result.
+//! Policy file hot reload (docs/design.md §5.4), black-box: the file is
+//! replaced the ways tools and Kubernetes do it, and `/policy`, `/metrics`
+//! and the connections show the result.
 
 mod common;
 
@@ -16,8 +16,8 @@ use goaway_tests::{grpc_server, h2_peer};
 const OK: &str = "goaway_policy_reloads_total{result=\"ok\"}";
 const ERROR: &str = "goaway_policy_reloads_total{result=\"error\"}";
 
-/// SPEC: a change is noticed within 2 seconds; 5 leaves room for a
-/// loaded machine.
+/// docs/design.md §5.4: a change is noticed within 2 seconds; 5 leaves room
+/// for a loaded machine.
 const NOTICE: Duration = Duration::from_secs(5);
 
 fn max_age(agent: &Agent) -> Result<String> {

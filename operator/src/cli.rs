@@ -201,6 +201,37 @@ pub struct AgentArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub agent_max_connections: u32,
+    /// The operator's control channel as injected agents dial it,
+    /// `https://HOST:PORT` (the chart: `https://<operator Service>.<its
+    /// namespace>.svc:<control.port>`; HOST must be a name on the serving
+    /// certificate). Set: injected pods get a projected token for the
+    /// channel and the agent dials it (policy changes within a second,
+    /// EndpointSlice-aware drains). Unset: nothing of the kind is
+    /// injected.
+    #[arg(
+        long,
+        env = "GOAWAY_AGENT_CONTROL_URL",
+        value_name = "URL",
+        value_parser = control_url
+    )]
+    pub agent_control_url: Option<String>,
+}
+
+/// An `--agent-control-url` as the agent parses its `--control-url`:
+/// `https://host:port`, nothing after the port.
+fn control_url(value: &str) -> Result<String, String> {
+    let authority = value
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{value:?} does not start with https://"))?
+        .trim_end_matches('/');
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} has no port"))?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    if host.is_empty() || !port_ok || authority.contains('/') {
+        return Err(format!("{value:?} is not https://HOST:PORT"));
+    }
+    Ok(value.to_string())
 }
 
 /// A resource flag's value: empty, or a quantity the API server accepts
@@ -283,12 +314,14 @@ impl AgentArgs {
             max_connections: self.agent_max_connections,
             forward_client_address: self.agent_forwarded_for == "append",
             admin_allow: self.agent_admin_allow.clone(),
+            control_url: self.agent_control_url.clone(),
         })
     }
 }
 
-/// Drain settings for the policies that leave them out (shared by `run`
-/// and `inject`). Unset: the SPEC §1 default. A policy's own value wins.
+/// Drain settings for the policies that leave them out (shared by `run` and
+/// `inject`). Unset: the docs/design.md §2.1 default. A policy's own value
+/// wins.
 #[derive(Clone, Debug, Default, Args)]
 pub struct PolicyDefaultsArgs {
     /// drain.delay for policies that do not set it, a Go duration such as
@@ -317,6 +350,16 @@ pub struct PolicyDefaultsArgs {
         allow_hyphen_values = true
     )]
     pub default_drain_goaway_ack_timeout: Option<GoDuration>,
+    /// drain.quietPeriod for policies that do not set it (unset: 1s): how
+    /// long no new connection may arrive, with the pod out of its
+    /// endpoints, before the drain's GOAWAYs go out ahead of drain.delay.
+    #[arg(
+        long,
+        env = "GOAWAY_DEFAULT_DRAIN_QUIET_PERIOD",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub default_drain_quiet_period: Option<GoDuration>,
     /// spec.interception for policies that do not set it: namedPort (no
     /// privileges; only Services with the port's name as targetPort go
     /// through the agent) or redirect (an init container with NET_ADMIN
@@ -355,6 +398,7 @@ impl PolicyDefaultsArgs {
             delay: self.default_drain_delay,
             timeout: self.default_drain_timeout,
             goaway_ack_timeout: self.default_drain_goaway_ack_timeout,
+            quiet_period: self.default_drain_quiet_period,
         });
         let mut errors = drain.as_ref().err().cloned().unwrap_or_default();
         if self.forbid_redirect && self.default_interception == Interception::Redirect {
@@ -432,6 +476,24 @@ pub struct RunArgs {
     /// The admin HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "GOAWAY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
+    /// Serve the agents' control channel (every replica): each injected
+    /// agent that dials it streams its pod's policy and where the pod
+    /// stands in its EndpointSlices.
+    #[arg(long, env = "GOAWAY_CONTROL_CHANNEL", default_value_t = true, action = ArgAction::Set)]
+    pub control_channel: bool,
+    /// The control channel's TLS listen address (the webhook's
+    /// certificate).
+    #[arg(long, env = "GOAWAY_CONTROL_ADDR", default_value = crate::channel::DEFAULT_ADDR)]
+    pub control_addr: SocketAddr,
+    /// Most control channel connections per replica; more are closed at
+    /// accept. One per injected pod the replica serves.
+    #[arg(
+        long,
+        env = "GOAWAY_CONTROL_MAX_CONNECTIONS",
+        default_value_t = crate::channel::DEFAULT_MAX_CONNECTIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub control_max_connections: u32,
     /// The operator's own namespace (Lease, certificate Secret).
     #[arg(long, env = "GOAWAY_NAMESPACE", default_value = "goaway-system")]
     pub namespace: String,
@@ -568,6 +630,14 @@ impl RunArgs {
             max_connections: self.webhook_max_connections as usize,
             ..Default::default()
         }
+    }
+
+    /// The control channel's server limits, when it is served.
+    pub fn control_server(&self) -> Option<crate::channel::Config> {
+        self.control_channel.then(|| crate::channel::Config {
+            max_connections: self.control_max_connections as usize,
+            ..Default::default()
+        })
     }
 
     /// The lease timings. Fails, naming the flags, unless the duration is

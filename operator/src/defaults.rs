@@ -10,10 +10,10 @@
 //! grace period from it and inject only policies whose merged form passes
 //! [`Policy::validate`] with production strictness. A field the policy
 //! sets always wins; a default the operator was not given leaves the field
-//! unset, so the SPEC §1 default applies as before.
+//! unset, so the default of docs/design.md §2.1 applies as before.
 //!
 //! The API server cannot see the operator's flags, so its CEL rules judge
-//! a policy against the SPEC §1 defaults; see
+//! a policy against the defaults of docs/design.md §2.1; see
 //! [`KeepalivePolicySpec::check_with`](crate::KeepalivePolicySpec::check_with).
 
 use goaway_transport::Policy;
@@ -29,7 +29,7 @@ struct Field {
     get: fn(&DrainPolicy) -> Option<GoDuration>,
 }
 
-const FIELDS: [Field; 3] = [
+const FIELDS: [Field; 4] = [
     Field {
         path: "drain.delay",
         flag: "--default-drain-delay",
@@ -44,6 +44,11 @@ const FIELDS: [Field; 3] = [
         path: "drain.goawayAckTimeout",
         flag: "--default-drain-goaway-ack-timeout",
         get: |d| d.goaway_ack_timeout,
+    },
+    Field {
+        path: "drain.quietPeriod",
+        flag: "--default-drain-quiet-period",
+        get: |d| d.quiet_period,
     },
 ];
 
@@ -62,12 +67,14 @@ pub struct PolicyDefaults {
 }
 
 impl PolicyDefaults {
-    /// Defaults for the `drain` group; `None` keeps the SPEC §1 default.
+    /// Defaults for the `drain` group; `None` keeps the default of
+    /// docs/design.md §2.1.
     ///
     /// The defaults must form a valid policy on their own (each value
     /// non-negative, the timeouts above zero, and `goawayAckTimeout` below
-    /// `timeout`, with SPEC §1 filling what is not given), or every policy
-    /// that leaves the fields out would be invalid. Errors name the flag.
+    /// `timeout`, with docs/design.md §2.1 filling what is not given), or
+    /// every policy that leaves the fields out would be invalid. Errors
+    /// name the flag.
     pub fn new(drain: DrainPolicy) -> Result<Self, Vec<FlagError>> {
         let alone = Policy {
             drain: drain.clone(),
@@ -168,6 +175,7 @@ impl PolicyDefaults {
         d.delay = d.delay.or(defaults.delay);
         d.timeout = d.timeout.or(defaults.timeout);
         d.goaway_ack_timeout = d.goaway_ack_timeout.or(defaults.goaway_ack_timeout);
+        d.quiet_period = d.quiet_period.or(defaults.quiet_period);
         merged
     }
 
@@ -199,6 +207,7 @@ pub(crate) fn drain(delay: Option<&str>, timeout: Option<&str>, ack: Option<&str
         delay: d(delay),
         timeout: d(timeout),
         goaway_ack_timeout: d(ack),
+        quiet_period: None,
     }
 }
 
@@ -269,8 +278,11 @@ mod tests {
                 "--default-drain-goaway-ack-timeout: must be greater than zero"
             ]
         );
-        // Against each other, with SPEC §1 filling in what is not given.
-        let ack = err(drain(None, Some("3s"), None));
+        // Against each other, with docs/design.md §2.1 filling in what is
+        // not given (a 3s timeout alone is fine: the default ack bound
+        // follows it).
+        assert!(PolicyDefaults::new(drain(None, Some("3s"), None)).is_ok());
+        let ack = err(drain(None, Some("3s"), Some("3s")));
         assert_eq!(ack.len(), 1);
         assert!(
             ack[0].starts_with(

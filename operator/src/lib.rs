@@ -1,4 +1,4 @@
-//! The goaway Kubernetes operator (SPEC §5).
+//! The goaway Kubernetes operator (docs/design.md §8, §9, §10).
 //!
 //! It owns the `KeepalivePolicy` custom resource ([`crd`]), the controller
 //! that renders each policy into the ConfigMap the agent reads and reports
@@ -17,6 +17,10 @@
 //! ([`defaults`]) are merged into each policy by the controller, the
 //! webhook and `inject` alike.
 //!
+//! Every replica also serves the control channel ([`channel`]): each
+//! injected agent streams its pod's policy and where the pod stands in
+//! its EndpointSlices, authenticated by the pod's projected token.
+//!
 //! Runtime plumbing: [`cli`] (flags and environment), [`leader`] (Lease-based leader
 //! election), [`tls`] (the webhook's certificate authority and serving
 //! certificate), [`admin`] (health and metrics endpoints), [`metrics`],
@@ -27,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod channel;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -338,7 +338,8 @@ fn uninject_template(template: &mut Value) -> bool {
         .map(str::to_string);
 
     if let Some(Value::Array(volumes)) = spec.get_mut("volumes") {
-        volumes.retain(|v| v["name"] != inject::VOLUME_NAME);
+        volumes
+            .retain(|v| v["name"] != inject::VOLUME_NAME && v["name"] != inject::TOKEN_VOLUME_NAME);
         if volumes.is_empty() {
             spec.remove("volumes");
         }

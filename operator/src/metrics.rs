@@ -11,6 +11,17 @@
 //!   `goaway_operator_webhook_connections_refused_total` (connections the
 //!   webhook serves now / closed at accept because its cap was reached)
 //! - `goaway_operator_leader` (1 while this replica holds the lease)
+//! - the control channel ([`crate::channel`]):
+//!   `goaway_operator_control_streams` (agents streaming from this replica
+//!   now), `goaway_operator_control_refused_total{reason}` (connections
+//!   closed without a stream: `capacity`, `handshake`, `header_timeout`,
+//!   a bad request's kind, or the token's refusal,
+//!   [`crate::channel::auth::Refusal::label`]),
+//!   `goaway_operator_control_messages_total{type}` (policy, endpoints,
+//!   heartbeat), `goaway_operator_control_token_reviews_total{result}`
+//!   (accepted, refused, error, or cached: answered without asking the API
+//!   server), `goaway_operator_control_endpoint_watches` (namespaces whose
+//!   EndpointSlices this replica watches)
 
 use std::time::Duration;
 
@@ -33,6 +44,11 @@ pub struct Metrics {
     webhook_connections_open: Gauge,
     webhook_connections_refused: Counter,
     leader: Gauge,
+    control_streams: Gauge,
+    control_refused: Family<Labels, Counter>,
+    control_messages: Family<Labels, Counter>,
+    control_token_reviews: Family<Labels, Counter>,
+    control_endpoint_watches: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +96,36 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let control_streams = Gauge::default();
+        registry.register(
+            "control_streams",
+            "Agents streaming from this replica's control channel now",
+            control_streams.clone(),
+        );
+        let control_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "control_refused",
+            "Control channel connections closed without a stream, by reason",
+            control_refused.clone(),
+        );
+        let control_messages = Family::<Labels, Counter>::default();
+        registry.register(
+            "control_messages",
+            "Messages written to agents' streams, by type",
+            control_messages.clone(),
+        );
+        let control_token_reviews = Family::<Labels, Counter>::default();
+        registry.register(
+            "control_token_reviews",
+            "Agent tokens checked, by result (cached: without asking the API server)",
+            control_token_reviews.clone(),
+        );
+        let control_endpoint_watches = Gauge::default();
+        registry.register(
+            "control_endpoint_watches",
+            "Namespaces whose EndpointSlices this replica watches for its agents",
+            control_endpoint_watches.clone(),
+        );
         Metrics {
             registry,
             reconciliations,
@@ -89,6 +135,11 @@ impl Default for Metrics {
             webhook_connections_open,
             webhook_connections_refused,
             leader,
+            control_streams,
+            control_refused,
+            control_messages,
+            control_token_reviews,
+            control_endpoint_watches,
         }
     }
 }
@@ -133,6 +184,45 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// A control stream opened (`true`) or ended.
+    pub fn control_stream(&self, opened: bool) {
+        if opened {
+            self.control_streams.inc();
+        } else {
+            self.control_streams.dec();
+        }
+    }
+
+    /// A control channel connection was closed without a stream.
+    pub fn control_refused(&self, reason: &'static str) {
+        self.control_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// A message was written to a stream.
+    pub fn control_message(&self, type_: &'static str) {
+        self.control_messages
+            .get_or_create(&vec![("type", type_)])
+            .inc();
+    }
+
+    /// An agent's token was checked.
+    pub fn control_token_review(&self, result: &'static str) {
+        self.control_token_reviews
+            .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
+    /// A namespace's EndpointSlice watch started (`true`) or stopped.
+    pub fn control_endpoint_watch(&self, started: bool) {
+        if started {
+            self.control_endpoint_watches.inc();
+        } else {
+            self.control_endpoint_watches.dec();
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -161,6 +251,11 @@ mod tests {
         m.webhook_connection(false);
         m.webhook_connection_refused();
         m.set_leader(true);
+        m.control_stream(true);
+        m.control_refused("unauthenticated");
+        m.control_message("policy");
+        m.control_token_review("cached");
+        m.control_endpoint_watch(true);
         let text = m.render();
         for name in [
             "goaway_operator_reconciliations_total{result=\"ok\",error=\"\"} 1",
@@ -171,6 +266,11 @@ mod tests {
             "goaway_operator_webhook_connections_open 1",
             "goaway_operator_webhook_connections_refused_total 1",
             "goaway_operator_leader 1",
+            "goaway_operator_control_streams 1",
+            "goaway_operator_control_refused_total{reason=\"unauthenticated\"} 1",
+            "goaway_operator_control_messages_total{type=\"policy\"} 1",
+            "goaway_operator_control_token_reviews_total{result=\"cached\"} 1",
+            "goaway_operator_control_endpoint_watches 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

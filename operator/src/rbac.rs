@@ -26,6 +26,8 @@ pub enum Needed {
     TlsModeGenerate,
     /// Only with `--leader-election` ([`crate::leader`]).
     LeaderElection,
+    /// Only with `--control-channel` ([`crate::channel`]).
+    ControlChannel,
     /// Only when the webhook probes namespaces before redirect
     /// interception: `--redirect-probe` and not `--forbid-redirect`
     /// ([`crate::cli::RunArgs::probes_redirect`]).
@@ -118,6 +120,30 @@ pub const RBAC: &[Rule] = &[
         why: "controller and webhook publish Events",
     },
     Rule {
+        api_group: "",
+        resource: "pods",
+        verbs: &["get"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel reads the pod an agent's token names (--control-channel)",
+    },
+    Rule {
+        api_group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel watches the EndpointSlices of its agents' namespaces (--control-channel)",
+    },
+    Rule {
+        api_group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel checks agents' tokens (--control-channel)",
+    },
+    Rule {
         api_group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
         verbs: &["get", "patch"],
@@ -158,6 +184,7 @@ mod tests {
             let said: Vec<Needed> = [
                 ("--tls-mode generate", Needed::TlsModeGenerate),
                 ("leader election", Needed::LeaderElection),
+                ("--control-channel", Needed::ControlChannel),
                 ("--redirect-probe", Needed::RedirectProbe),
             ]
             .into_iter()
@@ -181,7 +208,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|r| r["resource"] == resource)
+                .find(|r| r["resource"] == resource && r["verbs"][0] != "get")
                 .map(|r| r["needed"].clone())
         };
         assert_eq!(needed("pods"), Some("always".into()));
@@ -194,5 +221,6 @@ mod tests {
         assert_eq!(create_pods, Some("redirectProbe".into()));
         assert_eq!(needed("secrets"), Some("tlsModeGenerate".into()));
         assert_eq!(needed("leases"), Some("leaderElection".into()));
+        assert_eq!(needed("tokenreviews"), Some("controlChannel".into()));
     }
 }

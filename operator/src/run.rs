@@ -4,7 +4,9 @@
 //! for the webhook (which also probes namespaces with dry runs before
 //! redirect interception), the
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
-//! webhook serves on TLS, the admin server serves health and metrics.
+//! webhook serves on TLS, the admin server serves health and metrics, and
+//! the control channel ([`crate::channel`]) serves agents, fed by the
+//! same policy watch.
 //! The leader (or the only replica without leader election) runs the
 //! controller. Every task holds a clone of the [`drain_rs::Watch`] it is
 //! given ([`crate::lifecycle`]). On shutdown the listeners close first,
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
+use crate::channel::{self, auth::Authenticator, policies::PolicySource};
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::tls::{self, CertStore};
@@ -37,9 +40,14 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
     let defaults = args.defaults.policy_defaults()?;
     let lease_timing = args.lease_timing()?;
     let webhook_timeout = args.webhook_timeout()?;
+    let control_server = args.control_server();
     // Bind next: a taken port is a startup error, not a half-running operator.
     let webhook_listener = admin::bind(args.webhook_addr).await?;
     let admin_listener = admin::bind(args.admin_addr).await?;
+    let control_listener = match &control_server {
+        Some(_) => Some(admin::bind(args.control_addr).await?),
+        None => None,
+    };
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let identity = args.identity();
@@ -51,9 +59,18 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         None => Api::all(client.clone()),
     };
     let (policies, writer) = reflector::store();
+    // The control channel's hub hears every policy event the webhook's
+    // cache does.
+    let hub = channel::hub(client.clone(), metrics.clone());
+    let mut policy_source = PolicySource::new(hub.clone(), defaults.clone());
     let reflect = reflector(writer, watcher(policies_api, watcher::Config::default()))
         .default_backoff()
-        .for_each(|_| async {});
+        .for_each(move |event| {
+            if let Ok(event) = &event {
+                policy_source.event(event);
+            }
+            async {}
+        });
     // The namespaces' labels (metadata only), for their Pod Security
     // level: the watched one, or all.
     let namespaces_config = match &args.watch_namespace {
@@ -117,12 +134,33 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         webhook_listener,
         webhook.router(),
         webhook::server::Context {
-            certs,
+            certs: certs.clone(),
             metrics: metrics.clone(),
         },
         args.webhook_server(),
         shutdown.clone(),
     ));
+    let control_task = match (control_listener, control_server) {
+        (Some(listener), Some(config)) => {
+            let ctx = channel::Context {
+                certs: certs.clone(),
+                auth: Arc::new(Authenticator::new(
+                    client.clone(),
+                    args.watch_namespace.clone(),
+                    metrics.clone(),
+                )),
+                hub,
+                metrics: metrics.clone(),
+            };
+            Some(tokio::spawn(channel::serve(
+                listener,
+                ctx,
+                config,
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin::router(metrics.clone(), readiness),
@@ -133,6 +171,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         namespace: args.watch_namespace.clone(),
         defaults,
         instance: Some(identity),
+        ca: certs.ca(),
     };
     let lead = |term: drain_rs::Watch| {
         controller::run(
@@ -162,7 +201,12 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         }
     }
 
-    for (name, task) in [("webhook", webhook_task), ("admin", admin_task)] {
+    let servers = [
+        ("webhook", Some(webhook_task)),
+        ("admin", Some(admin_task)),
+        ("control channel", control_task),
+    ];
+    for (name, task) in servers.into_iter().filter_map(|(n, t)| Some((n, t?))) {
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(%error, server = name, "server failed"),

@@ -66,6 +66,7 @@ async fn controller_works_against_a_real_cluster() {
         namespace: Some(ns.name.clone()),
         defaults,
         instance: Some("e2e".into()),
+        ..controller::Config::default()
     };
     let task = tokio::spawn(controller::run(
         client.clone(),

@@ -152,10 +152,9 @@ async fn the_api_server_and_the_rust_validator_agree_on_a_table_of_specs() {
             with(base(), "drain", "goawayAckTimeout", json!("0s")),
             "drain.goawayAckTimeout",
         ),
-        // The default goawayAckTimeout (5s) is not below this timeout.
         (
-            with(base(), "drain", "timeout", json!("5s")),
-            "drain.goawayAckTimeout",
+            with(base(), "drain", "quietPeriod", json!("61s")),
+            "drain.quietPeriod",
         ),
         (
             json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc",
@@ -201,8 +200,13 @@ async fn the_api_server_and_the_rust_validator_agree_on_a_table_of_specs() {
                           "maxConnectionAge": "30m", "maxConnectionAgeGrace": "0s"},
                "enforcement": {"minTime": "1ns", "permitWithoutStream": true},
                "upstream": {"time": "10s", "timeout": "1s", "permitWithoutStream": true},
-               "drain": {"delay": "5s", "timeout": "1m30s", "goawayAckTimeout": "1m29s"}}),
+               "drain": {"delay": "5s", "timeout": "1m30s", "goawayAckTimeout": "1m29s",
+                         "quietPeriod": "0s"}}),
         json!({"selector": {"matchLabels": {"a": "b"}}, "port": 65535, "drain": {"timeout": "6s"}}),
+        // The default goawayAckTimeout follows a short timeout (half of it).
+        json!({"selector": {"matchLabels": {"a": "b"}}, "port": 65535, "drain": {"timeout": "2s"}}),
+        json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc",
+               "drain": {"delay": "30s", "quietPeriod": "1m"}}),
     ];
     for (i, spec) in valid.iter().enumerate() {
         server_verdict(&api, &format!("good-{i}"), spec)

@@ -66,6 +66,7 @@ async fn start_with(defaults: PolicyDefaults) -> Running {
         namespace: None,
         defaults,
         instance: Some("e2e".into()),
+        ..controller::Config::default()
     };
     let task = tokio::spawn(controller::run(
         client.clone(),
@@ -264,6 +265,7 @@ async fn drain_defaults_fill_the_config_map_and_a_policy_they_break_goes_ready_f
         delay: Some("10s".parse().unwrap()),
         timeout: Some("1m".parse().unwrap()),
         goaway_ack_timeout: Some("10s".parse().unwrap()),
+        quiet_period: None,
     })
     .unwrap();
     let r = start_with(defaults).await;

@@ -173,8 +173,12 @@ fn cel_rejects_what_the_schema_cannot_say() {
             "upstream.time",
         ),
         (
-            json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "drain": {"timeout": "5s"}}),
+            json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "drain": {"timeout": "5s", "goawayAckTimeout": "5s"}}),
             "drain.goawayAckTimeout",
+        ),
+        (
+            json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "drain": {"quietPeriod": "2m"}}),
+            "drain.quietPeriod",
         ),
         (
             json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "enforcement": {"minTime": "0s"}}),

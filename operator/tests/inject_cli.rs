@@ -342,7 +342,10 @@ const BAD_FLAGS: &[(&[&str], &str)] = &[
         "--default-drain-delay: must not be negative",
     ),
     (
-        &["--default-drain-timeout=2s"],
+        &[
+            "--default-drain-timeout=2s",
+            "--default-drain-goaway-ack-timeout=2s",
+        ],
         "--default-drain-goaway-ack-timeout: must be less than drain.timeout (2s)",
     ),
     (
@@ -372,7 +375,7 @@ fn inject_refuses_bad_flags_before_reading_any_file() {
 
 #[test]
 fn run_refuses_bad_flags_and_variables_before_binding_a_port() {
-    // Both listeners on a port already taken: an operator that bound
+    // Every listener on a port already taken: an operator that bound
     // before checking its flags would fail on the port instead.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -380,6 +383,7 @@ fn run_refuses_bad_flags_and_variables_before_binding_a_port() {
         let out = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
             .arg("run")
             .args(["--webhook-addr", &addr, "--admin-addr", &addr])
+            .args(["--control-addr", &addr])
             .args(flags)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

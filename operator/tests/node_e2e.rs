@@ -16,7 +16,9 @@
 //! - `kubectl delete pod` with the default grace period: zero failed calls;
 //! - the app container crashing: the pod leaves the endpoints (the agent's
 //!   readiness checks the app) and comes back after the restart;
-//! - a headless Service and a round_robin client dialling the pod IPs:
+//! - cluster DNS: the clients dial the Service by name (`echo:50051`);
+//! - a headless Service and a round_robin client dialling its name with
+//!   grpc-go's DNS resolver, which gives it the pod IPs:
 //!   in namedPort interception the policy reports the Service as a bypass
 //!   and the client reaches no agent; after switching the policy to
 //!   redirect interception and a rollout (pods get the `goaway-intercept`
@@ -73,11 +75,10 @@ fn image_tag() -> String {
     std::env::var("GOAWAY_IMAGE_TAG").unwrap_or_else(|_| "dev".into())
 }
 
-fn fixture(name: &str, service_ip: &str) -> String {
+fn fixture(name: &str) -> String {
     std::fs::read_to_string(repo_root().join("operator/tests/fixtures/node").join(name))
         .expect("node fixture")
         .replace("IMAGE_TAG", &image_tag())
-        .replace("SERVICE_IP", service_ip)
 }
 
 /// Polls `f` every 500ms until it returns `Some`, or panics after
@@ -597,10 +598,9 @@ fn scenario(env: &mut Env, values: &str) {
     ));
 
     // The app and its clients.
-    env.apply(&fixture("app.yaml", ""));
+    env.apply(&fixture("app.yaml"));
     env.wait_replaced(&BTreeSet::new());
-    let service_ip = env.k(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
-    env.apply(&fixture("clients.yaml", &service_ip));
+    env.apply(&fixture("clients.yaml"));
     wait("both clients calling", Duration::from_secs(120), || {
         CLIENTS
             .iter()
@@ -630,7 +630,7 @@ fn scenario(env: &mut Env, values: &str) {
 
     // The policy; the next rollout creates injected pods (the old ones
     // still have no agent, so this one is not measured).
-    env.apply(&fixture("policy.yaml", ""));
+    env.apply(&fixture("policy.yaml"));
     wait("the policy Ready", Duration::from_secs(60), || {
         let s = env.k(&[
             "get",
@@ -784,17 +784,17 @@ fn scenario(env: &mut Env, values: &str) {
     upgrade_then_uninstall(env, values, &fullname);
 }
 
-const DIRECT_CLIENT: &str = "client-pod-ips";
+const HEADLESS_CLIENT: &str = "client-headless";
 
-/// Deletes the pod-IP client if it exists; `wait`: until it is gone (its
+/// Deletes the headless client if it exists; `wait`: until it is gone (its
 /// name is about to be reused).
-fn delete_direct_client(env: &Env, wait: bool) {
+fn delete_headless_client(env: &Env, wait: bool) {
     let _ = kubectl(&[
         "-n",
         &env.ns,
         "delete",
         "pod",
-        DIRECT_CLIENT,
+        HEADLESS_CLIENT,
         "--ignore-not-found",
         "--grace-period",
         "1",
@@ -802,30 +802,27 @@ fn delete_direct_client(env: &Env, wait: bool) {
     ]);
 }
 
-/// (Re)starts the client that dials the app's current pod IPs.
-fn start_direct_client(env: &Env) -> String {
-    delete_direct_client(env, true);
-    let targets: Vec<String> = env
-        .app_pods()
-        .keys()
-        .map(|p| format!("{}:50051", pod_ip(env, p)))
-        .collect();
-    let yaml = fixture("headless.yaml", "").replace("TARGETS", &targets.join(","));
-    env.apply(&yaml);
+/// (Re)starts the client that dials the headless Service's name; returns
+/// its pod IP. A new client resolves the name at once: a running one only
+/// re-resolves when a connection ends (grpc-go's DNS resolver, at most
+/// every 30 s), so after a rollout it may know fewer than the 3 pods.
+fn start_headless_client(env: &Env) -> String {
+    delete_headless_client(env, true);
+    env.apply(&fixture("headless.yaml").replace("NAMESPACE", &env.ns));
     wait(
-        "the pod-IP client calling",
+        "the headless client calling",
         Duration::from_secs(120),
         || {
-            let line = kubectl(&["-n", &env.ns, "logs", DIRECT_CLIENT, "--tail", "1"]).stdout;
+            let line = kubectl(&["-n", &env.ns, "logs", HEADLESS_CLIENT, "--tail", "1"]).stdout;
             let v: Value = serde_json::from_slice(&line).ok()?;
             (v["ok"].as_u64()? > 0).then_some(())
         },
     );
-    env.pod_field(DIRECT_CLIENT, "{.status.podIP}")
+    env.pod_field(HEADLESS_CLIENT, "{.status.podIP}")
 }
 
-fn direct_tally(env: &Env) -> Tally {
-    let line = env.k(&["logs", DIRECT_CLIENT, "--tail", "1"]);
+fn headless_tally(env: &Env) -> Tally {
+    let line = env.k(&["logs", HEADLESS_CLIENT, "--tail", "1"]);
     Tally::from(&serde_json::from_str::<Value>(line.trim()).unwrap_or(Value::Null))
 }
 
@@ -846,17 +843,12 @@ fn agents_with_peer(env: &Env, ip: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Clients that dial pod IPs, as a headless Service's do: around the
-/// agent in namedPort interception (the policy's status names the
-/// Service), through it in redirect interception, where deleting a pod
+/// Clients that dial pod IPs, as a headless Service's name gives them:
+/// around the agent in namedPort interception (the policy's status names
+/// the Service), through it in redirect interception, where deleting a pod
 /// fails none of their calls and their connection gets the drain's GOAWAY.
 fn interception(env: &mut Env) {
-    env.apply(
-        fixture("headless.yaml", "")
-            .split("\n---\n")
-            .next()
-            .unwrap(),
-    );
+    env.apply(fixture("headless.yaml").split("\n---\n").next().unwrap());
     let kap = wait(
         "the policy to report the headless Service",
         Duration::from_secs(90),
@@ -878,16 +870,16 @@ fn interception(env: &mut Env) {
         bypassed["status"], bypassed["message"]
     ));
     env.note_kap();
-    let client_ip = start_direct_client(env);
+    let client_ip = start_headless_client(env);
     thread::sleep(Duration::from_secs(3));
     let through = agents_with_peer(env, &client_ip);
     env.note(format!(
-        "namedPort: the pod-IP client ({client_ip}) is connected through {} of 3 agents",
+        "namedPort: the headless client ({client_ip}) is connected through {} of 3 agents",
         through.len()
     ));
     assert!(
         through.is_empty(),
-        "in namedPort mode the pod-IP client reached agents {through:?}"
+        "in namedPort mode the headless client reached agents {through:?}"
     );
 
     // Redirect interception: the same clients go through the agents.
@@ -901,15 +893,16 @@ fn interception(env: &mut Env) {
             (v["status"]["interception"] == "redirect").then_some(())
         },
     );
-    // The pod-IP client still dials the old pods' apps directly: it shows
-    // what goaway cannot help without interception (reported only).
-    let direct_before = direct_tally(env);
+    // The headless client dials the old pods' apps directly, around their
+    // agents, until it re-resolves the name: it shows what goaway cannot
+    // help without interception (reported only).
+    let headless_before = headless_tally(env);
     let (_, failed, _) = rollout(env, "rollout into redirect interception", true);
-    let direct_after = direct_tally(env);
+    let headless_after = headless_tally(env);
     env.note(format!(
-        "  the pod-IP client, around the agents meanwhile: {} calls, {} failed",
-        (direct_after.ok + direct_after.failed) - (direct_before.ok + direct_before.failed),
-        direct_after.failed - direct_before.failed
+        "  the headless client meanwhile (on the old pods, around their agents, until it re-resolved): {} calls, {} failed",
+        (headless_after.ok + headless_after.failed) - (headless_before.ok + headless_before.failed),
+        headless_after.failed - headless_before.failed
     ));
     assert_eq!(
         failed, 0,
@@ -933,9 +926,9 @@ fn interception(env: &mut Env) {
         let log = env.k(&["logs", pod, "-c", "goaway-intercept"]);
         assert!(log.contains("now goes to port 15051"), "{pod}: {log}");
     }
-    let client_ip = start_direct_client(env);
+    let client_ip = start_headless_client(env);
     let through = wait(
-        "the pod-IP client connected through every agent",
+        "the headless client connected through every agent",
         Duration::from_secs(60),
         || {
             let through = agents_with_peer(env, &client_ip);
@@ -943,43 +936,43 @@ fn interception(env: &mut Env) {
         },
     );
     env.note(format!(
-        "redirect: the pod-IP client ({client_ip}) is connected through {} of 3 agents",
+        "redirect: the headless client ({client_ip}) is connected through {} of 3 agents",
         through.len()
     ));
 
-    // Delete a pod: the pod-IP client gets its GOAWAY and fails nothing.
+    // Delete a pod: the headless client gets its GOAWAY and fails nothing.
     env.settle();
     let victim = env.app_pods().into_keys().next().expect("a pod");
     let (agent, app) = (
         env.follow(&victim, "goaway-agent"),
         env.follow(&victim, "app"),
     );
-    let (before, direct_before) = (env.tallies(), direct_tally(env));
+    let (before, headless_before) = (env.tallies(), headless_tally(env));
     env.k(&["delete", "pod", &victim]);
     env.wait_replaced(&BTreeSet::from([victim.clone()]));
     thread::sleep(Duration::from_secs(3));
-    let (after, direct_after) = (env.tallies(), direct_tally(env));
+    let (after, headless_after) = (env.tallies(), headless_tally(env));
     let (made, failed, details) = delta(&before, &after);
-    let direct_made =
-        (direct_after.ok + direct_after.failed) - (direct_before.ok + direct_before.failed);
-    let direct_failed = direct_after.failed - direct_before.failed;
+    let headless_made =
+        (headless_after.ok + headless_after.failed) - (headless_before.ok + headless_before.failed);
+    let headless_failed = headless_after.failed - headless_before.failed;
     let d = check_pod_drain(&victim, &agent.lines(), &app.lines());
     env.note(format!(
-        "redirect, kubectl delete pod: pod-IP client {direct_made} calls, {direct_failed} failed; Service clients {made} calls, {failed} failed; drain {:.2}s, GOAWAY to {} connections",
+        "redirect, kubectl delete pod: headless client {headless_made} calls, {headless_failed} failed; Service clients {made} calls, {failed} failed; drain {:.2}s, GOAWAY to {} connections",
         d.drain_seconds, d.goaways
     ));
     assert_eq!(
-        direct_failed, 0,
-        "the pod-IP client's calls failed: {:?}",
-        direct_after.details
+        headless_failed, 0,
+        "the headless client's calls failed: {:?}",
+        headless_after.details
     );
-    assert!(direct_made > 0, "the pod-IP client made no calls");
+    assert!(headless_made > 0, "the headless client made no calls");
     assert_eq!(failed, 0, "Service clients' calls failed: {details:?}");
     assert!(
         d.goaways >= 1,
-        "the drain sent no GOAWAY, though the pod-IP client was connected through it"
+        "the drain sent no GOAWAY, though the headless client was connected through it"
     );
-    delete_direct_client(env, false);
+    delete_headless_client(env, false);
 }
 
 /// The README's upgrade and uninstall paths, with the clients calling:

@@ -288,6 +288,7 @@ async fn drain_defaults_change_only_the_grace_period_of_policies_without_drain_s
         delay: Some("10s".parse().unwrap()),
         timeout: Some("1m".parse().unwrap()),
         goaway_ack_timeout: None,
+        quiet_period: None,
     })
     .unwrap();
     let (webhook, _) = webhook_with(defaults);

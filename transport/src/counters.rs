@@ -1,8 +1,9 @@
 //! Process-wide event counters, plain atomics.
 //!
 //! This crate knows nothing about Prometheus; the agent reads these at
-//! scrape time and exposes them under SPEC §4's metric names. One
-//! [`Counters`] is shared by every connection given it.
+//! scrape time and exposes them under the metric names of
+//! docs/design.md §5.3. One [`Counters`] is shared by every connection
+//! given it.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 

@@ -7,7 +7,7 @@
 //! ([`client`]: keepalive with dormancy, GOAWAY handling with transparent
 //! retry, gRPC connection backoff). The behaviour is grpc-go's
 //! `internal/transport` (gRFCs A8, A9, A18; RFC 9113 §6.8), specified in
-//! the project's SPEC §2–§3.
+//! the project's docs/design.md §3 and §4.
 //!
 //! It does not know about Kubernetes, proxies, metrics exposition or
 //! configuration files beyond the [`policy`] types, which are plain data
@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod control;
 pub mod counters;
 mod frame;
 mod frame_io;

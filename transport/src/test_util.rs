@@ -11,6 +11,9 @@
 //!   on tokio's paused clock.
 //! - [`handshake_with_jitter`]: a server connection with a chosen age
 //!   jitter factor, for deterministic age timing.
+//! - [`skip`]: how a test that needs something this machine lacks (root,
+//!   a cluster) bows out — with a message on a developer's machine, as a
+//!   failure in CI.
 //!
 //! Every method panics on an IO error: these are test doubles.
 //!
@@ -53,6 +56,31 @@ pub async fn handshake_with_jitter<T: AsyncRead + AsyncWrite + Unpin>(
 /// A fresh age jitter factor, drawn as every server connection draws it.
 pub fn age_jitter() -> f64 {
     crate::server::age_jitter()
+}
+
+/// The variable `.ci/run` sets: every test runs there, none skips.
+pub const CI_VARIABLE: &str = "GOAWAY_CI";
+
+/// Whether skipping is a failure here: in `.ci/run` ([`CI_VARIABLE`]) or
+/// any CI that sets `CI=true`.
+pub fn skips_fail() -> bool {
+    skips_fail_with(|name| std::env::var(name).ok())
+}
+
+fn skips_fail_with(var: impl Fn(&str) -> Option<String>) -> bool {
+    var(CI_VARIABLE).is_some_and(|v| !v.is_empty() && v != "0")
+        || var("CI").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A test that cannot run here says why and returns (call it and
+/// `return`); in CI ([`skips_fail`]) it panics instead, so that a broken
+/// set-up (no cluster, no root) cannot turn a suite green by skipping it.
+#[track_caller]
+pub fn skip(reason: &str) {
+    if skips_fail() {
+        panic!("{reason}: this test must run in CI ({CI_VARIABLE} or CI=true is set)");
+    }
+    eprintln!("skipped: {reason}");
 }
 
 /// One frame as received.
@@ -319,5 +347,29 @@ impl Connect for PipeConnector {
 
     fn describe(&self) -> String {
         "pipe".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skips_fail_with;
+
+    #[test]
+    fn skips_fail_in_ci_and_only_there() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(!skips_fail_with(env(&[])));
+        assert!(skips_fail_with(env(&[("GOAWAY_CI", "1")])));
+        assert!(!skips_fail_with(env(&[("GOAWAY_CI", "0")])));
+        assert!(!skips_fail_with(env(&[("GOAWAY_CI", "")])));
+        assert!(skips_fail_with(env(&[("CI", "true")])));
+        assert!(skips_fail_with(env(&[("CI", "TRUE")])));
+        assert!(!skips_fail_with(env(&[("CI", "false")])));
     }
 }

@@ -1,4 +1,5 @@
-//! SPEC §3 on tokio's paused clock: a Channel against hand-driven servers.
+//! docs/design.md §4 on tokio's paused clock: a Channel against hand-driven
+//! servers.
 
 mod support;
 

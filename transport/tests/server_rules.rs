@@ -1,5 +1,5 @@
-//! SPEC §2, rule by rule, on tokio's paused clock with a raw HTTP/2 peer
-//! that asserts the exact frames it receives.
+//! docs/design.md §3, rule by rule, on tokio's paused clock with a raw HTTP/2
+//! peer that asserts the exact frames it receives.
 
 mod support;
 

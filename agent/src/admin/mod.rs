@@ -1,5 +1,5 @@
-//! The admin HTTP server (SPEC §4): health, readiness, drain, metrics,
-//! the effective policy and live connections.
+//! The admin HTTP server (docs/design.md §5.2): health, readiness, drain,
+//! metrics, the effective policy and live connections.
 //!
 //! `/healthz`, `/readyz`, `/metrics`, `/policy` and `GET /log-level` answer
 //! anyone (probes and scrapers). `/drain`, `PUT /log-level` and

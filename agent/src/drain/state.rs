@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use goaway_transport::policy::DrainParams;
 use goaway_transport::server::ConnectionHandle;
 use goaway_transport::{Counters, GoAwayReason};
 use serde::Serialize;
@@ -48,6 +49,21 @@ pub struct DrainSummary {
     pub streams_cut: u64,
     /// From the drain's start (readiness failing) to the last close.
     pub duration_seconds: f64,
+    /// From the drain's start to its GOAWAYs.
+    pub goaway_after_seconds: f64,
+    /// Why the GOAWAYs went out then.
+    pub goaway_on: GoawayOn,
+}
+
+/// What started the GOAWAY step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoawayOn {
+    /// The pod was out of every EndpointSlice's ready endpoints and no new
+    /// connection had arrived for `drain.quietPeriod`.
+    Evidence,
+    /// `drain.delay` ran out.
+    Delay,
 }
 
 /// What the counters moved by during one drain.
@@ -70,7 +86,7 @@ impl DrainCounts {
     /// The summary: every connection sent GOAWAY either drained or was
     /// hard-closed; every stream that was open or started either
     /// completed or was cut.
-    fn summary(self, took: Duration) -> DrainSummary {
+    fn summary(self, took: Duration, goaway_after: Duration, on: GoawayOn) -> DrainSummary {
         DrainSummary {
             connections_drained: self.sent_goaway.saturating_sub(self.hard_closed),
             streams_completed: (self.streams_started + self.streams_active_at_goaway)
@@ -78,8 +94,23 @@ impl DrainCounts {
             connections_hard_closed: self.hard_closed,
             streams_cut: self.streams_cut,
             duration_seconds: took.as_secs_f64(),
+            goaway_after_seconds: goaway_after.as_secs_f64(),
+            goaway_on: on,
         }
     }
+}
+
+/// The accept loop's listener, as the drain sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listener {
+    /// No accept loop has started (tests of the drain alone).
+    None,
+    /// Accepting.
+    Open,
+    /// The drain asked the accept loop to close it.
+    Closing,
+    /// Closed: no connection is accepted any more.
+    Closed,
 }
 
 /// A poisoned lock only means a panic elsewhere mid-update of plain values.
@@ -99,6 +130,12 @@ pub struct DrainState {
     /// Streams hard closes cut off.
     cut: AtomicU64,
     done: watch::Sender<Option<DrainSummary>>,
+    /// Where the accept loop's listener is.
+    listener: watch::Sender<Listener>,
+    /// When the accept loop last accepted a connection, in nanoseconds
+    /// after `base`.
+    last_accept: AtomicU64,
+    base: Instant,
 }
 
 impl DrainState {
@@ -112,8 +149,41 @@ impl DrainState {
             sent_goaway: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             done: watch::Sender::new(None),
+            listener: watch::Sender::new(Listener::None),
+            last_accept: AtomicU64::new(0),
+            base: Instant::now(),
         };
         (drain, watch)
+    }
+
+    /// The accept loop accepted a connection.
+    pub fn accepted(&self) {
+        let nanos = self.base.elapsed().as_nanos();
+        self.last_accept
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// When the last connection was accepted (the agent's start if none).
+    pub fn last_accept(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_accept.load(Relaxed))
+    }
+
+    /// The accept loop has started: the GOAWAY step will wait for it to
+    /// close its listener.
+    pub fn listener_opened(&self) {
+        self.listener.send_replace(Listener::Open);
+    }
+
+    /// Resolves once the drain asks the accept loop to close its listener.
+    pub async fn closing_listener(&self) {
+        let mut listener = self.listener.subscribe();
+        // The sender lives in `self`, which we borrow.
+        let _ = listener.wait_for(|l| *l == Listener::Closing).await;
+    }
+
+    /// The accept loop has dropped its listener.
+    pub fn listener_closed(&self) {
+        self.listener.send_replace(Listener::Closed);
     }
 
     /// Starts the drain: the signal for the first caller, who runs the
@@ -160,23 +230,28 @@ impl DrainState {
         }
     }
 
-    /// Closes the listener and sends every connection GOAWAY with a
-    /// deadline `timeout` from now, by draining `signal`; waits for every
-    /// connection to close (at most until [`CLOSE_MARGIN`] after the
-    /// deadline). The summary of what the counters moved by meanwhile,
-    /// timed from `started`.
+    /// The GOAWAY step, in this order: the listener closes (new
+    /// connections are refused from now on), then every connection
+    /// accepted before — in flight in the accept loop included — is sent
+    /// GOAWAY with a deadline `timeout` from now, by draining `signal`.
+    /// Then waits for every connection to close (at most until
+    /// [`CLOSE_MARGIN`] after the deadline). The summary of what the
+    /// counters moved by meanwhile, timed from `started`.
     pub async fn goaway_all(
         &self,
         signal: drain_rs::Signal,
         started: Instant,
-        timeout: Duration,
+        on: GoawayOn,
+        params: &DrainParams,
         counters: &Counters,
         connections: &ConnectionTable,
     ) -> DrainSummary {
+        let goaway_after = started.elapsed();
         let streams_before = counters.streams_total.load(Relaxed);
         let active_before = counters.streams_active.load(Relaxed).max(0) as u64;
         let hard_before = counters.hard_closes.load(Relaxed);
-        let deadline = Instant::now() + timeout;
+        self.close_listener().await;
+        let deadline = Instant::now() + params.timeout;
         // Before the signal: every connection that sees it reads it.
         *lock(&self.deadline) = Some(deadline);
         // Logged as the signal goes out (on the first poll below); each
@@ -185,7 +260,8 @@ impl DrainState {
             connections = connections.len(),
             "GOAWAY sent to every connection"
         );
-        if tokio::time::timeout_at(deadline + CLOSE_MARGIN, signal.drain())
+        let drained = signal.drain();
+        if tokio::time::timeout_at(deadline + CLOSE_MARGIN, drained)
             .await
             .is_err()
         {
@@ -201,7 +277,18 @@ impl DrainState {
             streams_started: counters.streams_total.load(Relaxed) - streams_before,
             streams_cut: self.cut.load(Relaxed),
         }
-        .summary(started.elapsed())
+        .summary(started.elapsed(), goaway_after, on)
+    }
+
+    /// Has the accept loop close its listener, and waits until it has.
+    async fn close_listener(&self) {
+        let mut listener = self.listener.subscribe();
+        if *listener.borrow_and_update() != Listener::Open {
+            return;
+        }
+        self.listener.send_replace(Listener::Closing);
+        // The sender lives in `self`, which we borrow.
+        let _ = listener.wait_for(|l| *l == Listener::Closed).await;
     }
 
     /// Runs a connection's `serving` to its end. When the drain signals
@@ -240,7 +327,11 @@ mod tests {
             streams_started: 3,
             streams_cut: 4,
         };
-        let s = counts.summary(Duration::from_millis(5_250));
+        let s = counts.summary(
+            Duration::from_millis(5_250),
+            Duration::ZERO,
+            GoawayOn::Delay,
+        );
         assert_eq!(s.connections_drained + s.connections_hard_closed, 5);
         assert_eq!(s.connections_drained, 3);
         assert_eq!(s.streams_completed + s.streams_cut, 10);
@@ -258,9 +349,18 @@ mod tests {
             streams_cut: 9,
             ..DrainCounts::default()
         }
-        .summary(Duration::ZERO);
+        .summary(Duration::ZERO, Duration::ZERO, GoawayOn::Delay);
         assert_eq!((s.connections_drained, s.streams_completed), (0, 0));
         assert_eq!((s.connections_hard_closed, s.streams_cut), (3, 9));
+    }
+
+    /// Drain parameters with a `timeout` in seconds and no quiet period.
+    fn params(timeout: u64) -> DrainParams {
+        DrainParams {
+            timeout: Duration::from_secs(timeout),
+            quiet_period: Duration::ZERO,
+            ..DrainParams::default()
+        }
     }
 
     /// A connection task's part, without a connection: holds `watch`
@@ -279,7 +379,8 @@ mod tests {
         let signal = drain.start().expect("the first caller starts it");
         assert!(drain.start().is_none(), "and only the first");
         assert!(drain.summary().is_none());
-        let summary = DrainCounts::default().summary(Duration::from_secs(1));
+        let summary =
+            DrainCounts::default().summary(Duration::from_secs(1), Duration::ZERO, GoawayOn::Delay);
         let waiting = async { drain.finished().await };
         let finishing = async {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -302,10 +403,12 @@ mod tests {
         let (counters, connections) = (Counters::default(), ConnectionTable::default());
         let started = Instant::now();
         let signal = drain.start().expect("not started");
+        let params = params(30);
         let goaway = drain.goaway_all(
             signal,
             started,
-            Duration::from_secs(30),
+            GoawayOn::Delay,
+            &params,
             &counters,
             &connections,
         );
@@ -346,7 +449,8 @@ mod tests {
             .goaway_all(
                 drain.start().expect("not started"),
                 started,
-                Duration::from_secs(10),
+                GoawayOn::Delay,
+                &params(10),
                 &Counters::default(),
                 &ConnectionTable::default(),
             )

@@ -1,6 +1,6 @@
-//! `x-forwarded-for` (SPEC §10): every request the agent forwards carries
-//! the client's address, appended after whatever the client sent, so the
-//! last entry is the one the app can trust — the agent wrote it. Without
+//! `x-forwarded-for` (docs/design.md §5.5): every request the agent forwards
+//! carries the client's address, appended after whatever the client sent, so
+//! the last entry is the one the app can trust — the agent wrote it. Without
 //! it the app would see every request come from the agent, and the only
 //! address it could use would be one a client chose.
 //!

@@ -1,6 +1,6 @@
 //! The client-facing side: accept h2c connections, manage each with the
-//! transport's server driver (SPEC §2), and proxy every stream upstream.
-//! The accept loop and every connection it accepts hold the drain's
+//! transport's server driver (docs/design.md §3), and proxy every stream
+//! upstream. The accept loop and every connection it accepts hold the drain's
 //! watch ([`crate::drain`]): the loop closes the listener when the drain
 //! signals, and each connection sends its GOAWAY.
 
@@ -24,15 +24,17 @@ use tracing::Instrument;
 
 use crate::{Agent, workers};
 
-/// Accepts connections until the drain signals `watch`, then drops the
-/// listener so new connections are refused, and `watch` with it. Every
-/// connection accepted is handed a clone.
+/// Accepts connections until the drain asks for the listener to close
+/// (its GOAWAY step, see [`crate::drain`]), then drops it so that new
+/// connections are refused, and `watch` with it. Every connection accepted
+/// is handed a clone of `watch`, and gets its GOAWAY from it.
 pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, watch: drain_rs::Watch) {
-    let mut draining = pin!(watch.clone().signaled());
+    agent.drain.listener_opened();
+    let mut closing = pin!(agent.drain.closing_listener());
     loop {
         tokio::select! {
             biased;
-            _ = &mut draining => break,
+            () = &mut closing => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) if workers::open_connections(&agent.workers) >= agent.config.max_connections => {
                     // Closed at once rather than left in the backlog: the
@@ -41,7 +43,10 @@ pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, watch: drain_
                     agent.metrics.connection_refused();
                     tracing::warn!(%peer, limit = agent.config.max_connections, "connection limit reached; closing new connection");
                 }
-                Ok((tcp, peer)) => hand_off(tcp, peer, &agent, watch.clone()),
+                Ok((tcp, peer)) => {
+                    agent.drain.accepted();
+                    hand_off(tcp, peer, &agent, watch.clone());
+                }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -51,6 +56,7 @@ pub async fn accept_loop(listener: TcpListener, agent: Arc<Agent>, watch: drain_
         }
     }
     drop(listener);
+    agent.drain.listener_closed();
     drop(watch);
     tracing::info!("listener closed; new connections are refused");
 }

@@ -141,6 +141,14 @@ goaway.dev/inject
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.control.enabled }}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- end }}
 
 {{/* The user name the operator's requests carry (its ServiceAccount's). */}}

@@ -157,9 +157,13 @@ fn drain_default_flags_are_go_durations_checked_together() {
             &["--default-drain-timeout=0s"],
             "--default-drain-timeout: must be greater than zero",
         ),
-        // The built-in 5s acknowledgement bound against a 4s timeout.
+        // A set acknowledgement bound against a set timeout (the built-in
+        // bound follows the timeout: a 4s timeout alone is fine).
         (
-            &["--default-drain-timeout=4s"],
+            &[
+                "--default-drain-timeout=4s",
+                "--default-drain-goaway-ack-timeout=4s",
+            ],
             "--default-drain-goaway-ack-timeout: must be less than drain.timeout (4s)",
         ),
         (

@@ -1,4 +1,5 @@
-//! Services that reach a policy's pods around the agent (SPEC §6).
+//! Services that reach a policy's pods around the agent
+//! (docs/design.md §10.3).
 //!
 //! In `namedPort` interception the agent owns the app port's *name*: a
 //! Service whose targetPort is that name goes through it. Two kinds of

@@ -2,7 +2,9 @@
 //!
 //! Each policy is reconciled ([`reconcile`]) into the ConfigMap
 //! `goaway-<name>` holding the agent's policy file (the policy with the
-//! operator's [`PolicyDefaults`] filled in), owned by the policy so
+//! operator's [`PolicyDefaults`] filled in) and, once known, the
+//! operator's CA certificate (`ca.crt`: the agents check the control
+//! channel with it; a new CA reconciles every policy), owned by the policy so
 //! deleting the policy deletes it, and into its status. Triggers: the
 //! policy itself, its ConfigMap (an edited or deleted ConfigMap is put
 //! back), pods, mapped to the policies that select them or that injected
@@ -30,6 +32,7 @@ pub use reconcile::reconcile;
 
 use crate::inject::ANNOTATION_INJECTED;
 use crate::metrics::Metrics;
+use crate::tls::CaWatch;
 use crate::{Error, KeepalivePolicy, MANAGER, PolicyDefaults, selection};
 
 /// Label on every object the operator creates.
@@ -52,6 +55,8 @@ pub struct Config {
     pub defaults: PolicyDefaults,
     /// Who reports its Events (the pod name).
     pub instance: Option<String>,
+    /// The operator's CA certificate, written into each ConfigMap.
+    pub ca: CaWatch,
 }
 
 /// What reconciliations share: the runtime handles [`run`] is given, the
@@ -67,6 +72,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Operator metrics.
     pub metrics: Arc<Metrics>,
+    /// The operator's CA certificate, as known.
+    pub ca: CaWatch,
 }
 
 impl Context {
@@ -87,6 +94,7 @@ impl Context {
             policies,
             defaults: config.defaults.clone(),
             metrics,
+            ca: config.ca.clone(),
         }
     }
 }
@@ -123,6 +131,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, config: Config, shutdown
         .watches(services, watcher::Config::default(), move |service| {
             policies_in_namespace(&store, service.namespace().as_deref())
         })
+        .reconcile_all_on(ca_changes(config.ca.clone()))
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(shutdown.clone().signaled().map(drop))
         .run(reconcile, error_policy, ctx)
@@ -133,6 +142,14 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, config: Config, shutdown
             }
         });
     shutdown.ignore_signaled().release_after(running).await;
+}
+
+/// One item per change of the CA, ending when it can change no more.
+fn ca_changes(ca: CaWatch) -> impl futures_util::Stream<Item = ()> + Send {
+    futures_util::stream::unfold(ca, |mut ca| async move {
+        ca.changed().await?;
+        Some(((), ca))
+    })
 }
 
 /// The policies a pod event concerns: those selecting it now, and the one

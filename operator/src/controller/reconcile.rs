@@ -31,7 +31,8 @@ use super::bypass::{self, Bypass};
 use super::status::{Cond, apply_body, changed};
 use super::{Context, LABEL_MANAGED_BY, RESYNC};
 use crate::crd::{
-    CONDITION_BYPASSED, CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY, render_policy_file,
+    CA_FILE_KEY, CONDITION_BYPASSED, CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY,
+    render_policy_file,
 };
 use crate::inject::{self, ANNOTATION_INJECTED};
 use crate::{Error, KeepalivePolicy, KeepalivePolicyStatus, MANAGER, Result, selection};
@@ -238,13 +239,7 @@ impl<'a> Reconciler<'a> {
                 owner_references: Some(vec![owner]),
                 ..Default::default()
             },
-            data: Some(
-                [(
-                    POLICY_FILE_KEY.to_string(),
-                    render_policy_file(&self.policy.spec, &self.ctx.defaults)?,
-                )]
-                .into(),
-            ),
+            data: Some(self.config_map_data()?),
             ..Default::default()
         };
         Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.namespace)
@@ -255,6 +250,19 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         Ok(name)
+    }
+
+    /// The policy file and, once known, the CA. Never without a CA once
+    /// one was written: the apply would take it away again.
+    fn config_map_data(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut data = std::collections::BTreeMap::from([(
+            POLICY_FILE_KEY.to_string(),
+            render_policy_file(&self.policy.spec, &self.ctx.defaults)?,
+        )]);
+        if let Some(ca) = self.ctx.ca.current() {
+            data.insert(CA_FILE_KEY.to_string(), ca.to_string());
+        }
+        Ok(data)
     }
 
     /// The namespace's Services that reach `pods` around the agent.

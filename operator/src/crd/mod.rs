@@ -1,4 +1,5 @@
-//! The `KeepalivePolicy` custom resource (`goaway.dev/v1alpha1`, SPEC §5).
+//! The `KeepalivePolicy` custom resource (`goaway.dev/v1alpha1`;
+//! docs/design.md §8).
 //!
 //! The spec embeds [`goaway_transport::Policy`] flattened, so `server`,
 //! `enforcement`, `upstream` and `drain` mean exactly what they mean in the
@@ -269,6 +270,9 @@ pub const MAX_POLICY_NAME_LEN: usize = 253 - CONFIG_MAP_PREFIX.len();
 
 /// The ConfigMap key the agent reads (`/etc/goaway/policy.yaml`).
 pub const POLICY_FILE_KEY: &str = "policy.yaml";
+/// The ConfigMap key of the operator's CA certificate (PEM), which the
+/// agent checks the control channel's certificate against.
+pub const CA_FILE_KEY: &str = "ca.crt";
 
 /// The agent's policy file: the YAML serialisation of the embedded policy
 /// with the operator's `defaults` filled into the fields it leaves out.

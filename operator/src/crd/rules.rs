@@ -110,10 +110,18 @@ pub const RULES: &[CelRule] = &[
     positive!("upstream", "timeout"),
     positive!("drain", "timeout"),
     positive!("drain", "goawayAckTimeout"),
+    // Only a value the user set: the default (5s, at most half of
+    // drain.timeout) always fits.
     CelRule {
-        rule: "!has(self.drain) || duration(has(self.drain.goawayAckTimeout) ? self.drain.goawayAckTimeout : '5s') < duration(has(self.drain.timeout) ? self.drain.timeout : '30s')",
-        message: "drain.goawayAckTimeout (default 5s) must be less than drain.timeout (default 30s), or the second GOAWAY would come after the hard close",
+        rule: "!has(self.drain) || !has(self.drain.goawayAckTimeout) || duration(self.drain.goawayAckTimeout) < duration(has(self.drain.timeout) ? self.drain.timeout : '30s')",
+        message: "drain.goawayAckTimeout must be less than drain.timeout (default 30s), or the second GOAWAY would come after the hard close",
         field_path: ".drain.goawayAckTimeout",
+        reason: INVALID,
+    },
+    CelRule {
+        rule: "!has(self.drain) || !has(self.drain.quietPeriod) || duration(self.drain.quietPeriod) <= duration('1m')",
+        message: "drain.quietPeriod must be at most 1m",
+        field_path: ".drain.quietPeriod",
         reason: INVALID,
     },
 ];

@@ -41,9 +41,9 @@ impl KeepalivePolicySpec {
     /// Checks the whole spec as written: the selector is not empty, `port`
     /// and `agentPort` are usable, and the embedded policy passes
     /// [`Policy::validate`](goaway_transport::Policy::validate) with
-    /// production strictness, SPEC §1 defaults filling the rest. This is
-    /// what the CRD's CEL rules check. Returns every error, not just the
-    /// first.
+    /// production strictness, the defaults of docs/design.md §2.1 filling the
+    /// rest. This is what the CRD's CEL rules check. Returns every error, not
+    /// just the first.
     pub fn check(&self) -> Result<Vec<SpecWarning>, SpecError> {
         self.check_with(&PolicyDefaults::default())
     }
@@ -209,9 +209,11 @@ mod tests {
 
     #[test]
     fn a_policy_invalid_as_written_reports_its_own_errors_whatever_the_defaults() {
-        let s = spec("selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {timeout: 1s}\n");
-        // 5s (built in) >= 1s: the API server's CEL rule refuses this
-        // policy too, so it is the policy's mistake, not the operator's.
+        let s = spec(
+            "selector: {matchLabels: {app: a}}\nport: grpc\ndrain: {timeout: 1s, goawayAckTimeout: 2s}\n",
+        );
+        // 2s >= 1s: the API server's CEL rule refuses this policy too, so
+        // it is the policy's mistake, not the operator's.
         let err = s.check_with(&defaults(None, Some("500ms"))).unwrap_err();
         assert_eq!(err, s.check().unwrap_err());
         assert!(!err.to_string().contains("operator default"), "{err}");

@@ -1,4 +1,5 @@
-//! The pod mutation (SPEC §5 injection rules), as a pure function.
+//! The pod mutation (the injection rules of docs/design.md §9), as a pure
+//! function.
 //!
 //! [`mutate`] takes a pod's (or pod template's) metadata and spec, the
 //! policies of its namespace and the agent settings, and returns what
@@ -33,7 +34,14 @@
 //!   policy leaves out, as in the file the agent reads) plus
 //!   [`DRAIN_MARGIN_SECONDS`], never lowering it;
 //! - mounts the policy ConfigMap at `/etc/goaway` (the directory, so
-//!   updates reach the agent) and marks the pod `goaway.dev/injected`.
+//!   updates reach the agent) and marks the pod `goaway.dev/injected`;
+//! - with the operator's control channel configured
+//!   ([`AgentConfig::control_url`]), gives the agent a projected
+//!   service-account token for the channel's audience
+//!   ([`goaway_transport::control::AUDIENCE`], an hour, rotated by the
+//!   kubelet) at [`TOKEN_PATH`], and the flags to dial the channel with
+//!   it and the CA the controller writes into the ConfigMap
+//!   ([`CA_PATH`]).
 //!
 //! hostNetwork pods, pods opted out and pods already injected are left
 //! alone, which also makes a second pass a no-op. So are the pods of a
@@ -51,7 +59,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, EnvVar, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodSpec,
-    Volume,
+    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -90,6 +98,18 @@ pub const VOLUME_NAME: &str = "goaway-policy";
 pub const MOUNT_PATH: &str = "/etc/goaway";
 /// The file the agent reads.
 pub const POLICY_PATH: &str = "/etc/goaway/policy.yaml";
+/// The operator's CA certificate, from the policy ConfigMap
+/// ([`crate::crd::CA_FILE_KEY`]), for the control channel.
+pub const CA_PATH: &str = "/etc/goaway/ca.crt";
+/// The projected token volume's name (control channel only).
+pub const TOKEN_VOLUME_NAME: &str = "goaway-token";
+/// Where the token volume is mounted in the agent.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/goaway.dev";
+/// The agent's token for the control channel.
+pub const TOKEN_PATH: &str = "/var/run/secrets/goaway.dev/token";
+/// How long each token the kubelet mints for the channel is valid; it
+/// rotates it at 80% of that.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// The agent's drain endpoint.
 pub const DRAIN_PATH: &str = "/drain";
 /// Set on application containers that keep their own preStop hook: the
@@ -250,9 +270,9 @@ pub enum InjectError {
         /// Its protocol.
         protocol: String,
     },
-    /// The pod already has a volume with the agent's volume name.
-    #[error("the pod already has a volume named {VOLUME_NAME:?}")]
-    VolumeExists,
+    /// The pod already has a volume with a name the agent's volumes use.
+    #[error("the pod already has a volume named {0:?}")]
+    VolumeExists(&'static str),
     /// A per-workload annotation ([`overrides`]) has a value the agent or
     /// the API server would refuse.
     #[error("annotation {annotation}: {value:?}: {reason}")]
@@ -278,7 +298,7 @@ impl InjectError {
             InjectError::PortClash { .. } => "port_clash",
             InjectError::AmbiguousPortName { .. } => "ambiguous_port_name",
             InjectError::NotTcp { .. } => "not_tcp",
-            InjectError::VolumeExists => "volume_exists",
+            InjectError::VolumeExists(_) => "volume_exists",
             InjectError::InvalidAnnotation { .. } => "invalid_annotation",
             InjectError::Serialize(_) => "serialize",
         }
@@ -461,8 +481,10 @@ fn apply(
         }
     }
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    if volumes.iter().any(|v| v.name == VOLUME_NAME) {
-        return Err(InjectError::VolumeExists);
+    for name in [VOLUME_NAME, TOKEN_VOLUME_NAME] {
+        if volumes.iter().any(|v| v.name == name) {
+            return Err(InjectError::VolumeExists(name));
+        }
     }
     volumes.push(Volume {
         name: VOLUME_NAME.into(),
@@ -472,6 +494,9 @@ fn apply(
         }),
         ..Default::default()
     });
+    if agent.control_url.is_some() {
+        volumes.push(token_volume());
+    }
 
     let (wanted, interception) = defaults.interception_of(policy);
     let port_name = match interception {
@@ -578,6 +603,27 @@ fn drain_hook(admin_port: i32, token: &str) -> LifecycleHandler {
                 value: format!("Bearer {token}"),
             }]),
             host: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The agent's token for the control channel: the pod's service account,
+/// the channel's audience only, bound to the pod (the kubelet asks for
+/// it so), so the operator learns from it which pod is calling.
+fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME_NAME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(goaway_transport::control::AUDIENCE.into()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -1,5 +1,5 @@
-//! Per-workload agent settings (SPEC §7): pod annotations that override
-//! the operator-wide [`AgentConfig`] for one pod, as Linkerd's
+//! Per-workload agent settings (docs/design.md §9.4): pod annotations that
+//! override the operator-wide [`AgentConfig`] for one pod, as Linkerd's
 //! `config.linkerd.io/proxy-cpu-request` and Istio's
 //! `sidecar.istio.io/proxyCPU` do.
 //!

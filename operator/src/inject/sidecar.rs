@@ -1,4 +1,5 @@
-//! The agent container (SPEC §5, the agent contract in SPEC §4).
+//! The agent container (docs/design.md §9.1, the agent contract in
+//! docs/design.md §5).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ports::AppPort;
-use super::{CONTAINER_NAME, INTERCEPT_CONTAINER_NAME, MOUNT_PATH, POLICY_PATH, VOLUME_NAME};
+use super::{
+    CA_PATH, CONTAINER_NAME, INTERCEPT_CONTAINER_NAME, MOUNT_PATH, POLICY_PATH, TOKEN_MOUNT_PATH,
+    TOKEN_PATH, TOKEN_VOLUME_NAME, VOLUME_NAME,
+};
 
 /// The agent's admin port (health, readiness, drain, metrics). Not
 /// 15021 (Istio's sidecar health port, where an earlier release had it):
@@ -69,6 +73,9 @@ pub struct AgentConfig {
     pub forward_client_address: bool,
     /// The agent's `--admin-allow`: who besides the pod may drain it.
     pub admin_allow: String,
+    /// The operator's control channel (`https://host:port`) the agent
+    /// dials, with the pod's projected token; `None`: no channel.
+    pub control_url: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -87,6 +94,7 @@ impl Default for AgentConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             forward_client_address: true,
             admin_allow: DEFAULT_ADMIN_ALLOW.into(),
+            control_url: None,
         }
     }
 }
@@ -250,6 +258,28 @@ pub(super) fn container(
         args.push("--max-concurrent-streams".into());
         args.push(agent.max_concurrent_streams.to_string());
     }
+    let mut volume_mounts = vec![VolumeMount {
+        name: VOLUME_NAME.into(),
+        mount_path: MOUNT_PATH.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if let Some(url) = &agent.control_url {
+        args.extend([
+            "--control-url".into(),
+            url.clone(),
+            "--control-ca".into(),
+            CA_PATH.into(),
+            "--control-token-file".into(),
+            TOKEN_PATH.into(),
+        ]);
+        volume_mounts.push(VolumeMount {
+            name: TOKEN_VOLUME_NAME.into(),
+            mount_path: TOKEN_MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(agent.image.clone()),
@@ -292,12 +322,7 @@ pub(super) fn container(
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME_NAME.into(),
-            mount_path: MOUNT_PATH.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }

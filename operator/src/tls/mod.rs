@@ -11,6 +11,9 @@
 //!   the operator only reloads the files.
 //!
 //! Either way the certificate is swapped in place, without a restart.
+//! The same certificate serves the agents' control channel
+//! ([`crate::channel`]); the CA that signed it is published
+//! ([`CertStore::ca`]) for the controller to hand to the agents.
 
 pub mod ca;
 pub mod secret;
@@ -23,6 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 
 use crate::{Error, Result};
 
@@ -51,6 +55,7 @@ pub enum Source {
 pub struct CertStore {
     provider: Arc<CryptoProvider>,
     current: RwLock<Option<Arc<CertifiedKey>>>,
+    ca: watch::Sender<Option<Arc<str>>>,
 }
 
 impl CertStore {
@@ -59,6 +64,7 @@ impl CertStore {
         CertStore {
             provider,
             current: RwLock::new(None),
+            ca: watch::Sender::new(None),
         }
     }
 
@@ -86,6 +92,26 @@ impl CertStore {
         Ok(())
     }
 
+    /// Publishes the CA certificate (PEM) that signed the serving
+    /// certificate, when it changed.
+    pub fn set_ca(&self, pem: &str) {
+        self.ca.send_if_modified(|ca| {
+            let changed = ca.as_deref() != Some(pem);
+            if changed {
+                *ca = Some(Arc::from(pem));
+            }
+            changed
+        });
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate, as
+    /// it becomes known: at once in generate mode; in files mode when the
+    /// directory has a `ca.crt` (cert-manager writes one for CA and
+    /// self-signed issuers), else never.
+    pub fn ca(&self) -> CaWatch {
+        CaWatch(self.ca.subscribe())
+    }
+
     /// True once a certificate is loaded.
     pub fn is_loaded(&self) -> bool {
         self.current.read().map(|c| c.is_some()).unwrap_or(false)
@@ -102,6 +128,37 @@ impl ResolvesServerCert for CertStore {
         self.current.read().ok()?.clone()
     }
 }
+
+/// The operator's CA certificate (PEM), as it becomes known
+/// ([`CertStore::ca`]). The default never learns one.
+#[derive(Clone, Debug)]
+pub struct CaWatch(watch::Receiver<Option<Arc<str>>>);
+
+impl CaWatch {
+    /// The CA now, if known.
+    pub fn current(&self) -> Option<Arc<str>> {
+        self.0.borrow().clone()
+    }
+
+    /// Completes when the CA changes; `None` once it never will again.
+    pub async fn changed(&mut self) -> Option<()> {
+        self.0.changed().await.ok()
+    }
+}
+
+impl Default for CaWatch {
+    fn default() -> Self {
+        CaWatch(watch::channel(None).1)
+    }
+}
+
+impl PartialEq for CaWatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_channel(&other.0)
+    }
+}
+
+impl Eq for CaWatch {}
 
 /// The rustls provider the operator uses everywhere.
 pub fn provider() -> Arc<CryptoProvider> {

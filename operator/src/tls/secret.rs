@@ -6,7 +6,8 @@
 //! leader renews the serving certificate — [`RENEW_BEFORE_DAYS`] before it
 //! expires or when the Service's DNS names changed — and writes the CA
 //! into the MutatingWebhookConfiguration's `caBundle`. Files mode: reload
-//! `tls.crt`/`tls.key` when their bytes change.
+//! `tls.crt`/`tls.key` when their bytes change. Either way the CA is
+//! published on the store ([`CertStore::set_ca`]) for the agents.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -128,6 +129,13 @@ fn reload_files(
         info!(dir = %dir.display(), "loaded webhook certificate");
         *last = Some(files);
     }
+    // Optional: only CA and self-signed issuers write it; without it the
+    // agents cannot check the control channel's certificate.
+    if let Ok(ca) = std::fs::read_to_string(dir.join(CA_CERT))
+        && !ca.trim().is_empty()
+    {
+        store.set_ca(&ca);
+    }
     Ok(())
 }
 
@@ -178,6 +186,7 @@ pub async fn sync_secret(
         }
     };
     store.load_pem(serving.cert.as_bytes(), serving.key.as_bytes())?;
+    store.set_ca(&ca.cert);
     Ok(ca.cert)
 }
 

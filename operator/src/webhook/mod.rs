@@ -1,4 +1,4 @@
-//! The mutating admission webhook on Pod CREATE (SPEC §5).
+//! The mutating admission webhook on Pod CREATE (docs/design.md §9).
 //!
 //! `POST /mutate` takes an `admission.k8s.io/v1` AdmissionReview and
 //! answers with the JSON patch from [`inject::mutate`] — the same function

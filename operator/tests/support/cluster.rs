@@ -28,9 +28,9 @@ pub(crate) const UNSCHEDULED: &str = "goaway-test-unscheduled";
 /// so) when it is not set.
 pub(crate) async fn client_or_skip(test: &str) -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!(
-            "skipped {test}: set KUBECONFIG to run the real-cluster suite (scripts/kube-local up starts a local control plane)"
-        );
+        goaway_transport::test_util::skip(&format!(
+            "{test}: set KUBECONFIG to run the real-cluster suite (scripts/kube-local up starts a local control plane)"
+        ));
         return None;
     }
     Some(
@@ -227,7 +227,8 @@ pub(crate) struct Operator {
 
 impl Operator {
     /// Starts `goaway-operator run` out of cluster with `args`, on free
-    /// loopback ports for the webhook and admin servers; its log goes to
+    /// loopback ports for the webhook, admin and control channel servers
+    /// (`--control-addr` in `args` wins); its log goes to
     /// a file under the target directory, named after `name`.
     pub(crate) fn start(name: &str, args: &[&str]) -> Operator {
         Operator::start_with_env(name, free_port(), args, &[])
@@ -243,6 +244,14 @@ impl Operator {
         env: &[(String, String)],
     ) -> Operator {
         let admin_port = free_port();
+        // The control channel too on a free loopback port, unless the
+        // test picks one: operators of tests running at once never share
+        // the default 9444.
+        let control_addr = format!("127.0.0.1:{}", free_port());
+        let control = match args.contains(&"--control-addr") {
+            true => vec![],
+            false => vec!["--control-addr", control_addr.as_str()],
+        };
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
@@ -250,6 +259,7 @@ impl Operator {
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
             .args(["--log-format", "text"])
+            .args(control)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,goaway_operator=debug")

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod agent;
 pub(crate) mod cluster;
 pub(crate) mod fake_api;
 pub(crate) mod managed_fields;

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
                     "peer": peer.to_string(),
                     "reason": conn.outcome().map(|r| r.as_str()),
                     "streams": stats.streams_total,
+                    "pings_sent": stats.pings_sent,
                     "pings_received": stats.pings_received,
                     "strikes": stats.strikes,
                     "age_ms": stats.age.as_millis() as u64,

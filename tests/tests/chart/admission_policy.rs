@@ -22,11 +22,14 @@ use crate::{NAMESPACE, RELEASE};
 /// Writes of the operator's RBAC no policy narrows, and why that is fine:
 /// Events (at worst misleading Events where the operator works; no access
 /// to anything), its policies' status, and Leases in its own namespace
-/// (create cannot be pinned by name, but a Lease grants nothing).
+/// (create cannot be pinned by name, but a Lease grants nothing), and
+/// TokenReviews (a create that writes nothing: it only asks whether a
+/// token the caller already holds is valid).
 const LEFT_TO_RBAC: &[(&str, &str)] = &[
     ("events.k8s.io", "events"),
     ("goaway.dev", "keepalivepolicies/status"),
     ("coordination.k8s.io", "leases"),
+    ("authentication.k8s.io", "tokenreviews"),
 ];
 
 /// The admission operation an RBAC write verb is checked at.

@@ -125,7 +125,17 @@ fn deployment_runs_two_hardened_replicas_with_leader_election() {
 #[test]
 fn chart_defaults_for_the_agent_are_the_operators_defaults() {
     let (args, _) = render("").operator_args();
+    // The chart serves the control channel, so its agents dial it.
+    assert_eq!(
+        args.agent.agent_config().unwrap(),
+        AgentConfig {
+            control_url: Some(format!("https://{RELEASE}-operator.{NAMESPACE}.svc:9444")),
+            ..AgentConfig::default()
+        }
+    );
+    let (args, _) = render("control: {enabled: false}").operator_args();
     assert_eq!(args.agent.agent_config().unwrap(), AgentConfig::default());
+    assert!(!args.control_channel);
     // No drain defaults: policies are used as written.
     assert_eq!(
         args.defaults.policy_defaults().unwrap(),
@@ -296,6 +306,7 @@ agent:
             delay: Some("5s".parse().unwrap()),
             timeout: Some("90s".parse().unwrap()),
             goaway_ack_timeout: Some("2.5s".parse().unwrap()),
+            quiet_period: None,
         }
     );
     assert_eq!(
@@ -314,6 +325,7 @@ agent:
             max_connections: 1000,
             forward_client_address: false,
             admin_allow: goaway_operator::inject::DEFAULT_ADMIN_ALLOW.into(),
+            control_url: Some(format!("https://{RELEASE}-operator.{NAMESPACE}.svc:9444")),
         }
     );
     assert_names_agree(&r);

@@ -317,6 +317,10 @@ fn operator_admin_get(path: &str) -> (u16, String) {
     let metrics = Arc::new(goaway_operator::metrics::Metrics::default());
     metrics.reconciled(None, Duration::from_millis(3));
     metrics.admitted("injected", "", Duration::from_micros(300));
+    // Label families show in the exposition once they have a sample.
+    metrics.control_refused("capacity");
+    metrics.control_message("heartbeat");
+    metrics.control_token_review("accepted");
     let router = admin::router(metrics, Arc::new(Readiness::default()));
     let (signal, watch) = drain_rs::channel();
     let server = runtime.spawn(admin::serve(listener, router, watch));

@@ -29,9 +29,9 @@ pub(crate) struct Grant {
 /// Kubernetes' own scoping of the resources the operator touches.
 fn cluster_scoped(resource: &str) -> bool {
     match resource.split('/').next().unwrap_or_default() {
-        "mutatingwebhookconfigurations" | "namespaces" => true,
+        "mutatingwebhookconfigurations" | "namespaces" | "tokenreviews" => true,
         "keepalivepolicies" | "configmaps" | "pods" | "services" | "events" | "leases"
-        | "secrets" => false,
+        | "secrets" | "endpointslices" => false,
         other => panic!("rbac::RBAC names {other}: say here whether it is cluster-scoped"),
     }
 }
@@ -43,6 +43,7 @@ fn used(rule: &Rule, args: &RunArgs) -> bool {
         Needed::Always => true,
         Needed::TlsModeGenerate => args.tls_mode == TlsMode::Generate,
         Needed::LeaderElection => args.leader_election,
+        Needed::ControlChannel => args.control_channel,
         Needed::RedirectProbe => args.probes_redirect(),
     }
 }
@@ -275,6 +276,18 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
             "leaderElection: {enabled: false}\nreplicaCount: 1\nwebhook: {tls: {mode: certManager}}",
         ),
         (
+            "no control channel",
+            RELEASE,
+            NAMESPACE,
+            "control: {enabled: false}",
+        ),
+        (
+            "one namespace, no control channel",
+            RELEASE,
+            NAMESPACE,
+            "watchNamespace: shop\ncontrol: {enabled: false}",
+        ),
+        (
             "existing ServiceAccount",
             "gw",
             "platform",
@@ -310,7 +323,8 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
     }
     // Spot checks of the scoping the cross-check derives.
     // One namespace and no caBundle to write: the ClusterRole only reads
-    // namespaces' metadata (their Pod Security level).
+    // namespaces' metadata (their Pod Security level) and reviews agents'
+    // tokens (TokenReviews are not namespaced).
     let r = render("watchNamespace: shop\nwebhook: {tls: {mode: certManager}}");
     let cluster = r
         .cluster_roles
@@ -323,7 +337,7 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
         .flatten()
         .flat_map(|rule| rule.resources.iter().flatten().map(String::as_str))
         .collect();
-    assert_eq!(resources, ["namespaces"]);
+    assert_eq!(resources, ["namespaces", "tokenreviews"]);
     assert_eq!(r.cluster_role_bindings.len(), 1);
     assert!(
         r.roles

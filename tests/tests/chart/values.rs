@@ -30,7 +30,7 @@ fn every_operator_flag_is_set_by_the_chart() {
         (
             RELEASE,
             NAMESPACE,
-            "agent: {drain: {delay: 5s, timeout: 45s, goawayAckTimeout: 2s}}",
+            "agent: {drain: {delay: 5s, timeout: 45s, goawayAckTimeout: 2s, quietPeriod: 2s}}",
         ),
         (
             RELEASE,
@@ -114,9 +114,9 @@ fn flag_values() -> Vec<FlagValue> {
         ),
         v(
             "webhook.port",
-            json!(9444),
+            json!(9445),
             "GOAWAY_WEBHOOK_ADDR",
-            "0.0.0.0:9444",
+            "0.0.0.0:9445",
         ),
         FlagValue {
             also: &["GOAWAY_TLS_SECRET", "GOAWAY_TLS_DIR"],
@@ -150,6 +150,30 @@ fn flag_values() -> Vec<FlagValue> {
             json!(8081),
             "GOAWAY_ADMIN_ADDR",
             "0.0.0.0:8081",
+        ),
+        FlagValue {
+            path: "control.enabled",
+            values: json!({"control": {"enabled": false}}),
+            env: "GOAWAY_CONTROL_CHANNEL",
+            expect: "false".into(),
+            also: &[
+                "GOAWAY_CONTROL_ADDR",
+                "GOAWAY_CONTROL_MAX_CONNECTIONS",
+                "GOAWAY_AGENT_CONTROL_URL",
+            ],
+        },
+        FlagValue {
+            path: "control.port",
+            values: json!({"control": {"port": 9555}}),
+            env: "GOAWAY_CONTROL_ADDR",
+            expect: "0.0.0.0:9555".into(),
+            also: &["GOAWAY_AGENT_CONTROL_URL"],
+        },
+        v(
+            "control.maxConnections",
+            json!(500),
+            "GOAWAY_CONTROL_MAX_CONNECTIONS",
+            "500",
         ),
         v(
             "agent.image.repository",
@@ -252,6 +276,12 @@ fn flag_values() -> Vec<FlagValue> {
             json!("2500ms"),
             "GOAWAY_DEFAULT_DRAIN_GOAWAY_ACK_TIMEOUT",
             "2500ms",
+        ),
+        v(
+            "agent.drain.quietPeriod",
+            json!("500ms"),
+            "GOAWAY_DEFAULT_DRAIN_QUIET_PERIOD",
+            "500ms",
         ),
         v(
             "agent.interception",
@@ -391,7 +421,7 @@ fn each_drain_flag_of_the_operator_is_an_agent_drain_value_unset_by_default() {
         drain_flags, drain_values,
         "drain flags vs agent.drain values"
     );
-    assert_eq!(drain_flags.len(), 3);
+    assert_eq!(drain_flags.len(), 4);
 
     // Empty by default: no variable, so policies are used as written.
     let r = render("");
@@ -424,7 +454,7 @@ fn each_drain_flag_of_the_operator_is_an_agent_drain_value_unset_by_default() {
 fn drain_defaults_that_contradict_each_other_pass_the_schema_but_stop_the_operator() {
     // The schema cannot compare durations; the operator refuses to start,
     // naming the flag, so the old replicas keep serving (maxUnavailable 0).
-    let (args, _) = render("agent: {drain: {timeout: 3s}}").operator_args();
+    let (args, _) = render("agent: {drain: {timeout: 3s, goawayAckTimeout: 3s}}").operator_args();
     let err = args.defaults.policy_defaults().unwrap_err().to_string();
     assert!(
         err.starts_with("--default-drain-goaway-ack-timeout: must be less than drain.timeout (3s)"),

@@ -1,6 +1,6 @@
-//! The client side (SPEC §3): a [`Channel`] to one address that keeps its
-//! connections alive, follows GOAWAY, retries what was never processed,
-//! reconnects with gRPC backoff and reports connectivity.
+//! The client side (docs/design.md §4): a [`Channel`] to one address that
+//! keeps its connections alive, follows GOAWAY, retries what was never
+//! processed, reconnects with gRPC backoff and reports connectivity.
 //!
 //! - Keepalive as on the server, measured from the last read; with no
 //!   stream open and `permitWithoutStream` false it goes dormant, and pings

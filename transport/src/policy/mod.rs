@@ -1,5 +1,5 @@
-//! Policy parameters (SPEC §1): one set of plain-data types used by the
-//! operator's CRD, the agent's policy file and this library.
+//! Policy parameters (docs/design.md §2): one set of plain-data types used by
+//! the operator's CRD, the agent's policy file and this library.
 //!
 //! Every field is optional; an absent field means the gRPC default. The
 //! types carry no behaviour beyond parsing, validation (`validate.rs`) and
@@ -134,9 +134,12 @@ pub struct UpstreamPolicy {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DrainPolicy {
-    /// After the drain starts (readiness already failing), wait this long
-    /// before sending GOAWAY so that endpoint removal reaches every client.
-    /// Default 0s.
+    /// After the drain starts (readiness already failing), wait at most this
+    /// long before sending GOAWAY, so that endpoint removal reaches every
+    /// client. The agent sends it sooner on evidence: once the operator
+    /// reports the pod out of the ready endpoints of every EndpointSlice
+    /// listing it and no new connection has arrived for `quietPeriod`.
+    /// Without word from the operator it waits all of it. Default 0s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<GoDuration>,
     /// After the first drain GOAWAY, close whatever connections are left.
@@ -144,9 +147,17 @@ pub struct DrainPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<GoDuration>,
     /// The longest wait between the first GOAWAY and the second when the
-    /// client never answers the PING sent with it. Default 5s (grpc-go).
+    /// client never answers the PING sent with it. Default 5s (grpc-go), or
+    /// half of `timeout` when that is shorter than 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goaway_ack_timeout: Option<GoDuration>,
+    /// How long, once the operator reports the pod out of every ready set,
+    /// no new connection may arrive before the evidence that the endpoint
+    /// removal has reached every node is complete: the nodes' proxies' time
+    /// to apply it, and the least time between the drain's start and its
+    /// GOAWAYs. At most 1m. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_period: Option<GoDuration>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -15,10 +15,16 @@ pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 pub(super) const DEFAULT_MIN_TIME: Duration = Duration::from_secs(5 * 60);
 /// Default time from the first drain GOAWAY to the hard close.
 pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default bound between the first and second GOAWAY (grpc-go uses 5s).
+/// Default bound between the first and second GOAWAY (grpc-go uses 5s);
+/// at most half of `drain.timeout`.
 pub(super) const DEFAULT_GOAWAY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default quiet period of the evidence-driven drain start.
+pub(super) const DEFAULT_QUIET_PERIOD: Duration = Duration::from_secs(1);
+/// The longest quiet period allowed.
+pub(super) const MAX_QUIET_PERIOD: Duration = Duration::from_secs(60);
 
-/// Per-connection server parameters (SPEC §2). `None` means infinite.
+/// Per-connection server parameters (docs/design.md §3). `None` means
+/// infinite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerParams {
     /// Ping after this long with nothing read.
@@ -39,7 +45,7 @@ pub struct ServerParams {
     pub goaway_ack_timeout: Duration,
 }
 
-/// Per-connection client parameters (SPEC §3).
+/// Per-connection client parameters (docs/design.md §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientParams {
     /// Ping after this long with nothing read; `None` turns keepalive off.
@@ -50,15 +56,18 @@ pub struct ClientParams {
     pub permit_without_stream: bool,
 }
 
-/// The agent's drain sequence (SPEC §4).
+/// The agent's drain sequence (docs/design.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainParams {
-    /// Wait between failing readiness and the first GOAWAY.
+    /// Longest wait between failing readiness and the first GOAWAY.
     pub delay: Duration,
     /// From the first GOAWAY to the hard close.
     pub timeout: Duration,
     /// Bound between the first and second GOAWAY.
     pub goaway_ack_timeout: Duration,
+    /// No new connection for this long completes the evidence for an
+    /// early GOAWAY.
+    pub quiet_period: Duration,
 }
 
 impl Default for ServerParams {
@@ -113,10 +122,15 @@ impl Policy {
     /// Drain parameters with defaults filled in.
     pub fn drain_params(&self) -> DrainParams {
         let d = &self.drain;
+        let timeout = std(d.timeout).unwrap_or(DEFAULT_DRAIN_TIMEOUT);
         DrainParams {
             delay: std(d.delay).unwrap_or(Duration::ZERO),
-            timeout: std(d.timeout).unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-            goaway_ack_timeout: std(d.goaway_ack_timeout).unwrap_or(DEFAULT_GOAWAY_ACK_TIMEOUT),
+            timeout,
+            // A default follows what the user set: a short drain.timeout
+            // alone never makes the ack timeout invalid.
+            goaway_ack_timeout: std(d.goaway_ack_timeout)
+                .unwrap_or_else(|| DEFAULT_GOAWAY_ACK_TIMEOUT.min(timeout / 2)),
+            quiet_period: std(d.quiet_period).unwrap_or(DEFAULT_QUIET_PERIOD),
         }
     }
 
@@ -146,6 +160,7 @@ impl Policy {
                 delay: d.delay.into(),
                 timeout: d.timeout.into(),
                 goaway_ack_timeout: d.goaway_ack_timeout.into(),
+                quiet_period: d.quiet_period.into(),
             },
         }
     }
@@ -156,7 +171,8 @@ impl Policy {
 pub struct MaybeInfinite(Option<GoDuration>);
 
 /// A duration for something that may be switched off, shown as `"off"`
-/// (upstream keepalive, whose SPEC default is "off", not a time).
+/// (upstream keepalive, whose default in docs/design.md §2.1 is "off",
+/// not a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaybeOff(Option<GoDuration>);
 
@@ -236,4 +252,5 @@ pub struct EffectiveDrain {
     pub delay: GoDuration,
     pub timeout: GoDuration,
     pub goaway_ack_timeout: GoDuration,
+    pub quiet_period: GoDuration,
 }

@@ -167,8 +167,12 @@ fn negative_and_zero_values_are_rejected_by_field() {
 }
 
 #[test]
-fn ack_timeout_must_be_below_drain_timeout() {
-    let err = Policy::load("drain:\n  timeout: 3s\n", Strictness::Permissive).unwrap_err();
+fn an_ack_timeout_the_user_set_must_be_below_drain_timeout() {
+    let err = Policy::load(
+        "drain:\n  timeout: 3s\n  goawayAckTimeout: 3s\n",
+        Strictness::Permissive,
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.starts_with("drain.goawayAckTimeout: must be less than drain.timeout (3s)"),
@@ -179,6 +183,46 @@ fn ack_timeout_must_be_below_drain_timeout() {
         Strictness::Permissive,
     )
     .unwrap();
+}
+
+#[test]
+fn the_default_ack_timeout_follows_a_short_drain_timeout() {
+    // Only drain.timeout set, shorter than twice the 5s default: valid,
+    // and the ack timeout is half of it.
+    let (p, _) = Policy::load("drain:\n  timeout: 3s\n", Strictness::Production).unwrap();
+    assert_eq!(
+        p.drain_params().goaway_ack_timeout,
+        Duration::from_millis(1500)
+    );
+    let (p, _) = Policy::load("drain:\n  timeout: 1m\n", Strictness::Production).unwrap();
+    assert_eq!(p.drain_params().goaway_ack_timeout, Duration::from_secs(5));
+    assert_eq!(
+        Policy::default().drain_params().goaway_ack_timeout,
+        Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn the_quiet_period_is_between_zero_and_a_minute() {
+    let quiet = |text: &str| {
+        Policy::load(text, Strictness::Production).map(|(p, _)| p.drain_params().quiet_period)
+    };
+    assert_eq!(quiet("{}").unwrap(), Duration::from_secs(1));
+    assert_eq!(quiet("drain: {quietPeriod: 0s}").unwrap(), Duration::ZERO);
+    assert_eq!(
+        quiet("drain: {quietPeriod: 1m}").unwrap(),
+        Duration::from_secs(60)
+    );
+    for (text, says) in [
+        ("drain: {quietPeriod: 61s}", "at most 1m"),
+        ("drain: {quietPeriod: -1s}", "negative"),
+    ] {
+        let e = quiet(text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("drain.quietPeriod:") && e.contains(says),
+            "{e}"
+        );
+    }
 }
 
 #[test]

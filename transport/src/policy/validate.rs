@@ -154,8 +154,8 @@ impl Checker {
 }
 
 impl Policy {
-    /// Checks every rule of SPEC §1. Returns warnings for valid but
-    /// questionable settings, or every error found (not just the first),
+    /// Checks every rule of docs/design.md §2.3. Returns warnings for valid
+    /// but questionable settings, or every error found (not just the first),
     /// each naming its field.
     pub fn validate(&self, strictness: Strictness) -> Result<Vec<PolicyWarning>, PolicyError> {
         let mut c = Checker {
@@ -199,6 +199,15 @@ impl Policy {
         c.duration("drain.delay", d.delay, true);
         c.duration("drain.timeout", d.timeout, false);
         c.duration("drain.goawayAckTimeout", d.goaway_ack_timeout, false);
+        c.duration("drain.quietPeriod", d.quiet_period, true);
+        if let Some(q) = d.quiet_period.and_then(GoDuration::to_std)
+            && q > super::resolve::MAX_QUIET_PERIOD
+        {
+            c.error(
+                "drain.quietPeriod",
+                format!("must be at most 1m (got {})", GoDuration::from(q)),
+            );
+        }
         let drain = self.drain_params();
         if c.errors.is_empty() && drain.goaway_ack_timeout >= drain.timeout {
             c.error(

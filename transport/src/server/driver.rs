@@ -1,4 +1,5 @@
-//! The per-connection driver: polls h2 and one timer, and applies SPEC §2.
+//! The per-connection driver: polls h2 and one timer, and applies
+//! docs/design.md §3.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -18,7 +19,8 @@ use crate::frame_io::{ConnState, FrameIo};
 use crate::keepalive::{Keepalive, KeepaliveAction, far_future};
 use crate::{Counters, Error, GoAwayReason, ServerParams};
 
-/// One accepted HTTP/2 connection under SPEC §2 management.
+/// One accepted HTTP/2 connection under the management of
+/// docs/design.md §3.
 ///
 /// Drive it by calling [`accept`](Self::accept) in a loop until it returns
 /// `None`; that loop also runs the timers, so it must keep being polled

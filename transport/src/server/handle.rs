@@ -61,9 +61,10 @@ pub struct ConnectionHandle {
 }
 
 impl ConnectionHandle {
-    /// Starts a graceful drain (SPEC §2): GOAWAY(2^31−1, NO_ERROR, reason)
-    /// and a PING, the second GOAWAY on its ACK or after the ack timeout,
-    /// close after the last stream — or at `deadline`, whichever is first.
+    /// Starts a graceful drain (docs/design.md §3.4): GOAWAY(2^31−1,
+    /// NO_ERROR, reason) and a PING, the second GOAWAY on its ACK or after
+    /// the ack timeout, close after the last stream — or at `deadline`,
+    /// whichever is first.
     /// Idempotent: a connection already draining keeps its first reason,
     /// and only an earlier deadline is taken.
     pub fn drain(&self, reason: GoAwayReason, deadline: Option<Instant>) {
@@ -77,8 +78,9 @@ impl ConnectionHandle {
         });
     }
 
-    /// Applies new parameters: timers are re-armed at once (SPEC §4 hot
-    /// reload). The age jitter drawn for this connection is kept.
+    /// Applies new parameters: timers are re-armed at once (hot reload,
+    /// docs/design.md §3.6). The age jitter drawn for this connection is
+    /// kept.
     pub fn update_params(&self, params: ServerParams) {
         self.shared
             .send_control(|c| c.params = Some(Box::new(params)));

@@ -1,4 +1,4 @@
-//! The server side (SPEC §2): one [`ServerConnection`] per accepted
+//! The server side (docs/design.md §3): one [`ServerConnection`] per accepted
 //! connection, applying keepalive, max idle, max age with jitter and grace,
 //! ping enforcement and the two-step graceful drain.
 //!

@@ -1,8 +1,8 @@
 //! Serving a connection with a `tower::Service`, the shape tonic and hyper
 //! applications are written in: the service gets each request as
 //! `http::Request<RequestBody>` and answers with any `http_body::Body`, and
-//! [`ServerConnection`] applies SPEC §2 underneath (keepalive, max idle, max
-//! age with grace, ping enforcement, the two-step drain).
+//! [`ServerConnection`] applies docs/design.md §3 underneath (keepalive, max
+//! idle, max age with grace, ping enforcement, the two-step drain).
 //!
 //! Streams are polled inside the connection's task
 //! ([`ServerConnection::serve_streams`]), so neither the service nor its

@@ -1,0 +1,97 @@
+//! The operator → agent control channel's wire format: what the operator
+//! tells each injected agent about its own pod, as one JSON object per
+//! line on a long-lived stream (docs/design.md §7).
+//!
+//! An agent opens the stream with an HTTP/1.1 request to [`PATH`] that
+//! upgrades the connection to [`PROTOCOL`], authenticated by a projected
+//! service-account token for [`AUDIENCE`]; the operator checks it with a
+//! TokenReview, and the token's pod claims decide which pod the stream is
+//! about. From then on the operator writes [`Message`]s: the current state
+//! on connect, every change after, and a [`Message::Heartbeat`] at least
+//! every [`HEARTBEAT`] so that either end notices a dead connection.
+//!
+//! Plain data, shared by both ends, so that they cannot disagree on it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The request path of the stream.
+pub const PATH: &str = "/v1/agent/stream";
+/// The protocol the connection upgrades to (`Upgrade` header).
+pub const PROTOCOL: &str = "goaway-control/1";
+/// The audience of the agent's projected service-account token: tokens
+/// minted for the API server (or anything else) are refused, and this one
+/// is good for nothing but the operator.
+pub const AUDIENCE: &str = "goaway.dev/agent";
+/// The longest the operator stays silent on a stream; an agent that hears
+/// nothing for three of these reconnects.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The longest line either end reads.
+pub const MAX_LINE: usize = 256 << 10;
+
+/// One line on the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Message {
+    /// The policy file the agent runs with: the same text its mounted
+    /// ConfigMap holds (the policy with the operator's defaults filled in),
+    /// loaded and validated as a change of that file would be.
+    Policy {
+        /// The policy file.
+        text: String,
+    },
+    /// Whether the pod is in its Services' ready endpoints.
+    Endpoints {
+        /// True while at least one EndpointSlice lists the pod as ready.
+        ready: bool,
+        /// How many EndpointSlices list the pod at all.
+        slices: u32,
+    },
+    /// Nothing new.
+    Heartbeat,
+}
+
+impl Message {
+    /// The message as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+
+    /// Parses one line (without its newline).
+    pub fn from_line(line: &[u8]) -> Result<Message, serde_json::Error> {
+        serde_json::from_slice(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_json_object_per_line() {
+        for (message, line) in [
+            (
+                Message::Policy {
+                    text: "drain:\n  delay: 5s\n".into(),
+                },
+                r#"{"type":"policy","text":"drain:\n  delay: 5s\n"}"#,
+            ),
+            (
+                Message::Endpoints {
+                    ready: false,
+                    slices: 2,
+                },
+                r#"{"type":"endpoints","ready":false,"slices":2}"#,
+            ),
+            (Message::Heartbeat, r#"{"type":"heartbeat"}"#),
+        ] {
+            let encoded = message.to_line();
+            assert_eq!(encoded, format!("{line}\n").as_bytes());
+            assert_eq!(Message::from_line(line.as_bytes()).unwrap(), message);
+        }
+        assert!(Message::from_line(br#"{"type":"shutdown"}"#).is_err());
+    }
+}
