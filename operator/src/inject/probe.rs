@@ -1,5 +1,6 @@
 //! The pods the webhook asks the API server about, with a dry run, before
-//! it gives a namespace redirect interception (`webhook::redirect_probe`).
+//! it gives a namespace redirect interception (`webhook::redirect_probe`,
+//! docs/design.md §10.2).
 //!
 //! Two pods, alike but for redirect's init container: one with the
 //! `goaway-intercept` container exactly as injection builds it, one

@@ -1,8 +1,9 @@
 //! Where a policy asking for redirect interception does not get it, and
-//! what the Warning Events say: with `--forbid-redirect` its pods are not
-//! injected at all ([`PolicyDefaults::forbids`](crate::PolicyDefaults::forbids)
-//! decides that alone, as for `goaway-operator inject`); in a namespace
-//! that refuses redirect's NET_ADMIN init container — by its Pod Security
+//! what the Warning Events say (docs/design.md §10.2): with
+//! `--forbid-redirect` its pods are not injected at all
+//! ([`PolicyDefaults::forbids`](crate::PolicyDefaults::forbids) decides
+//! that alone, as for `goaway-operator inject`); in a namespace that
+//! refuses redirect's NET_ADMIN init container — by its Pod Security
 //! label, else by the API server's answer to a probe
 //! ([`super::redirect_probe`]) — they get namedPort instead.
 

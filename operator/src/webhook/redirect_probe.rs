@@ -1,5 +1,5 @@
 //! Whether a namespace admits redirect interception's init container,
-//! asked of the API server.
+//! asked of the API server (docs/design.md §10.2).
 //!
 //! A namespace's Pod Security label is not the only thing that refuses a
 //! container adding NET_ADMIN: cluster-wide Pod Security defaults (an
