@@ -350,7 +350,7 @@ pub struct PolicyDefaultsArgs {
         allow_hyphen_values = true
     )]
     pub default_drain_goaway_ack_timeout: Option<GoDuration>,
-    /// drain.quietPeriod for policies that do not set it (unset: 1s): how
+    /// drain.quietPeriod for policies that do not set it (unset: 1.5s): how
     /// long no new connection may arrive, with the pod out of its
     /// endpoints, before the drain's GOAWAYs go out ahead of drain.delay.
     #[arg(

@@ -13,8 +13,8 @@
 //!   period after the slice marks it terminating, long before
 //!   `drain.delay`;
 //! - tokens that are not the pod's own are refused, each with its reason
-//!   counted: none, one for the API server's audience, one bound to a pod
-//!   goaway did not inject, garbage.
+//!   counted: none, the pod's own token expired, one for the API server's
+//!   audience, one bound to a pod goaway did not inject, garbage.
 
 mod support;
 
@@ -102,6 +102,43 @@ async fn pod_token(client: &Client, pod: &Pod, audiences: &[&str]) -> String {
         .status
         .expect("a token")
         .token
+}
+
+/// `token` re-signed with the cluster's service-account key (kube-local
+/// keeps it beside the kubeconfig) with its validity moved an hour into
+/// the past: a genuine token that has expired. `None` when the key is
+/// not there (a cluster kube-local did not make).
+fn expired(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use rustls::pki_types::PrivateKeyDer;
+    let kubeconfig = std::env::var_os("KUBECONFIG")?;
+    let key = Path::new(&kubeconfig).parent()?.join("pki/sa.key");
+    let key = std::fs::read(key).ok()?;
+    let PrivateKeyDer::Pkcs8(der) = PrivateKeyDer::from_pem_slice(&key).expect("a PEM key") else {
+        panic!("sa.key is not PKCS#8");
+    };
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).expect("an RSA key");
+    let mut parts = token.split('.');
+    let (header, payload) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    claims["iat"] = json!(now - 7200);
+    claims["nbf"] = json!(now - 7200);
+    claims["exp"] = json!(now - 3600);
+    let signed = format!("{header}.{}", B64.encode(claims.to_string()));
+    let mut signature = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        signed.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
+    Some(format!("{signed}.{}", B64.encode(signature)))
 }
 
 /// Opens a stream as an agent does, with `token`: the status, then the
@@ -427,14 +464,37 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
         .expect("a pod goaway did not inject");
     let api_audience = pod_token(&client, &api_pod, &[]).await;
     let not_injected = pod_token(&client, &plain, &[AUDIENCE]).await;
-    for (token, status, reason) in [
-        (None, 401, "no_token"),
-        (Some(api_audience.as_str()), 401, "unauthenticated"),
-        (Some("not-a-token"), 401, "unauthenticated"),
-        (Some(not_injected.as_str()), 403, "not_injected"),
+    let expired = expired(&token).unwrap_or_else(|| {
+        goaway_transport::test_util::skip(
+            "the expired-token case needs kube-local's service-account key (pki/sa.key beside KUBECONFIG)",
+        );
+        "not-a-token".into()
+    });
+    for (token, status, reason, says) in [
+        (None, 401, "no_token", "no Authorization"),
+        (Some(expired.as_str()), 401, "unauthenticated", "expired"),
+        (
+            Some(api_audience.as_str()),
+            401,
+            "unauthenticated",
+            "audiences",
+        ),
+        (
+            Some("not-a-token"),
+            401,
+            "unauthenticated",
+            "invalid bearer token",
+        ),
+        (
+            Some(not_injected.as_str()),
+            403,
+            "not_injected",
+            "not injected",
+        ),
     ] {
         let (got, said) = open_stream(control_port, &ca, token).await;
         assert_eq!(got, status, "{reason}: {said}");
+        assert!(said.contains(says), "{reason}: {said}");
         let (_, metrics) = operator.admin_get("/metrics").await.unwrap();
         let label = format!("goaway_operator_control_refused_total{{reason=\"{reason}\"}}");
         assert!(

@@ -145,7 +145,7 @@ async fn app_pre_stop_drains_the_injected_agent() {
     let effective: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         effective["drain"],
-        serde_json::json!({"delay": "0s", "timeout": "3s", "goawayAckTimeout": "1s", "quietPeriod": "1s"})
+        serde_json::json!({"delay": "0s", "timeout": "3s", "goawayAckTimeout": "1s", "quietPeriod": "1.5s"})
     );
 
     // A client talks to the application through the agent's port.

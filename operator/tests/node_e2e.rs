@@ -9,10 +9,20 @@
 //!
 //! - a rollout without a policy: the baseline, where calls fail;
 //! - rollouts with a KeepalivePolicy: zero failed calls, the app's SIGTERM
-//!   after the agent's drain finished, the sidecar exiting after the app;
-//! - a policy edit reaching running agents (ConfigMap → kubelet → file
-//!   reload), whose `maxConnectionAge` moves a pick_first client across
-//!   pods, with zero failed calls;
+//!   after the agent's drain finished, the sidecar exiting after the app,
+//!   the GOAWAYs sent on the operator's word that the pod left its
+//!   EndpointSlices' ready sets — each next to when kube-proxy's rules on
+//!   the node stopped naming the pod;
+//! - the same rollout with the GOAWAYs fixed at the 5 s delay (a quiet
+//!   period as long as the delay): the two rollouts' durations side by
+//!   side;
+//! - the operator stopped: the agents wait the whole fixed delay, nothing
+//!   fails;
+//! - a rollout of 6 replicas;
+//! - a policy edit reaching running agents through the operator's channel
+//!   (timed from the API write to each agent's log line), whose
+//!   `maxConnectionAge` moves a pick_first client across pods, with zero
+//!   failed calls;
 //! - `kubectl delete pod` with the default grace period: zero failed calls;
 //! - the app container crashing: the pod leaves the endpoints (the agent's
 //!   readiness checks the app) and comes back after the restart;
@@ -34,14 +44,20 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use support::cluster::{helm, kubectl, kubectl_stdin, ok, repo_root};
 
 /// The namespace and release of this run.
 struct Env {
+    /// The app's replicas (the fixture's 3 unless scaled).
+    replicas: usize,
     ns: String,
     release: String,
     report: Vec<String>,
@@ -49,8 +65,8 @@ struct Env {
 
 fn skip() -> bool {
     if std::env::var_os("GOAWAY_KUBE_NODE").is_none() || std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!(
-            "skipped: set GOAWAY_KUBE_NODE and KUBECONFIG to run the node end-to-end test (eval \"$(scripts/kube-local env)\" after scripts/kube-local up --node)"
+        goaway_transport::test_util::skip(
+            "set GOAWAY_KUBE_NODE and KUBECONFIG to run the node end-to-end test (eval \"$(scripts/kube-local env)\" after scripts/kube-local up --node)",
         );
         return true;
     }
@@ -173,8 +189,8 @@ impl Env {
             .collect()
     }
 
-    /// Waits until exactly the 3 new pods run, Ready, and none of `old`
-    /// is left.
+    /// Waits until exactly `replicas` new pods run, Ready, and none of
+    /// `old` is left.
     fn wait_replaced(&self, old: &BTreeSet<String>) -> BTreeSet<String> {
         wait(
             "the rollout to replace every pod",
@@ -186,7 +202,7 @@ impl Env {
                     .filter(|(n, (ready, deleting))| *ready && !*deleting && !old.contains(*n))
                     .map(|(n, _)| n.clone())
                     .collect();
-                (pods.len() == 3 && fresh.len() == 3).then_some(fresh)
+                (pods.len() == self.replicas && fresh.len() == self.replicas).then_some(fresh)
             },
         )
     }
@@ -335,6 +351,11 @@ impl Follow {
             }
             thread::sleep(Duration::from_millis(200));
         }
+        self.lines_so_far()
+    }
+
+    /// What the container has logged so far (it keeps running).
+    fn lines_so_far(mut self) -> Vec<String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.lines.join().expect("log reader")
@@ -364,6 +385,11 @@ struct PodDrain {
     goaways: u64,
     connections_drained: u64,
     hard_closed: u64,
+    /// When the drain started (the kubelet's timestamp of the agent's line).
+    started: Timestamp,
+    /// What the GOAWAYs went out on (`evidence` or `delay`), and when.
+    goaway_on: String,
+    goaway_after: f64,
 }
 
 fn check_pod_drain(pod: &str, agent: &[String], app: &[String]) -> PodDrain {
@@ -406,18 +432,37 @@ fn check_pod_drain(pod: &str, agent: &[String], app: &[String]) -> PodDrain {
         .unwrap_or(Value::Null);
     // The agent logs flattened JSON events (fields beside the message).
     let f = &summary;
+    let started = time_of(agent, "drain started")
+        .unwrap_or_else(|| panic!("no \"drain started\" from the agent of {}", context()));
     PodDrain {
         pod: pod.to_string(),
         drain_seconds: f["duration_seconds"].as_f64().unwrap_or(f64::NAN),
         goaways: goaways["connections"].as_u64().unwrap_or(0),
         connections_drained: f["connections_drained"].as_u64().unwrap_or(0),
         hard_closed: f["connections_hard_closed"].as_u64().unwrap_or(0),
+        started: started.parse().expect("the kubelet's RFC 3339 timestamp"),
+        goaway_on: f["goaway_on"].as_str().unwrap_or("?").to_string(),
+        goaway_after: f["goaway_after_seconds"].as_f64().unwrap_or(f64::NAN),
     }
 }
 
+/// One rollout, as measured.
+struct Rollout {
+    made: u64,
+    failed: u64,
+    /// From `kubectl rollout restart` until every old pod is gone.
+    took: Duration,
+    drains: Vec<PodDrain>,
+    /// Each old pod IP's drain start → the moment kube-proxy's rules on
+    /// this node stopped naming it (seconds; none if they never did while
+    /// watched).
+    left_proxy: BTreeMap<String, f64>,
+}
+
 /// Restarts the app and waits for the new pods; returns the calls made and
-/// failed meanwhile, and (with `agents`) each old pod's drain.
-fn rollout(env: &mut Env, label: &str, agents: bool) -> (u64, u64, Vec<PodDrain>) {
+/// failed meanwhile, and (with `agents`) each old pod's drain next to when
+/// kube-proxy stopped sending new connections to it.
+fn rollout(env: &mut Env, label: &str, agents: bool) -> Rollout {
     env.settle();
     let old: BTreeSet<String> = env.app_pods().into_keys().collect();
     let follows: Vec<(Follow, Follow)> = if agents {
@@ -427,6 +472,8 @@ fn rollout(env: &mut Env, label: &str, agents: bool) -> (u64, u64, Vec<PodDrain>
     } else {
         vec![]
     };
+    let ips: BTreeMap<String, String> = old.iter().map(|p| (pod_ip(env, p), p.clone())).collect();
+    let rules = ProxyRules::watch(ips.keys().cloned().collect());
     let before = env.tallies();
     let start = Instant::now();
     env.k(&["rollout", "restart", "deployment/echo"]);
@@ -435,12 +482,21 @@ fn rollout(env: &mut Env, label: &str, agents: bool) -> (u64, u64, Vec<PodDrain>
     // The clients' tallies are a second behind.
     thread::sleep(Duration::from_secs(3));
     let after = env.tallies();
+    let gone = rules.stop();
     let (made, failed, details) = delta(&before, &after);
     let drains: Vec<PodDrain> = follows
         .into_iter()
         .map(|(agent, app)| {
             let pod = agent.pod.clone();
             check_pod_drain(&pod, &agent.lines(), &app.lines())
+        })
+        .collect();
+    let left_proxy: BTreeMap<String, f64> = drains
+        .iter()
+        .filter_map(|d| {
+            let ip = ips.iter().find(|(_, p)| **p == d.pod)?.0;
+            let at = gone.get(ip)?;
+            Some((d.pod.clone(), seconds_between(d.started, *at)))
         })
         .collect();
     env.note(format!(
@@ -453,12 +509,109 @@ fn rollout(env: &mut Env, label: &str, agents: bool) -> (u64, u64, Vec<PodDrain>
         }
     ));
     for d in &drains {
+        let proxy = left_proxy
+            .get(&d.pod)
+            .map_or("never seen leaving".to_string(), |s| format!("{s:.2}s"));
         env.note(format!(
-            "  {}: drain {:.2}s, GOAWAY to {} connections, {} drained, {} hard-closed",
-            d.pod, d.drain_seconds, d.goaways, d.connections_drained, d.hard_closed
+            "  {}: drain {:.2}s, GOAWAY on {} after {:.2}s (kube-proxy dropped the pod after {proxy}), to {} connections, {} drained, {} hard-closed",
+            d.pod, d.drain_seconds, d.goaway_on, d.goaway_after, d.goaways, d.connections_drained, d.hard_closed
         ));
     }
-    (made, failed, drains)
+    Rollout {
+        made,
+        failed,
+        took,
+        drains,
+        left_proxy,
+    }
+}
+
+/// Reports the evidence-driven rollouts next to the one with GOAWAYs fixed at the
+/// delay: rollout durations, and for each drained pod when its GOAWAYs
+/// went out against when kube-proxy on this node dropped it.
+fn note_evidence_against_delay(env: &mut Env, evidence: &[Rollout], fixed: &Rollout) {
+    let mean = evidence.iter().map(|r| r.took.as_secs_f64()).sum::<f64>() / evidence.len() as f64;
+    let fixed_took = fixed.took.as_secs_f64();
+    env.note(format!(
+        "rollout of 3 replicas: {mean:.1}s on evidence (mean of {}), {fixed_took:.1}s with GOAWAY fixed at 5s: {:.0}% shorter",
+        evidence.len(),
+        100.0 * (1.0 - mean / fixed_took)
+    ));
+    let margins: Vec<f64> = evidence
+        .iter()
+        .flat_map(|r| {
+            r.drains
+                .iter()
+                .filter_map(|d| Some(d.goaway_after - r.left_proxy.get(&d.pod)?))
+        })
+        .collect();
+    let after: Vec<f64> = evidence
+        .iter()
+        .flat_map(|r| r.drains.iter().map(|d| d.goaway_after))
+        .collect();
+    let proxy: Vec<f64> = evidence
+        .iter()
+        .flat_map(|r| r.left_proxy.values().copied())
+        .collect();
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.2}-{hi:.2}s")
+    };
+    env.note(format!(
+        "drain start → GOAWAY on evidence: {} over {} drains; → kube-proxy dropping the pod: {}; GOAWAY after the drop by {} (fixed: GOAWAY at {})",
+        range(&after),
+        after.len(),
+        range(&proxy),
+        range(&margins),
+        range(&fixed.drains.iter().map(|d| d.goaway_after).collect::<Vec<_>>()),
+    ));
+}
+
+/// Seconds from `from` (a kubelet log timestamp) to `to`.
+fn seconds_between(from: Timestamp, to: SystemTime) -> f64 {
+    let to = Timestamp::try_from(to).expect("a time after 1970");
+    (to.as_nanosecond() - from.as_nanosecond()) as f64 / 1e9
+}
+
+/// Watches kube-proxy's rules on this node (iptables mode: one DNAT rule
+/// per endpoint): when each of `ips` stopped being a destination, the
+/// moment no new connection through a Service reaches it any more.
+struct ProxyRules {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<BTreeMap<String, SystemTime>>,
+}
+
+impl ProxyRules {
+    fn watch(ips: BTreeSet<String>) -> ProxyRules {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut gone = BTreeMap::new();
+            while !stopped.load(Relaxed) && gone.len() < ips.len() {
+                let out = Command::new("iptables-save")
+                    .args(["-t", "nat"])
+                    .output()
+                    .expect("iptables-save");
+                let now = SystemTime::now();
+                let rules = String::from_utf8_lossy(&out.stdout);
+                for ip in &ips {
+                    if !gone.contains_key(ip) && !rules.contains(&format!("--to-destination {ip}:"))
+                    {
+                        gone.insert(ip.clone(), now);
+                    }
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            gone
+        });
+        ProxyRules { stop, thread }
+    }
+
+    fn stop(self) -> BTreeMap<String, SystemTime> {
+        self.stop.store(true, Relaxed);
+        self.thread.join().expect("the rule watcher")
+    }
 }
 
 fn pod_ip(env: &Env, pod: &str) -> String {
@@ -493,6 +646,7 @@ fn rolling_deploys_drain_with_zero_failed_calls_on_a_real_node() {
     let values = image_values();
     let pid = std::process::id();
     let mut env = Env {
+        replicas: 3,
         ns: format!("goaway-node-e2e-{pid}"),
         release: format!("e2e-{pid}"),
         report: vec![],
@@ -622,9 +776,9 @@ fn scenario(env: &mut Env, values: &str) {
 
     // Baseline: no policy, so no agent. The app exits on SIGTERM with
     // calls in flight and clients connected.
-    let (_, baseline_failed, _) = rollout(env, "baseline rollout (no policy)", false);
+    let baseline = rollout(env, "baseline rollout (no policy)", false);
     assert!(
-        baseline_failed > 0,
+        baseline.failed > 0,
         "the baseline must show what goaway prevents: no call failed without it"
     );
 
@@ -663,25 +817,109 @@ fn scenario(env: &mut Env, values: &str) {
     ));
     env.note_kap();
 
-    // With goaway: several rollouts, not one call may fail.
+    // With goaway: several rollouts, not one call may fail. Each agent
+    // hears from the operator when its pod has left every EndpointSlice's
+    // ready set, and sends its GOAWAYs a quiet period after that (unless
+    // connections keep arriving) instead of after the whole 5 s delay.
     let mut goaways = 0;
+    let mut evidence = vec![];
     for i in 1..=3 {
-        let (made, failed, drains) = rollout(env, &format!("goaway rollout {i}"), true);
-        assert!(made > 0, "the clients made no calls during rollout {i}");
-        assert_eq!(failed, 0, "calls failed during goaway rollout {i}");
-        assert_eq!(drains.len(), 3);
-        goaways += drains.iter().map(|d| d.goaways).sum::<u64>();
+        let r = rollout(env, &format!("goaway rollout {i}"), true);
+        assert!(r.made > 0, "the clients made no calls during rollout {i}");
+        assert_eq!(r.failed, 0, "calls failed during goaway rollout {i}");
+        assert_eq!(r.drains.len(), 3);
+        for d in &r.drains {
+            assert_eq!(
+                d.goaway_on, "evidence",
+                "{}: the agent waited the whole delay though the operator was up",
+                d.pod
+            );
+        }
+        goaways += r.drains.iter().map(|d| d.goaways).sum::<u64>();
+        evidence.push(r);
     }
     assert!(
         goaways > 0,
         "no drain sent a GOAWAY: the clients were not connected through the agents"
     );
 
+    // The same rollout with the GOAWAYs fixed at the 5 s delay, as a
+    // sleep-based drain would send them: a quiet period as long as the
+    // delay (the new pods are injected just the same, so only the drains
+    // differ).
+    env.patch_policy(r#"{"spec":{"drain":{"quietPeriod":"5s"}}}"#);
+    let fixed = rollout(
+        env,
+        "rollout with GOAWAY fixed at 5s (quietPeriod = delay)",
+        true,
+    );
+    assert_eq!(fixed.failed, 0, "calls failed with the GOAWAYs at 5s");
+    for d in &fixed.drains {
+        assert!(
+            d.goaway_after >= 5.0,
+            "{}: GOAWAY after {:.2}s with a 5s quiet period",
+            d.pod,
+            d.goaway_after
+        );
+    }
+    note_evidence_against_delay(env, &evidence, &fixed);
+    env.patch_policy(r#"{"spec":{"drain":{"quietPeriod":null}}}"#);
+
+    // The operator stopped (both replicas): the agents hear nothing, fall
+    // back to the whole delay, and nothing fails. (The webhook is down too,
+    // so the new pods come without the agent: failurePolicy Ignore.)
+    env.k(&["scale", "deployment", &operator, "--replicas", "0"]);
+    wait("the operator's pods gone", Duration::from_secs(120), || {
+        let pods = env.json(&["get", "pods", "-l", "app.kubernetes.io/component=operator"]);
+        pods["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    });
+    let stopped = rollout(env, "goaway rollout with the operator stopped", true);
+    assert_eq!(stopped.failed, 0, "calls failed with the operator stopped");
+    for d in &stopped.drains {
+        assert_eq!(
+            d.goaway_on, "delay",
+            "{}: evidence without the operator",
+            d.pod
+        );
+    }
+    env.k(&["scale", "deployment", &operator, "--replicas", "2"]);
+    wait("the operator back", Duration::from_secs(180), || {
+        (env.json(&["get", "deployment", &operator])["status"]["readyReplicas"] == 2).then_some(())
+    });
+    rollout(
+        env,
+        "re-injecting rollout (pods admitted while the operator was down)",
+        false,
+    );
+
+    // Six replicas: twice the drains in one rollout, still nothing fails.
+    env.k(&["scale", "deployment/echo", "--replicas", "6"]);
+    env.replicas = 6;
+    env.wait_replaced(&BTreeSet::new());
+    let six = rollout(env, "goaway rollout of 6 replicas", true);
+    assert_eq!(
+        six.failed, 0,
+        "calls failed during the rollout of 6 replicas"
+    );
+    assert_eq!(six.drains.len(), 6);
+    env.k(&["scale", "deployment/echo", "--replicas", "3"]);
+    env.replicas = 3;
+    wait("3 replicas again", Duration::from_secs(120), || {
+        (env.app_pods().len() == 3).then_some(())
+    });
+
     // A policy edit reaches the running agents; maxConnectionAge then
     // moves the pick_first client across pods, failing nothing.
     env.settle();
     let pods: Vec<String> = env.app_pods().into_keys().collect();
+    let follows: Vec<Follow> = pods.iter().map(|p| env.follow(p, "goaway-agent")).collect();
+    // kubectl logs -f starts at the end of the log after a moment.
+    thread::sleep(Duration::from_secs(2));
     let start = Instant::now();
+    let written = SystemTime::now();
     env.patch_policy(
         r#"{"spec":{"server":{"maxConnectionAge":"3s","maxConnectionAgeGrace":"5s"}}}"#,
     );
@@ -706,8 +944,25 @@ fn scenario(env: &mut Env, values: &str) {
             thread::sleep(Duration::from_millis(500));
         }
     }
+    // Through the operator's channel, not the kubelet's ConfigMap refresh:
+    // each agent's line says where the policy came from, and when.
+    let mut applied = vec![];
+    for follow in follows {
+        let pod = follow.pod.clone();
+        let lines = follow.lines_so_far();
+        let at = time_of(&lines, "policy from the operator applied").unwrap_or_else(|| {
+            panic!(
+                "{pod}'s agent did not get the edit from the operator:\n{}",
+                lines.join("\n")
+            )
+        });
+        let at: Timestamp = at.parse().expect("an RFC 3339 timestamp");
+        applied.push(-seconds_between(at, written));
+    }
+    let slowest = applied.iter().copied().fold(f64::NAN, f64::max);
     env.note(format!(
-        "policy edit: every running agent applied maxConnectionAge 3s within {:.1}s",
+        "policy edit: every running agent applied maxConnectionAge 3s from the operator {slowest:.2}s after the API write (each: {}); /policy showed it on all within {:.1}s",
+        applied.iter().map(|s| format!("{s:.2}s")).collect::<Vec<_>>().join(", "),
         start.elapsed().as_secs_f64()
     ));
     let before = env.tallies();
@@ -897,7 +1152,7 @@ fn interception(env: &mut Env) {
     // agents, until it re-resolves the name: it shows what goaway cannot
     // help without interception (reported only).
     let headless_before = headless_tally(env);
-    let (_, failed, _) = rollout(env, "rollout into redirect interception", true);
+    let failed = rollout(env, "rollout into redirect interception", true).failed;
     let headless_after = headless_tally(env);
     env.note(format!(
         "  the headless client meanwhile (on the old pods, around their agents, until it re-resolved): {} calls, {} failed",
@@ -1029,7 +1284,7 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
     ));
     assert_eq!(failed, 0, "calls failed during helm upgrade: {details:?}");
     // New pods get the new operator's settings.
-    let (_, failed, _) = rollout(env, "rollout after the upgrade", true);
+    let failed = rollout(env, "rollout after the upgrade", true).failed;
     assert_eq!(
         failed, 0,
         "calls failed during the rollout after the upgrade"
@@ -1068,7 +1323,8 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
     // Taking goaway out: the policy goes, a rollout brings pods without
     // the agent, and the old ones still drain.
     env.k(&["delete", "keepalivepolicy", "echo"]);
-    let (_, failed, drains) = rollout(env, "rollout after uninstall (agent removed)", true);
+    let Rollout { failed, drains, .. } =
+        rollout(env, "rollout after uninstall (agent removed)", true);
     assert_eq!(failed, 0, "calls failed while the agent was taken out");
     assert_eq!(drains.len(), 3);
     for pod in env.app_pods().keys() {

@@ -109,6 +109,8 @@ impl Agent {
             streams_completed = summary.streams_completed,
             connections_hard_closed = summary.connections_hard_closed,
             duration_seconds = summary.duration_seconds,
+            goaway_on = summary.goaway_on.as_str(),
+            goaway_after_seconds = summary.goaway_after_seconds,
             "drain finished"
         );
         summary

@@ -66,6 +66,16 @@ pub enum GoawayOn {
     Delay,
 }
 
+impl GoawayOn {
+    /// As in the summary's JSON: `evidence` or `delay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoawayOn::Evidence => "evidence",
+            GoawayOn::Delay => "delay",
+        }
+    }
+}
+
 /// What the counters moved by during one drain.
 #[derive(Clone, Copy, Debug, Default)]
 struct DrainCounts {

@@ -155,7 +155,8 @@ pub struct DrainPolicy {
     /// no new connection may arrive before the evidence that the endpoint
     /// removal has reached every node is complete: the nodes' proxies' time
     /// to apply it, and the least time between the drain's start and its
-    /// GOAWAYs. At most 1m. Default 1s.
+    /// GOAWAYs. At most 1m. Default 1.5s (kube-proxy's 1s `minSyncPeriod`
+    /// plus a sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_period: Option<GoDuration>,
 }

@@ -18,8 +18,13 @@ pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound between the first and second GOAWAY (grpc-go uses 5s);
 /// at most half of `drain.timeout`.
 pub(super) const DEFAULT_GOAWAY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default quiet period of the evidence-driven drain start.
-pub(super) const DEFAULT_QUIET_PERIOD: Duration = Duration::from_secs(1);
+/// Default quiet period of the evidence-driven drain start: kube-proxy
+/// applies EndpointSlice changes at most once per `minSyncPeriod` (1s by
+/// default) after it sees them, then takes a sync to write its rules; on
+/// the local node it dropped a pod up to 1.09s after the operator's word
+/// (README, "Drains on evidence"), so 1s would send GOAWAY while a node
+/// still routes reconnects to the pod.
+pub(super) const DEFAULT_QUIET_PERIOD: Duration = Duration::from_millis(1500);
 /// The longest quiet period allowed.
 pub(super) const MAX_QUIET_PERIOD: Duration = Duration::from_secs(60);
 

@@ -207,7 +207,7 @@ fn the_quiet_period_is_between_zero_and_a_minute() {
     let quiet = |text: &str| {
         Policy::load(text, Strictness::Production).map(|(p, _)| p.drain_params().quiet_period)
     };
-    assert_eq!(quiet("{}").unwrap(), Duration::from_secs(1));
+    assert_eq!(quiet("{}").unwrap(), Duration::from_millis(1500));
     assert_eq!(quiet("drain: {quietPeriod: 0s}").unwrap(), Duration::ZERO);
     assert_eq!(
         quiet("drain: {quietPeriod: 1m}").unwrap(),
