@@ -371,20 +371,48 @@ pub struct PolicyDefaultsArgs {
         default_value = "namedPort"
     )]
     pub default_interception: Interception,
+    /// Forbid redirect interception cluster-wide: no pod gets its
+    /// NET_ADMIN init container. Pods of a policy that asks for it are
+    /// admitted without the agent, with a warning to whoever creates them
+    /// and a Warning Event RedirectForbidden on their owner; the policy's
+    /// Ready condition is False (RedirectForbidden). `--forbid-redirect`
+    /// alone means true.
+    #[arg(
+        long,
+        env = "GOAWAY_FORBID_REDIRECT",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    pub forbid_redirect: bool,
 }
 
 impl PolicyDefaultsArgs {
     /// The defaults, checked as a policy of their own (see
-    /// [`PolicyDefaults::new`]); errors name the flags.
+    /// [`PolicyDefaults::new`]); errors name the flags. Forbidding
+    /// redirect while making it the default is refused: every policy that
+    /// leaves the mode out would ask for what the operator forbids.
     pub fn policy_defaults(&self) -> Result<PolicyDefaults> {
-        Ok(PolicyDefaults::new(DrainPolicy {
+        let drain = PolicyDefaults::new(DrainPolicy {
             delay: self.default_drain_delay,
             timeout: self.default_drain_timeout,
             goaway_ack_timeout: self.default_drain_goaway_ack_timeout,
             quiet_period: self.default_drain_quiet_period,
-        })
-        .map_err(Error::InvalidFlags)?
-        .with_interception(self.default_interception))
+        });
+        let mut errors = drain.as_ref().err().cloned().unwrap_or_default();
+        if self.forbid_redirect && self.default_interception == Interception::Redirect {
+            errors.push(FlagError {
+                flag: "--forbid-redirect",
+                reason: "contradicts --default-interception redirect: policies without spec.interception would ask for what the operator forbids; set --default-interception namedPort".into(),
+            });
+        }
+        match drain {
+            Ok(defaults) if errors.is_empty() => Ok(defaults
+                .with_interception(self.default_interception)
+                .forbidding_redirect(self.forbid_redirect)),
+            _ => Err(Error::InvalidFlags(errors)),
+        }
     }
 }
 
@@ -421,6 +449,21 @@ pub struct RunArgs {
         default_value = "5s"
     )]
     pub webhook_timeout: GoDuration,
+    /// Before a namespace's first pod gets redirect interception, ask the
+    /// API server with dry-run probe pods whether the namespace admits its
+    /// NET_ADMIN init container. Needs create on pods (the chart's
+    /// admission policy holds it to dry runs of probe pods); false: the
+    /// namespace's Pod Security label alone decides. Unused with
+    /// --forbid-redirect.
+    #[arg(
+        long,
+        env = "GOAWAY_REDIRECT_PROBE",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    pub redirect_probe: bool,
     /// Most connections the webhook serves at once; more are closed at
     /// accept.
     #[arg(
@@ -531,6 +574,13 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether the webhook probes namespaces before redirect interception
+    /// (and so creates pods, as dry runs): `--redirect-probe`, unless
+    /// `--forbid-redirect` leaves nothing to probe for.
+    pub fn probes_redirect(&self) -> bool {
+        self.redirect_probe && !self.defaults.forbid_redirect
+    }
+
     /// The webhook certificate source.
     pub fn tls_source(&self) -> Source {
         match self.tls_mode {

@@ -1,6 +1,8 @@
 //! Operator-wide defaults for the policy fields a `KeepalivePolicy` leaves
 //! out (`--default-drain-delay`, `--default-drain-timeout`,
-//! `--default-drain-goaway-ack-timeout`, `--default-interception`).
+//! `--default-drain-goaway-ack-timeout`, `--default-interception`), and
+//! where redirect interception may not be used (`--forbid-redirect`; a
+//! namespace that refuses its init container).
 //!
 //! One type, [`PolicyDefaults`], merged into a policy the same way
 //! wherever the operator uses one: the controller renders the merged
@@ -56,8 +58,11 @@ const FIELDS: [Field; 4] = [
 pub struct PolicyDefaults {
     drain: DrainPolicy,
     interception: Interception,
-    /// True where redirect interception cannot be used (a namespace whose
-    /// Pod Security level refuses its NET_ADMIN init container).
+    /// `--forbid-redirect`: pods of policies that ask for redirect
+    /// interception are not injected.
+    forbid_redirect: bool,
+    /// True where redirect interception cannot be used (a namespace that
+    /// refuses its NET_ADMIN init container).
     redirect_refused: bool,
 }
 
@@ -78,8 +83,7 @@ impl PolicyDefaults {
         match alone.validate(Strictness::Production) {
             Ok(_) => Ok(PolicyDefaults {
                 drain,
-                interception: Interception::default(),
-                redirect_refused: false,
+                ..PolicyDefaults::default()
             }),
             Err(e) => Err(e
                 .fields()
@@ -112,6 +116,19 @@ impl PolicyDefaults {
         self.interception
     }
 
+    /// These defaults with redirect interception forbidden when `forbid`
+    /// (`--forbid-redirect`): the pods of policies that ask for it are
+    /// admitted without the agent, everywhere ([`Self::forbids`]).
+    pub fn forbidding_redirect(mut self, forbid: bool) -> Self {
+        self.forbid_redirect = forbid;
+        self
+    }
+
+    /// True when the operator forbids redirect interception.
+    pub fn redirect_forbidden(&self) -> bool {
+        self.forbid_redirect
+    }
+
     /// These defaults for a namespace that refuses redirect interception:
     /// policies that ask for it get namedPort there.
     pub fn refusing_redirect(mut self) -> Self {
@@ -119,8 +136,22 @@ impl PolicyDefaults {
         self
     }
 
+    /// True when `policy` asks for redirect interception (itself, or by
+    /// leaving the mode to the operator's default).
+    pub fn wants_redirect(&self, policy: &crate::KeepalivePolicy) -> bool {
+        policy.interception(self.interception) == Interception::Redirect
+    }
+
+    /// True when `policy` asks for redirect interception and the operator
+    /// forbids it: its pods get no agent, rather than a mode their owner
+    /// did not choose.
+    pub fn forbids(&self, policy: &crate::KeepalivePolicy) -> bool {
+        self.forbid_redirect && self.wants_redirect(policy)
+    }
+
     /// The mode `policy` asks for, and the one it gets here (namedPort
-    /// instead of a refused redirect).
+    /// instead of a redirect the namespace refuses). A policy the operator
+    /// [forbids](Self::forbids) gets nothing; this does not ask.
     pub fn interception_of(&self, policy: &crate::KeepalivePolicy) -> (Interception, Interception) {
         let wanted = policy.interception(self.interception);
         let got = if self.redirect_refused {
@@ -261,6 +292,45 @@ mod tests {
         );
         assert!(PolicyDefaults::new(drain(None, None, Some("30s"))).is_err());
         assert!(PolicyDefaults::new(drain(Some("0s"), Some("2s"), Some("1s"))).is_ok());
+    }
+
+    fn policy(interception: Option<&str>) -> crate::KeepalivePolicy {
+        let mut spec = "selector: {matchLabels: {app: a}}\nport: grpc\n".to_string();
+        if let Some(mode) = interception {
+            spec.push_str(&format!("interception: {mode}\n"));
+        }
+        crate::KeepalivePolicy::new("p", serde_yaml::from_str(&spec).unwrap())
+    }
+
+    #[test]
+    fn the_flag_forbids_policies_asking_for_redirect_and_a_namespace_refuses_it() {
+        use Interception::{NamedPort, Redirect};
+        let redirect = policy(Some("redirect"));
+        let named = policy(Some("namedPort"));
+        let unset = policy(None);
+        let plain = PolicyDefaults::default();
+        assert_eq!(plain.interception_of(&redirect), (Redirect, Redirect));
+        assert_eq!(plain.interception_of(&unset), (NamedPort, NamedPort));
+        assert!(!plain.forbids(&redirect));
+        let refusing = plain.clone().refusing_redirect();
+        assert_eq!(refusing.interception_of(&redirect), (Redirect, NamedPort));
+        assert!(!refusing.forbids(&redirect));
+
+        let forbidding = plain.clone().forbidding_redirect(true);
+        assert!(forbidding.redirect_forbidden() && !forbidding.is_empty());
+        assert!(forbidding.forbids(&redirect));
+        // A policy that asks for namedPort, itself or by default, is
+        // forbidden nothing.
+        assert!(!forbidding.forbids(&named) && !forbidding.forbids(&unset));
+
+        // A policy that leaves the mode out asks for the operator's default.
+        let by_default = plain.with_interception(Redirect);
+        assert!(by_default.wants_redirect(&unset) && !by_default.wants_redirect(&named));
+        assert!(by_default.clone().forbidding_redirect(true).forbids(&unset));
+        assert_eq!(
+            by_default.refusing_redirect().interception_of(&unset),
+            (Redirect, NamedPort)
+        );
     }
 
     #[test]

@@ -229,6 +229,13 @@ impl Ctx<'_> {
                 return Ok(false);
             }
             Outcome::Unchanged(_) => return Ok(false),
+            Outcome::RedirectForbidden { policy } => {
+                self.report.warnings.push(format!(
+                    "{what}: not injected: {}",
+                    inject::redirect_forbidden_note(&policy)
+                ));
+                return Ok(false);
+            }
         };
         if let Some(obj) = template.as_object_mut() {
             let meta = obj

@@ -28,6 +28,10 @@ pub enum Needed {
     LeaderElection,
     /// Only with `--control-channel` ([`crate::channel`]).
     ControlChannel,
+    /// Only when the webhook probes namespaces before redirect
+    /// interception: `--redirect-probe` and not `--forbid-redirect`
+    /// ([`crate::cli::RunArgs::probes_redirect`]).
+    RedirectProbe,
 }
 
 /// One RBAC rule.
@@ -85,11 +89,19 @@ pub const RBAC: &[Rule] = &[
     },
     Rule {
         api_group: "",
+        resource: "pods",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        needed: Needed::RedirectProbe,
+        why: "webhook creates redirect probe pods, as dry runs only, before redirect interception (--redirect-probe)",
+    },
+    Rule {
+        api_group: "",
         resource: "namespaces",
         verbs: &["list", "watch"],
         scope: Scope::Cluster,
         needed: Needed::Always,
-        why: "webhook reads namespaces' Pod Security level (metadata) before redirect interception",
+        why: "webhook reads namespaces' labels (metadata: the Pod Security level; a change probes again) before redirect interception",
     },
     Rule {
         api_group: "",
@@ -169,14 +181,19 @@ mod tests {
     #[test]
     fn the_words_say_what_needed_says() {
         for rule in RBAC {
-            let generate = rule.why.contains("--tls-mode generate");
-            let leader = rule.why.contains("leader election");
-            let control = rule.why.contains("--control-channel");
-            let said = match (generate, leader, control) {
-                (true, false, false) => Needed::TlsModeGenerate,
-                (false, true, false) => Needed::LeaderElection,
-                (false, false, true) => Needed::ControlChannel,
-                (false, false, false) => Needed::Always,
+            let said: Vec<Needed> = [
+                ("--tls-mode generate", Needed::TlsModeGenerate),
+                ("leader election", Needed::LeaderElection),
+                ("--control-channel", Needed::ControlChannel),
+                ("--redirect-probe", Needed::RedirectProbe),
+            ]
+            .into_iter()
+            .filter(|(words, _)| rule.why.contains(words))
+            .map(|(_, needed)| needed)
+            .collect();
+            let said = match said[..] {
+                [] => Needed::Always,
+                [one] => one,
                 _ => panic!("{}: two conditions", rule.resource),
             };
             assert_eq!(rule.needed, said, "{}: {}", rule.resource, rule.why);
@@ -195,6 +212,13 @@ mod tests {
                 .map(|r| r["needed"].clone())
         };
         assert_eq!(needed("pods"), Some("always".into()));
+        let create_pods = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods" && r["verbs"] == serde_json::json!(["create"]))
+            .map(|r| r["needed"].clone());
+        assert_eq!(create_pods, Some("redirectProbe".into()));
         assert_eq!(needed("secrets"), Some("tlsModeGenerate".into()));
         assert_eq!(needed("leases"), Some("leaderElection".into()));
         assert_eq!(needed("tokenreviews"), Some("controlChannel".into()));

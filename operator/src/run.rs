@@ -1,7 +1,8 @@
 //! `goaway-operator run`: wires the parts together.
 //!
 //! Every replica: reflectors keep the policies and the namespaces' labels
-//! for the webhook, the
+//! for the webhook (which also probes namespaces with dry runs before
+//! redirect interception), the
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics, and
 //! the control channel ([`crate::channel`]) serves agents, fed by the
@@ -28,6 +29,7 @@ use crate::channel::{self, auth::Authenticator, policies::PolicySource};
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::tls::{self, CertStore};
+use crate::webhook::redirect_probe::ProbeConfig;
 use crate::webhook::{self, Webhook};
 use crate::{KeepalivePolicy, MANAGER, Result, controller, leader};
 
@@ -119,13 +121,15 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         controller: MANAGER.into(),
         instance: Some(identity.clone()),
     };
-    let webhook = Arc::new(
-        Webhook::new(policies, agent, metrics.clone())
-            .with_namespaces(namespaces)
-            .with_policy_defaults(defaults.clone())
-            .with_timeout(webhook_timeout)
-            .with_recorder(Recorder::new(client.clone(), reporter)),
-    );
+    let mut webhook = Webhook::new(policies, agent, metrics.clone())
+        .with_namespaces(namespaces)
+        .with_policy_defaults(defaults.clone())
+        .with_timeout(webhook_timeout)
+        .with_recorder(Recorder::new(client.clone(), reporter));
+    if args.probes_redirect() {
+        webhook = webhook.with_redirect_probe(client.clone(), ProbeConfig::default());
+    }
+    let webhook = Arc::new(webhook);
     let webhook_task = tokio::spawn(webhook::server::serve(
         webhook_listener,
         webhook.router(),

@@ -5,15 +5,17 @@
 //! renders them for every namespace (so its ClusterRole lets the account
 //! write any ConfigMap), then requests are made as that ServiceAccount
 //! (impersonated by the admin): the operator's own code — the controller,
-//! the certificate Secret's creation and the caBundle patch — goes
-//! through, and each write beyond it that RBAC allows is refused with the
-//! policy's message.
+//! the certificate Secret's creation, the caBundle patch and the webhook's
+//! dry-run redirect probes — goes through, and each write beyond it that
+//! RBAC allows is refused with the policy's message.
 
 mod support;
 
 use std::sync::Arc;
 
+use goaway_operator::inject::{AgentConfig, LABEL_PROBE, redirect_probe_pod};
 use goaway_operator::tls::{self, CertStore, ca, secret};
+use goaway_operator::webhook::redirect_probe::{self, Verdict};
 use goaway_operator::{KeepalivePolicy, controller, metrics::Metrics};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -22,8 +24,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::cluster::{
@@ -122,7 +124,7 @@ impl Installed {
     /// real schemas without a warning, and enforces them.
     async fn wait_for_the_policies(&self) {
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.admin.clone());
-        for suffix in ["configmaps", "webhook-config", "secrets"] {
+        for suffix in ["configmaps", "pods", "webhook-config", "secrets"] {
             let name = self.policy(suffix);
             let status = wait(&format!("{name} type-checked"), async || {
                 let p = policies.get(&name).await.ok()?;
@@ -143,6 +145,12 @@ impl Installed {
         let probe = config_map("not-goaway", json!({}));
         self.in_force("configmaps", async || {
             config_maps.create(&dry_run, &probe).await.err()
+        })
+        .await;
+        let pods: Api<Pod> = Api::namespaced(self.operator.clone(), &self.apps.name);
+        let not_a_probe = pod("not-a-probe", json!({}), json!({}));
+        self.in_force("pods", async || {
+            pods.create(&dry_run, &not_a_probe).await.err()
         })
         .await;
         let secrets: Api<Secret> = Api::namespaced(self.operator.clone(), &self.system.name);
@@ -234,6 +242,16 @@ fn config_map(name: &str, labels: Value) -> ConfigMap {
         "data": {"policy.yaml": "server: {maxConnectionAge: 1s}\n"},
     }))
     .expect("a ConfigMap")
+}
+
+fn pod(name: &str, labels: Value, security: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
+                                 "securityContext": security}]},
+    }))
+    .expect("a Pod")
 }
 
 /// The operator's label on the objects it creates.
@@ -576,6 +594,100 @@ async fn the_operator_account_writes_no_secret_but_its_certificate() {
         renewed.metadata.resource_version,
         created.metadata.resource_version
     );
+
+    vap.uninstall().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_account_creates_no_pod_but_dry_run_redirect_probes() {
+    let Some(admin) = client_or_skip("admission policy: pods").await else {
+        return;
+    };
+    let vap = Installed::new(admin.clone(), "vap-pods").await;
+    let policy = vap.policy("pods");
+    let namespace = vap.apps.name.clone();
+    // RBAC alone would let the account create any pod there.
+    assert!(
+        vap.rbac_allows("create", ("", "pods"), &namespace, None)
+            .await
+    );
+    let dry_runs_only = "the goaway operator creates pods only as dry runs (its redirect probes)";
+    let probes_only = "the goaway operator creates no pod but its redirect probes: named goaway-redirect-probe-<id> and labelled goaway.dev/redirect-probe=true";
+    let pods: Api<Pod> = Api::namespaced(vap.operator.clone(), &namespace);
+    let agent = AgentConfig::default();
+    let probe = redirect_probe_pod(&agent, "goaway-redirect-probe-e2e", false);
+
+    // For real: refused, a probe pod as much as a privileged one.
+    refused(
+        pods.create(&PostParams::default(), &probe).await,
+        &policy,
+        dry_runs_only,
+    );
+    let privileged = pod(
+        "goaway-redirect-probe-root",
+        json!({LABEL_PROBE: "true"}),
+        json!({"privileged": true}),
+    );
+    refused(
+        pods.create(&PostParams::default(), &privileged).await,
+        &policy,
+        dry_runs_only,
+    );
+    // As a dry run: a pod not named or not labelled as a probe.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut unlabelled = probe.clone();
+    unlabelled
+        .metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .remove(LABEL_PROBE);
+    let mut renamed = probe.clone();
+    renamed.metadata.name = Some("api-1".into());
+    for pod in [&unlabelled, &renamed] {
+        refused(pods.create(&dry_run, pod).await, &policy, probes_only);
+    }
+
+    // The webhook's own probes, as the operator's account, go through: the
+    // namespace admits redirect's init container (no Pod Security level,
+    // no rule against NET_ADMIN).
+    assert_eq!(
+        redirect_probe::probe(&vap.operator, &agent, &namespace).await,
+        Verdict::Admitted
+    );
+    // Under Pod Security baseline the probe with the init container is
+    // refused, the one without admitted: the namespace refuses redirect.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    namespaces
+        .patch(
+            &namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "baseline"}}})),
+        )
+        .await
+        .expect("label the namespace");
+    let verdict = wait(
+        "Pod Security baseline in force",
+        async || match redirect_probe::probe(&vap.operator, &agent, &namespace).await {
+            Verdict::Refused(message) => Some(message),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(
+        verdict.contains("violates PodSecurity \"baseline:latest\"")
+            && verdict.contains("NET_ADMIN"),
+        "{verdict}"
+    );
+    let stored = Api::<Pod>::namespaced(admin.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("the pods");
+    assert!(stored.items.is_empty(), "{:?}", stored.items);
 
     vap.uninstall().await;
 }

@@ -6,17 +6,24 @@
 //! https://127.0.0.1:<port>/mutate. The operator creates its CA and
 //! serving certificate Secret and writes the caBundle itself (generate
 //! mode). Then pods are created and read back as the API server stored
-//! them.
+//! them: injected, and, for a redirect policy, with namedPort where a
+//! ValidatingAdmissionPolicy refuses redirect's init container (found by
+//! the webhook's dry-run probes, with no Pod Security label to go by).
 
 mod support;
 
 use std::time::Duration;
 
 use goaway_operator::KeepalivePolicy;
-use goaway_operator::inject::{ANNOTATION_INJECTED, CONTAINER_NAME, VOLUME_NAME};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, Patch, PostParams};
+use goaway_operator::inject::{
+    ANNOTATION_INJECTED, CONTAINER_NAME, INTERCEPT_CONTAINER_NAME, VOLUME_NAME,
+};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{
@@ -260,6 +267,246 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
     assert!(untouched(&through), "{:?}", through.spec);
 
     let _ = hooks.delete(&hook_name, &DeleteParams::default()).await;
+    apps.delete().await;
+    system.delete().await;
+}
+
+/// The init containers of a stored pod, by name.
+fn init_containers(pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.as_ref().expect("a pod spec");
+    spec.init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Whether the agent of a stored pod took over the port's name `grpc`
+/// (namedPort interception).
+fn agent_took_the_port_name(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref().expect("a pod spec");
+    spec.init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == CONTAINER_NAME)
+        .flat_map(|c| c.ports.iter().flatten())
+        .any(|p| p.name.as_deref() == Some("grpc"))
+}
+
+/// A policy engine's rule, as a ValidatingAdmissionPolicy: no pod of a
+/// namespace labelled `label=value` may have a container adding NET_ADMIN.
+/// Nothing about Pod Security on the namespace says so.
+fn no_net_admin(name: &str, label: &str, value: &str) -> Value {
+    let adds = "c.?securityContext.?capabilities.?add.orValue([]).exists(a, a == 'NET_ADMIN')";
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {
+             "failurePolicy": "Fail",
+             "matchConstraints": {"resourceRules": [{
+                 "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                 "operations": ["CREATE"]}]},
+             "validations": [{
+                 "expression": format!(
+                     "!object.spec.?initContainers.orValue([]).exists(c, {adds}) && !object.spec.containers.exists(c, {adds})"
+                 ),
+                 "message": "no container may add NET_ADMIN here (goaway e2e)"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {label: value}}}}},
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_falls_back_to_named_port_where_an_admission_policy_refuses_net_admin() {
+    let Some(client) = client_or_skip("webhook: redirect probes").await else {
+        return;
+    };
+    install_crd(&client).await;
+    let system = Scratch::new(&client, "redirect-system", json!({})).await;
+    let apps = Scratch::new(&client, "redirect-apps", json!({})).await;
+    let pid = std::process::id().to_string();
+
+    // The chart as in the test above, for a release of its own.
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let release = format!("goaway-e2e-redirect-{pid}");
+    let docs = helm_template(
+        &release,
+        &system.name,
+        &[
+            &format!("webhook.url={url}"),
+            &format!("watchNamespace={}", apps.name),
+        ],
+    );
+    let hook = rendered(&docs, "MutatingWebhookConfiguration");
+    let hook_name = hook["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    ok(
+        "kubectl apply the MutatingWebhookConfiguration",
+        kubectl_stdin(&["apply", "--server-side", "-f", "-"], &hook.to_string()),
+    );
+    let env = chart_operator_env(&docs, &system.name, "operator-redirect-e2e");
+    assert!(
+        env.contains(&("GOAWAY_REDIRECT_PROBE".into(), "true".into())),
+        "{env:?}"
+    );
+    let operator = Operator::start_with_env("cluster-webhook-redirect-operator", port, &[], &env);
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    wait("the caBundle written by the operator", async || {
+        let hook = hooks.get(&hook_name).await.ok()?;
+        hook.webhooks?.first()?.client_config.ca_bundle.clone()
+    })
+    .await;
+    wait("the operator ready", async || {
+        let (status, _) = operator.admin_get("/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // The rule, for namespaces labelled so; apps is not, yet.
+    let rule = format!("goaway-e2e-no-net-admin-{pid}");
+    let label = "goaway-e2e/no-net-admin";
+    ok(
+        "kubectl apply the NET_ADMIN rule",
+        kubectl_stdin(
+            &["apply", "--server-side", "-f", "-"],
+            &no_net_admin(&rule, label, &pid).to_string(),
+        ),
+    );
+
+    let policies: Api<KeepalivePolicy> = Api::namespaced(client.clone(), &apps.name);
+    policies
+        .patch(
+            "redirected",
+            &apply_params(),
+            &Patch::Apply(json!({
+                "apiVersion": "goaway.dev/v1alpha1", "kind": "KeepalivePolicy",
+                "metadata": {"name": "redirected"},
+                "spec": {"selector": {"matchLabels": {"app": "api"}}, "port": "grpc",
+                         "interception": "redirect"},
+            })),
+        )
+        .await
+        .expect("apply the policy");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &apps.name);
+    let selected = |name: &str| pod(name, json!({"app": "api"}), json!({}), false);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+
+    // Nothing refuses NET_ADMIN here: redirect.
+    wait("the webhook to inject redirect (dry run)", async || {
+        let p = pods.create(&dry_run, &selected("api-1")).await.ok()?;
+        init_containers(&p)
+            .contains(&INTERCEPT_CONTAINER_NAME.to_string())
+            .then_some(())
+    })
+    .await;
+    let before = pods
+        .create(&PostParams::default(), &selected("api-1"))
+        .await
+        .expect("the API server accepts the redirected pod");
+    assert_eq!(
+        init_containers(&before),
+        [INTERCEPT_CONTAINER_NAME, CONTAINER_NAME]
+    );
+
+    // The namespace comes under the rule: a label, none of Pod Security's.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &apps.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: pid}}})),
+        )
+        .await
+        .expect("label the namespace");
+    let labels = namespaces
+        .get(&apps.name)
+        .await
+        .expect("the namespace")
+        .metadata
+        .labels;
+    assert!(
+        !labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| k.starts_with("pod-security.kubernetes.io/")),
+        "{labels:?}"
+    );
+    // In force once a pod adding NET_ADMIN (opted out of the webhook) is
+    // refused.
+    let net_admin: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "net-admin", "labels": {"goaway.dev/inject": "disabled"}},
+        "spec": {"schedulerName": UNSCHEDULED, "containers": [{
+            "name": "app", "image": "registry.example/app:1",
+            "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}]}
+    }))
+    .expect("a pod");
+    wait("the NET_ADMIN rule in force", async || {
+        match pods.create(&dry_run, &net_admin).await {
+            Err(kube::Error::Api(s)) if s.message.contains(&rule) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    // The webhook sees the label change, probes again and is told: its
+    // pods get namedPort, which the rule admits. Until it knows, it asks
+    // for redirect and the API server refuses the dry run.
+    wait("the webhook to inject namedPort (dry run)", async || {
+        let p = pods.create(&dry_run, &selected("api-2")).await.ok()?;
+        (init_containers(&p) == [CONTAINER_NAME]).then_some(())
+    })
+    .await;
+    let after = pods
+        .create(&PostParams::default(), &selected("api-2"))
+        .await
+        .expect("the API server accepts the namedPort pod");
+    assert_eq!(init_containers(&after), [CONTAINER_NAME]);
+    assert!(agent_took_the_port_name(&after), "{:?}", after.spec);
+    assert_eq!(
+        after
+            .annotations()
+            .get(ANNOTATION_INJECTED)
+            .map(String::as_str),
+        Some("redirected")
+    );
+    // A Warning Event about the pod, quoting the API server's refusal of
+    // the probe.
+    let events: Api<Event> = Api::namespaced(client.clone(), &apps.name);
+    let event = wait("the RedirectRefusedByAdmission Event", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("RedirectRefusedByAdmission")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("api-2")
+        })
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    assert!(
+        note.contains(&format!("ValidatingAdmissionPolicy '{rule}'"))
+            && note.contains("no container may add NET_ADMIN here (goaway e2e)")
+            && note.contains("injected with namedPort interception instead"),
+        "{note}"
+    );
+    // The probes were dry runs: no probe pod is stored.
+    let stored = pods.list(&ListParams::default()).await.expect("the pods");
+    let names: Vec<String> = stored.items.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, ["api-1", "api-2"]);
+
+    let _ = hooks.delete(&hook_name, &DeleteParams::default()).await;
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let _ = bindings.delete(&rule, &DeleteParams::default()).await;
+    let rules: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let _ = rules.delete(&rule, &DeleteParams::default()).await;
     apps.delete().await;
     system.delete().await;
 }

@@ -4,7 +4,7 @@
 //! changes nothing.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use goaway_operator::{Interception, PolicyDefaults};
@@ -21,9 +21,15 @@ fn inject(input: &str) -> (String, String) {
 
 /// `inject` with extra flags.
 fn inject_with(input: &str, flags: &[&str]) -> (String, String) {
+    inject_policy(&fixtures().join("policy.yaml"), input, flags)
+}
+
+/// `inject` of `input` with the policies of the file `policy` and extra
+/// flags; its stdout and stderr.
+fn inject_policy(policy: &Path, input: &str, flags: &[&str]) -> (String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
         .args(["inject", "--policy"])
-        .arg(fixtures().join("policy.yaml"))
+        .arg(policy)
         .args(["--namespace", "shop"])
         .args(flags)
         .stdin(Stdio::piped())
@@ -189,6 +195,40 @@ fn the_cli_mutation_equals_the_webhook_mutation() {
 }
 
 #[test]
+fn forbid_redirect_leaves_the_templates_of_a_redirect_policy_alone_and_says_why() {
+    let dir = std::env::temp_dir().join(format!("goaway-inject-forbid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("redirect.yaml");
+    let text = std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap();
+    std::fs::write(&policy, format!("{text}  interception: redirect\n")).unwrap();
+    let bare = bare_document();
+
+    let (out, stderr) = inject_policy(&policy, &bare, &[]);
+    let pod: Pod = serde_yaml::from_str(&out).unwrap();
+    let inits: Vec<String> = pod
+        .spec
+        .unwrap()
+        .init_containers
+        .into_iter()
+        .flatten()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(inits, ["goaway-intercept", "goaway-agent"]);
+    assert!(!stderr.contains("forbid"), "{stderr}");
+
+    for flags in [&["--forbid-redirect"][..], &["--forbid-redirect=true"]] {
+        let (out, stderr) = inject_policy(&policy, &bare, flags);
+        assert_eq!(out, bare, "{flags:?}");
+        assert_eq!(
+            stderr,
+            "warning: Pod/bare: not injected: policy api asks for redirect interception, which the operator forbids (--forbid-redirect: no pod may get its NET_ADMIN init container); set the policy's spec.interception to namedPort to inject its pods\n",
+            "{flags:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn invalid_policy_files_are_refused_with_the_field() {
     let dir = std::env::temp_dir().join(format!("goaway-inject-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -307,6 +347,10 @@ const BAD_FLAGS: &[(&[&str], &str)] = &[
             "--default-drain-goaway-ack-timeout=2s",
         ],
         "--default-drain-goaway-ack-timeout: must be less than drain.timeout (2s)",
+    ),
+    (
+        &["--forbid-redirect", "--default-interception=redirect"],
+        "--forbid-redirect: contradicts --default-interception redirect",
     ),
 ];
 

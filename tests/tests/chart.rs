@@ -140,6 +140,7 @@ fn default_render_is_the_operator_and_nothing_else() {
             "",
             "goaway-operator-configmaps",
         ),
+        ("ValidatingAdmissionPolicy", "", "goaway-operator-pods"),
         (
             "ValidatingAdmissionPolicy",
             "",
@@ -150,6 +151,11 @@ fn default_render_is_the_operator_and_nothing_else() {
             "ValidatingAdmissionPolicyBinding",
             "",
             "goaway-operator-configmaps",
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            "goaway-operator-pods",
         ),
         (
             "ValidatingAdmissionPolicyBinding",

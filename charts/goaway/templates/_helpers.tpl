@@ -130,6 +130,11 @@ goaway.dev/inject
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+{{- if include "goaway.redirectProbe" . }}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create"]
+{{- end }}
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch"]
@@ -165,6 +170,31 @@ app.kubernetes.io/managed-by
 {{- end }}
 {{- define "goaway.managedByValue" -}}
 goaway-operator
+{{- end }}
+
+{{/*
+Whether the webhook probes namespaces before redirect interception, and so
+creates (dry-run) pods: only where the admission policy holds that grant to
+dry runs of probe pods (--redirect-probe), and not when redirect is
+forbidden anyway (--forbid-redirect). Non-empty for true.
+*/}}
+{{- define "goaway.redirectProbe" -}}
+{{- if and .Values.rbac.admissionPolicy.enabled (not .Values.agent.forbidRedirect) }}true{{- end }}
+{{- end }}
+{{/*
+The only pods the operator creates, as dry runs: the webhook's redirect
+probes (inject::redirect_probe_pod), named goaway-redirect-probe-<id>
+(inject::PROBE_NAME_PREFIX) and labelled goaway.dev/redirect-probe=true
+(inject::LABEL_PROBE); a chart test checks these against the code.
+*/}}
+{{- define "goaway.probePrefix" -}}
+goaway-redirect-probe-
+{{- end }}
+{{- define "goaway.probeLabelKey" -}}
+goaway.dev/redirect-probe
+{{- end }}
+{{- define "goaway.probeLabelValue" -}}
+true
 {{- end }}
 
 {{/* The operator's ServiceAccount as an RBAC subject. */}}

@@ -181,6 +181,51 @@ fn drain_default_flags_are_go_durations_checked_together() {
     }
 }
 
+#[test]
+fn forbid_redirect_is_a_switch_of_run_and_inject_and_contradicts_a_redirect_default() {
+    let forbidden = |flags: &[&str]| {
+        parse_both(flags).map(|r| {
+            let defaults = r.unwrap().1.policy_defaults().unwrap();
+            defaults.redirect_forbidden()
+        })
+    };
+    assert_eq!(forbidden(&[]), [false, false]);
+    assert_eq!(forbidden(&["--forbid-redirect"]), [true, true]);
+    // The chart's form: the variable's value as the flag's.
+    assert_eq!(forbidden(&["--forbid-redirect=true"]), [true, true]);
+    assert_eq!(forbidden(&["--forbid-redirect=false"]), [false, false]);
+    for result in parse_both(&["--forbid-redirect=yes"]) {
+        assert!(result.is_err());
+    }
+    let run = Cli::command();
+    let arg = run
+        .find_subcommand("run")
+        .unwrap()
+        .get_arguments()
+        .find(|a| a.get_id() == "forbid_redirect")
+        .unwrap();
+    assert_eq!(arg.get_env().unwrap(), "GOAWAY_FORBID_REDIRECT");
+
+    for result in parse_both(&["--forbid-redirect", "--default-interception=redirect"]) {
+        let err = result.unwrap().1.policy_defaults().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--forbid-redirect: contradicts --default-interception redirect"),
+            "{err}"
+        );
+    }
+    // Reported beside a drain flag's error, not instead of it.
+    let [run, _] = parse_both(&[
+        "--forbid-redirect",
+        "--default-interception=redirect",
+        "--default-drain-timeout=0s",
+    ]);
+    let err = run.unwrap().1.policy_defaults().unwrap_err().to_string();
+    assert!(
+        err.contains("--default-drain-timeout") && err.contains("--forbid-redirect"),
+        "{err}"
+    );
+}
+
 fn run_args(flags: &[&str]) -> RunArgs {
     match parse(&[&["run"], flags].concat()).unwrap().command {
         Command::Run(args) => *args,

@@ -114,17 +114,23 @@ fn mode_of(pod: &Pod) -> Option<Interception> {
     }
 }
 
-/// The condition message for `found`.
-pub fn message(found: &[Bypass]) -> String {
+/// The condition message for `found`; `redirect_allowed` is false when
+/// the operator forbids redirect interception (`--forbid-redirect`), which
+/// then is no way out.
+pub fn message(found: &[Bypass], redirect_allowed: bool) -> String {
     let list: Vec<String> = found
         .iter()
         .map(|b| format!("{} ({})", b.service, b.how))
         .collect();
+    let redirect = if redirect_allowed {
+        ", or set spec.interception: redirect (new pods)"
+    } else {
+        " (redirect interception is forbidden by the operator's --forbid-redirect)"
+    };
     format!(
         "Services reach the app port of matched pods in namedPort interception around the agent: \
          {}; their clients get no GOAWAY on drain, no keepalive, no age limit. Give the Service \
-         the policy's port name as targetPort (not headless), or set spec.interception: redirect \
-         (new pods)",
+         the policy's port name as targetPort (not headless){redirect}",
         list.join("; ")
     )
 }
@@ -229,11 +235,19 @@ mod tests {
         let pods = [pod(json!({"app": "api"}), true)];
         let port = IntOrString::Int(50051);
         assert!(bypassing(&services, &pods, &port, Interception::NamedPort).is_empty());
-        let message = message(&[Bypass {
+        let found = [Bypass {
             service: "numeric".into(),
             how: "targetPort 50051 is the app port's number".into(),
-        }]);
-        assert!(message.contains("numeric (targetPort 50051"), "{message}");
-        assert!(message.contains("redirect"), "{message}");
+        }];
+        let advice = message(&found, true);
+        assert!(advice.contains("numeric (targetPort 50051"), "{advice}");
+        assert!(
+            advice.contains("set spec.interception: redirect"),
+            "{advice}"
+        );
+        // Not advice the operator would not follow.
+        let forbidden = message(&found, false);
+        assert!(!forbidden.contains("set spec.interception"), "{forbidden}");
+        assert!(forbidden.contains("--forbid-redirect"), "{forbidden}");
     }
 }

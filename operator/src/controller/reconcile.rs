@@ -7,6 +7,10 @@
 //! that bypass the agent ([`bypass`]), apply the status. Invalid
 //! policy: only the status changes (Ready=False with every invalid field)
 //! and the last good ConfigMap stays, so running agents keep their policy.
+//! A valid policy asking for redirect interception under
+//! `--forbid-redirect` is rendered as any other (pods injected before
+//! keep reading it), but Ready=False (`RedirectForbidden`) says its new
+//! pods are admitted without the agent.
 //! Events are published on transitions, not on every pass.
 
 use std::collections::BTreeSet;
@@ -30,7 +34,7 @@ use crate::crd::{
     CA_FILE_KEY, CONDITION_BYPASSED, CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY,
     render_policy_file,
 };
-use crate::inject::ANNOTATION_INJECTED;
+use crate::inject::{self, ANNOTATION_INJECTED};
 use crate::{Error, KeepalivePolicy, KeepalivePolicyStatus, MANAGER, Result, selection};
 
 /// Reconciles one policy; see the module documentation.
@@ -97,18 +101,31 @@ impl<'a> Reconciler<'a> {
             }
         };
 
+        // Under --forbid-redirect a policy asking for redirect is rendered
+        // (pods injected before keep reading it) but injects nothing.
+        let forbidden = self
+            .ctx
+            .defaults
+            .forbids(self.policy)
+            .then(|| inject::redirect_forbidden_note(&self.name));
         let config_map = self.apply_config_map().await?;
         let counts = self.count_pods().await?;
 
         let mut ready_message = format!("ConfigMap {config_map} holds the policy");
+        if let Some(note) = &forbidden {
+            ready_message = format!("{ready_message}, but new pods get no agent: {note}");
+        }
         if !warnings.is_empty() {
             let list: Vec<_> = warnings.iter().map(ToString::to_string).collect();
             ready_message = format!("{ready_message}; warnings: {}", list.join("; "));
         }
         let ready = Cond {
             type_: CONDITION_READY,
-            status: true,
-            reason: "PolicyRendered",
+            status: forbidden.is_none(),
+            reason: match forbidden {
+                Some(_) => "RedirectForbidden",
+                None => "PolicyRendered",
+            },
             message: &ready_message,
         }
         .build(generation, &self.previous, self.now);
@@ -131,7 +148,9 @@ impl<'a> Reconciler<'a> {
 
         let mode = self.policy.interception(self.ctx.defaults.interception());
         let bypasses = self.bypassing(&counts.pods, mode).await?;
-        let bypass_message = (!bypasses.is_empty()).then(|| bypass::message(&bypasses));
+        let redirect_allowed = !self.ctx.defaults.redirect_forbidden();
+        let bypass_message =
+            (!bypasses.is_empty()).then(|| bypass::message(&bypasses, redirect_allowed));
         let bypassed = match &bypass_message {
             Some(m) => Cond {
                 type_: CONDITION_BYPASSED,
@@ -155,7 +174,8 @@ impl<'a> Reconciler<'a> {
             injected_pods: counts.injected,
             selector: selector_text(self.policy),
             config_map: Some(config_map.clone()),
-            interception: Some(mode),
+            // No mode is in force where the one asked for is forbidden.
+            interception: forbidden.is_none().then_some(mode),
             bypassing_services: bypasses.iter().map(|b| b.service.clone()).collect(),
         };
         self.apply_status(&status).await?;
@@ -177,6 +197,10 @@ impl<'a> Reconciler<'a> {
                 )
                 .await;
             }
+        }
+        if let (Some(note), true) = (forbidden, changed(&self.previous, &ready)) {
+            self.publish(EventType::Warning, "RedirectForbidden", "Inject", note)
+                .await;
         }
         if let (Some(message), true) = (conflict_message, changed(&self.previous, &conflicted)) {
             self.publish(EventType::Warning, "SelectorConflict", "Select", message)

@@ -463,6 +463,92 @@ async fn redirect_interception_has_no_bypass() {
     expect_silence(&mut api).await;
 }
 
+/// `--forbid-redirect`: a policy asking for redirect is rendered (pods
+/// injected before read it) but not ready, its new pods get no agent, no
+/// mode is in force, and the status and a Warning Event say what to do.
+#[tokio::test]
+async fn a_policy_asking_for_a_forbidden_redirect_is_not_ready_and_says_why() {
+    let p = policy(
+        "grpc",
+        "2024-01-01T00:00:00Z",
+        "  interception: redirect
+",
+    );
+    let defaults = PolicyDefaults::default().forbidding_redirect(true);
+    let (ctx, mut api) = context_with(&[&p], defaults);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect_config_map_and_pods(&mut api, json!([pod_with_port("a")])).await;
+    // Pods not injected are judged in the mode asked for: a numeric
+    // targetPort is not reported as bypassing an agent they do not have.
+    expect(
+        &mut api,
+        Method::GET,
+        SERVICES_PATH,
+        services(json!([service(
+            "api-numeric",
+            json!({"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 50051}]})
+        )])),
+    )
+    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    assert!(status["status"].get("interception").is_none(), "{status}");
+    assert!(
+        status["status"].get("bypassingServices").is_none(),
+        "{status}"
+    );
+    let note = "policy grpc asks for redirect interception, which the operator forbids (--forbid-redirect: no pod may get its NET_ADMIN init container); set the policy's spec.interception to namedPort to inject its pods";
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "RedirectForbidden");
+    assert_eq!(
+        ready["message"],
+        format!("ConfigMap goaway-grpc holds the policy, but new pods get no agent: {note}")
+    );
+    for reason in ["PolicyRendered", "RedirectForbidden"] {
+        let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+        assert_eq!(event["reason"], reason);
+        if reason == "RedirectForbidden" {
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["note"], note);
+        }
+    }
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
+/// `--forbid-redirect` changes nothing for a namedPort policy but the
+/// advice: redirect is no way around a bypassing Service.
+#[tokio::test]
+async fn a_bypass_under_forbid_redirect_does_not_advise_redirect() {
+    let p = policy("grpc", "2024-01-01T00:00:00Z", "");
+    let defaults = PolicyDefaults::default().forbidding_redirect(true);
+    let (ctx, mut api) = context_with(&[&p], defaults);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect_config_map_and_pods(&mut api, json!([pod_with_port("a")])).await;
+    expect(
+        &mut api,
+        Method::GET,
+        SERVICES_PATH,
+        services(json!([service(
+            "api-numeric",
+            json!({"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 50051}]})
+        )])),
+    )
+    .await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    assert_eq!(status["status"]["interception"], "namedPort");
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    let bypassed = condition(&status, "Bypassed")["message"].as_str().unwrap();
+    assert!(!bypassed.contains("set spec.interception"), "{bypassed}");
+    assert!(bypassed.contains("--forbid-redirect"), "{bypassed}");
+    for reason in ["PolicyRendered", "ServicesBypassAgent"] {
+        let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+        assert_eq!(event["reason"], reason);
+    }
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}
+
 #[tokio::test]
 async fn the_operator_default_interception_applies_to_policies_without_one() {
     let p = policy("grpc", "2024-01-01T00:00:00Z", "");

@@ -53,7 +53,9 @@ pub const CONDITION_BYPASSED: &str = "Bypassed";
 /// an init container running as root with NET_ADMIN installs an nftables
 /// rule in the pod's network namespace that sends all inbound TCP for the
 /// app port to the agent, whatever the client dialled; Pod Security
-/// "baseline" namespaces refuse such pods.
+/// "baseline" namespaces refuse such pods: where the operator finds a
+/// namespace refuses them, pods get namedPort instead. An operator run
+/// with --forbid-redirect injects no pod of a policy asking for redirect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Interception {
@@ -203,7 +205,11 @@ pub struct KeepalivePolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
     /// The interception mode in force: the policy's, else the operator's
-    /// default (see the type).
+    /// default (see the type); unset when the policy asks for redirect
+    /// and the operator forbids it (--forbid-redirect: Ready is False,
+    /// RedirectForbidden). A namespace that refuses redirect's init
+    /// container gives its pods namedPort, with a Warning Event on each
+    /// pod's owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interception: Option<Interception>,
     /// Services (names, sorted) that select matched pods but reach the app

@@ -18,7 +18,10 @@
 //!   probes that used the name to the number; in `redirect` interception,
 //!   leaves the port alone and adds an init container before the agent
 //!   that runs `goaway-agent intercept` with `NET_ADMIN` (as root, no
-//!   other capability), so inbound TCP for the port reaches the agent;
+//!   other capability), so inbound TCP for the port reaches the agent —
+//!   unless the pod's namespace refuses that container
+//!   ([`PolicyDefaults::refusing_redirect`]): namedPort then, and
+//!   [`Injection::redirect_refused`] says so;
 //! - gives every application container a `preStop.httpGet` to the agent's
 //!   `/drain` carrying the pod's drain token, keeping (and reporting) any
 //!   preStop the container already has — such a container gets the token
@@ -41,10 +44,15 @@
 //!   ([`CA_PATH`]).
 //!
 //! hostNetwork pods, pods opted out and pods already injected are left
-//! alone, which also makes a second pass a no-op.
+//! alone, which also makes a second pass a no-op. So are the pods of a
+//! policy asking for redirect interception when the operator forbids it
+//! (`--forbid-redirect`, [`Outcome::RedirectForbidden`]): no pod gets the
+//! NET_ADMIN init container, and none gets a mode its owner did not ask
+//! for.
 
 pub mod overrides;
 mod ports;
+mod probe;
 mod sidecar;
 
 use std::sync::Arc;
@@ -57,6 +65,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+pub use probe::{LABEL_PROBE, LABEL_PROBE_VALUE, PROBE_NAME_PREFIX, redirect_probe_pod};
 pub use sidecar::{
     ADMIN_PORT_NAME, AGENT_UID, AgentConfig, DEFAULT_ADMIN_ALLOW, DEFAULT_ADMIN_PORT,
     DEFAULT_AGENT_IMAGE, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, PROXY_PORT_NAME,
@@ -123,6 +132,14 @@ pub const KEPT_PRE_STOP_HINT: &str = concat!(
     r#"wget -q -O- --header "Authorization: Bearer $GOAWAY_DRAIN_TOKEN" "$GOAWAY_DRAIN_URL""#,
     "); both variables are set in the container"
 );
+/// Why the pods of `policy` are not injected under `--forbid-redirect`,
+/// and what their owner can do about it: the webhook's AdmissionReview
+/// warning and Event, `inject`'s warning and the policy's status say it.
+pub fn redirect_forbidden_note(policy: &str) -> String {
+    format!(
+        "policy {policy} asks for redirect interception, which the operator forbids (--forbid-redirect: no pod may get its NET_ADMIN init container); set the policy's spec.interception to namedPort to inject its pods"
+    )
+}
 /// Added to `drain.delay + drain.timeout` for the grace period.
 pub const DRAIN_MARGIN_SECONDS: i64 = 5;
 /// What the kubelet uses when the pod does not say.
@@ -184,6 +201,13 @@ pub enum Outcome {
     Injected(Injection),
     /// The pod is admitted unchanged.
     Unchanged(Skip),
+    /// The policy that wins the pod asks for redirect interception, which
+    /// the operator forbids (`--forbid-redirect`): the pod is admitted
+    /// unchanged, and whoever made it should hear why.
+    RedirectForbidden {
+        /// The policy's name.
+        policy: String,
+    },
 }
 
 /// The decision and the patch that carries it out (empty when unchanged).
@@ -308,6 +332,16 @@ pub fn mutate(
     let Some(policy) = selection::winner(policies, namespace, &labels, defaults) else {
         return Ok(unchanged(Skip::NoPolicy));
     };
+    // The policy still wins the pod: another policy selecting it does not
+    // inject it instead, in a mode its owner did not choose.
+    if defaults.forbids(policy) {
+        return Ok(Mutation {
+            outcome: Outcome::RedirectForbidden {
+                policy: policy.name_any(),
+            },
+            patch: json_patch::Patch(Vec::new()),
+        });
+    }
     let (mut new_meta, mut new_spec) = (meta.clone(), spec.clone());
     let injection = apply(&mut new_meta, &mut new_spec, policy, defaults, agent, token)?;
     let before = to_json(meta, spec)?;

@@ -100,7 +100,7 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
-    fn resources(&self) -> Option<ResourceRequirements> {
+    pub(super) fn resources(&self) -> Option<ResourceRequirements> {
         let map = |pairs: [(&str, &str); 2]| {
             let m: BTreeMap<String, Quantity> = pairs
                 .into_iter()

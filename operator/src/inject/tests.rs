@@ -194,6 +194,43 @@ fn a_policy_invalid_with_the_operator_defaults_is_not_injected() {
 }
 
 #[test]
+fn a_policy_asking_for_redirect_injects_nothing_when_the_operator_forbids_it() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    let mut redirect = (*policy(
+        "metadata: {name: r}\nspec: {selector: {matchLabels: {app: api}}, port: grpc, interception: redirect}\n",
+    ))
+    .clone();
+    redirect.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1).unwrap()));
+    let redirect = Arc::new(redirect);
+    let forbidden = Outcome::RedirectForbidden { policy: "r".into() };
+    let forbidding = PolicyDefaults::default().forbidding_redirect(true);
+    let (outcome, out) = run_with(&pod(API_POD), std::slice::from_ref(&redirect), &forbidding);
+    assert_eq!(outcome, forbidden);
+    assert_eq!(out, pod(API_POD));
+    // Not namedPort either where the namespace refuses redirect anyway.
+    let refusing = forbidding.clone().refusing_redirect();
+    let (outcome, _) = run_with(&pod(API_POD), std::slice::from_ref(&redirect), &refusing);
+    assert_eq!(outcome, forbidden);
+
+    // The older policy still wins the pod: a namedPort policy selecting
+    // it too (no creation timestamp: the newest) does not inject it
+    // instead, in a mode its owner did not choose.
+    let both = [grpc_policy(), redirect];
+    let (outcome, _) = run_with(&pod(API_POD), &both, &forbidding);
+    assert_eq!(outcome, forbidden);
+    let (outcome, _) = run_with(&pod(API_POD), &both, &PolicyDefaults::default());
+    assert!(
+        matches!(&outcome, Outcome::Injected(i) if i.policy == "r"),
+        "{outcome:?}"
+    );
+    // A namedPort policy alone is injected as ever.
+    let (outcome, _) = run_with(&pod(API_POD), &[grpc_policy()], &forbidding);
+    assert!(matches!(outcome, Outcome::Injected(_)), "{outcome:?}");
+}
+
+#[test]
 fn existing_pre_stop_is_kept_and_reported() {
     let mut p = pod(API_POD);
     let hook: LifecycleHandler = serde_yaml::from_str("exec: {command: [sleep, '5']}").unwrap();

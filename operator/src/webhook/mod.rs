@@ -19,7 +19,20 @@
 //! `goaway_operator_admissions_total{outcome="error",reason="budget_exceeded"}`
 //! and, when a policy selects the pod, a Warning Event `InjectionFailed` —
 //! and the late answer is dropped. Connection limits are the server's.
+//!
+//! Redirect interception's NET_ADMIN init container goes only where it is
+//! allowed, with a Warning Event on the pod's owner otherwise. With
+//! `--forbid-redirect` the pods of a policy asking for redirect are
+//! admitted without the agent (`RedirectForbidden`, and an AdmissionReview
+//! warning for whoever creates the pod). A policy asking for it gets
+//! namedPort instead in a namespace whose Pod Security label enforces
+//! `baseline` or `restricted` (`RedirectRefusedByPodSecurity`), and in one
+//! where the API server refuses a dry-run probe pod with that container
+//! and admits it without ([`redirect_probe`],
+//! `RedirectRefusedByAdmission`).
 
+mod redirect;
+pub mod redirect_probe;
 mod review;
 pub mod server;
 
@@ -35,6 +48,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
@@ -43,6 +57,7 @@ use tracing::warn;
 use crate::inject::{self, AgentConfig};
 use crate::metrics::Metrics;
 use crate::{KeepalivePolicy, PolicyDefaults};
+use redirect_probe::{ProbeConfig, RedirectProbe};
 use review::{Pending, ReviewError};
 
 /// The path the chart's MutatingWebhookConfiguration calls.
@@ -62,6 +77,7 @@ pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 pub struct Webhook {
     policies: Store<KeepalivePolicy>,
     namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
+    probe: Option<RedirectProbe>,
     defaults: PolicyDefaults,
     agent: AgentConfig,
     metrics: Arc<Metrics>,
@@ -82,6 +98,7 @@ impl Webhook {
         Webhook {
             policies,
             namespaces: None,
+            probe: None,
             defaults: PolicyDefaults::default(),
             agent,
             metrics,
@@ -114,9 +131,21 @@ impl Webhook {
     /// Reads the namespaces' labels from `namespaces` (a metadata
     /// reflector): in a namespace whose Pod Security level refuses
     /// redirect interception's NET_ADMIN init container, policies asking
-    /// for it get namedPort instead of a pod the API server rejects.
+    /// for it get namedPort instead of a pod the API server rejects; a
+    /// change of a namespace's labels probes it again
+    /// ([`Webhook::with_redirect_probe`]).
     pub fn with_namespaces(mut self, namespaces: Store<PartialObjectMeta<Namespace>>) -> Self {
         self.namespaces = Some(namespaces);
+        self
+    }
+
+    /// Asks the API server, as `client`, whether a namespace admits
+    /// redirect interception's init container before its pods get it
+    /// ([`redirect_probe`]), with `config`'s timing; the namespace's Pod
+    /// Security label stays the fallback. Probe pods are made with the
+    /// agent settings given to [`Webhook::new`].
+    pub fn with_redirect_probe(mut self, client: Client, config: ProbeConfig) -> Self {
+        self.probe = Some(RedirectProbe::new(client, self.agent.clone(), config));
         self
     }
 

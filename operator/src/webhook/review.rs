@@ -15,21 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, error, info, warn};
 
 use super::Webhook;
+use super::redirect::{Refusal, redirect_note};
 use crate::inject::{self, InjectError, Injection, Mutation, Outcome, Skip};
 use crate::selection;
-
-/// The namespace label Pod Security admission enforces.
-pub(super) const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
-/// Pod Security levels that refuse a container adding NET_ADMIN.
-pub(super) const LEVELS_REFUSING_NET_ADMIN: [&str; 2] = ["baseline", "restricted"];
 
 /// Why a request body could not be answered with an AdmissionReview.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +82,7 @@ enum Decoded {
 
 /// What was decided for a Pod CREATE, to record once it is answered.
 struct Decision {
-    level: Option<String>,
+    refusal: Option<Refusal>,
     unrecognised_inject: Option<String>,
     verdict: Verdict,
 }
@@ -97,6 +91,8 @@ enum Verdict {
     Injected(Injection),
     PatchUnserialisable(String),
     Unchanged(Skip),
+    /// The winning policy asks for redirect, which the operator forbids.
+    RedirectForbidden(String),
     Failed(InjectError),
     Panicked,
 }
@@ -227,15 +223,21 @@ impl Webhook {
         let policies = self.policies.state();
         let token = (self.token)();
         let spec = object.spec.clone().unwrap_or_default();
-        let level = self.pod_security_level(&pod.namespace);
+        let refusal = self.namespace_refusal(
+            &pod.namespace,
+            &pod.labels,
+            &object.metadata,
+            &spec,
+            &policies,
+        );
         // Copied only for the namespaces that refuse redirect.
         let refusing;
-        let defaults = match &level {
-            Some(l) if LEVELS_REFUSING_NET_ADMIN.contains(&l.as_str()) => {
+        let defaults = match &refusal {
+            Some(_) => {
                 refusing = self.defaults.clone().refusing_redirect();
                 &refusing
             }
-            _ => &self.defaults,
+            None => &self.defaults,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             inject::mutate(
@@ -260,11 +262,24 @@ impl Webhook {
                 outcome: Outcome::Unchanged(skip),
                 ..
             })) => (response, Verdict::Unchanged(skip)),
+            Ok(Ok(Mutation {
+                outcome: Outcome::RedirectForbidden { policy },
+                ..
+            })) => {
+                // Said to whoever creates the pod (kubectl prints it), as
+                // well as in the Event on its owner.
+                let mut warned = response;
+                warned.warnings = Some(vec![format!(
+                    "goaway: not injected: {}",
+                    inject::redirect_forbidden_note(&policy)
+                )]);
+                (warned, Verdict::RedirectForbidden(policy))
+            }
             Ok(Err(e)) => (response, Verdict::Failed(e)),
             Err(_) => (response, Verdict::Panicked),
         };
         let decision = Decision {
-            level,
+            refusal,
             unrecognised_inject: inject::unrecognised_inject_value(&object.metadata),
             verdict,
         };
@@ -299,14 +314,12 @@ impl Webhook {
                     );
                     self.report(pod, "PreStopKept", note);
                 }
-                if !pod.dry_run && injection.redirect_refused {
-                    let note = format!(
-                        "pod {name}: policy {} asks for redirect interception, but namespace {namespace} enforces Pod Security level {:?}, which refuses its NET_ADMIN init container; injected with namedPort interception instead (clients that dial pod IPs bypass the agent)",
-                        injection.policy,
-                        decision.level.as_deref().unwrap_or_default()
-                    );
-                    warn!(%namespace, pod = %name, "{note}");
-                    self.report(pod, "RedirectRefusedByPodSecurity", note);
+                if !pod.dry_run
+                    && let Some((reason, note)) =
+                        redirect_note(namespace, name, &injection, decision.refusal.as_ref())
+                {
+                    warn!(%namespace, pod = %name, reason, "{note}");
+                    self.report(pod, reason, note);
                 }
             }
             Verdict::PatchUnserialisable(e) => {
@@ -316,6 +329,19 @@ impl Webhook {
             Verdict::Unchanged(skip) => {
                 debug!(%namespace, pod = %name, reason = skip.as_str(), "admitted unchanged");
                 self.metrics.admitted("unchanged", skip.as_str(), elapsed());
+            }
+            Verdict::RedirectForbidden(policy) => {
+                let note = inject::redirect_forbidden_note(&policy);
+                warn!(%namespace, pod = %name, %policy, "redirect interception forbidden; admitted unchanged");
+                self.metrics
+                    .admitted("unchanged", "redirect_forbidden", elapsed());
+                if !pod.dry_run {
+                    self.report(
+                        pod,
+                        "RedirectForbidden",
+                        format!("pod {name} admitted without the goaway agent: {note}"),
+                    );
+                }
             }
             Verdict::Failed(e) => {
                 warn!(%namespace, pod = %name, error = %e, "cannot inject; admitted unchanged");
@@ -330,13 +356,6 @@ impl Webhook {
                 self.metrics.admitted("error", "panic", elapsed());
             }
         }
-    }
-
-    /// The namespace's enforced Pod Security level, if the namespace
-    /// cache knows it.
-    fn pod_security_level(&self, namespace: &str) -> Option<String> {
-        let ns = self.namespaces.as_ref()?.get(&ObjectRef::new(namespace))?;
-        ns.labels().get(POD_SECURITY_ENFORCE).cloned()
     }
 
     /// Publishes a Warning about the pod on its controller, without

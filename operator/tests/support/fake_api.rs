@@ -8,7 +8,9 @@
 //! status subresource (status ignored on the main resource, `generation`
 //! bumped on spec changes only), equality label selectors, metadata-only
 //! lists, JSON patches, and owner references (deleting an object deletes
-//! its dependents). Each write reads, checks and stores under one lock,
+//! its dependents), dry-run creates (`dryRun=All`: answered, not stored),
+//! and an admission check a test sets ([`FakeApi::admit_creates`]).
+//! Each write reads, checks and stores under one lock,
 //! so concurrent writers see each other as with a real server. It is a
 //! tower service handed to `kube::Client::new`, so no sockets are
 //! involved.
@@ -50,6 +52,24 @@ struct State {
     log: Vec<Change>,
     holds: BTreeMap<String, Arc<Hold>>,
     verbs: BTreeMap<String, BTreeSet<&'static str>>,
+    creates: Vec<Created>,
+    admission: Option<Arc<Admission>>,
+}
+
+/// A test's admission check: a status and message refuse the create.
+type Admission = dyn Fn(&str, &str, &Value) -> Option<(StatusCode, String)> + Send + Sync;
+
+/// One create request, as the server received it.
+#[derive(Clone, Debug)]
+pub(crate) struct Created {
+    /// The resource (`pods`).
+    pub resource: String,
+    /// The namespace.
+    pub namespace: String,
+    /// Whether it was a dry run (`dryRun=All`).
+    pub dry_run: bool,
+    /// The object sent.
+    pub object: Value,
 }
 
 /// How a request writes, for field ownership.
@@ -181,6 +201,27 @@ impl FakeApi {
         self.lock().verbs.get(resource).cloned().unwrap_or_default()
     }
 
+    /// Every create request of `resource` so far, in order.
+    pub(crate) fn creates(&self, resource: &str) -> Vec<Created> {
+        self.lock()
+            .creates
+            .iter()
+            .filter(|c| c.resource == resource)
+            .cloned()
+            .collect()
+    }
+
+    /// Admission control for creates from now on: `check(resource,
+    /// namespace, object)` returning a status and message refuses the
+    /// create with them (403: as an admission plugin's denial), dry runs
+    /// included.
+    pub(crate) fn admit_creates(
+        &self,
+        check: impl Fn(&str, &str, &Value) -> Option<(StatusCode, String)> + Send + Sync + 'static,
+    ) {
+        self.lock().admission = Some(Arc::new(check));
+    }
+
     /// The stored object, if any.
     pub(crate) fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.lock()
@@ -310,7 +351,10 @@ impl FakeApi {
                     &format!("{} {name} not found", path.resource),
                 ),
             },
-            (Method::POST, None) => self.create(&path, manager, body),
+            (Method::POST, None) => {
+                let dry_run = query.get("dryRun").map(String::as_str) == Some("All");
+                self.create(&path, manager, body, dry_run)
+            }
             (Method::PUT, Some(name)) => self.replace(&path, name, manager, body),
             (Method::PATCH, Some(name)) if json_patch => {
                 self.json_patch(&path, name, manager, body)
@@ -438,7 +482,20 @@ impl FakeApi {
             .unwrap()
     }
 
-    fn create(&self, path: &Path, manager: &str, mut object: Value) -> Response<RespBody> {
+    fn create(
+        &self,
+        path: &Path,
+        manager: &str,
+        mut object: Value,
+        dry_run: bool,
+    ) -> Response<RespBody> {
+        let mut state = self.lock();
+        state.creates.push(Created {
+            resource: path.resource.clone(),
+            namespace: path.namespace.clone(),
+            dry_run,
+            object: object.clone(),
+        });
         let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
             return status(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -446,7 +503,24 @@ impl FakeApi {
                 "metadata.name is required",
             );
         };
-        let mut state = self.lock();
+        let refused = state
+            .admission
+            .clone()
+            .and_then(|check| check(&path.resource, &path.namespace, &object));
+        if let Some((code, message)) = refused {
+            let message = match code {
+                StatusCode::FORBIDDEN => {
+                    format!("{} \"{name}\" is forbidden: {message}", path.resource)
+                }
+                _ => message,
+            };
+            let reason = code.canonical_reason().unwrap_or_default().replace(' ', "");
+            return status(code, &reason, &message);
+        }
+        if dry_run {
+            object["metadata"]["namespace"] = json!(path.namespace);
+            return json_response(StatusCode::CREATED, &object);
+        }
         if state.objects.contains_key(&path.key(&name)) {
             return status(
                 StatusCode::CONFLICT,

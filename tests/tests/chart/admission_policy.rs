@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use goaway_operator::MANAGER;
 use goaway_operator::controller::LABEL_MANAGED_BY;
 use goaway_operator::crd::config_map_name;
+use goaway_operator::inject::{
+    AgentConfig, LABEL_PROBE, LABEL_PROBE_VALUE, PROBE_NAME_PREFIX, redirect_probe_pod,
+};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 
 use crate::helm::{render, render_all};
@@ -213,6 +216,12 @@ fn admission_policies_cover_every_write_the_operator_rbac_grants() {
             "platform",
             "serviceAccount: {create: false, name: platform-goaway}",
         ),
+        (
+            "redirect forbidden",
+            RELEASE,
+            NAMESPACE,
+            "agent: {forbidRedirect: true}",
+        ),
     ];
     let renders = render_all(
         &cases
@@ -235,11 +244,24 @@ fn admission_policies_cover_every_write_the_operator_rbac_grants() {
         policies(&renders[0]),
         [
             "goaway-operator-configmaps",
+            "goaway-operator-pods",
             "goaway-operator-webhook-config",
             "goaway-operator-secrets"
         ]
     );
-    assert_eq!(policies(&renders[1]), ["goaway-operator-configmaps"]);
+    assert_eq!(
+        policies(&renders[1]),
+        ["goaway-operator-configmaps", "goaway-operator-pods"]
+    );
+    // Forbidden redirect: no probes, no pods to create.
+    assert_eq!(
+        policies(&renders[5]),
+        [
+            "goaway-operator-configmaps",
+            "goaway-operator-webhook-config",
+            "goaway-operator-secrets"
+        ]
+    );
     let r = &renders[4];
     let spec = r.admission_policies[0].spec.as_ref().unwrap();
     assert_eq!(
@@ -267,6 +289,25 @@ fn admission_policies_allow_the_objects_the_operator_code_writes() {
         assert!(
             config_maps.contains(&needle),
             "the ConfigMap policy lacks {needle:?}:\n{config_maps}"
+        );
+    }
+
+    // Pods: only dry runs (webhook::redirect_probe), only of the pods
+    // inject::redirect_probe_pod builds.
+    let pods = expressions(policy(&r, "pods").expect("the pod policy"));
+    let probe = redirect_probe_pod(&AgentConfig::default(), "x", true);
+    assert_eq!(
+        probe.metadata.labels.unwrap_or_default().get(LABEL_PROBE),
+        Some(&LABEL_PROBE_VALUE.to_string())
+    );
+    for needle in [
+        "request.operation == 'CREATE' && request.dryRun == true".to_string(),
+        format!("object.metadata.name.startsWith('{PROBE_NAME_PREFIX}')"),
+        format!("object.metadata.?labels[?'{LABEL_PROBE}'] == optional.of('{LABEL_PROBE_VALUE}')"),
+    ] {
+        assert!(
+            pods.contains(&needle),
+            "the pod policy lacks {needle:?}:\n{pods}"
         );
     }
 
@@ -334,7 +375,7 @@ fn admission_policies_can_be_turned_off() {
         .difference(&off.inventory())
         .map(|(kind, _, _)| kind.clone())
         .collect();
-    assert_eq!(removed.len(), 6, "{removed:?}");
+    assert_eq!(removed.len(), 8, "{removed:?}");
     assert!(
         removed
             .iter()

@@ -44,6 +44,7 @@ fn used(rule: &Rule, args: &RunArgs) -> bool {
         Needed::TlsModeGenerate => args.tls_mode == TlsMode::Generate,
         Needed::LeaderElection => args.leader_election,
         Needed::ControlChannel => args.control_channel,
+        Needed::RedirectProbe => args.probes_redirect(),
     }
 }
 
@@ -292,6 +293,24 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
             "platform",
             "serviceAccount: {create: false, name: platform-goaway}\nrbac: {aggregateToDefaultRoles: false}",
         ),
+        (
+            "redirect forbidden",
+            RELEASE,
+            NAMESPACE,
+            "agent: {forbidRedirect: true}",
+        ),
+        (
+            "no admission policies",
+            RELEASE,
+            NAMESPACE,
+            "rbac: {admissionPolicy: {enabled: false}}",
+        ),
+        (
+            "no admission policies, one namespace",
+            RELEASE,
+            NAMESPACE,
+            "rbac: {admissionPolicy: {enabled: false}}\nwatchNamespace: shop",
+        ),
     ];
     let renders = render_all(
         &cases
@@ -325,6 +344,25 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
             .iter()
             .any(|role| role.metadata.namespace.as_deref() == Some("shop"))
     );
+    // Creating pods (dry-run redirect probes) is granted only where the
+    // admission policies hold it to dry runs of probe pods, and only when
+    // redirect is not forbidden anyway.
+    let creates_pods = |r: &Rendered| {
+        granted(r)
+            .keys()
+            .any(|g| g.resource == "pods" && g.verb == "create")
+    };
+    let on = render("");
+    assert!(creates_pods(&on));
+    assert!(on.operator_args().0.redirect_probe);
+    for values in [
+        "rbac: {admissionPolicy: {enabled: false}}",
+        "agent: {forbidRedirect: true}",
+    ] {
+        let r = render(values);
+        assert!(!creates_pods(&r), "{values}");
+        assert!(!r.operator_args().0.probes_redirect(), "{values}");
+    }
     let r = render("serviceAccount: {create: false, name: platform-goaway}");
     assert!(r.service_accounts.is_empty());
     assert_eq!(

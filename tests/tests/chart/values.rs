@@ -289,6 +289,12 @@ fn flag_values() -> Vec<FlagValue> {
             "GOAWAY_DEFAULT_INTERCEPTION",
             "redirect",
         ),
+        v(
+            "agent.forbidRedirect",
+            json!(true),
+            "GOAWAY_FORBID_REDIRECT",
+            "true",
+        ),
     ]
 }
 
@@ -459,6 +465,33 @@ fn drain_defaults_that_contradict_each_other_pass_the_schema_but_stop_the_operat
 }
 
 #[test]
+fn forbid_redirect_is_off_by_default_and_refused_beside_a_redirect_default() {
+    let (args, _) = render("").operator_args();
+    assert!(
+        !args
+            .defaults
+            .policy_defaults()
+            .unwrap()
+            .redirect_forbidden()
+    );
+    let (args, _) = render("agent: {forbidRedirect: true}").operator_args();
+    assert!(
+        args.defaults
+            .policy_defaults()
+            .unwrap()
+            .redirect_forbidden()
+    );
+    // The schema cannot see the contradiction; the operator refuses to
+    // start, naming the flag, so the old replicas keep serving.
+    let (args, _) = render("agent: {forbidRedirect: true, interception: redirect}").operator_args();
+    let err = args.defaults.policy_defaults().unwrap_err().to_string();
+    assert!(
+        err.starts_with("--forbid-redirect: contradicts --default-interception redirect"),
+        "{err}"
+    );
+}
+
+#[test]
 fn agent_resources_the_schema_accepts_the_operator_accepts() {
     // The schema is the stricter of the two (no signs, no n or u); what it
     // lets through must never stop the operator.
@@ -556,6 +589,7 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         ),
         ("agent: {drain: {grace: 5s}}", "/agent/drain"),
         ("agent: {interception: iptables}", "/agent/interception"),
+        ("agent: {forbidRedirect: 'yes'}", "/agent/forbidRedirect"),
         (
             "agent: {resources: {limits: {memory: lots}}}",
             "/agent/resources/limits/memory",

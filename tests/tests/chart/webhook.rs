@@ -2,7 +2,9 @@
 //! cert-manager modes).
 
 use goaway_operator::cli::TlsMode;
-use goaway_operator::inject::{LABEL_INJECT, LABEL_INJECT_DISABLED};
+use goaway_operator::inject::{
+    AgentConfig, LABEL_INJECT, LABEL_INJECT_DISABLED, redirect_probe_pod,
+};
 use goaway_operator::tls::Source;
 use goaway_operator::webhook::MUTATE_PATH;
 use serde_json::{Value, json};
@@ -93,6 +95,11 @@ fn webhook_skips_kube_system_opted_out_namespaces_and_pods_and_the_operator() {
     // the API server the call.
     assert!(!selects(pods, &labels(&[("app", "api"), opted_out[0]])));
     assert!(!selects(pods, &r.pod_labels()), "the operator's own pods");
+    // Nor the webhook's own redirect probes (dry runs it creates while it
+    // reviews a pod).
+    let probe = redirect_probe_pod(&AgentConfig::default(), "goaway-redirect-probe-1", true);
+    let probe_labels = probe.metadata.labels.clone().unwrap_or_default();
+    assert!(!selects(pods, &probe_labels), "{probe_labels:?}");
     // Nor another release's operator.
     let other = render_as("other", "elsewhere", "podLabels: {team: x}");
     assert!(!selects(pods, &other.pod_labels()));
