@@ -2,7 +2,7 @@
 //! docs/design.md §8).
 //!
 //! The spec embeds [`goaway_transport::Policy`] flattened, so `server`,
-//! `enforcement`, `upstream` and `drain` mean exactly what they mean in the
+//! `enforcement`, `upstream`, `drain` and `rebalance` mean exactly what they mean in the
 //! agent's policy file — one set of types, one schema, one validator.
 //! The schema gets CEL rules (`rules.rs`) for what it cannot say itself, and
 //! [`KeepalivePolicySpec::check`] is the same check in Rust, run by the
@@ -172,7 +172,8 @@ pub struct KeepalivePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interception: Option<Interception>,
     /// The connection-management policy: the `server`, `enforcement`,
-    /// `upstream` and `drain` groups of the agent's policy file.
+    /// `upstream`, `drain` and `rebalance` groups of the agent's policy
+    /// file.
     #[serde(flatten)]
     pub policy: Policy,
 }
