@@ -473,9 +473,24 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
     for (token, status, reason, says) in [
         (None, 401, "no_token", "no Authorization"),
         (Some(expired.as_str()), 401, "unauthenticated", "expired"),
-        (Some(api_audience.as_str()), 401, "unauthenticated", "audiences"),
-        (Some("not-a-token"), 401, "unauthenticated", "invalid bearer token"),
-        (Some(not_injected.as_str()), 403, "not_injected", "not injected"),
+        (
+            Some(api_audience.as_str()),
+            401,
+            "unauthenticated",
+            "audiences",
+        ),
+        (
+            Some("not-a-token"),
+            401,
+            "unauthenticated",
+            "invalid bearer token",
+        ),
+        (
+            Some(not_injected.as_str()),
+            403,
+            "not_injected",
+            "not injected",
+        ),
     ] {
         let (got, said) = open_stream(control_port, &ca, token).await;
         assert_eq!(got, status, "{reason}: {said}");

@@ -157,6 +157,9 @@ impl<'a> Reconciler<'a> {
             config_map: Some(config_map.clone()),
             interception: Some(mode),
             bypassing_services: bypasses.iter().map(|b| b.service.clone()).collect(),
+            // The control channel's to write (its own field manager):
+            // left out of this apply, so it stays.
+            last_rebalance: None,
         };
         self.apply_status(&status).await?;
 
