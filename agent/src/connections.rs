@@ -1,5 +1,6 @@
 //! The live client connections: for `/connections`, for the drain's log
-//! lines, and for pushing a reloaded policy to each one. Touched once per
+//! lines, for pushing a reloaded policy to each one, and for choosing the
+//! oldest to rebalance. Touched once per
 //! connection open and close, never per request. (The drain reaches each
 //! connection through its watch, not through this table: [`crate::drain`].)
 
@@ -53,7 +54,7 @@ pub struct ConnectionView {
     /// `open`, `draining` or `closed`.
     pub state: goaway_transport::ConnState,
     /// Why it is draining (`max_age`, `max_idle`, `too_many_pings`,
-    /// `graceful_stop`), if it is.
+    /// `graceful_stop`, `rebalance`), if it is.
     pub goaway_reason: Option<goaway_transport::GoAwayReason>,
 }
 
@@ -94,6 +95,19 @@ impl ConnectionTable {
     /// Every open connection's handle.
     pub fn handles(&self) -> Vec<ConnectionHandle> {
         self.lock().values().map(|e| e.handle.clone()).collect()
+    }
+
+    /// The connections open and not draining, oldest first: the
+    /// candidates of a rebalance ([`crate::rebalance`]).
+    pub fn open_oldest_first(&self) -> Vec<ConnectionHandle> {
+        let mut open: Vec<(u64, ConnectionHandle)> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.handle.stats().state == goaway_transport::ConnState::Open)
+            .map(|(&id, e)| (id, e.handle.clone()))
+            .collect();
+        open.sort_by_key(|&(id, _)| id);
+        open.into_iter().map(|(_, h)| h).collect()
     }
 
     /// A view of every open connection, oldest first.
@@ -255,5 +269,6 @@ mod tests {
         let table = ConnectionTable::default();
         assert!(table.is_empty());
         assert!(table.views().is_empty() && table.handles().is_empty());
+        assert!(table.open_oldest_first().is_empty());
     }
 }

@@ -1,9 +1,10 @@
 //! The agent's end of the operator's control channel
 //! ([`goaway_transport::control`]): what the operator knows about this pod,
 //! pushed as it changes — the policy (so an edit applies within a second,
-//! not when the kubelet next refreshes the mounted ConfigMap) and whether
+//! not when the kubelet next refreshes the mounted ConfigMap), whether
 //! the pod is still in its Services' ready endpoints (the evidence a drain
-//! starts on, see [`crate::drain`]).
+//! starts on, see [`crate::drain`]), and a Service's scale-up (the cue to
+//! rebalance, see [`crate::rebalance`]).
 //!
 //! The channel is optional and never in the way: without it, or while it
 //! is down, the policy comes from the mounted file alone and a drain waits
@@ -147,7 +148,7 @@ pub async fn run(config: ControlConfig, agent: Arc<Agent>, endpoints: watch::Sen
 /// One session: connect, upgrade, read messages until the stream ends.
 async fn session(
     config: &ControlConfig,
-    agent: &Agent,
+    agent: &Arc<Agent>,
     endpoints: &watch::Sender<Endpoints>,
     connect_deadline: Instant,
 ) -> Result<(), SessionError> {
@@ -213,6 +214,9 @@ async fn session(
                 if endpoints.send_replace(now) != now {
                     tracing::info!(ready, slices, "endpoints changed");
                 }
+            }
+            Ok(Message::Rebalance { service, from, to }) => {
+                agent.rebalance(&crate::rebalance::Request { service, from, to });
             }
             Ok(Message::Heartbeat) => {}
             // A newer operator's message: not for this agent.

@@ -3,8 +3,8 @@
 //! `goaway-transport`) to every client connection and drains them all
 //! before the pod stops.
 //!
-//! This crate owns the proxying, the admin API, metrics, policy hot reload
-//! and the drain sequence. HTTP/2 connection behaviour lives in the
+//! This crate owns the proxying, the admin API, metrics, policy hot reload,
+//! the drain sequence and scale-up rebalancing. HTTP/2 connection behaviour lives in the
 //! transport; Kubernetes in the operator.
 //!
 //! [`Config`] is the plain data an agent is started with; [`Agent`] is a
@@ -25,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod rebalance;
 pub mod run;
 pub mod workers;
 
@@ -89,6 +90,8 @@ pub struct Agent {
     pub endpoints: tokio::sync::watch::Receiver<control::Endpoints>,
     /// True while the operator's control channel is open.
     pub control_connected: Arc<AtomicBool>,
+    /// Scale-up rebalancing's pending GOAWAYs ([`rebalance`]).
+    pub rebalancer: rebalance::Rebalancer,
 }
 
 impl Agent {

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub passthrough_connections: Family<ProtocolLabels, Counter>,
     /// Drains that no SIGTERM followed within `--drain-expiry`.
     pub drains_expired: Counter,
+    /// Rebalance messages acted on (docs/design.md §7.5).
+    pub rebalances: Counter,
+    /// Client connections sent GOAWAY by rebalancing.
+    pub rebalance_goaways: Counter,
 }
 
 /// Labels of `goaway_passthrough_connections_total`.
@@ -102,6 +106,18 @@ impl Metrics {
             "Drains that no SIGTERM followed within --drain-expiry, after which the agent served again",
             drains_expired.clone(),
         );
+        let rebalances = Counter::default();
+        registry.register(
+            "goaway_rebalances",
+            "Scale-up rebalance messages from the operator acted on (rebalance.enabled, a scale-up, not draining)",
+            rebalances.clone(),
+        );
+        let rebalance_goaways = Counter::default();
+        registry.register(
+            "goaway_rebalance_goaways",
+            "Client connections sent GOAWAY by scale-up rebalancing",
+            rebalance_goaways.clone(),
+        );
         registry.register_collector(Box::new(TransportCollector {
             counters,
             upstreams,
@@ -116,6 +132,8 @@ impl Metrics {
             connections_refused,
             passthrough_connections,
             drains_expired,
+            rebalances,
+            rebalance_goaways,
         }
     }
 

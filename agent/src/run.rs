@@ -188,6 +188,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         ready,
         endpoints,
         control_connected: control_connected.clone(),
+        rebalancer: Default::default(),
     });
     if let Some(config) = control {
         tokio::spawn(control::run(config, agent.clone(), endpoints_tx));

@@ -124,7 +124,13 @@ fn metrics_expose_every_name_the_spec_lists() -> Result<()> {
     let m = agent.metrics()?;
     let missing: Vec<_> = SPEC_METRICS.iter().filter(|n| !m.has(n)).collect();
     assert!(missing.is_empty(), "missing {missing:?} in:\n{}", m.text);
-    for reason in ["max_age", "max_idle", "too_many_pings", "graceful_stop"] {
+    for reason in [
+        "max_age",
+        "max_idle",
+        "too_many_pings",
+        "graceful_stop",
+        "rebalance",
+    ] {
         m.value(&format!("goaway_goaways_sent_total{{reason=\"{reason}\"}}"))?;
     }
     for result in ["ok", "error"] {

@@ -61,7 +61,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
     let (policies, writer) = reflector::store();
     // The control channel's hub hears every policy event the webhook's
     // cache does.
-    let hub = channel::hub(client.clone(), metrics.clone());
+    let hub = channel::hub(client.clone(), metrics.clone(), identity.clone());
     let mut policy_source = PolicySource::new(hub.clone(), defaults.clone());
     let reflect = reflector(writer, watcher(policies_api, watcher::Config::default()))
         .default_backoff()

@@ -161,6 +161,27 @@ async fn the_api_server_and_the_rust_validator_agree_on_a_table_of_specs() {
                    "drain": {"timeout": "10s", "goawayAckTimeout": "10s"}}),
             "drain.goawayAckTimeout",
         ),
+        (
+            with(base(), "rebalance", "window", json!("0s")),
+            "rebalance.window",
+        ),
+        (
+            with(base(), "rebalance", "window", json!("10m1s")),
+            "rebalance.window",
+        ),
+        // The schema's minimum and maximum, before any CEL rule.
+        (
+            with(base(), "rebalance", "maxPercent", json!(0)),
+            "rebalance.maxPercent",
+        ),
+        (
+            with(base(), "rebalance", "maxPercent", json!(101)),
+            "rebalance.maxPercent",
+        ),
+        (
+            with(base(), "rebalance", "enabled", json!("yes")),
+            "rebalance.enabled",
+        ),
         // Not a duration at all: the schema's format, before any CEL rule.
         (with(base(), "server", "time", json!("soon")), "server.time"),
         (with(base(), "drain", "delay", json!("-1s")), "drain.delay"),
@@ -201,12 +222,15 @@ async fn the_api_server_and_the_rust_validator_agree_on_a_table_of_specs() {
                "enforcement": {"minTime": "1ns", "permitWithoutStream": true},
                "upstream": {"time": "10s", "timeout": "1s", "permitWithoutStream": true},
                "drain": {"delay": "5s", "timeout": "1m30s", "goawayAckTimeout": "1m29s",
-                         "quietPeriod": "0s"}}),
+                         "quietPeriod": "0s"},
+               "rebalance": {"enabled": true, "window": "10m", "maxPercent": 100}}),
         json!({"selector": {"matchLabels": {"a": "b"}}, "port": 65535, "drain": {"timeout": "6s"}}),
         // The default goawayAckTimeout follows a short timeout (half of it).
         json!({"selector": {"matchLabels": {"a": "b"}}, "port": 65535, "drain": {"timeout": "2s"}}),
         json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc",
                "drain": {"delay": "30s", "quietPeriod": "1m"}}),
+        json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc",
+               "rebalance": {"enabled": true, "window": "1ms", "maxPercent": 1}}),
     ];
     for (i, spec) in valid.iter().enumerate() {
         server_verdict(&api, &format!("good-{i}"), spec)
@@ -264,7 +288,7 @@ fn the_api_server_and_the_rust_validator_agree_on_generated_specs() {
         ..ProptestConfig::default()
     };
     proptest!(config, |(
-        d in proptest::collection::vec(duration(), 11),
+        d in proptest::collection::vec(duration(), 12),
         port in prop_oneof![Just(json!("grpc")), Just(json!(8080)), Just(json!(15051))],
         agent_port in prop_oneof![Just(None), Just(Some(8080)), Just(Some(15051))],
     )| {
@@ -278,6 +302,7 @@ fn the_api_server_and_the_rust_validator_agree_on_generated_specs() {
             ("server", "maxConnectionAge"), ("server", "maxConnectionAgeGrace"),
             ("enforcement", "minTime"), ("upstream", "time"), ("upstream", "timeout"),
             ("drain", "delay"), ("drain", "timeout"), ("drain", "goawayAckTimeout"),
+            ("rebalance", "window"),
         ];
         for ((group, field), value) in fields.iter().zip(&d) {
             if let Some(v) = value {

@@ -46,6 +46,7 @@ fn crd_has_short_name_status_subresource_and_printer_columns() {
             "Injected",
             "Ready",
             "Bypassed",
+            "Rebalanced",
             "Age"
         ]
     );
@@ -184,6 +185,14 @@ fn cel_rejects_what_the_schema_cannot_say() {
             json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "enforcement": {"minTime": "0s"}}),
             "enforcement.minTime",
         ),
+        (
+            json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "rebalance": {"window": "0s"}}),
+            "rebalance.window",
+        ),
+        (
+            json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc", "rebalance": {"enabled": true, "window": "11m"}}),
+            "rebalance.window",
+        ),
     ] {
         let p = object(bad.clone());
         let err = cel(&p).expect_err(&bad.to_string());
@@ -192,6 +201,26 @@ fn cel_rejects_what_the_schema_cannot_say() {
             p.spec.check().is_err(),
             "{bad}: the Rust validator accepts it"
         );
+    }
+}
+
+/// `rebalance.maxPercent` is bounded by the schema itself (the API server
+/// checks `minimum`/`maximum` before any CEL rule), as in Rust.
+#[test]
+fn rebalance_max_percent_is_a_percentage_in_the_schema_and_in_rust() {
+    let crd = goaway_operator::crd::definition();
+    let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
+    let field = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["rebalance"]["properties"]
+        ["maxPercent"];
+    assert_eq!(field["type"], "integer", "{field}");
+    assert_eq!(field["minimum"], 1.0, "{field}");
+    assert_eq!(field["maximum"], 100.0, "{field}");
+    for (percent, ok) in [(0, false), (1, true), (50, true), (100, true), (101, false)] {
+        let p = object(
+            json!({"selector": {"matchLabels": {"a": "b"}}, "port": "grpc",
+                              "rebalance": {"enabled": true, "maxPercent": percent}}),
+        );
+        assert_eq!(p.spec.check().is_ok(), ok, "{percent}");
     }
 }
 
@@ -216,7 +245,7 @@ proptest! {
 
     #[test]
     fn cel_rules_agree_with_the_rust_validator(
-        d in proptest::collection::vec(duration(), 11),
+        d in proptest::collection::vec(duration(), 12),
         port in prop_oneof![Just(json!("grpc")), Just(json!(8080)), Just(json!(15051))],
         agent_port in prop_oneof![Just(None), Just(Some(8080)), Just(Some(15051))],
     ) {
@@ -229,6 +258,7 @@ proptest! {
             ("server", "maxConnectionAge"), ("server", "maxConnectionAgeGrace"),
             ("enforcement", "minTime"), ("upstream", "time"), ("upstream", "timeout"),
             ("drain", "delay"), ("drain", "timeout"), ("drain", "goawayAckTimeout"),
+            ("rebalance", "window"),
         ];
         for ((group, field), value) in fields.iter().zip(&d) {
             if let Some(v) = value {

@@ -48,6 +48,19 @@ pub enum Message {
         /// How many EndpointSlices list the pod at all.
         slices: u32,
     },
+    /// The ready endpoints of a Service that lists the pod grew from `from`
+    /// to `to` (a scale-up, not a one-for-one replacement): the agent sends
+    /// GOAWAY to about `1 - from/to` of its client connections, oldest
+    /// first, spread over its policy's `rebalance.window`, never more than
+    /// `rebalance.maxPercent` of them — if its policy enables rebalancing.
+    Rebalance {
+        /// The Service (`kubernetes.io/service-name` of its slices).
+        service: String,
+        /// Ready endpoints before.
+        from: u32,
+        /// Ready endpoints now.
+        to: u32,
+    },
     /// Nothing new.
     Heartbeat,
 }
@@ -85,6 +98,14 @@ mod tests {
                     slices: 2,
                 },
                 r#"{"type":"endpoints","ready":false,"slices":2}"#,
+            ),
+            (
+                Message::Rebalance {
+                    service: "api".into(),
+                    from: 3,
+                    to: 6,
+                },
+                r#"{"type":"rebalance","service":"api","from":3,"to":6}"#,
             ),
             (Message::Heartbeat, r#"{"type":"heartbeat"}"#),
         ] {

@@ -54,25 +54,31 @@ pub enum GoAwayReason {
     TooManyPings = 3,
     /// An external drain (preStop hook, SIGTERM).
     GracefulStop = 4,
+    /// Scale-up rebalancing: the operator reported more ready endpoints
+    /// for a Service and this connection was among the oldest chosen to
+    /// reconnect, so that the new pods get their share.
+    Rebalance = 5,
 }
 
 impl GoAwayReason {
     /// Every reason, in [`index`](Self::index) order.
-    pub const ALL: [GoAwayReason; 4] = [
+    pub const ALL: [GoAwayReason; 5] = [
         GoAwayReason::MaxAge,
         GoAwayReason::MaxIdle,
         GoAwayReason::TooManyPings,
         GoAwayReason::GracefulStop,
+        GoAwayReason::Rebalance,
     ];
 
     /// The label and debug data: `max_age`, `max_idle`, `too_many_pings`,
-    /// `graceful_stop`.
+    /// `graceful_stop`, `rebalance`.
     pub fn as_str(self) -> &'static str {
         match self {
             GoAwayReason::MaxAge => "max_age",
             GoAwayReason::MaxIdle => "max_idle",
             GoAwayReason::TooManyPings => "too_many_pings",
             GoAwayReason::GracefulStop => "graceful_stop",
+            GoAwayReason::Rebalance => "rebalance",
         }
     }
 
@@ -166,3 +172,30 @@ impl From<std::io::Error> for Error {
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::GoAwayReason;
+
+    #[test]
+    fn every_reason_has_its_index_its_byte_and_a_distinct_label() {
+        let labels: Vec<&str> = GoAwayReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "max_age",
+                "max_idle",
+                "too_many_pings",
+                "graceful_stop",
+                "rebalance"
+            ]
+        );
+        for (i, reason) in GoAwayReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i);
+            assert_eq!(GoAwayReason::from_u8(reason as u8), Some(reason));
+            assert_eq!(reason.debug_data(), reason.as_str().as_bytes());
+        }
+        assert_eq!(GoAwayReason::from_u8(0), None);
+        assert_eq!(GoAwayReason::from_u8(6), None);
+    }
+}

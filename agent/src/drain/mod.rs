@@ -76,6 +76,9 @@ impl Agent {
     async fn run_drain(&self, signal: drain_rs::Signal) -> DrainSummary {
         let start = Instant::now();
         self.ready.store(false, Release);
+        // Every connection gets the drain's GOAWAY; a rebalance's still
+        // pending would only come early.
+        self.cancel_rebalance();
         let params = self.policy.current().drain_params();
         tracing::info!(delay = ?params.delay, quiet_period = ?params.quiet_period, timeout = ?params.timeout, "drain started; readiness failing");
         let on = await_evidence(&self.drain, self.endpoints.clone(), start, &params).await;

@@ -16,7 +16,8 @@
 //! once the namespace has had no subscriber for [`LINGER`] (see
 //! [`Hub`]). One watch per namespace with agents, per replica: no pod
 //! watches the API server itself, and namespaces without agents cost
-//! nothing.
+//! nothing. The same watch judges its Services' scale-ups
+//! ([`super::rebalance`]) and has the hub tell the old pods.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,9 +28,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::hub::Hub;
+use super::hub::{Hub, PolicyKey};
+use super::rebalance::{Decision, Rebalancer};
 
 /// How long a namespace's watch outlives its last subscriber: agents that
 /// reconnect (to this replica or, after a restart, to any) find the
@@ -66,9 +69,35 @@ impl Counts {
 pub struct EndpointIndex {
     /// Per slice (by name): the pods it lists (by uid), ready or not.
     slices: HashMap<String, HashMap<String, bool>>,
+    /// Per slice (by name): its Service and how many of its endpoints are
+    /// terminating (for [`EndpointIndex::services`]).
+    owners: HashMap<String, SliceOwner>,
     /// Per pod uid, summed over the slices.
     pods: HashMap<String, Counts>,
 }
+
+/// What a slice says about its Service as a whole.
+#[derive(Clone, Debug, Default)]
+struct SliceOwner {
+    /// `kubernetes.io/service-name`; `None` for a slice of no Service.
+    service: Option<String>,
+    /// Its endpoints with `conditions.terminating`.
+    terminating: u32,
+}
+
+/// A Service's endpoints, over all its slices: what a scale-up is told
+/// from a rollout by ([`super::rebalance`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCount {
+    /// Pods ready in at least one of its slices.
+    pub ready: u32,
+    /// Endpoints terminating: pods on their way out (a rollout, a
+    /// scale-down, a deletion).
+    pub terminating: u32,
+}
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 impl EndpointIndex {
     /// An index of these slices.
@@ -89,13 +118,69 @@ impl EndpointIndex {
     /// changed.
     pub fn apply(&mut self, slice: &EndpointSlice) -> Vec<String> {
         let name = slice.metadata.name.clone().unwrap_or_default();
+        let owner = SliceOwner {
+            service: slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned(),
+            terminating: slice
+                .endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.terminating) == Some(true))
+                .count() as u32,
+        };
+        self.owners.insert(name.clone(), owner);
         self.replace(name, members(slice))
     }
 
     /// A slice was deleted. Returns the pods whose standing changed.
     pub fn delete(&mut self, slice: &EndpointSlice) -> Vec<String> {
         let name = slice.metadata.name.clone().unwrap_or_default();
+        self.owners.remove(&name);
         self.replace(name, HashMap::new())
+    }
+
+    /// Every Service with a slice here: its ready pods and terminating
+    /// endpoints.
+    pub fn services(&self) -> HashMap<String, ServiceCount> {
+        let mut ready: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        let mut out: HashMap<String, ServiceCount> = HashMap::new();
+        for (slice, owner) in &self.owners {
+            let Some(service) = owner.service.as_deref() else {
+                continue;
+            };
+            out.entry(service.to_string()).or_default().terminating += owner.terminating;
+            let pods = ready.entry(service).or_default();
+            for (uid, is_ready) in self.slices.get(slice).into_iter().flatten() {
+                if *is_ready {
+                    pods.insert(uid);
+                }
+            }
+        }
+        for (service, pods) in ready {
+            if let Some(count) = out.get_mut(service) {
+                count.ready = pods.len() as u32;
+            }
+        }
+        out
+    }
+
+    /// The pods ready in `service` now, by uid.
+    pub fn ready_in(&self, service: &str) -> Vec<String> {
+        let mut pods: Vec<String> = self
+            .owners
+            .iter()
+            .filter(|(_, owner)| owner.service.as_deref() == Some(service))
+            .filter_map(|(slice, _)| self.slices.get(slice))
+            .flatten()
+            .filter(|(_, ready)| **ready)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        pods.sort_unstable();
+        pods.dedup();
+        pods
     }
 
     /// How many pods some slice lists.
@@ -173,34 +258,59 @@ pub async fn watch_namespace(
     hub: Arc<Hub>,
     namespace: String,
     mut subscribers: watch::Receiver<usize>,
+    on_rebalance: impl Fn(&str, &Decision, Vec<(PolicyKey, usize)>),
 ) {
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut listing: Option<EndpointIndex> = None;
+    let mut rebalancer = Rebalancer::default();
     info!(namespace, "watching EndpointSlices");
     loop {
+        let judge_at = rebalancer.next_due();
         tokio::select! {
-            event = events.next() => match event {
-                Some(Ok(watcher::Event::Init)) => listing = Some(EndpointIndex::default()),
-                Some(Ok(watcher::Event::InitApply(slice))) => {
-                    listing.get_or_insert_with(EndpointIndex::default).apply(&slice);
+            event = events.next() => {
+                match event {
+                    Some(Ok(watcher::Event::Init)) => listing = Some(EndpointIndex::default()),
+                    Some(Ok(watcher::Event::InitApply(slice))) => {
+                        listing.get_or_insert_with(EndpointIndex::default).apply(&slice);
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        let index = listing.take().unwrap_or_default();
+                        debug!(namespace, pods = index.len(), "EndpointSlices listed");
+                        hub.endpoints_listed(&namespace, index);
+                    }
+                    Some(Ok(watcher::Event::Apply(slice))) => {
+                        hub.endpoints_changed(&namespace, |index| index.apply(&slice));
+                    }
+                    Some(Ok(watcher::Event::Delete(slice))) => {
+                        hub.endpoints_changed(&namespace, |index| index.delete(&slice));
+                    }
+                    Some(Err(error)) => warn!(namespace, %error, "EndpointSlice watch failed; retrying"),
+                    None => break,
                 }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    let index = listing.take().unwrap_or_default();
-                    debug!(namespace, pods = index.len(), "EndpointSlices listed");
-                    hub.endpoints_listed(&namespace, index);
+                if listing.is_none()
+                    && let Some(counts) = hub.services(&namespace)
+                {
+                    rebalancer.observe(Instant::now(), &counts);
                 }
-                Some(Ok(watcher::Event::Apply(slice))) => {
-                    hub.endpoints_changed(&namespace, |index| index.apply(&slice));
+            }
+            () = sleep_until_some(judge_at) => {
+                let counts = hub.services(&namespace).unwrap_or_default();
+                for decision in rebalancer.due(Instant::now(), &counts) {
+                    let told = hub.rebalance(&namespace, &decision.service, decision.from, decision.to);
+                    info!(
+                        namespace,
+                        service = decision.service,
+                        from = decision.from,
+                        to = decision.to,
+                        agents = told.iter().map(|(_, n)| n).sum::<usize>(),
+                        "scale-up: old pods' agents told to rebalance"
+                    );
+                    on_rebalance(&namespace, &decision, told);
                 }
-                Some(Ok(watcher::Event::Delete(slice))) => {
-                    hub.endpoints_changed(&namespace, |index| index.delete(&slice));
-                }
-                Some(Err(error)) => warn!(namespace, %error, "EndpointSlice watch failed; retrying"),
-                None => break,
-            },
+            }
             idle = idle_for(&mut subscribers, LINGER) => {
                 if !idle || hub.retire_namespace(&namespace) {
                     break;
@@ -209,6 +319,14 @@ pub async fn watch_namespace(
         }
     }
     info!(namespace, "stopped watching EndpointSlices");
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes with true once the count has stayed 0 for `linger`, or with

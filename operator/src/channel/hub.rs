@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::auth::PodIdentity;
-use super::endpoints::{EndpointIndex, PodEndpoints};
+use super::endpoints::{EndpointIndex, PodEndpoints, ServiceCount};
 use crate::metrics::Metrics;
 
 /// What an agent is told, as last known.
@@ -35,6 +35,22 @@ pub struct View {
     /// Where its pod stands in the EndpointSlices; `None` until its
     /// namespace's slices have been listed.
     pub endpoints: Option<PodEndpoints>,
+    /// The last scale-up of a Service the pod was ready in before it
+    /// ([`super::rebalance`]); an event, told once per new `seq`.
+    pub rebalance: Option<Rebalance>,
+}
+
+/// A scale-up an agent is told of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebalance {
+    /// Tells one scale-up from the next (hub-wide, increasing).
+    pub seq: u64,
+    /// The Service.
+    pub service: Arc<str>,
+    /// Its ready pods before.
+    pub from: u32,
+    /// Its ready pods now.
+    pub to: u32,
 }
 
 /// Starts keeping a namespace's endpoints in the hub: called with the
@@ -54,6 +70,10 @@ pub struct Hub {
 
 #[derive(Default)]
 struct State {
+    /// The last [`Rebalance::seq`] given out.
+    rebalance_seq: u64,
+    /// Every policy's uid (for the Events about it).
+    policy_uids: HashMap<PolicyKey, String>,
     /// Subscribed pods by uid.
     pods: HashMap<String, Subscriber>,
     /// Every valid policy's file text.
@@ -141,7 +161,11 @@ impl Hub {
             });
         subscriber.streams += 1;
         subscriber.view.send_if_modified(|view| {
-            let now = View { policy, endpoints };
+            let now = View {
+                policy,
+                endpoints,
+                rebalance: view.rebalance.clone(),
+            };
             let changed = *view != now;
             *view = now;
             changed
@@ -271,6 +295,73 @@ impl Hub {
             return true;
         }
         false
+    }
+
+    /// A policy's uid, as the policy watch saw it (`None`: gone).
+    pub fn set_policy_uid(&self, namespace: &str, name: &str, uid: Option<String>) {
+        let key = (namespace.to_string(), name.to_string());
+        let mut state = self.lock();
+        match uid {
+            Some(uid) => state.policy_uids.insert(key, uid),
+            None => state.policy_uids.remove(&key),
+        };
+    }
+
+    /// A policy's uid, if known.
+    pub fn policy_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        let key = (namespace.to_string(), name.to_string());
+        self.lock().policy_uids.get(&key).cloned()
+    }
+
+    /// Every Service of the namespace's slices, counted; `None` before
+    /// the namespace is listed.
+    pub fn services(&self, namespace: &str) -> Option<HashMap<String, ServiceCount>> {
+        let state = self.lock();
+        Some(state.namespaces.get(namespace)?.index.as_ref()?.services())
+    }
+
+    /// Tells the subscribed pods ready in `service` before it grew from
+    /// `from` to `to` (all but the `to - from` that turned ready last are
+    /// not known apart here: every pod ready now is told, and a new pod's
+    /// agent has few connections to move). Returns the policies of the
+    /// pods told, with how many of each.
+    pub fn rebalance(
+        &self,
+        namespace: &str,
+        service: &str,
+        from: u32,
+        to: u32,
+    ) -> Vec<(PolicyKey, usize)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(index) = state
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.index.as_ref())
+        else {
+            return vec![];
+        };
+        state.rebalance_seq += 1;
+        let told = Rebalance {
+            seq: state.rebalance_seq,
+            service: Arc::from(service),
+            from,
+            to,
+        };
+        let mut policies: HashMap<PolicyKey, usize> = HashMap::new();
+        for uid in index.ready_in(service) {
+            if let Some(subscriber) = state.pods.get(&uid) {
+                subscriber
+                    .view
+                    .send_modify(|view| view.rebalance = Some(told.clone()));
+                *policies
+                    .entry((namespace.to_string(), subscriber.policy.clone()))
+                    .or_default() += 1;
+            }
+        }
+        let mut out: Vec<_> = policies.into_iter().collect();
+        out.sort();
+        out
     }
 
     /// Pods subscribed now.

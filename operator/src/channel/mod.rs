@@ -30,6 +30,7 @@ pub mod endpoints;
 pub mod http;
 pub mod hub;
 pub mod policies;
+pub mod rebalance;
 pub mod stream;
 pub mod token_cache;
 
@@ -101,16 +102,29 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// A hub whose namespaces' EndpointSlices are watched with `client`.
-pub fn hub(client: Client, metrics: Arc<Metrics>) -> Arc<Hub> {
+/// A hub whose namespaces' EndpointSlices are watched with `client`;
+/// scale-ups are recorded as `instance` ([`rebalance::publish`]).
+pub fn hub(client: Client, metrics: Arc<Metrics>, instance: String) -> Arc<Hub> {
     Hub::new(
         metrics,
         Box::new(move |hub, namespace, subscribers| {
+            let (events, instance) = (client.clone(), instance.clone());
+            let publisher = hub.clone();
+            let record = move |_: &str, decision: &rebalance::Decision, told| {
+                tokio::spawn(rebalance::publish(
+                    events.clone(),
+                    publisher.clone(),
+                    decision.clone(),
+                    told,
+                    instance.clone(),
+                ));
+            };
             tokio::spawn(endpoints::watch_namespace(
                 client.clone(),
                 hub,
                 namespace,
                 subscribers,
+                record,
             ));
         }),
     )

@@ -41,6 +41,9 @@ impl PolicySource {
         match event {
             watcher::Event::Init => self.listing = Some(HashMap::new()),
             watcher::Event::InitApply(policy) => {
+                if let Some((namespace, name)) = key(policy) {
+                    self.hub.set_policy_uid(&namespace, &name, policy.uid());
+                }
                 if let Some(key) = key(policy) {
                     let text = render(policy, &self.defaults);
                     self.listing
@@ -53,6 +56,9 @@ impl PolicySource {
                 self.hub.replace_policies(listed);
             }
             watcher::Event::Apply(policy) => {
+                if let Some((namespace, name)) = key(policy) {
+                    self.hub.set_policy_uid(&namespace, &name, policy.uid());
+                }
                 if let (Some((namespace, name)), Some(text)) =
                     (key(policy), render(policy, &self.defaults))
                 {
@@ -61,6 +67,7 @@ impl PolicySource {
             }
             watcher::Event::Delete(policy) => {
                 if let Some((namespace, name)) = key(policy) {
+                    self.hub.set_policy_uid(&namespace, &name, None);
                     self.hub.set_policy(&namespace, &name, None);
                 }
             }

@@ -4,7 +4,8 @@
 //! On start: the policy, then the endpoints, whichever are known. Then
 //! each change, the policy before the endpoints when both changed at
 //! once; something unknown (`None`) is never sent, so the agent keeps
-//! what it has. When nothing was written for a heartbeat interval, a
+//! what it has. A scale-up (`rebalance`) is an event: sent once when the
+//! hub tells the pod of it, never on start. When nothing was written for a heartbeat interval, a
 //! [`Message::Heartbeat`]: an agent that hears nothing for three
 //! intervals reconnects. A write (with its flush) that does not complete
 //! within the write timeout ends the stream: an agent that stops reading
@@ -38,7 +39,12 @@ pub async fn send_view<W: AsyncWrite + Unpin>(
     timing: Timing,
     metrics: &Metrics,
 ) -> io::Result<()> {
-    let mut sent = View::default();
+    // A scale-up told before this stream opened was for the agent's last
+    // stream (or none): never told again.
+    let mut sent = View {
+        rebalance: view.borrow().rebalance.clone(),
+        ..View::default()
+    };
     let mut last_write = Instant::now();
     let mut lines = Vec::new();
     // The first pass sends what is known now.
@@ -67,6 +73,20 @@ pub async fn send_view<W: AsyncWrite + Unpin>(
                 lines.extend(Message::Endpoints { ready, slices }.to_line());
                 metrics.control_message("endpoints");
                 sent.endpoints = now.endpoints;
+            }
+            if let Some(r) = now
+                .rebalance
+                .as_ref()
+                .filter(|_| now.rebalance != sent.rebalance)
+            {
+                let message = Message::Rebalance {
+                    service: r.service.to_string(),
+                    from: r.from,
+                    to: r.to,
+                };
+                lines.extend(message.to_line());
+                metrics.control_message("rebalance");
+                sent.rebalance = now.rebalance.clone();
             }
             if lines.is_empty() {
                 continue;

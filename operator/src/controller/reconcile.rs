@@ -177,6 +177,9 @@ impl<'a> Reconciler<'a> {
             // No mode is in force where the one asked for is forbidden.
             interception: forbidden.is_none().then_some(mode),
             bypassing_services: bypasses.iter().map(|b| b.service.clone()).collect(),
+            // The control channel's to write (its own field manager):
+            // left out of this apply, so it stays.
+            last_rebalance: None,
         };
         self.apply_status(&status).await?;
 

@@ -2,7 +2,7 @@
 //! docs/design.md §8).
 //!
 //! The spec embeds [`goaway_transport::Policy`] flattened, so `server`,
-//! `enforcement`, `upstream` and `drain` mean exactly what they mean in the
+//! `enforcement`, `upstream`, `drain` and `rebalance` mean exactly what they mean in the
 //! agent's policy file — one set of types, one schema, one validator.
 //! The schema gets CEL rules (`rules.rs`) for what it cannot say itself, and
 //! [`KeepalivePolicySpec::check`] is the same check in Rust, run by the
@@ -148,6 +148,12 @@ impl std::str::FromStr for Interception {
         description = "Whether Services send traffic for matched pods around the agent"
     ),
     printcolumn(
+        name = "Rebalanced",
+        type_ = "date",
+        json_path = ".status.lastRebalance.time",
+        description = "When a scale-up last had the agents move connections to new pods"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -174,7 +180,8 @@ pub struct KeepalivePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interception: Option<Interception>,
     /// The connection-management policy: the `server`, `enforcement`,
-    /// `upstream` and `drain` groups of the agent's policy file.
+    /// `upstream`, `drain` and `rebalance` groups of the agent's policy
+    /// file.
     #[serde(flatten)]
     pub policy: Policy,
 }
@@ -217,6 +224,26 @@ pub struct KeepalivePolicyStatus {
     /// headless Service in namedPort mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bypassing_services: Vec<String>,
+    /// The last scale-up after which this policy's agents were told to
+    /// move connections to the new pods (`rebalance.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebalance: Option<LastRebalance>,
+}
+
+/// A scale-up the agents rebalanced after.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRebalance {
+    /// The Service whose ready endpoints grew.
+    pub service: String,
+    /// Its ready pods before.
+    pub from: u32,
+    /// Its ready pods after.
+    pub to: u32,
+    /// How many of this policy's agents were told.
+    pub agents: u32,
+    /// When (RFC 3339).
+    pub time: String,
 }
 
 /// Conditions are a map keyed by type, so server-side apply merges them.

@@ -124,6 +124,13 @@ pub const RULES: &[CelRule] = &[
         field_path: ".drain.quietPeriod",
         reason: INVALID,
     },
+    positive!("rebalance", "window"),
+    CelRule {
+        rule: "!has(self.rebalance) || !has(self.rebalance.window) || duration(self.rebalance.window) <= duration('10m')",
+        message: "rebalance.window must be at most 10m",
+        field_path: ".rebalance.window",
+        reason: INVALID,
+    },
 ];
 
 /// Adds [`RULES`] to the spec's schema (a schemars container transform).

@@ -449,6 +449,7 @@ type clientArgs struct {
 	kaPermit      bool
 	lb            string
 	reportEveryMs int
+	channels      int
 }
 
 func clientMain(argv []string) {
@@ -469,6 +470,7 @@ func clientMain(argv []string) {
 	fs.BoolVar(&a.kaPermit, "keepalive-permit-without-calls", false, "keepalive.ClientParameters.PermitWithoutStream")
 	fs.StringVar(&a.lb, "lb", "", "load-balancing policy for a single target: pick_first or round_robin (default: grpc-go's, pick_first)")
 	fs.IntVar(&a.reportEveryMs, "report-every-ms", 0, "loop mode: also print the running tally this often")
+	fs.IntVar(&a.channels, "channels", 1, "loop mode: this many independent channels (connections), callers spread over them, as a fleet of clients would be")
 	_ = fs.Parse(argv)
 	if fs.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "client: want one MODE: call|loop|cancel")
@@ -719,9 +721,20 @@ func loop(conn *grpc.ClientConn, a *clientArgs) *tally {
 		}()
 	}
 	md := parseMetadata(a.metadata)
+	conns := []*grpc.ClientConn{conn}
+	for len(conns) < a.channels {
+		c, err := dial(a)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < a.threads; w++ {
 		wg.Add(1)
+		conn := conns[w%len(conns)]
 		go func() {
 			defer wg.Done()
 			payload := msg(w, a.size)

@@ -7,7 +7,7 @@
 //!   every PING, and keepalive sees every read.
 //! - a GOAWAY sent through h2's API carries no debug data. The write half
 //!   adds the reason (`max_age`, `max_idle`, `too_many_pings`,
-//!   `graceful_stop`) to GOAWAY frames h2 writes without any.
+//!   `graceful_stop`, `rebalance`) to GOAWAY frames h2 writes without any.
 //! - `graceful_shutdown()` waits for its PING's ACK forever. When the
 //!   driver's ack timer fires, the read half hands h2 that ACK itself, at a
 //!   frame boundary, and h2 sends the second GOAWAY.

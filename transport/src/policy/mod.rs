@@ -11,7 +11,8 @@ mod validate;
 
 pub use duration::{GoDuration, PATTERN as DURATION_PATTERN, ParseDurationError};
 pub use resolve::{
-    ClientParams, DrainParams, EffectivePolicy, MaybeInfinite, MaybeOff, ServerParams,
+    ClientParams, DrainParams, EffectivePolicy, MaybeInfinite, MaybeOff, RebalanceParams,
+    ServerParams,
 };
 pub use validate::{FieldError, PolicyError, PolicyWarning, Strictness};
 
@@ -62,6 +63,17 @@ pub struct Policy {
     )]
     #[cfg_attr(feature = "schema", schemars(with = "DrainPolicy"))]
     pub drain: DrainPolicy,
+    /// Scale-up rebalancing: when a Service listing the pod gains ready
+    /// endpoints, the agent sends GOAWAY to a share of its oldest client
+    /// connections so that their clients reconnect, some of them to the
+    /// new pods. Off by default.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_default"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "RebalancePolicy"))]
+    pub rebalance: RebalancePolicy,
 }
 
 /// Server-side keepalive and connection lifetime.
@@ -159,6 +171,31 @@ pub struct DrainPolicy {
     /// plus a sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_period: Option<GoDuration>,
+}
+
+/// Scale-up rebalancing (docs/design.md §7.5).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RebalancePolicy {
+    /// When the operator reports that a Service listing the pod grew from
+    /// `from` to `to` ready endpoints, send GOAWAY (debug data
+    /// "rebalance") to about `1 - from/to` of the client connections,
+    /// oldest first. Their clients reconnect, which costs a handshake and
+    /// can land on any endpoint, old pods included. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The GOAWAYs of one rebalance go out at random times over this
+    /// window, so that the new pods, and DNS for clients that resolve it,
+    /// see no reconnect storm. Greater than zero, at most 10m. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<GoDuration>,
+    /// The largest share of the agent's client connections, in percent,
+    /// one rebalance (or several within one `window`) sends away. 1 to
+    /// 100. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
+    pub max_percent: Option<u32>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -27,6 +27,12 @@ pub(super) const DEFAULT_GOAWAY_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_QUIET_PERIOD: Duration = Duration::from_millis(1500);
 /// The longest quiet period allowed.
 pub(super) const MAX_QUIET_PERIOD: Duration = Duration::from_secs(60);
+/// Default window the GOAWAYs of one rebalance are spread over.
+pub(super) const DEFAULT_REBALANCE_WINDOW: Duration = Duration::from_secs(30);
+/// The longest rebalance window allowed.
+pub(super) const MAX_REBALANCE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Default cap on the share of connections one rebalance sends away.
+pub(super) const DEFAULT_REBALANCE_MAX_PERCENT: u32 = 50;
 
 /// Per-connection server parameters (docs/design.md §3). `None` means
 /// infinite.
@@ -73,6 +79,23 @@ pub struct DrainParams {
     /// No new connection for this long completes the evidence for an
     /// early GOAWAY.
     pub quiet_period: Duration,
+}
+
+/// Scale-up rebalancing (docs/design.md §7.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebalanceParams {
+    /// Whether the agent acts on the operator's rebalance messages.
+    pub enabled: bool,
+    /// The GOAWAYs of one rebalance go out at random times within this.
+    pub window: Duration,
+    /// At most this share of the connections, in percent (1 to 100).
+    pub max_percent: u32,
+}
+
+impl Default for RebalanceParams {
+    fn default() -> Self {
+        Policy::default().rebalance_params()
+    }
 }
 
 impl Default for ServerParams {
@@ -139,11 +162,27 @@ impl Policy {
         }
     }
 
+    /// Rebalance parameters with defaults filled in.
+    pub fn rebalance_params(&self) -> RebalanceParams {
+        let r = &self.rebalance;
+        RebalanceParams {
+            enabled: r.enabled.unwrap_or(false),
+            window: std(r.window)
+                .filter(|w| !w.is_zero())
+                .unwrap_or(DEFAULT_REBALANCE_WINDOW),
+            max_percent: r
+                .max_percent
+                .unwrap_or(DEFAULT_REBALANCE_MAX_PERCENT)
+                .clamp(1, 100),
+        }
+    }
+
     /// Every value in force, defaults included, for display (`/policy`).
     pub fn effective(&self) -> EffectivePolicy {
         let s = self.server_params();
         let c = self.client_params();
         let d = self.drain_params();
+        let r = self.rebalance_params();
         EffectivePolicy {
             server: EffectiveServer {
                 time: s.time.into(),
@@ -166,6 +205,11 @@ impl Policy {
                 timeout: d.timeout.into(),
                 goaway_ack_timeout: d.goaway_ack_timeout.into(),
                 quiet_period: d.quiet_period.into(),
+            },
+            rebalance: EffectiveRebalance {
+                enabled: r.enabled,
+                window: r.window.into(),
+                max_percent: r.max_percent,
             },
         }
     }
@@ -220,6 +264,7 @@ pub struct EffectivePolicy {
     pub enforcement: EffectiveEnforcement,
     pub upstream: EffectiveUpstream,
     pub drain: EffectiveDrain,
+    pub rebalance: EffectiveRebalance,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -258,4 +303,13 @@ pub struct EffectiveDrain {
     pub timeout: GoDuration,
     pub goaway_ack_timeout: GoDuration,
     pub quiet_period: GoDuration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct EffectiveRebalance {
+    pub enabled: bool,
+    pub window: GoDuration,
+    pub max_percent: u32,
 }

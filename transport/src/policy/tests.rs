@@ -20,7 +20,7 @@ fn empty_document_is_all_defaults() {
     for text in [
         "server:\n",
         "server: ~\n",
-        "server: null\nenforcement: ~\nupstream: ~\ndrain: ~\n",
+        "server: null\nenforcement: ~\nupstream: ~\ndrain: ~\nrebalance: ~\n",
     ] {
         let (p, _) = Policy::load(text, Strictness::Permissive).unwrap();
         assert_eq!(p, Policy::default(), "{text}");
@@ -42,6 +42,10 @@ fn empty_document_is_all_defaults() {
     let d = Policy::default().drain_params();
     assert_eq!(d.delay, Duration::ZERO);
     assert_eq!(d.timeout, Duration::from_secs(30));
+    let r = Policy::default().rebalance_params();
+    assert!(!r.enabled, "rebalancing is opt-in");
+    assert_eq!(r.window, Duration::from_secs(30));
+    assert_eq!(r.max_percent, 50);
 }
 
 #[test]
@@ -64,6 +68,10 @@ drain:
   delay: 5s
   timeout: 45s
   goawayAckTimeout: 2s
+rebalance:
+  enabled: true
+  window: 2m
+  maxPercent: 25
 "#;
     let (p, warnings) = Policy::load(text, Strictness::Production).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -78,6 +86,10 @@ drain:
     assert_eq!(c.time, Some(Duration::from_secs(60)));
     assert!(c.permit_without_stream);
     assert_eq!(p.drain_params().delay, Duration::from_secs(5));
+    let r = p.rebalance_params();
+    assert!(r.enabled);
+    assert_eq!(r.window, Duration::from_secs(120));
+    assert_eq!(r.max_percent, 25);
 
     // Serialising and re-reading gives the same policy (JSON and YAML).
     let json = serde_json::to_string(&p).unwrap();
@@ -226,6 +238,75 @@ fn the_quiet_period_is_between_zero_and_a_minute() {
 }
 
 #[test]
+fn the_rebalance_window_is_positive_and_at_most_ten_minutes() {
+    let window = |text: &str| {
+        Policy::load(text, Strictness::Production).map(|(p, _)| p.rebalance_params().window)
+    };
+    assert_eq!(
+        window("rebalance: {enabled: true}").unwrap(),
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        window("rebalance: {enabled: true, window: 10m}").unwrap(),
+        Duration::from_secs(600)
+    );
+    assert_eq!(
+        window("rebalance: {enabled: true, window: 1ms}").unwrap(),
+        Duration::from_millis(1)
+    );
+    for (text, says) in [
+        ("rebalance: {window: 10m1s}", "at most 10m"),
+        ("rebalance: {window: 0s}", "greater than zero"),
+        ("rebalance: {window: -1s}", "negative"),
+    ] {
+        let e = window(text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("rebalance.window:") && e.contains(says),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn the_rebalance_share_is_a_percentage_from_one_to_a_hundred() {
+    let percent = |text: &str| {
+        Policy::load(text, Strictness::Production).map(|(p, _)| p.rebalance_params().max_percent)
+    };
+    assert_eq!(percent("rebalance: {enabled: true}").unwrap(), 50);
+    assert_eq!(
+        percent("rebalance: {enabled: true, maxPercent: 1}").unwrap(),
+        1
+    );
+    assert_eq!(
+        percent("rebalance: {enabled: true, maxPercent: 100}").unwrap(),
+        100
+    );
+    for text in ["rebalance: {maxPercent: 0}", "rebalance: {maxPercent: 101}"] {
+        assert_eq!(
+            field_errors(text, Strictness::Permissive),
+            ["rebalance.maxPercent"],
+            "{text}"
+        );
+    }
+    let e = percent("rebalance: {maxPercent: 0}")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "rebalance.maxPercent: must be between 1 and 100 (got 0)");
+    // Not a whole non-negative number: a parse error naming the field.
+    for text in [
+        "rebalance: {maxPercent: -5}",
+        "rebalance: {maxPercent: 12.5}",
+    ] {
+        let e = Policy::from_yaml(text).unwrap_err().to_string();
+        assert!(e.starts_with("rebalance.maxPercent:"), "{e}");
+    }
+    let e = Policy::from_yaml("rebalance: {enabled: yes please}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("rebalance.enabled:"), "{e}");
+}
+
+#[test]
 fn grpc_minimums_warn_in_files_and_fail_in_production() {
     let text = "server:\n  time: 100ms\nupstream:\n  time: 2s\n";
     let (_, warnings) = Policy::load(text, Strictness::Permissive).unwrap();
@@ -258,6 +339,14 @@ fn settings_without_effect_warn() {
     assert_eq!(w[0].field, "server.maxConnectionAgeGrace");
     let (_, w) = Policy::load("upstream:\n  timeout: 10s\n", Strictness::Production).unwrap();
     assert_eq!(w[0].field, "upstream.time");
+    let (_, w) = Policy::load("rebalance:\n  window: 1m\n", Strictness::Production).unwrap();
+    assert_eq!(w[0].field, "rebalance.enabled");
+    let (_, w) = Policy::load(
+        "rebalance:\n  enabled: true\n  window: 1m\n",
+        Strictness::Production,
+    )
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
 }
 
 #[test]
@@ -270,4 +359,7 @@ fn effective_policy_shows_defaults_and_infinity() {
     assert_eq!(v["enforcement"]["minTime"], "5m0s");
     assert_eq!(v["upstream"]["time"], "off");
     assert_eq!(v["drain"]["goawayAckTimeout"], "5s");
+    assert_eq!(v["rebalance"]["enabled"], false);
+    assert_eq!(v["rebalance"]["window"], "30s");
+    assert_eq!(v["rebalance"]["maxPercent"], 50);
 }

@@ -208,6 +208,32 @@ impl Policy {
                 format!("must be at most 1m (got {})", GoDuration::from(q)),
             );
         }
+        let r = &self.rebalance;
+        c.duration("rebalance.window", r.window, false);
+        if let Some(w) = r.window.and_then(GoDuration::to_std)
+            && w > super::resolve::MAX_REBALANCE_WINDOW
+        {
+            c.error(
+                "rebalance.window",
+                format!("must be at most 10m (got {})", GoDuration::from(w)),
+            );
+        }
+        if let Some(p) = r.max_percent
+            && !(1..=100).contains(&p)
+        {
+            c.error(
+                "rebalance.maxPercent",
+                format!("must be between 1 and 100 (got {p})"),
+            );
+        }
+        if r.enabled != Some(true) && (r.window.is_some() || r.max_percent.is_some()) {
+            c.warn(
+                "rebalance.enabled",
+                "rebalancing is off; rebalance.window and rebalance.maxPercent have no effect"
+                    .into(),
+            );
+        }
+
         let drain = self.drain_params();
         if c.errors.is_empty() && drain.goaway_ack_timeout >= drain.timeout {
             c.error(

@@ -75,6 +75,7 @@ fn a_view_starts_with_what_is_known() {
         View {
             policy: text("server: {}\n"),
             endpoints: None,
+            rebalance: None,
         },
         "no endpoints before the namespace is listed"
     );
@@ -91,6 +92,7 @@ fn a_view_starts_with_what_is_known() {
         View {
             policy: None,
             endpoints: standing(false, 0),
+            rebalance: None,
         }
     );
 }
@@ -326,4 +328,59 @@ async fn a_stream_whose_agent_stops_reading_ends_after_the_write_timeout() {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// `slice`, labelled as Service `service`'s.
+fn service_slice(service: &str, name: &str, pods: &[(&str, bool)]) -> EndpointSlice {
+    let mut s = slice(name, pods);
+    s.metadata.labels = Some(
+        [(
+            crate::channel::endpoints::SERVICE_NAME_LABEL.to_string(),
+            service.to_string(),
+        )]
+        .into(),
+    );
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scale_up_is_told_once_to_the_ready_pods_of_its_service_only() {
+    let hub = hub();
+    let (mut a, _ta) = stream(&hub, &pod("shop", "a", "grpc"));
+    let (mut other, _to) = stream(&hub, &pod("shop", "x", "grpc"));
+    hub.endpoints_listed(
+        "shop",
+        EndpointIndex::from_slices(&[
+            service_slice("api", "api-1", &[("a", true), ("b", true)]),
+            service_slice("admin", "admin-1", &[("x", true)]),
+        ]),
+    );
+    assert_eq!(a.next().await, endpoints(true, 1));
+    assert_eq!(other.next().await, endpoints(true, 1));
+    let counts = hub.services("shop").unwrap();
+    assert_eq!(
+        (counts["api"].ready, counts["admin"].ready),
+        (2, 1),
+        "{counts:?}"
+    );
+    let told = hub.rebalance("shop", "api", 1, 2);
+    assert_eq!(told, [(("shop".to_string(), "grpc".to_string()), 1)]);
+    assert_eq!(
+        a.next().await,
+        Message::Rebalance {
+            service: "api".into(),
+            from: 1,
+            to: 2
+        }
+    );
+    // Not the other Service's pod: its next line is a heartbeat.
+    let start = Instant::now();
+    assert_eq!(other.next().await, Message::Heartbeat);
+    assert_eq!(start.elapsed(), HEARTBEAT);
+    // A stream opened after (the agent reconnecting) is not told again.
+    let (mut again, _tg) = stream(&hub, &pod("shop", "a", "grpc"));
+    assert_eq!(again.next().await, endpoints(true, 1));
+    let start = Instant::now();
+    assert_eq!(again.next().await, Message::Heartbeat);
+    assert_eq!(start.elapsed(), HEARTBEAT);
 }

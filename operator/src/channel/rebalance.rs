@@ -1,0 +1,365 @@
+//! Scale-up rebalancing, the operator's half: telling a Service's grown
+//! ready set from a rollout, and telling the old pods' agents.
+//!
+//! gRPC clients keep their connections, so pods added by a scale-up get
+//! no traffic until connections happen to move. The operator sees the
+//! cause: a Service's ready endpoints grow from N to M. It then tells each
+//! pod that was ready before (`Message::Rebalance { from: N, to: M }`),
+//! and each agent whose policy enables it sends GOAWAY to about `1 - N/M`
+//! of its connections, spread over its window (the agent's `rebalance`
+//! module); the clients reconnect, and kube-proxy (or DNS) spreads the new
+//! connections over all M pods.
+//!
+//! What counts as a scale-up, per Service ([`Rebalancer`]):
+//!
+//! - growth is judged once the ready count has been still for [`SETTLE`]
+//!   (a scale-up's pods turn ready one by one: one rebalance for all of
+//!   them), or [`MAX_SETTLE`] after it started growing, whichever is first;
+//! - it is a scale-up only if then nothing of the Service is terminating:
+//!   a rollout replaces pods one for one (its surge pod is ready while an
+//!   old one terminates), and those connections move anyway when the old
+//!   pod drains;
+//! - the count the growth is measured from follows every fall at once
+//!   (a scale-down or a pod lost is no reason to move connections), and
+//!   a Service first seen is never rebalanced: its growth is unknown.
+//!
+//! The decision is pure (tested on the paused clock); the namespace's
+//! EndpointSlice watch ([`super::endpoints`]) feeds it and carries it out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use goaway_transport::Policy;
+use goaway_transport::policy::Strictness;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::endpoints::ServiceCount;
+use super::hub::{Hub, PolicyKey};
+use crate::crd::LastRebalance;
+use crate::{KeepalivePolicy, MANAGER};
+
+/// How long a grown ready count must stay still before it is acted on.
+pub const SETTLE: Duration = Duration::from_secs(3);
+/// The longest a growing count is waited for.
+pub const MAX_SETTLE: Duration = Duration::from_secs(20);
+
+/// A Service that grew: tell its old pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The Service.
+    pub service: String,
+    /// Its ready pods before the growth.
+    pub from: u32,
+    /// Its ready pods now.
+    pub to: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    /// The ready count growth is measured from.
+    baseline: u32,
+    /// Since when, and since when last, the count has been above it.
+    growing: Option<(Instant, Instant)>,
+    /// The ready count last seen.
+    last: u32,
+}
+
+/// One namespace's Services, as [`Rebalancer::observe`] last saw them.
+#[derive(Debug, Default)]
+pub struct Rebalancer {
+    services: HashMap<String, Tracked>,
+}
+
+impl Rebalancer {
+    /// The namespace's EndpointSlices changed (or were listed): `counts`
+    /// is every Service's count now.
+    pub fn observe(&mut self, now: Instant, counts: &HashMap<String, ServiceCount>) {
+        self.services
+            .retain(|service, _| counts.contains_key(service));
+        for (service, count) in counts {
+            let tracked = self.services.entry(service.clone()).or_insert(Tracked {
+                baseline: count.ready,
+                growing: None,
+                last: count.ready,
+            });
+            if count.ready <= tracked.baseline {
+                tracked.baseline = count.ready;
+                tracked.growing = None;
+            } else if count.ready != tracked.last {
+                let first = tracked.growing.map_or(now, |(first, _)| first);
+                tracked.growing = Some((first, now));
+            }
+            tracked.last = count.ready;
+        }
+    }
+
+    /// The decisions due at `now`, given the counts now; each Service's
+    /// baseline moves to its count.
+    pub fn due(&mut self, now: Instant, counts: &HashMap<String, ServiceCount>) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for (service, tracked) in &mut self.services {
+            let Some((first, last)) = tracked.growing else {
+                continue;
+            };
+            if now < (last + SETTLE).min(first + MAX_SETTLE) {
+                continue;
+            }
+            let count = counts.get(service).copied().unwrap_or_default();
+            if count.terminating == 0 && tracked.baseline > 0 && count.ready > tracked.baseline {
+                out.push(Decision {
+                    service: service.clone(),
+                    from: tracked.baseline,
+                    to: count.ready,
+                });
+            }
+            tracked.baseline = count.ready;
+            tracked.last = count.ready;
+            tracked.growing = None;
+        }
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
+    /// When [`Rebalancer::due`] next has something to judge.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .filter_map(|t| t.growing)
+            .map(|(first, last)| (last + SETTLE).min(first + MAX_SETTLE))
+            .min()
+    }
+}
+
+/// Records a scale-up the agents of a policy with `rebalance.enabled`
+/// were told of: an Event on the policy (`Rebalanced`) and its
+/// `status.lastRebalance`. Every replica with agents in the namespace
+/// judges the same growth; the Event's name is made of the policy, the
+/// Service, the counts and the minute, so the second replica's create is
+/// refused as a duplicate, and both write the same status. Failures are
+/// logged: the agents were told regardless.
+pub async fn publish(
+    client: Client,
+    hub: Arc<Hub>,
+    decision: Decision,
+    told: Vec<(PolicyKey, usize)>,
+    instance: String,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for ((ns, policy), agents) in told {
+        let enabled = hub.policy(&ns, &policy).is_some_and(|text| {
+            Policy::load(&text, Strictness::Permissive)
+                .is_ok_and(|(p, _)| p.rebalance.enabled == Some(true))
+        });
+        if !enabled {
+            continue;
+        }
+        let uid = hub.policy_uid(&ns, &policy);
+        let percent = 100 - 100 * decision.from / decision.to.max(1);
+        let note = format!(
+            "Service {} grew from {} to {} ready pods: {agents} agents told to move about {percent}% of their connections to the new pods",
+            decision.service, decision.from, decision.to
+        );
+        let name = format!(
+            "{policy}.rebalance.{}.{}-{}.{}",
+            decision.service,
+            decision.from,
+            decision.to,
+            now.as_second() / 60
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some("Rebalance".into()),
+            reason: Some("Rebalanced".into()),
+            type_: Some("Normal".into()),
+            note: Some(note.clone()),
+            reporting_controller: Some(MANAGER.into()),
+            reporting_instance: Some(instance.clone()),
+            regarding: Some(ObjectReference {
+                api_version: Some("goaway.dev/v1alpha1".into()),
+                kind: Some("KeepalivePolicy".into()),
+                name: Some(policy.clone()),
+                namespace: Some(ns.clone()),
+                uid,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match Api::<Event>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &event)
+            .await
+        {
+            Ok(_) => info!(namespace = ns, policy, %note, "rebalance recorded"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(error) => {
+                warn!(namespace = ns, policy, %error, "publishing the rebalance Event failed")
+            }
+        }
+        let status = serde_json::json!({
+            "apiVersion": "goaway.dev/v1alpha1",
+            "kind": "KeepalivePolicy",
+            "status": {"lastRebalance": LastRebalance {
+                service: decision.service.clone(),
+                from: decision.from,
+                to: decision.to,
+                agents: agents as u32,
+                time: now.to_string(),
+            }},
+        });
+        let params = PatchParams::apply(REBALANCE_MANAGER).force();
+        if let Err(error) = Api::<KeepalivePolicy>::namespaced(client.clone(), &ns)
+            .patch_status(&policy, &params, &Patch::Apply(status))
+            .await
+        {
+            warn!(namespace = ns, policy, %error, "writing status.lastRebalance failed");
+        }
+    }
+}
+
+/// The field manager of `status.lastRebalance` (the controller owns the
+/// rest of the status).
+pub const REBALANCE_MANAGER: &str = "goaway-operator-rebalance";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(services: &[(&str, u32, u32)]) -> HashMap<String, ServiceCount> {
+        services
+            .iter()
+            .map(|(s, ready, terminating)| {
+                (
+                    s.to_string(),
+                    ServiceCount {
+                        ready: *ready,
+                        terminating: *terminating,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn decision(service: &str, from: u32, to: u32) -> Decision {
+        Decision {
+            service: service.into(),
+            from,
+            to,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scale_up_is_one_decision_once_the_count_settles() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 3, 0)]));
+        assert_eq!(r.next_due(), None, "first sight is the baseline");
+        // 3 → 6, one pod at a time, a second apart.
+        for (i, ready) in [4, 5, 6].into_iter().enumerate() {
+            r.observe(
+                t0 + Duration::from_secs(i as u64),
+                &counts(&[("api", ready, 0)]),
+            );
+        }
+        let now = counts(&[("api", 6, 0)]);
+        assert_eq!(r.next_due(), Some(t0 + Duration::from_secs(2) + SETTLE));
+        assert!(r.due(t0 + Duration::from_secs(4), &now).is_empty());
+        assert_eq!(
+            r.due(t0 + Duration::from_secs(2) + SETTLE, &now),
+            [decision("api", 3, 6)]
+        );
+        // Judged once: the baseline is 6 now.
+        assert_eq!(r.next_due(), None);
+        assert!(r.due(t0 + Duration::from_secs(60), &now).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_is_no_scale_up() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 3, 0)]));
+        // The surge pod is ready, then an old one terminates: back to 3.
+        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
+        r.observe(t0 + Duration::from_millis(1100), &counts(&[("api", 3, 1)]));
+        assert_eq!(r.next_due(), None);
+        // An old pod slow to go: ready 4 while another terminates at the
+        // deadline — still a rollout.
+        r.observe(t0 + Duration::from_secs(5), &counts(&[("api", 4, 0)]));
+        let at = r.next_due().unwrap();
+        assert!(r.due(at, &counts(&[("api", 4, 1)])).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn falls_are_followed_at_once_and_growth_is_measured_from_them() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 4, 0)]));
+        r.observe(t0, &counts(&[("api", 2, 0)]));
+        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
+        let at = r.next_due().unwrap();
+        assert_eq!(
+            r.due(at, &counts(&[("api", 4, 0)])),
+            [decision("api", 2, 4)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growth_from_nothing_moves_nothing() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 0, 0)]));
+        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 3, 0)]));
+        let at = r.next_due().unwrap();
+        assert!(r.due(at, &counts(&[("api", 3, 0)])).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_count_still_growing_is_judged_at_the_longest_wait() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 2, 0)]));
+        let mut ready = 2;
+        let mut t = t0;
+        while t < t0 + MAX_SETTLE {
+            ready += 1;
+            t += Duration::from_secs(2);
+            r.observe(t, &counts(&[("api", ready, 0)]));
+        }
+        assert_eq!(r.next_due(), Some(t0 + Duration::from_secs(2) + MAX_SETTLE));
+        let at = r.next_due().unwrap();
+        assert_eq!(
+            r.due(at, &counts(&[("api", ready, 0)])),
+            [decision("api", 2, ready)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn services_are_judged_apart_and_forgotten_when_gone() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 2, 0), ("admin", 2, 0)]));
+        r.observe(
+            t0 + Duration::from_secs(1),
+            &counts(&[("api", 4, 0), ("admin", 2, 0)]),
+        );
+        let at = r.next_due().unwrap();
+        assert_eq!(
+            r.due(at, &counts(&[("api", 4, 0), ("admin", 2, 0)])),
+            [decision("api", 2, 4)]
+        );
+        r.observe(at, &counts(&[("api", 4, 0)]));
+        // admin comes back: first sight again, no decision.
+        r.observe(at, &counts(&[("api", 4, 0), ("admin", 5, 0)]));
+        assert_eq!(r.next_due(), None);
+    }
+}
