@@ -18,7 +18,13 @@
 //! Reviews are cached briefly ([`super::token_cache`]) and at most
 //! [`MAX_CONCURRENT_REVIEWS`] run at once, so a reconnect storm queues
 //! here instead of at the API server.
+//!
+//! Where there is no API server to ask (tests, the `control_fanout`
+//! benchmark), [`Authenticator::fixed`] accepts a fixed set of tokens,
+//! each for its pod, and refuses every other; the operator itself only
+//! ever builds [`Authenticator::new`].
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use goaway_transport::control::AUDIENCE;
@@ -109,7 +115,54 @@ impl Refusal {
 }
 
 /// Checks agents' tokens; see the module documentation.
-pub struct Authenticator {
+pub struct Authenticator(Check);
+
+/// How an [`Authenticator`] checks.
+// One per operator: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Check {
+    /// TokenReviews with the API server (the operator's only way).
+    Review(Reviewer),
+    /// Fixed tokens (tests, benchmarks): no API server, no cache, no
+    /// metrics.
+    Fixed(HashMap<String, PodIdentity>),
+}
+
+impl Authenticator {
+    /// Reviews with `client`; with `namespace`, only pods there are
+    /// accepted (`--watch-namespace`).
+    pub fn new(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) -> Self {
+        Authenticator(Check::Review(Reviewer {
+            client,
+            namespace,
+            cache: Mutex::new(TokenCache::new(DEFAULT_CACHE_ENTRIES)),
+            reviews: Semaphore::new(MAX_CONCURRENT_REVIEWS),
+            metrics,
+        }))
+    }
+
+    /// Accepts exactly `tokens`, each as its pod's, without an API server
+    /// (tests and benchmarks that run the channel without a cluster);
+    /// any other token is refused as [`Refusal::Unauthenticated`].
+    pub fn fixed(tokens: HashMap<String, PodIdentity>) -> Self {
+        Authenticator(Check::Fixed(tokens))
+    }
+
+    /// The pod `token` was issued for, if it is accepted.
+    pub async fn authenticate(&self, token: &str) -> Result<PodIdentity, Refusal> {
+        match &self.0 {
+            Check::Review(reviewer) => reviewer.authenticate(token).await,
+            Check::Fixed(tokens) => tokens
+                .get(token)
+                .cloned()
+                .ok_or_else(|| Refusal::Unauthenticated("not a known token".into())),
+        }
+    }
+}
+
+/// The TokenReview path, with its cache and its bound on reviews in
+/// flight.
+struct Reviewer {
     client: Client,
     namespace: Option<String>,
     cache: Mutex<TokenCache>,
@@ -117,26 +170,13 @@ pub struct Authenticator {
     metrics: Arc<Metrics>,
 }
 
-impl Authenticator {
-    /// Reviews with `client`; with `namespace`, only pods there are
-    /// accepted (`--watch-namespace`).
-    pub fn new(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) -> Self {
-        Authenticator {
-            client,
-            namespace,
-            cache: Mutex::new(TokenCache::new(DEFAULT_CACHE_ENTRIES)),
-            reviews: Semaphore::new(MAX_CONCURRENT_REVIEWS),
-            metrics,
-        }
-    }
-
+impl Reviewer {
     fn cached(&self, key: &[u8; 32]) -> Option<PodIdentity> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(key, Instant::now())
     }
 
-    /// The pod `token` was issued for, if it is accepted.
-    pub async fn authenticate(&self, token: &str) -> Result<PodIdentity, Refusal> {
+    async fn authenticate(&self, token: &str) -> Result<PodIdentity, Refusal> {
         let key = TokenCache::key(token);
         if let Some(pod) = self.cached(&key) {
             self.metrics.control_token_review("cached");
@@ -308,5 +348,20 @@ mod tests {
         assert!(matches!(refused(unbound), Refusal::NotAPod(_)));
         let no_status = TokenReviewStatus::default();
         assert_eq!(refused(no_status).status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_authenticator_knows_its_tokens_only() {
+        let pod = PodIdentity {
+            namespace: "shop".into(),
+            name: "api-1".into(),
+            uid: "pod-uid".into(),
+            policy: "grpc".into(),
+        };
+        let auth = Authenticator::fixed([("t-1".to_string(), pod.clone())].into());
+        assert_eq!(auth.authenticate("t-1").await, Ok(pod));
+        let refused = auth.authenticate("t-2").await.unwrap_err();
+        assert!(matches!(refused, Refusal::Unauthenticated(_)));
+        assert_eq!(refused.status(), 401);
     }
 }
