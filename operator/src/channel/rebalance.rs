@@ -12,16 +12,22 @@
 //!
 //! What counts as a scale-up, per Service ([`Rebalancer`]):
 //!
-//! - growth is judged once the ready count has been still for [`SETTLE`]
-//!   (a scale-up's pods turn ready one by one: one rebalance for all of
-//!   them), or [`MAX_SETTLE`] after it started growing, whichever is first;
-//! - it is a scale-up only if then nothing of the Service is terminating:
-//!   a rollout replaces pods one for one (its surge pod is ready while an
-//!   old one terminates), and those connections move anyway when the old
-//!   pod drains;
-//! - the count the growth is measured from follows every fall at once
-//!   (a scale-down or a pod lost is no reason to move connections), and
-//!   a Service first seen is never rebalanced: its growth is unknown.
+//! - growth is measured from the *baseline*: the last ready count that
+//!   stood still for [`SETTLE`] with nothing of the Service terminating;
+//!   a Service first seen starts there, and growth from zero moves
+//!   nothing;
+//! - a count above the baseline is judged once the counts have stood
+//!   still for [`SETTLE`] (a scale-up's pods turn ready one by one: one
+//!   rebalance for all of them), or [`MAX_SETTLE`] after it started
+//!   growing, whichever is first; a count below it the same way, and a
+//!   fall that stands becomes the baseline (a scale-down moves nothing);
+//! - while anything of the Service is terminating nothing is decided and
+//!   the baseline stays: a rollout replaces pods one for one, its ready
+//!   count dipping and recovering (or its surge pod ready while an old
+//!   one terminates), and those connections move anyway when the old pods
+//!   drain. A pod that was unready for a while without terminating (its
+//!   app crashed) lowers the baseline, and its return is a growth: it
+//!   lost its connections, and is as empty as a new pod.
 //!
 //! The decision is pure (tested on the paused clock); the namespace's
 //! EndpointSlice watch ([`super::endpoints`]) feeds it and carries it out.
@@ -63,12 +69,28 @@ pub struct Decision {
 
 #[derive(Clone, Copy, Debug)]
 struct Tracked {
-    /// The ready count growth is measured from.
+    /// The ready count growth is measured from: the last count that
+    /// stood still with nothing terminating.
     baseline: u32,
-    /// Since when, and since when last, the count has been above it.
-    growing: Option<(Instant, Instant)>,
-    /// The ready count last seen.
-    last: u32,
+    /// The count last seen, and since when.
+    count: ServiceCount,
+    changed_at: Instant,
+    /// Since when the ready count has been above the baseline.
+    growing_since: Option<Instant>,
+}
+
+impl Tracked {
+    /// When this Service is next judged: a growth once the count stood
+    /// still for [`SETTLE`] (at most [`MAX_SETTLE`] after it began), a
+    /// fall once it stood still for [`SETTLE`].
+    fn judge_at(&self) -> Option<Instant> {
+        let settled = self.changed_at + SETTLE;
+        match self.count.ready.cmp(&self.baseline) {
+            std::cmp::Ordering::Greater => Some(settled.min(self.growing_since? + MAX_SETTLE)),
+            std::cmp::Ordering::Less => Some(settled),
+            std::cmp::Ordering::Equal => None,
+        }
+    }
 }
 
 /// One namespace's Services, as [`Rebalancer::observe`] last saw them.
@@ -86,33 +108,38 @@ impl Rebalancer {
         for (service, count) in counts {
             let tracked = self.services.entry(service.clone()).or_insert(Tracked {
                 baseline: count.ready,
-                growing: None,
-                last: count.ready,
+                count: *count,
+                changed_at: now,
+                growing_since: None,
             });
-            if count.ready <= tracked.baseline {
-                tracked.baseline = count.ready;
-                tracked.growing = None;
-            } else if count.ready != tracked.last {
-                let first = tracked.growing.map_or(now, |(first, _)| first);
-                tracked.growing = Some((first, now));
+            if tracked.count != *count {
+                tracked.count = *count;
+                tracked.changed_at = now;
             }
-            tracked.last = count.ready;
+            if count.ready > tracked.baseline {
+                tracked.growing_since.get_or_insert(now);
+            } else {
+                tracked.growing_since = None;
+            }
         }
     }
 
-    /// The decisions due at `now`, given the counts now; each Service's
-    /// baseline moves to its count.
+    /// The decisions due at `now`, given the counts now. A Service judged
+    /// with something terminating is judged again later (a rollout, a
+    /// scale-down or a deletion is under way); otherwise its baseline
+    /// becomes its count, and a growth is a decision.
     pub fn due(&mut self, now: Instant, counts: &HashMap<String, ServiceCount>) -> Vec<Decision> {
         let mut out = Vec::new();
         for (service, tracked) in &mut self.services {
-            let Some((first, last)) = tracked.growing else {
-                continue;
-            };
-            if now < (last + SETTLE).min(first + MAX_SETTLE) {
+            if tracked.judge_at().is_none_or(|at| now < at) {
                 continue;
             }
             let count = counts.get(service).copied().unwrap_or_default();
-            if count.terminating == 0 && tracked.baseline > 0 && count.ready > tracked.baseline {
+            if count.terminating > 0 {
+                tracked.changed_at = now;
+                continue;
+            }
+            if tracked.baseline > 0 && count.ready > tracked.baseline {
                 out.push(Decision {
                     service: service.clone(),
                     from: tracked.baseline,
@@ -120,8 +147,8 @@ impl Rebalancer {
                 });
             }
             tracked.baseline = count.ready;
-            tracked.last = count.ready;
-            tracked.growing = None;
+            tracked.count = count;
+            tracked.growing_since = None;
         }
         out.sort_by(|a, b| a.service.cmp(&b.service));
         out
@@ -129,11 +156,7 @@ impl Rebalancer {
 
     /// When [`Rebalancer::due`] next has something to judge.
     pub fn next_due(&self) -> Option<Instant> {
-        self.services
-            .values()
-            .filter_map(|t| t.growing)
-            .map(|(first, last)| (last + SETTLE).min(first + MAX_SETTLE))
-            .min()
+        self.services.values().filter_map(Tracked::judge_at).min()
     }
 }
 
@@ -300,17 +323,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn falls_are_followed_at_once_and_growth_is_measured_from_them() {
+    async fn a_fall_that_stands_is_the_new_baseline() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
         r.observe(t0, &counts(&[("api", 4, 0)]));
-        r.observe(t0, &counts(&[("api", 2, 0)]));
-        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
+        // Scaled down: two terminate, then their endpoints go.
+        r.observe(t0, &counts(&[("api", 2, 2)]));
+        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 2, 0)]));
+        let at = r.next_due().unwrap();
+        assert_eq!(at, t0 + Duration::from_secs(1) + SETTLE);
+        assert!(r.due(at, &counts(&[("api", 2, 0)])).is_empty());
+        assert_eq!(r.next_due(), None);
+        r.observe(at + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
         let at = r.next_due().unwrap();
         assert_eq!(
             r.due(at, &counts(&[("api", 4, 0)])),
             [decision("api", 2, 4)]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_dipping_and_recovering_is_no_scale_up() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 6, 0)]));
+        // For 30 s pods are replaced one by one: one fewer ready while an
+        // old one terminates, back to six when its endpoint goes.
+        let mut t = t0;
+        for _ in 0..10 {
+            t += Duration::from_secs(1);
+            r.observe(t, &counts(&[("api", 5, 1)]));
+            t += Duration::from_secs(2);
+            r.observe(t, &counts(&[("api", 6, 0)]));
+            if let Some(at) = r.next_due().filter(|at| *at <= t) {
+                assert!(r.due(at, &counts(&[("api", 6, 0)])).is_empty());
+            }
+        }
+        // Judged while still terminating: later again, not lowered.
+        r.observe(t, &counts(&[("api", 5, 1)]));
+        let at = r.next_due().unwrap();
+        assert!(r.due(at, &counts(&[("api", 5, 1)])).is_empty());
+        r.observe(at, &counts(&[("api", 6, 0)]));
+        assert_eq!(r.next_due(), None, "back at the baseline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_dip_without_termination_moves_nothing() {
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 3, 0)]));
+        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 2, 0)]));
+        r.observe(t0 + Duration::from_secs(2), &counts(&[("api", 3, 0)]));
+        assert_eq!(r.next_due(), None);
     }
 
     #[tokio::test(start_paused = true)]
