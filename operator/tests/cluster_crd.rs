@@ -351,6 +351,8 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
                            {"type": "Bypassed", "status": "True", "reason": "ServicesBypassAgent",
                             "message": "api-headless", "lastTransitionTime": "2026-01-01T00:00:00Z",
                             "observedGeneration": 1}],
+            "lastRebalance": {"service": "api", "from": 3, "to": 6, "agents": 3,
+                              "time": "2026-01-01T00:00:00Z"},
         }})),
     )
     .await
@@ -375,6 +377,7 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
             "INJECTED",
             "READY",
             "BYPASSED",
+            "REBALANCED",
             "AGE"
         ],
         "{table}"
@@ -400,6 +403,8 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
         ],
         "{table}"
     );
+    // Both date columns have a value: when it last rebalanced, its age.
+    assert_eq!(row.len(), 11, "{table}");
 
     let explain = ok("kubectl explain", kubectl(&["explain", "kap.spec.server"]));
     for text in [
