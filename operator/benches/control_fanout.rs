@@ -658,7 +658,8 @@ async fn agent(
             Message::Policy { .. } => POLICY_LINE,
             Message::Endpoints { ready: true, .. } => READY_LINE,
             Message::Endpoints { ready: false, .. } => UNREADY_LINE,
-            Message::Heartbeat => continue,
+            // Not measured here: no scale-up is simulated.
+            Message::Heartbeat | Message::Rebalance { .. } => continue,
         };
         // The latest read is recorded before counting: the client whose
         // count completes a round sees every read of that round in it.

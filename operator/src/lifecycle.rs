@@ -88,6 +88,28 @@ pub async fn os_signal() {
     }
 }
 
+/// The next connection on `listener`, or `Err` with what `signalled`
+/// completes with once the operator is stopping (the accept loops of the
+/// webhook and the control channel). An accept error (descriptors
+/// exhausted) is logged and retried after 50 ms.
+pub async fn accept_until<R>(
+    listener: &tokio::net::TcpListener,
+    signalled: &mut std::pin::Pin<&mut impl std::future::Future<Output = R>>,
+) -> Result<(tokio::net::TcpStream, std::net::SocketAddr), R> {
+    loop {
+        tokio::select! {
+            release = signalled.as_mut() => return Err(release),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Ok(a),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

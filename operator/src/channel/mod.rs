@@ -45,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, info};
 
 use self::auth::Authenticator;
 use self::hub::Hub;
@@ -149,16 +149,9 @@ pub async fn serve(
     info!(addr = ?listener.local_addr().ok(), max_connections = config.max_connections, "control channel listening");
     let mut signalled = pin!(shutdown.clone().signaled());
     let release = loop {
-        let (tcp, peer) = tokio::select! {
-            release = &mut signalled => break release,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (tcp, peer) = match crate::lifecycle::accept_until(&listener, &mut signalled).await {
+            Ok(accepted) => accepted,
+            Err(release) => break release,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             ctx.metrics.control_refused("capacity");

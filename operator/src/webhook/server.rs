@@ -116,16 +116,9 @@ pub async fn serve(
     info!(addr = ?listener.local_addr().ok(), max_connections = config.max_connections, "webhook listening");
     let mut signalled = pin!(shutdown.signaled());
     let release = loop {
-        let (tcp, peer) = tokio::select! {
-            release = &mut signalled => break release,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (tcp, peer) = match crate::lifecycle::accept_until(&listener, &mut signalled).await {
+            Ok(accepted) => accepted,
+            Err(release) => break release,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             ctx.metrics.webhook_connection_refused();
