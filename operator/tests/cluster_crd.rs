@@ -351,7 +351,7 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
                            {"type": "Bypassed", "status": "True", "reason": "ServicesBypassAgent",
                             "message": "api-headless", "lastTransitionTime": "2026-01-01T00:00:00Z",
                             "observedGeneration": 1}],
-            "lastRebalance": {"service": "api", "from": 3, "to": 6, "agents": 3,
+            "lastRebalance": {"service": "api", "from": 3, "to": 6,
                               "time": "2026-01-01T00:00:00Z"},
         }})),
     )

@@ -175,7 +175,9 @@ pub async fn publish(
     instance: String,
 ) {
     let now = k8s_openapi::jiff::Timestamp::now();
-    for ((ns, policy), agents) in told {
+    // Each replica tells the agents streaming from it; the counts of
+    // `told` are this replica's, so none is recorded as the whole.
+    for ((ns, policy), _) in told {
         let enabled = hub.policy(&ns, &policy).is_some_and(|text| {
             Policy::load(&text, Strictness::Permissive)
                 .is_ok_and(|(p, _)| p.rebalance.enabled == Some(true))
@@ -186,7 +188,7 @@ pub async fn publish(
         let uid = hub.policy_uid(&ns, &policy);
         let percent = 100 - 100 * decision.from / decision.to.max(1);
         let note = format!(
-            "Service {} grew from {} to {} ready pods: {agents} agents told to move about {percent}% of their connections to the new pods",
+            "Service {} grew from {} to {} ready pods: the old pods' agents were told to move about {percent}% of their connections to the new pods",
             decision.service, decision.from, decision.to
         );
         let name = format!(
@@ -236,7 +238,6 @@ pub async fn publish(
                 service: decision.service.clone(),
                 from: decision.from,
                 to: decision.to,
-                agents: agents as u32,
                 time: now.to_string(),
             }},
         });

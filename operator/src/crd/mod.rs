@@ -240,8 +240,6 @@ pub struct LastRebalance {
     pub from: u32,
     /// Its ready pods after.
     pub to: u32,
-    /// How many of this policy's agents were told.
-    pub agents: u32,
     /// When (RFC 3339).
     pub time: String,
 }
