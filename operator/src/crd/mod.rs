@@ -230,9 +230,10 @@ pub struct KeepalivePolicyStatus {
     pub last_rebalance: Option<LastRebalance>,
 }
 
-/// A scale-up the agents rebalanced after.
+/// A scale-up the agents rebalanced after. Every field defaults, so a
+/// status written by another version of the operator still reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct LastRebalance {
     /// The Service whose ready endpoints grew.
     pub service: String,
