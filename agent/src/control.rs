@@ -8,7 +8,10 @@
 //!
 //! The channel is optional and never in the way: without it, or while it
 //! is down, the policy comes from the mounted file alone and a drain waits
-//! its whole `drain.delay`. The agent dials the operator's Service over
+//! its whole `drain.delay`. While it is up and has sent the policy, it is
+//! the source: the file (the kubelet's copy of the same policy, up to a
+//! refresh period behind) is not applied, so a late refresh cannot put an
+//! older version back. The agent dials the operator's Service over
 //! TLS (the operator's CA is in the policy ConfigMap, `ca.crt`), upgrades
 //! an HTTP/1.1 request to the stream with its projected service-account
 //! token, and reads one message per line; it reconnects with backoff (1s,
@@ -130,6 +133,7 @@ pub async fn run(config: ControlConfig, agent: Arc<Agent>, endpoints: watch::Sen
         let result = session(&config, &agent, &endpoints, deadline).await;
         agent.control_connected.store(false, Relaxed);
         endpoints.send_replace(Endpoints::Unknown);
+        agent.policy.operator_gone();
         match result {
             Ok(()) => {}
             Err(e) => tracing::warn!(

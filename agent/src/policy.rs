@@ -94,6 +94,11 @@ pub struct PolicyStore {
     current: ArcSwap<Policy>,
     changes: watch::Sender<Arc<Policy>>,
     status: Mutex<SourceStatus>,
+    /// True while a control channel session has delivered the policy: the
+    /// operator is then the source, and file changes (the kubelet's copy
+    /// of the same policy, up to a refresh period behind) are not applied
+    /// — a late refresh would put an older version back.
+    operator_source: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyStore {
@@ -103,6 +108,7 @@ impl PolicyStore {
         Arc::new(PolicyStore {
             current: ArcSwap::new(initial.clone()),
             changes: watch::Sender::new(initial),
+            operator_source: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(SourceStatus {
                 file,
                 from: "file",
@@ -140,6 +146,19 @@ impl PolicyStore {
         s.last_error = None;
     }
 
+    /// The control channel's session ended: the file is the source again
+    /// (the file watcher applies it at its next look, changed or not).
+    pub fn operator_gone(&self) {
+        self.operator_source
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the operator's channel is the source now.
+    pub fn operator_is_source(&self) -> bool {
+        self.operator_source
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Applies a policy the operator sent over its control channel, loaded
     /// and validated as the file is; a bad one is rejected the same way
     /// (logged, the last good policy kept). The file — the same text once
@@ -153,6 +172,8 @@ impl PolicyStore {
                 for w in warnings {
                     tracing::warn!(field = %w.field, message = %w.message, "policy warning");
                 }
+                self.operator_source
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let changed = *self.current() != policy;
                 if changed {
                     tracing::info!("policy from the operator applied");
@@ -198,11 +219,23 @@ pub async fn watch_file(
     let mut seen = key(&std::fs::read_to_string(&path));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether the operator was the source at the last look.
+    let mut operator = false;
     loop {
         tick.tick().await;
         let now = std::fs::read_to_string(&path);
         let now_key = key(&now);
-        if now_key == seen {
+        let was_operator = std::mem::replace(&mut operator, store.operator_is_source());
+        if operator {
+            // The operator's word is at least as new as the kubelet's copy.
+            if now_key != seen {
+                tracing::debug!(file = %path.display(), "policy file changed; the operator's channel is the source");
+            }
+            seen = now_key;
+            continue;
+        }
+        // The channel just went away: the file is the source again, as is.
+        if now_key == seen && !was_operator {
             continue;
         }
         seen = now_key;
@@ -335,5 +368,37 @@ mod tests {
         assert_eq!(max_age(&store), None, "all defaults now");
         assert_eq!(store.status().last_error, None);
         assert_eq!(results.0.load(Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_operator_is_the_source_a_late_file_cannot_put_an_older_policy_back() {
+        let file = File::new("operator", "server: {maxConnectionAge: 30m}\n");
+        let (store, _) = watch(&file);
+        tokio::time::sleep(POLL).await;
+        // The operator's edits: 10m, then 3m.
+        store
+            .apply_from_operator("server: {maxConnectionAge: 10m}\n")
+            .unwrap();
+        store
+            .apply_from_operator("server: {maxConnectionAge: 3m}\n")
+            .unwrap();
+        assert_eq!(store.status().from, "operator");
+        // The kubelet's refresh of the first edit arrives late.
+        file.write("server: {maxConnectionAge: 10m}\n");
+        tokio::time::sleep(POLL * 3).await;
+        assert_eq!(
+            max_age(&store).as_deref(),
+            Some("3m0s"),
+            "the newer policy stays"
+        );
+        // The channel goes away: the file is the source again, as it is.
+        store.operator_gone();
+        tokio::time::sleep(POLL + Duration::from_millis(1)).await;
+        assert_eq!(max_age(&store).as_deref(), Some("10m0s"));
+        assert_eq!(store.status().from, "file");
+        // And its changes apply again.
+        file.write("server: {maxConnectionAge: 3m}\n");
+        tokio::time::sleep(POLL + Duration::from_millis(1)).await;
+        assert_eq!(max_age(&store).as_deref(), Some("3m0s"));
     }
 }
