@@ -21,11 +21,13 @@
 //!   rebalance for all of them), or [`MAX_SETTLE`] after it started
 //!   growing, whichever is first; a count below it the same way, and a
 //!   fall that stands becomes the baseline (a scale-down moves nothing);
-//! - while anything of the Service is terminating nothing is decided and
-//!   the baseline stays: a rollout replaces pods one for one, its ready
-//!   count dipping and recovering (or its surge pod ready while an old
-//!   one terminates), and those connections move anyway when the old pods
-//!   drain. A pod that was unready for a while without terminating (its
+//! - while anything of the Service is terminating, and for
+//!   [`AFTER_TERMINATION`] after the last endpoint that was, nothing is
+//!   decided and the baseline stays: a rollout replaces pods one for one,
+//!   its ready count dipping and recovering (or its surge pod ready while
+//!   an old one terminates), and those connections move anyway when the
+//!   old pods drain. A scale-up that follows a termination closely is
+//!   judged that much later, against the count before it. A pod that was unready for a while without terminating (its
 //!   app crashed) lowers the baseline, and its return is a growth: it
 //!   lost its connections, and is as empty as a new pod.
 //!
@@ -55,6 +57,11 @@ use crate::{KeepalivePolicy, MANAGER};
 pub const SETTLE: Duration = Duration::from_secs(3);
 /// The longest a growing count is waited for.
 pub const MAX_SETTLE: Duration = Duration::from_secs(20);
+/// How long after the last terminating endpoint nothing is judged: a
+/// rollout terminates a pod every few seconds, and between one old pod's
+/// endpoint going and the next new pod's turning ready its count stands
+/// one short with nothing terminating.
+pub const AFTER_TERMINATION: Duration = Duration::from_secs(30);
 
 /// A Service that grew: tell its old pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +84,8 @@ struct Tracked {
     changed_at: Instant,
     /// Since when the ready count has been above the baseline.
     growing_since: Option<Instant>,
+    /// When an endpoint of the Service was last seen terminating.
+    terminated_at: Option<Instant>,
 }
 
 impl Tracked {
@@ -85,11 +94,15 @@ impl Tracked {
     /// fall once it stood still for [`SETTLE`].
     fn judge_at(&self) -> Option<Instant> {
         let settled = self.changed_at + SETTLE;
-        match self.count.ready.cmp(&self.baseline) {
-            std::cmp::Ordering::Greater => Some(settled.min(self.growing_since? + MAX_SETTLE)),
-            std::cmp::Ordering::Less => Some(settled),
-            std::cmp::Ordering::Equal => None,
-        }
+        let at = match self.count.ready.cmp(&self.baseline) {
+            std::cmp::Ordering::Greater => settled.min(self.growing_since? + MAX_SETTLE),
+            std::cmp::Ordering::Less => settled,
+            std::cmp::Ordering::Equal => return None,
+        };
+        Some(match self.terminated_at {
+            Some(t) => at.max(t + AFTER_TERMINATION),
+            None => at,
+        })
     }
 }
 
@@ -111,7 +124,11 @@ impl Rebalancer {
                 count: *count,
                 changed_at: now,
                 growing_since: None,
+                terminated_at: None,
             });
+            if count.terminating > 0 {
+                tracked.terminated_at = Some(now);
+            }
             if tracked.count != *count {
                 tracked.count = *count;
                 tracked.changed_at = now;
@@ -136,7 +153,7 @@ impl Rebalancer {
             }
             let count = counts.get(service).copied().unwrap_or_default();
             if count.terminating > 0 {
-                tracked.changed_at = now;
+                tracked.terminated_at = Some(now);
                 continue;
             }
             if tracked.baseline > 0 && count.ready > tracked.baseline {
@@ -332,7 +349,11 @@ mod tests {
         r.observe(t0, &counts(&[("api", 2, 2)]));
         r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 2, 0)]));
         let at = r.next_due().unwrap();
-        assert_eq!(at, t0 + Duration::from_secs(1) + SETTLE);
+        assert_eq!(
+            at,
+            t0 + AFTER_TERMINATION,
+            "judged once terminations are long over"
+        );
         assert!(r.due(at, &counts(&[("api", 2, 0)])).is_empty());
         assert_eq!(r.next_due(), None);
         r.observe(at + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
@@ -348,18 +369,23 @@ mod tests {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
         r.observe(t0, &counts(&[("api", 6, 0)]));
-        // For 30 s pods are replaced one by one: one fewer ready while an
-        // old one terminates, back to six when its endpoint goes.
+        // For a minute pods are replaced one by one: one fewer ready while
+        // an old one terminates, still one fewer for 4 s once its endpoint
+        // is gone and before the new pod turns ready, then six again.
         let mut t = t0;
-        for _ in 0..10 {
+        for _ in 0..8 {
             t += Duration::from_secs(1);
             r.observe(t, &counts(&[("api", 5, 1)]));
             t += Duration::from_secs(2);
+            r.observe(t, &counts(&[("api", 5, 0)]));
+            t += Duration::from_secs(4);
+            assert!(
+                r.next_due().is_none_or(|at| at > t),
+                "a dip during a rollout is judged"
+            );
             r.observe(t, &counts(&[("api", 6, 0)]));
-            if let Some(at) = r.next_due().filter(|at| *at <= t) {
-                assert!(r.due(at, &counts(&[("api", 6, 0)])).is_empty());
-            }
         }
+        assert_eq!(r.next_due(), None);
         // Judged while still terminating: later again, not lowered.
         r.observe(t, &counts(&[("api", 5, 1)]));
         let at = r.next_due().unwrap();
