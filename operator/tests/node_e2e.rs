@@ -18,7 +18,11 @@
 //!   side;
 //! - the operator stopped: the agents wait the whole fixed delay, nothing
 //!   fails;
-//! - a rollout of 6 replicas;
+//! - scale-up rebalancing: a fleet of 24 pick_first channels on 3 pods,
+//!   the app scaled to 6 with `rebalance` on and off — the share of the
+//!   fleet's calls the new pods serve, `status.lastRebalance` and the
+//!   `Rebalanced` Event, no failed call;
+//! - a rollout of 6 replicas (one for one: no rebalance);
 //! - a policy edit reaching running agents through the operator's channel
 //!   (timed from the API write to each agent's log line), whose
 //!   `maxConnectionAge` moves a pick_first client across pods, with zero
@@ -568,6 +572,85 @@ fn note_evidence_against_delay(env: &mut Env, evidence: &[Rollout], fixed: &Roll
     ));
 }
 
+/// The fleet client's last tally line, once it has one.
+fn fleet_tally(env: &Env) -> Option<Tally> {
+    let out = kubectl(&["-n", &env.ns, "logs", "client-fleet", "--tail", "1"]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v: Value = serde_json::from_str(&line).ok()?;
+    Some(Tally::from(&v))
+}
+
+/// Scales the app to `replicas` and waits for exactly that many pods,
+/// all Ready.
+fn scale_to(env: &mut Env, replicas: usize) {
+    env.k(&[
+        "scale",
+        "deployment/echo",
+        "--replicas",
+        &replicas.to_string(),
+    ]);
+    env.replicas = replicas;
+    wait("the app scaled", Duration::from_secs(180), || {
+        let pods = env.app_pods();
+        (pods.len() == replicas && pods.values().all(|(ready, deleting)| *ready && !*deleting))
+            .then_some(())
+    });
+}
+
+/// Scales the app from 3 to 6 and follows the share of the fleet's calls
+/// the 3 new pods serve, every 2 s for 30 s after all 6 are Ready; returns
+/// the share over the last 10 s. No call of any client may fail
+/// meanwhile.
+fn scale_up(env: &mut Env, label: &str) -> f64 {
+    env.settle();
+    let old: BTreeSet<String> = env.app_pods().into_keys().collect();
+    let before = env.tallies();
+    let fleet_before = fleet_tally(env).expect("the fleet's tally");
+    let start = Instant::now();
+    scale_to(env, 6);
+    let ready = start.elapsed();
+    let on_new = |from: &Tally, to: &Tally| {
+        let (mut new, mut all) = (0, 0);
+        for (server, n) in &to.servers {
+            let d = n - from.servers.get(server).copied().unwrap_or(0);
+            all += d;
+            if !old.contains(server) {
+                new += d;
+            }
+        }
+        new as f64 / all.max(1) as f64
+    };
+    let mut samples = vec![fleet_tally(env).expect("the fleet's tally")];
+    let mut timeline = vec![];
+    for i in 1..=15 {
+        thread::sleep(Duration::from_secs(2));
+        samples.push(fleet_tally(env).expect("the fleet's tally"));
+        timeline.push(format!(
+            "{}s {:.0}%",
+            2 * i,
+            100.0 * on_new(&samples[i - 1], &samples[i])
+        ));
+    }
+    let (from, to) = (&samples[10], &samples[15]);
+    let share = on_new(from, to);
+    let after = env.tallies();
+    let (made, failed, details) = delta(&before, &after);
+    env.note(format!(
+        "{label}: 6 Ready after {:.1}s; the new pods' share of the fleet's calls, per 2 s after that: {}; over the last 10 s {:.0}% (even: 50%); {} fleet calls failed, {made} other calls, {failed} failed",
+        ready.as_secs_f64(),
+        timeline.join(", "),
+        100.0 * share,
+        to.failed - fleet_before.failed,
+    ));
+    assert_eq!(failed, 0, "{label}: calls failed: {details:?}");
+    assert_eq!(
+        to.failed, fleet_before.failed,
+        "{label}: the fleet's calls failed: {:?}",
+        to.details
+    );
+    share
+}
+
 /// Seconds from `from` (a kubelet log timestamp) to `to`.
 fn seconds_between(from: Timestamp, to: SystemTime) -> f64 {
     let to = Timestamp::try_from(to).expect("a time after 1970");
@@ -895,21 +978,83 @@ fn scenario(env: &mut Env, values: &str) {
         false,
     );
 
-    // Six replicas: twice the drains in one rollout, still nothing fails.
-    env.k(&["scale", "deployment/echo", "--replicas", "6"]);
-    env.replicas = 6;
-    env.wait_replaced(&BTreeSet::new());
+    // Scale-up rebalancing. A fleet of 24 pick_first channels is spread
+    // over the 3 pods; with `rebalance` on, scaling to 6 has the old pods'
+    // agents send GOAWAY to about half their connections over 5 s, and
+    // the fleet's calls reach the new pods. Then a rollout of the 6
+    // replicas (one for one: no rebalance), and the same scale-up with
+    // rebalancing off, for comparison.
+    env.patch_policy(r#"{"spec":{"rebalance":{"enabled":true,"window":"5s"}}}"#);
+    env.apply(&fixture("fleet.yaml"));
+    wait("the fleet calling", Duration::from_secs(120), || {
+        fleet_tally(env).filter(|t| t.ok > 100)
+    });
+    // The operator judges no growth until the last rollout's terminations
+    // are that long over.
+    thread::sleep(goaway_operator::channel::rebalance::AFTER_TERMINATION);
+    let with = scale_up(env, "scale-up 3 → 6 with rebalancing");
+    let status = env.json(&["get", "kap", "echo"])["status"]["lastRebalance"].clone();
+    assert_eq!(
+        (status["from"].as_u64(), status["to"].as_u64()),
+        (Some(3), Some(6)),
+        "status.lastRebalance after the scale-up: {status}"
+    );
+    let events = env.k(&[
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "reason=Rebalanced",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !events.trim().is_empty(),
+        "no Rebalanced Event on the policy"
+    );
+    env.note(format!("kubectl get kap echo: lastRebalance {status}"));
+
+    // Six replicas: twice the drains in one rollout, still nothing fails;
+    // a one-for-one replacement is no scale-up.
+    let fleet_before = fleet_tally(env).expect("the fleet's tally");
     let six = rollout(env, "goaway rollout of 6 replicas", true);
     assert_eq!(
         six.failed, 0,
         "calls failed during the rollout of 6 replicas"
     );
     assert_eq!(six.drains.len(), 6);
-    env.k(&["scale", "deployment/echo", "--replicas", "3"]);
-    env.replicas = 3;
-    wait("3 replicas again", Duration::from_secs(120), || {
-        (env.app_pods().len() == 3).then_some(())
-    });
+    let fleet_after = fleet_tally(env).expect("the fleet's tally");
+    assert_eq!(
+        fleet_after.failed, fleet_before.failed,
+        "the fleet's calls failed during the rollout: {:?}",
+        fleet_after.details
+    );
+    thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        env.json(&["get", "kap", "echo"])["status"]["lastRebalance"],
+        status,
+        "the rollout was taken for a scale-up"
+    );
+
+    env.patch_policy(r#"{"spec":{"rebalance":null}}"#);
+    scale_to(env, 3);
+    let without = scale_up(env, "scale-up 3 → 6 without rebalancing");
+    // What peers offer instead: every connection cycled by age.
+    env.patch_policy(r#"{"spec":{"server":{"maxConnectionAge":"10s"}}}"#);
+    scale_to(env, 3);
+    let by_age = scale_up(env, "scale-up 3 → 6, maxConnectionAge 10s instead");
+    env.patch_policy(r#"{"spec":{"server":{"maxConnectionAge":null}}}"#);
+    env.note(format!(
+        "scale-up rebalancing: the new pods served {:.0}% of the fleet's calls with it, {:.0}% without, {:.0}% with maxConnectionAge 10s (24 connections; an even spread is 50%)",
+        100.0 * with,
+        100.0 * without,
+        100.0 * by_age
+    ));
+    assert!(
+        with > without,
+        "rebalancing moved nothing: {with:.2} of the calls on the new pods with it, {without:.2} without"
+    );
+    scale_to(env, 3);
+    env.k(&["delete", "pod", "client-fleet", "--wait=false"]);
 
     // A policy edit reaches the running agents; maxConnectionAge then
     // moves the pick_first client across pods, failing nothing.
@@ -950,13 +1095,20 @@ fn scenario(env: &mut Env, values: &str) {
     for follow in follows {
         let pod = follow.pod.clone();
         let lines = follow.lines_so_far();
-        let at = time_of(&lines, "policy from the operator applied").unwrap_or_else(|| {
-            panic!(
-                "{pod}'s agent did not get the edit from the operator:\n{}",
-                lines.join("\n")
-            )
-        });
-        let at: Timestamp = at.parse().expect("an RFC 3339 timestamp");
+        // The first such line after the write (earlier edits have theirs).
+        let since = Timestamp::try_from(written).expect("a time after 1970");
+        let at: Timestamp = lines
+            .iter()
+            .map(|l| split(l))
+            .filter(|(_, text)| text.contains("policy from the operator applied"))
+            .filter_map(|(t, _)| t.parse::<Timestamp>().ok())
+            .find(|t| *t >= since)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{pod}'s agent did not get the edit from the operator:\n{}",
+                    lines.join("\n")
+                )
+            });
         applied.push(-seconds_between(at, written));
     }
     let slowest = applied.iter().copied().fold(f64::NAN, f64::max);
