@@ -293,13 +293,22 @@ pub async fn watch_namespace(
                 if listing.is_none()
                     && let Some(counts) = hub.services(&namespace)
                 {
-                    rebalancer.observe(Instant::now(), &counts);
+                    rebalancer.observe(Instant::now(), &counts, &|service| {
+                        hub.ready_pods(&namespace, service)
+                    });
                 }
             }
             () = sleep_until_some(judge_at) => {
                 let counts = hub.services(&namespace).unwrap_or_default();
-                for decision in rebalancer.due(Instant::now(), &counts) {
-                    let told = hub.rebalance(&namespace, &decision.service, decision.from, decision.to);
+                let ready = |service: &str| hub.ready_pods(&namespace, service);
+                for decision in rebalancer.due(Instant::now(), &counts, &ready) {
+                    let told = hub.rebalance(
+                        &namespace,
+                        &decision.service,
+                        decision.from,
+                        decision.to,
+                        &decision.old,
+                    );
                     info!(
                         namespace,
                         service = decision.service,

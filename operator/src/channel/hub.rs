@@ -320,17 +320,30 @@ impl Hub {
         Some(state.namespaces.get(namespace)?.index.as_ref()?.services())
     }
 
-    /// Tells the subscribed pods ready in `service` before it grew from
-    /// `from` to `to` (all but the `to - from` that turned ready last are
-    /// not known apart here: every pod ready now is told, and a new pod's
-    /// agent has few connections to move). Returns the policies of the
-    /// pods told, with how many of each.
+    /// The pods ready in `service` now (their uids, sorted); empty before
+    /// the namespace is listed.
+    pub fn ready_pods(&self, namespace: &str, service: &str) -> Vec<String> {
+        let state = self.lock();
+        state
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.index.as_ref())
+            .map(|index| index.ready_in(service))
+            .unwrap_or_default()
+    }
+
+    /// Tells the subscribed pods of `old` (the pods ready in `service`
+    /// before it grew from `from` to `to`) that are still ready in it. A
+    /// new pod is not told: its agent would send on the very reconnects
+    /// the rebalance is for. Returns the policies of the pods told, with
+    /// how many of each.
     pub fn rebalance(
         &self,
         namespace: &str,
         service: &str,
         from: u32,
         to: u32,
+        old: &[String],
     ) -> Vec<(PolicyKey, usize)> {
         let mut state = self.lock();
         let state = &mut *state;
@@ -350,6 +363,9 @@ impl Hub {
         };
         let mut policies: HashMap<PolicyKey, usize> = HashMap::new();
         for uid in index.ready_in(service) {
+            if old.binary_search(&uid).is_err() {
+                continue;
+            }
             if let Some(subscriber) = state.pods.get(&uid) {
                 subscriber
                     .view

@@ -4,7 +4,9 @@
 //! gRPC clients keep their connections, so pods added by a scale-up get
 //! no traffic until connections happen to move. The operator sees the
 //! cause: a Service's ready endpoints grow from N to M. It then tells each
-//! pod that was ready before (`Message::Rebalance { from: N, to: M }`),
+//! pod of the baseline — ready before the growth, and still
+//! (`Message::Rebalance { from: N, to: M }`); a new pod is not told, as
+//! its agent would send on the reconnects the rebalance is for,
 //! and each agent whose policy enables it sends GOAWAY to about `1 - N/M`
 //! of its connections, spread over its window (the agent's `rebalance`
 //! module); the clients reconnect, and kube-proxy (or DNS) spreads the new
@@ -72,13 +74,21 @@ pub struct Decision {
     pub from: u32,
     /// Its ready pods now.
     pub to: u32,
+    /// The pods of the baseline (uids, sorted): the ones to tell, if
+    /// still ready.
+    pub old: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// The pods ready in a Service now (uids, sorted).
+pub type ReadyPods<'a> = &'a dyn Fn(&str) -> Vec<String>;
+
+#[derive(Clone, Debug)]
 struct Tracked {
     /// The ready count growth is measured from: the last count that
     /// stood still with nothing terminating.
     baseline: u32,
+    /// The pods ready when the baseline was taken.
+    old: Vec<String>,
     /// The count last seen, and since when.
     count: ServiceCount,
     changed_at: Instant,
@@ -114,18 +124,27 @@ pub struct Rebalancer {
 
 impl Rebalancer {
     /// The namespace's EndpointSlices changed (or were listed): `counts`
-    /// is every Service's count now.
-    pub fn observe(&mut self, now: Instant, counts: &HashMap<String, ServiceCount>) {
+    /// is every Service's count now, `ready` its pods.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        counts: &HashMap<String, ServiceCount>,
+        ready: ReadyPods,
+    ) {
         self.services
             .retain(|service, _| counts.contains_key(service));
         for (service, count) in counts {
-            let tracked = self.services.entry(service.clone()).or_insert(Tracked {
-                baseline: count.ready,
-                count: *count,
-                changed_at: now,
-                growing_since: None,
-                terminated_at: None,
-            });
+            let tracked = self
+                .services
+                .entry(service.clone())
+                .or_insert_with(|| Tracked {
+                    baseline: count.ready,
+                    old: ready(service),
+                    count: *count,
+                    changed_at: now,
+                    growing_since: None,
+                    terminated_at: None,
+                });
             if count.terminating > 0 {
                 tracked.terminated_at = Some(now);
             }
@@ -144,8 +163,14 @@ impl Rebalancer {
     /// The decisions due at `now`, given the counts now. A Service judged
     /// with something terminating is judged again later (a rollout, a
     /// scale-down or a deletion is under way); otherwise its baseline
-    /// becomes its count, and a growth is a decision.
-    pub fn due(&mut self, now: Instant, counts: &HashMap<String, ServiceCount>) -> Vec<Decision> {
+    /// becomes its count (and `ready` its pods), and a growth is a
+    /// decision.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        counts: &HashMap<String, ServiceCount>,
+        ready: ReadyPods,
+    ) -> Vec<Decision> {
         let mut out = Vec::new();
         for (service, tracked) in &mut self.services {
             if tracked.judge_at().is_none_or(|at| now < at) {
@@ -156,11 +181,13 @@ impl Rebalancer {
                 tracked.terminated_at = Some(now);
                 continue;
             }
+            let old = std::mem::replace(&mut tracked.old, ready(service));
             if tracked.baseline > 0 && count.ready > tracked.baseline {
                 out.push(Decision {
                     service: service.clone(),
                     from: tracked.baseline,
                     to: count.ready,
+                    old,
                 });
             }
             tracked.baseline = count.ready;
@@ -296,70 +323,103 @@ mod tests {
             service: service.into(),
             from,
             to,
+            old: vec![],
         }
+    }
+
+    /// Tests of counts alone: no pod known.
+    fn no_pods(_: &str) -> Vec<String> {
+        vec![]
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_scale_up_is_one_decision_once_the_count_settles() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 3, 0)]));
+        r.observe(t0, &counts(&[("api", 3, 0)]), &no_pods);
         assert_eq!(r.next_due(), None, "first sight is the baseline");
         // 3 → 6, one pod at a time, a second apart.
         for (i, ready) in [4, 5, 6].into_iter().enumerate() {
             r.observe(
                 t0 + Duration::from_secs(i as u64),
                 &counts(&[("api", ready, 0)]),
+                &no_pods,
             );
         }
         let now = counts(&[("api", 6, 0)]);
         assert_eq!(r.next_due(), Some(t0 + Duration::from_secs(2) + SETTLE));
-        assert!(r.due(t0 + Duration::from_secs(4), &now).is_empty());
+        assert!(
+            r.due(t0 + Duration::from_secs(4), &now, &no_pods)
+                .is_empty()
+        );
         assert_eq!(
-            r.due(t0 + Duration::from_secs(2) + SETTLE, &now),
+            r.due(t0 + Duration::from_secs(2) + SETTLE, &now, &no_pods),
             [decision("api", 3, 6)]
         );
         // Judged once: the baseline is 6 now.
         assert_eq!(r.next_due(), None);
-        assert!(r.due(t0 + Duration::from_secs(60), &now).is_empty());
+        assert!(
+            r.due(t0 + Duration::from_secs(60), &now, &no_pods)
+                .is_empty()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_rollout_is_no_scale_up() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 3, 0)]));
+        r.observe(t0, &counts(&[("api", 3, 0)]), &no_pods);
         // The surge pod is ready, then an old one terminates: back to 3.
-        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
-        r.observe(t0 + Duration::from_millis(1100), &counts(&[("api", 3, 1)]));
+        r.observe(
+            t0 + Duration::from_secs(1),
+            &counts(&[("api", 4, 0)]),
+            &no_pods,
+        );
+        r.observe(
+            t0 + Duration::from_millis(1100),
+            &counts(&[("api", 3, 1)]),
+            &no_pods,
+        );
         assert_eq!(r.next_due(), None);
         // An old pod slow to go: ready 4 while another terminates at the
         // deadline — still a rollout.
-        r.observe(t0 + Duration::from_secs(5), &counts(&[("api", 4, 0)]));
+        r.observe(
+            t0 + Duration::from_secs(5),
+            &counts(&[("api", 4, 0)]),
+            &no_pods,
+        );
         let at = r.next_due().unwrap();
-        assert!(r.due(at, &counts(&[("api", 4, 1)])).is_empty());
+        assert!(r.due(at, &counts(&[("api", 4, 1)]), &no_pods).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_fall_that_stands_is_the_new_baseline() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 4, 0)]));
+        r.observe(t0, &counts(&[("api", 4, 0)]), &no_pods);
         // Scaled down: two terminate, then their endpoints go.
-        r.observe(t0, &counts(&[("api", 2, 2)]));
-        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 2, 0)]));
+        r.observe(t0, &counts(&[("api", 2, 2)]), &no_pods);
+        r.observe(
+            t0 + Duration::from_secs(1),
+            &counts(&[("api", 2, 0)]),
+            &no_pods,
+        );
         let at = r.next_due().unwrap();
         assert_eq!(
             at,
             t0 + AFTER_TERMINATION,
             "judged once terminations are long over"
         );
-        assert!(r.due(at, &counts(&[("api", 2, 0)])).is_empty());
+        assert!(r.due(at, &counts(&[("api", 2, 0)]), &no_pods).is_empty());
         assert_eq!(r.next_due(), None);
-        r.observe(at + Duration::from_secs(1), &counts(&[("api", 4, 0)]));
+        r.observe(
+            at + Duration::from_secs(1),
+            &counts(&[("api", 4, 0)]),
+            &no_pods,
+        );
         let at = r.next_due().unwrap();
         assert_eq!(
-            r.due(at, &counts(&[("api", 4, 0)])),
+            r.due(at, &counts(&[("api", 4, 0)]), &no_pods),
             [decision("api", 2, 4)]
         );
     }
@@ -368,29 +428,29 @@ mod tests {
     async fn a_rollout_dipping_and_recovering_is_no_scale_up() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 6, 0)]));
+        r.observe(t0, &counts(&[("api", 6, 0)]), &no_pods);
         // For a minute pods are replaced one by one: one fewer ready while
         // an old one terminates, still one fewer for 4 s once its endpoint
         // is gone and before the new pod turns ready, then six again.
         let mut t = t0;
         for _ in 0..8 {
             t += Duration::from_secs(1);
-            r.observe(t, &counts(&[("api", 5, 1)]));
+            r.observe(t, &counts(&[("api", 5, 1)]), &no_pods);
             t += Duration::from_secs(2);
-            r.observe(t, &counts(&[("api", 5, 0)]));
+            r.observe(t, &counts(&[("api", 5, 0)]), &no_pods);
             t += Duration::from_secs(4);
             assert!(
                 r.next_due().is_none_or(|at| at > t),
                 "a dip during a rollout is judged"
             );
-            r.observe(t, &counts(&[("api", 6, 0)]));
+            r.observe(t, &counts(&[("api", 6, 0)]), &no_pods);
         }
         assert_eq!(r.next_due(), None);
         // Judged while still terminating: later again, not lowered.
-        r.observe(t, &counts(&[("api", 5, 1)]));
+        r.observe(t, &counts(&[("api", 5, 1)]), &no_pods);
         let at = r.next_due().unwrap();
-        assert!(r.due(at, &counts(&[("api", 5, 1)])).is_empty());
-        r.observe(at, &counts(&[("api", 6, 0)]));
+        assert!(r.due(at, &counts(&[("api", 5, 1)]), &no_pods).is_empty());
+        r.observe(at, &counts(&[("api", 6, 0)]), &no_pods);
         assert_eq!(r.next_due(), None, "back at the baseline");
     }
 
@@ -398,9 +458,17 @@ mod tests {
     async fn a_short_dip_without_termination_moves_nothing() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 3, 0)]));
-        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 2, 0)]));
-        r.observe(t0 + Duration::from_secs(2), &counts(&[("api", 3, 0)]));
+        r.observe(t0, &counts(&[("api", 3, 0)]), &no_pods);
+        r.observe(
+            t0 + Duration::from_secs(1),
+            &counts(&[("api", 2, 0)]),
+            &no_pods,
+        );
+        r.observe(
+            t0 + Duration::from_secs(2),
+            &counts(&[("api", 3, 0)]),
+            &no_pods,
+        );
         assert_eq!(r.next_due(), None);
     }
 
@@ -408,28 +476,32 @@ mod tests {
     async fn growth_from_nothing_moves_nothing() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 0, 0)]));
-        r.observe(t0 + Duration::from_secs(1), &counts(&[("api", 3, 0)]));
+        r.observe(t0, &counts(&[("api", 0, 0)]), &no_pods);
+        r.observe(
+            t0 + Duration::from_secs(1),
+            &counts(&[("api", 3, 0)]),
+            &no_pods,
+        );
         let at = r.next_due().unwrap();
-        assert!(r.due(at, &counts(&[("api", 3, 0)])).is_empty());
+        assert!(r.due(at, &counts(&[("api", 3, 0)]), &no_pods).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_count_still_growing_is_judged_at_the_longest_wait() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 2, 0)]));
+        r.observe(t0, &counts(&[("api", 2, 0)]), &no_pods);
         let mut ready = 2;
         let mut t = t0;
         while t < t0 + MAX_SETTLE {
             ready += 1;
             t += Duration::from_secs(2);
-            r.observe(t, &counts(&[("api", ready, 0)]));
+            r.observe(t, &counts(&[("api", ready, 0)]), &no_pods);
         }
         assert_eq!(r.next_due(), Some(t0 + Duration::from_secs(2) + MAX_SETTLE));
         let at = r.next_due().unwrap();
         assert_eq!(
-            r.due(at, &counts(&[("api", ready, 0)])),
+            r.due(at, &counts(&[("api", ready, 0)]), &no_pods),
             [decision("api", 2, ready)]
         );
     }
@@ -438,19 +510,53 @@ mod tests {
     async fn services_are_judged_apart_and_forgotten_when_gone() {
         let mut r = Rebalancer::default();
         let t0 = Instant::now();
-        r.observe(t0, &counts(&[("api", 2, 0), ("admin", 2, 0)]));
+        r.observe(t0, &counts(&[("api", 2, 0), ("admin", 2, 0)]), &no_pods);
         r.observe(
             t0 + Duration::from_secs(1),
             &counts(&[("api", 4, 0), ("admin", 2, 0)]),
+            &no_pods,
         );
         let at = r.next_due().unwrap();
         assert_eq!(
-            r.due(at, &counts(&[("api", 4, 0), ("admin", 2, 0)])),
+            r.due(at, &counts(&[("api", 4, 0), ("admin", 2, 0)]), &no_pods),
             [decision("api", 2, 4)]
         );
-        r.observe(at, &counts(&[("api", 4, 0)]));
+        r.observe(at, &counts(&[("api", 4, 0)]), &no_pods);
         // admin comes back: first sight again, no decision.
-        r.observe(at, &counts(&[("api", 4, 0), ("admin", 5, 0)]));
+        r.observe(at, &counts(&[("api", 4, 0), ("admin", 5, 0)]), &no_pods);
         assert_eq!(r.next_due(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pods_told_are_those_of_the_baseline() {
+        use std::cell::RefCell;
+        let pods = RefCell::new(vec!["a".to_string(), "b".to_string()]);
+        let ready = |_: &str| pods.borrow().clone();
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 2, 0)]), &ready);
+        pods.borrow_mut().extend(["c".to_string(), "d".to_string()]);
+        r.observe(
+            t0 + Duration::from_secs(1),
+            &counts(&[("api", 4, 0)]),
+            &ready,
+        );
+        let at = r.next_due().unwrap();
+        let decisions = r.due(at, &counts(&[("api", 4, 0)]), &ready);
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].old, ["a", "b"], "the first sight's pods");
+        // The next growth is told to all four, not to the one it adds.
+        pods.borrow_mut().push("e".to_string());
+        r.observe(
+            at + Duration::from_secs(1),
+            &counts(&[("api", 5, 0)]),
+            &ready,
+        );
+        let at = r.next_due().unwrap();
+        let decisions = r.due(at, &counts(&[("api", 5, 0)]), &ready);
+        assert_eq!(
+            (decisions[0].from, decisions[0].to, &decisions[0].old[..]),
+            (4, 5, &["a", "b", "c", "d"].map(String::from)[..])
+        );
     }
 }

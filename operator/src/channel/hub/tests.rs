@@ -363,7 +363,10 @@ async fn a_scale_up_is_told_once_to_the_ready_pods_of_its_service_only() {
         (2, 1),
         "{counts:?}"
     );
-    let told = hub.rebalance("shop", "api", 1, 2);
+    // b turned ready in the growth: it is not told.
+    let (mut b, _tb) = stream(&hub, &pod("shop", "b", "grpc"));
+    assert_eq!(b.next().await, endpoints(true, 1));
+    let told = hub.rebalance("shop", "api", 1, 2, &["uid-a".to_string()]);
     assert_eq!(told, [(("shop".to_string(), "grpc".to_string()), 1)]);
     assert_eq!(
         a.next().await,
@@ -373,10 +376,12 @@ async fn a_scale_up_is_told_once_to_the_ready_pods_of_its_service_only() {
             to: 2
         }
     );
-    // Not the other Service's pod: its next line is a heartbeat.
+    // Not the other Service's pod, nor the new one: their next line is a
+    // heartbeat.
     let start = Instant::now();
     assert_eq!(other.next().await, Message::Heartbeat);
     assert_eq!(start.elapsed(), HEARTBEAT);
+    assert_eq!(b.next().await, Message::Heartbeat);
     // A stream opened after (the agent reconnecting) is not told again.
     let (mut again, _tg) = stream(&hub, &pod("shop", "a", "grpc"));
     assert_eq!(again.next().await, endpoints(true, 1));
