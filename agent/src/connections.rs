@@ -97,17 +97,18 @@ impl ConnectionTable {
         self.lock().values().map(|e| e.handle.clone()).collect()
     }
 
-    /// The connections open and not draining, oldest first: the
-    /// candidates of a rebalance ([`crate::rebalance`]).
-    pub fn open_oldest_first(&self) -> Vec<ConnectionHandle> {
-        let mut open: Vec<(u64, ConnectionHandle)> = self
+    /// The connections open and not draining, oldest first, with their
+    /// clients' addresses: the candidates of a rebalance
+    /// ([`crate::rebalance`]).
+    pub fn open_oldest_first(&self) -> Vec<(SocketAddr, ConnectionHandle)> {
+        let mut open: Vec<(u64, SocketAddr, ConnectionHandle)> = self
             .lock()
             .iter()
             .filter(|(_, e)| e.handle.stats().state == goaway_transport::ConnState::Open)
-            .map(|(&id, e)| (id, e.handle.clone()))
+            .map(|(&id, e)| (id, e.peer, e.handle.clone()))
             .collect();
-        open.sort_by_key(|&(id, _)| id);
-        open.into_iter().map(|(_, h)| h).collect()
+        open.sort_by_key(|&(id, ..)| id);
+        open.into_iter().map(|(_, peer, h)| (peer, h)).collect()
     }
 
     /// A view of every open connection, oldest first.

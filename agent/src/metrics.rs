@@ -43,6 +43,8 @@ pub struct Metrics {
     pub rebalances: Counter,
     /// Client connections sent GOAWAY by rebalancing.
     pub rebalance_goaways: Counter,
+    /// Connections accepted during a rebalance and sent on at once.
+    pub rebalance_bounces: Counter,
 }
 
 /// Labels of `goaway_passthrough_connections_total`.
@@ -118,6 +120,12 @@ impl Metrics {
             "Client connections sent GOAWAY by scale-up rebalancing",
             rebalance_goaways.clone(),
         );
+        let rebalance_bounces = Counter::default();
+        registry.register(
+            "goaway_rebalance_bounces",
+            "Client connections accepted while rebalancing and sent on at once (GOAWAY rebalance) so that the client is placed again",
+            rebalance_bounces.clone(),
+        );
         registry.register_collector(Box::new(TransportCollector {
             counters,
             upstreams,
@@ -134,6 +142,7 @@ impl Metrics {
             drains_expired,
             rebalances,
             rebalance_goaways,
+            rebalance_bounces,
         }
     }
 

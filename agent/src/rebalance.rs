@@ -26,6 +26,25 @@
 //!   `rebalance.window`, so neither the new pods nor DNS see a reconnect
 //!   storm.
 //!
+//! A reconnect is placed by kube-proxy (or the client's own balancer) on
+//! any ready pod, this one included: one GOAWAY moves a client to a new
+//! pod with probability `1 - from/to` only. So from the plan until
+//! [`BOUNCE_TAIL`] after its window, connections this agent accepts are
+//! *sent on*: each gets the same graceful GOAWAY at once (the streams the
+//! client opened on it are still served), and the client dials again, and
+//! is placed again. A move then ends on a new pod. Sending on is bounded
+//! per plan by [`bounce_budget`], twice the arrivals expected back here if
+//! every old pod moves its share, so a client that can reach no new pod
+//! (a node whose kube-proxy has not caught up) dials a few times more,
+//! not forever. The operator tells the old pods only: a new pod sends
+//! nothing on. Nor is a client sent on from the address of a connection
+//! this rebalance sent away: a client that dials pod IPs (a headless
+//! Service's, through redirect interception) comes back to the same pod
+//! whatever happens, and its balancer has other pods to call meanwhile
+//! (it re-resolves the name on the GOAWAY and learns the new ones). The
+//! cost is a ClusterIP client placed back on the very pod it left, a
+//! chance of one in `to`.
+//!
 //! A second message while GOAWAYs are still pending re-plans from the
 //! state then: the pending ones are cancelled and counted as still wanted
 //! (they are still the oldest connections), the new share is applied to
@@ -39,10 +58,13 @@
 //! and one task per plan sleeps until each GOAWAY is due.
 
 use goaway_transport::policy::RebalanceParams;
+use goaway_transport::server::ConnectionHandle;
 use goaway_transport::{ConnState, GoAwayReason};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -81,6 +103,28 @@ pub struct Plan {
     pub expected: f64,
 }
 
+/// How long after a plan's window connections accepted are still sent
+/// on: a client reconnects on its GOAWAY, at once under load, or at its
+/// next call.
+pub const BOUNCE_TAIL: Duration = Duration::from_secs(5);
+
+/// How many accepted connections one plan may send on: twice the number
+/// expected here. If each of the `from` old pods sends `expected`
+/// connections away and every dial picks one of the `to` pods uniformly,
+/// a dial lands on an old pod with probability `from/to`, so a moved
+/// client lands on old pods `from/(to - from)` times on average before it
+/// reaches a new one: `expected·from/(to - from)` arrivals per old pod. At
+/// most the `n` connections the pod had (a small step such as 9 → 10
+/// would otherwise send one client on many times). Zero for no scale-up.
+pub fn bounce_budget(request: &Request, expected: f64, n: usize) -> usize {
+    if request.share().is_none() {
+        return 0;
+    }
+    let (from, to) = (f64::from(request.from), f64::from(request.to));
+    let budget = (2.0 * expected * from / (to - from)).ceil();
+    (budget as usize).min(n)
+}
+
 /// `expected` rounded down, plus one with probability its fractional part
 /// (`random` uniform in [0, 1)), within `0..=n`.
 pub fn stochastic_round(expected: f64, n: usize, random: f64) -> usize {
@@ -98,6 +142,11 @@ struct State {
     sent: VecDeque<Instant>,
     /// The plan whose GOAWAYs are still to go.
     pending: Option<Pending>,
+    /// Connections accepted are sent on until then, this many more.
+    bounce: Option<(Instant, usize)>,
+    /// The addresses of the clients sent away while `bounce` is set: not
+    /// sent on.
+    sent_to: HashSet<IpAddr>,
 }
 
 struct Pending {
@@ -115,6 +164,9 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 #[derive(Default)]
 pub struct Rebalancer {
     state: Arc<Mutex<State>>,
+    /// Whether `state.bounce` may be set: the accept path reads only this
+    /// while no rebalance is under way.
+    bouncing: AtomicBool,
 }
 
 impl Rebalancer {
@@ -169,6 +221,14 @@ impl Rebalancer {
             chosen,
             expected,
         };
+        // Arrivals are sent on even when this pod sends none away itself:
+        // the other old pods' clients land here too.
+        let budget = bounce_budget(request, expected, n);
+        if state.bounce.is_none_or(|(until, _)| until <= now) {
+            state.sent_to.clear();
+        }
+        state.bounce = (budget > 0).then_some((now + params.window + BOUNCE_TAIL, budget));
+        self.bouncing.store(budget > 0, Relaxed);
         if chosen == 0 {
             return Some(plan);
         }
@@ -197,12 +257,53 @@ impl Rebalancer {
         Some(plan)
     }
 
-    /// Cancels the GOAWAYs still pending; how many there were.
+    /// Cancels the GOAWAYs still pending, and the sending on of new
+    /// connections; how many GOAWAYs were pending.
     pub fn cancel(&self) -> usize {
-        lock(&self.state).pending.take().map_or(0, |p| {
+        let mut state = lock(&self.state);
+        state.bounce = None;
+        state.sent_to.clear();
+        self.bouncing.store(false, Relaxed);
+        state.pending.take().map_or(0, |p| {
             p.task.abort();
             p.left.load(Relaxed)
         })
+    }
+
+    /// A connection from `client` was sent away: its reconnects here are
+    /// not sent on.
+    pub fn sent_away(&self, client: IpAddr) {
+        let mut state = lock(&self.state);
+        if state.bounce.is_some() {
+            state.sent_to.insert(client);
+        }
+    }
+
+    /// Whether a connection just accepted from `client` is to be sent on
+    /// (see the module): within a plan's window and tail, while its
+    /// budget lasts, unless a connection from `client` was sent away. One
+    /// atomic load when no rebalance is under way.
+    pub fn bounce(&self, client: IpAddr) -> bool {
+        if !self.bouncing.load(Relaxed) {
+            return false;
+        }
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        match &mut state.bounce {
+            Some((until, left)) if *left > 0 && Instant::now() < *until => {
+                if state.sent_to.contains(&client) {
+                    return false;
+                }
+                *left -= 1;
+                true
+            }
+            _ => {
+                state.bounce = None;
+                state.sent_to.clear();
+                self.bouncing.store(false, Relaxed);
+                false
+            }
+        }
     }
 
     /// GOAWAYs of the plan in force not yet due.
@@ -237,7 +338,7 @@ impl Agent {
         }
         let candidates = self.connections.open_oldest_first();
         let agent = Arc::downgrade(self);
-        let send = move |connection: &goaway_transport::server::ConnectionHandle| {
+        let send = move |(client, connection): &(SocketAddr, ConnectionHandle)| {
             let Some(agent) = agent.upgrade() else {
                 return false;
             };
@@ -250,6 +351,7 @@ impl Agent {
             // The close an age GOAWAY gets, under the policy now.
             let grace = agent.policy.current().server_params().max_age_grace;
             connection.drain(GoAwayReason::Rebalance, grace.map(|g| Instant::now() + g));
+            agent.rebalancer.sent_away(client.ip());
             agent.metrics.rebalance_goaways.inc();
             true
         };
@@ -267,8 +369,24 @@ impl Agent {
             connections = plan.connections,
             chosen = plan.chosen,
             window = ?params.window,
+            send_on = bounce_budget(request, plan.expected, plan.connections),
             "rebalancing: GOAWAY to the oldest connections over the window"
         );
+    }
+
+    /// A connection just accepted: sent on at once (its GOAWAY, reason
+    /// `rebalance`) while a rebalance wants its clients placed again (see
+    /// the module).
+    pub fn bounce_if_rebalancing(&self, client: SocketAddr, connection: &ConnectionHandle) {
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire)
+            || !self.rebalancer.bounce(client.ip())
+        {
+            return;
+        }
+        let grace = self.policy.current().server_params().max_age_grace;
+        connection.drain(GoAwayReason::Rebalance, grace.map(|g| Instant::now() + g));
+        self.metrics.rebalance_bounces.inc();
+        tracing::debug!("rebalancing: a new connection sent on to be placed again");
     }
 
     /// Cancels pending rebalance GOAWAYs (a drain is starting).
@@ -289,6 +407,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A client's address in the tests.
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
 
     /// A connection in the tests: its age rank (0 the oldest).
     type Conn = usize;
@@ -671,5 +792,136 @@ mod tests {
             )
             .unwrap();
         assert_eq!(plan.expected, 1.5);
+    }
+
+    #[test]
+    fn the_send_on_budget_is_twice_the_arrivals_expected_back() {
+        // 2 → 4: a dial lands on an old pod half the time; a moved client
+        // comes back to the old pods once on average: 3 sent, 3 back.
+        assert_eq!(bounce_budget(&request(2, 4), 3.0, 6), 6);
+        // 3 → 6 the same; 1 → 4: a third of a dial per move.
+        assert_eq!(bounce_budget(&request(3, 6), 5.0, 10), 10);
+        assert_eq!(bounce_budget(&request(1, 4), 7.5, 10), 5);
+        // 9 → 10: nine dials back per move, capped at what the pod had.
+        assert_eq!(bounce_budget(&request(9, 10), 1.0, 10), 10);
+        // Half a connection expected (stochastic rounding): one.
+        assert_eq!(bounce_budget(&request(1, 2), 0.5, 1), 1);
+        assert_eq!(bounce_budget(&request(2, 4), 0.0, 0), 0);
+        assert_eq!(bounce_budget(&request(4, 2), 3.0, 6), 0, "no scale-up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn arrivals_are_sent_on_within_the_window_and_tail_while_the_budget_lasts() {
+        let r = Rebalancer::default();
+        assert!(!r.bounce(CLIENT), "no rebalance, nothing sent on");
+        // 4 connections, 2 → 4: two away, a budget of four.
+        r.plan(
+            &request(2, 4),
+            params(10, 100),
+            (0..4).collect::<Vec<Conn>>(),
+            |_: &Conn| true,
+            &mut seeded(5),
+        )
+        .unwrap();
+        assert!(r.bounce(CLIENT) && r.bounce(CLIENT) && r.bounce(CLIENT) && r.bounce(CLIENT));
+        assert!(!r.bounce(CLIENT), "the budget is spent");
+
+        // Another plan: its budget, until the window and the tail are over.
+        r.plan(
+            &request(2, 4),
+            params(10, 100),
+            (0..4).collect::<Vec<Conn>>(),
+            |_: &Conn| true,
+            &mut seeded(6),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(10) + BOUNCE_TAIL - Duration::from_millis(1)).await;
+        assert!(r.bounce(CLIENT), "still in the tail");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!r.bounce(CLIENT), "the tail is over");
+        assert!(!r.bounce(CLIENT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_sends_none_away_still_sends_arrivals_on() {
+        let r = Rebalancer::default();
+        // One connection, 1 → 2, and a draw that keeps it.
+        let plan = r
+            .plan(
+                &request(1, 2),
+                params(10, 100),
+                vec![0],
+                |_: &Conn| panic!("sent"),
+                &mut script(&[0.9]),
+            )
+            .unwrap();
+        assert_eq!(plan.chosen, 0);
+        assert!(r.bounce(CLIENT));
+        assert!(!r.bounce(CLIENT), "a budget of one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_stops_the_sending_on() {
+        let r = Rebalancer::default();
+        r.plan(
+            &request(2, 4),
+            params(10, 100),
+            (0..8).collect::<Vec<Conn>>(),
+            |_: &Conn| true,
+            &mut seeded(8),
+        )
+        .unwrap();
+        assert!(r.bounce(CLIENT));
+        r.cancel();
+        assert!(
+            !r.bounce(CLIENT),
+            "a drain sends its own GOAWAY to everything"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_sent_away_is_not_sent_on_when_it_comes_back() {
+        let r = Rebalancer::default();
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+        r.sent_away(CLIENT);
+        r.plan(
+            &request(2, 4),
+            params(10, 100),
+            (0..4).collect::<Vec<Conn>>(),
+            |_: &Conn| true,
+            &mut seeded(5),
+        )
+        .unwrap();
+        assert!(
+            r.bounce(CLIENT),
+            "sent away before the plan: not this one's"
+        );
+        r.sent_away(CLIENT);
+        // It dials pod IPs: it comes back here, and stays.
+        assert!(!r.bounce(CLIENT));
+        assert!(!r.bounce(CLIENT));
+        // The budget was not spent on it: three more for others.
+        assert!(r.bounce(other) && r.bounce(other) && r.bounce(other));
+        assert!(!r.bounce(other));
+        // Within a replan it is remembered; after a cancel it is not.
+        r.plan(
+            &request(4, 8),
+            params(10, 100),
+            (0..4).collect::<Vec<Conn>>(),
+            |_: &Conn| true,
+            &mut seeded(6),
+        )
+        .unwrap();
+        assert!(!r.bounce(CLIENT));
+        r.cancel();
+        r.plan(
+            &request(2, 4),
+            params(10, 100),
+            (0..4).collect::<Vec<Conn>>(),
+            |_: &Conn| true,
+            &mut seeded(7),
+        )
+        .unwrap();
+        assert!(r.bounce(CLIENT));
     }
 }

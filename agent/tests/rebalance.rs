@@ -82,7 +82,14 @@ fn tls(dir: &Scratch) -> Result<(tokio_rustls::TlsAcceptor, std::path::PathBuf)>
 /// An idle HTTP/2 client connection to `agent`; the task ends when the
 /// agent closes it.
 async fn idle_client(agent: &Agent) -> Result<JoinHandle<()>> {
-    let tcp = TcpStream::connect(agent.listen).await?;
+    idle_client_from(agent, [127, 0, 0, 1]).await
+}
+
+/// The same from another loopback address: another client's.
+async fn idle_client_from(agent: &Agent, ip: [u8; 4]) -> Result<JoinHandle<()>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(ip), 0).into())?;
+    let tcp: TcpStream = socket.connect(agent.listen).await?;
     let (send, connection) = h2::client::handshake(tcp).await?;
     Ok(tokio::spawn(async move {
         let _ = connection.await;
@@ -170,8 +177,44 @@ fn a_scale_up_sends_the_oldest_connections_away_within_the_window() -> Result<()
         (&"api".into(), &1.into(), &2.into(), &4.into(), &2.into()),
         "{line}"
     );
+    // Within the window and its tail, another client that connects here
+    // is sent on at once, four times (twice the one move per old pod that
+    // lands back on an old pod, 1 → 2, two moved); the fifth stays. The
+    // client sent away (127.0.0.1) coming back stays too: a client of pod
+    // IPs comes back to the same pod whatever happens.
+    let back = rt.block_on(idle_client(&agent))?;
+    wait_for(Duration::from_secs(10), "the client sent away back", || {
+        Ok(agent.connections()?.len() == 3)
+    })?;
+    let mut arrivals = Vec::new();
+    for _ in 0..4 {
+        let client = rt.block_on(idle_client_from(&agent, [127, 0, 0, 2]))?;
+        wait_for(Duration::from_secs(10), "the arrival sent on", || {
+            Ok(client.is_finished())
+        })?;
+        arrivals.push(client);
+    }
+    let kept = rt.block_on(idle_client_from(&agent, [127, 0, 0, 2]))?;
+    wait_for(Duration::from_secs(10), "the fifth listed", || {
+        Ok(agent.connections()?.len() == 4)
+    })?;
+    assert!(!back.is_finished());
+    let m = agent.metrics()?;
+    assert_eq!(
+        m.value("goaway_rebalance_bounces_total")?,
+        4.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value("goaway_goaways_sent_total{reason=\"rebalance\"}")?,
+        6.0
+    );
+    assert_eq!(m.value("goaway_rebalance_goaways_total")?, 2.0);
+
     // Nothing more comes after the window.
     std::thread::sleep(Duration::from_secs(3));
+    assert!(!kept.is_finished());
     assert!(!clients[2].is_finished() && !clients[3].is_finished());
     assert_eq!(metric(&agent, "goaway_rebalance_goaways_total")?, 2.0);
 

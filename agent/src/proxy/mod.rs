@@ -159,6 +159,7 @@ fn serve(
         let handle = conn.handle();
         let _registration = agent.connections.register(peer, handle.clone());
         tracing::debug!("connection accepted");
+        agent.bounce_if_rebalancing(peer, &handle);
         // The streams run inside this task (see the transport's
         // `serve_streams`). The drain's GOAWAY reaches the connection
         // through a clone of `watch`; `watch` itself is held, and the
