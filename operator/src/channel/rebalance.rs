@@ -4,7 +4,8 @@
 //! gRPC clients keep their connections, so pods added by a scale-up get
 //! no traffic until connections happen to move. The operator sees the
 //! cause: a Service's ready endpoints grow from N to M. It then tells each
-//! pod of the baseline — ready before the growth, and still
+//! old pod — ready when the count was last at or below the baseline with
+//! nothing terminating, and still ready
 //! (`Message::Rebalance { from: N, to: M }`); a new pod is not told, as
 //! its agent would send on the reconnects the rebalance is for,
 //! and each agent whose policy enables it sends GOAWAY to about `1 - N/M`
@@ -87,7 +88,8 @@ struct Tracked {
     /// The ready count growth is measured from: the last count that
     /// stood still with nothing terminating.
     baseline: u32,
-    /// The pods ready when the baseline was taken.
+    /// The pods ready when the count was last seen at or below the
+    /// baseline with nothing terminating: the old pods of a growth.
     old: Vec<String>,
     /// The count last seen, and since when.
     count: ServiceCount,
@@ -156,6 +158,12 @@ impl Rebalancer {
                 tracked.growing_since.get_or_insert(now);
             } else {
                 tracked.growing_since = None;
+                // Not grown, nothing leaving: these are the pods a growth
+                // would be measured from (after a rollout, its new pods;
+                // the count alone never moved).
+                if count.terminating == 0 {
+                    tracked.old = ready(service);
+                }
             }
         }
     }
@@ -557,6 +565,45 @@ mod tests {
         assert_eq!(
             (decisions[0].from, decisions[0].to, &decisions[0].old[..]),
             (4, 5, &["a", "b", "c", "d"].map(String::from)[..])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_rollout_its_new_pods_are_the_old_ones_of_a_growth() {
+        use std::cell::RefCell;
+        let pods = RefCell::new(vec!["a".to_string(), "b".to_string()]);
+        let ready = |_: &str| pods.borrow().clone();
+        let mut r = Rebalancer::default();
+        let t0 = Instant::now();
+        r.observe(t0, &counts(&[("api", 2, 0)]), &ready);
+        // A rollout: a → c, b → d, one for one; the count never moves
+        // from 2, so nothing is judged.
+        for (t, (gone, new)) in [("a", "c"), ("b", "d")].into_iter().enumerate() {
+            let at = t0 + Duration::from_secs(10 * t as u64 + 1);
+            pods.borrow_mut().retain(|p| p != gone);
+            r.observe(at, &counts(&[("api", 1, 1)]), &ready);
+            pods.borrow_mut().push(new.to_string());
+            r.observe(
+                at + Duration::from_secs(2),
+                &counts(&[("api", 2, 1)]),
+                &ready,
+            );
+            r.observe(
+                at + Duration::from_secs(4),
+                &counts(&[("api", 2, 0)]),
+                &ready,
+            );
+        }
+        assert_eq!(r.next_due(), None);
+        // Then a scale-up to 4: c and d are told.
+        let later = t0 + Duration::from_secs(60);
+        pods.borrow_mut().extend(["e".to_string(), "f".to_string()]);
+        r.observe(later, &counts(&[("api", 4, 0)]), &ready);
+        let at = r.next_due().unwrap();
+        let decisions = r.due(at, &counts(&[("api", 4, 0)]), &ready);
+        assert_eq!(
+            (decisions[0].from, decisions[0].to, &decisions[0].old[..]),
+            (2, 4, &["c", "d"].map(String::from)[..])
         );
     }
 }
