@@ -290,7 +290,13 @@ impl Rebalancer {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         match &mut state.bounce {
-            Some((until, left)) if *left > 0 && Instant::now() < *until => {
+            Some((until, left)) if Instant::now() < *until => {
+                if *left == 0 {
+                    // Spent: the accept path stops asking; the addresses
+                    // are kept for a replan within the window.
+                    self.bouncing.store(false, Relaxed);
+                    return false;
+                }
                 if state.sent_to.contains(&client) {
                     return false;
                 }

@@ -114,7 +114,7 @@ fn a_scale_up_sends_the_oldest_connections_away_within_the_window() -> Result<()
 
     let policy = dir.write(
         "policy.yaml",
-        "rebalance:\n  enabled: true\n  window: 2s\n  maxPercent: 100\n",
+        "rebalance:\n  enabled: true\n  window: 6s\n  maxPercent: 100\n",
     )?;
     let (_app, port) = grpc_server(&[])?;
     let agent = agent(port)
@@ -142,6 +142,7 @@ fn a_scale_up_sends_the_oldest_connections_away_within_the_window() -> Result<()
     }
 
     // Not a scale-up, then a scale-up from 1 to 2: half of the four.
+    let told = std::time::Instant::now();
     for (from, to) in [(0, 2), (2, 2), (1, 2)] {
         tell.send(Message::Rebalance {
             service: "api".into(),
@@ -149,7 +150,7 @@ fn a_scale_up_sends_the_oldest_connections_away_within_the_window() -> Result<()
             to,
         })?;
     }
-    wait_for(Duration::from_secs(10), "two rebalance GOAWAYs", || {
+    wait_for(Duration::from_secs(30), "two rebalance GOAWAYs", || {
         Ok(metric(&agent, "goaway_rebalance_goaways_total")? == 2.0)
     })?;
     wait_for(Duration::from_secs(10), "the two closed", || {
@@ -212,9 +213,16 @@ fn a_scale_up_sends_the_oldest_connections_away_within_the_window() -> Result<()
     );
     assert_eq!(m.value("goaway_rebalance_goaways_total")?, 2.0);
 
-    // Nothing more comes after the window.
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(!kept.is_finished());
+    // Nothing more comes after the window (6 s) and its tail (5 s), and a
+    // new client stays.
+    std::thread::sleep(
+        (told + Duration::from_secs(12)).saturating_duration_since(std::time::Instant::now()),
+    );
+    let late = rt.block_on(idle_client_from(&agent, [127, 0, 0, 3]))?;
+    wait_for(Duration::from_secs(10), "the late client listed", || {
+        Ok(agent.connections()?.len() == 5)
+    })?;
+    assert!(!kept.is_finished() && !late.is_finished());
     assert!(!clients[2].is_finished() && !clients[3].is_finished());
     assert_eq!(metric(&agent, "goaway_rebalance_goaways_total")?, 2.0);
 
