@@ -250,6 +250,14 @@ impl Ctx<'_> {
         self.report
             .injected
             .push(format!("{what}: {}", injection.policy));
+        if injection.pull_secrets_were_empty && !injection.pull_secrets_added.is_empty() {
+            // The API server copies a ServiceAccount's imagePullSecrets
+            // only into pods that list none; the webhook runs after that.
+            self.report.warnings.push(format!(
+                "{what}: imagePullSecrets now lists {}; its pods no longer get their ServiceAccount's imagePullSecrets from the API server (it adds them only to pods that list none): list those in the template too if its images need them",
+                injection.pull_secrets_added.join(", ")
+            ));
+        }
         if !injection.kept_pre_stop.is_empty() {
             self.report.warnings.push(format!(
                 "{what}: container(s) {} keep their own preStop hook and are not held until the agent has drained; to drain first, {}",
@@ -264,7 +272,8 @@ impl Ctx<'_> {
 /// `goaway-operator uninject`: removes what injection added from every pod
 /// template in `input` — the agent container, the policy volume, the
 /// preStop hooks calling `/drain`, the drain variables, the
-/// `goaway.dev/injected` annotation — and gives the application port its
+/// `imagePullSecrets` injection added (those its annotation names), the
+/// `goaway.dev/injected*` annotations — and gives the application port its
 /// name back, so Services route to the app again. Two things stay: the
 /// raised `terminationGracePeriodSeconds` and probes that injection
 /// rewrote from the port's name to its number (both mean the same for
@@ -387,8 +396,28 @@ fn uninject_template(template: &mut Value) -> bool {
             }
         }
     }
+    // Only the pull secrets injection added: the annotation names them.
+    let added_secrets: Vec<String> = template
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(inject::ANNOTATION_INJECTED_PULL_SECRETS))
+        .and_then(Value::as_str)
+        .map(|names| names.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    if let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut)
+        && let Some(Value::Array(secrets)) = spec.get_mut("imagePullSecrets")
+    {
+        secrets.retain(|s| {
+            !s["name"]
+                .as_str()
+                .is_some_and(|n| added_secrets.iter().any(|a| a == n))
+        });
+        if secrets.is_empty() {
+            spec.remove("imagePullSecrets");
+        }
+    }
     if let Some(Value::Object(annotations)) = template.pointer_mut("/metadata/annotations") {
         annotations.remove(inject::ANNOTATION_INJECTED);
+        annotations.remove(inject::ANNOTATION_INJECTED_PULL_SECRETS);
     }
     if template
         .pointer("/metadata/annotations")
@@ -646,6 +675,70 @@ mod tests {
         } else if let Some(a) = v.as_array_mut() {
             a.iter_mut().for_each(strip_grace);
         }
+    }
+
+    #[test]
+    fn uninject_removes_only_the_pull_secrets_injection_added() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
+        let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
+        let defaults = PolicyDefaults::default();
+        let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
+        let agent = AgentConfig {
+            image_pull_secrets: vec!["regcred".into(), "goaway-registry".into()],
+            ..AgentConfig::default()
+        };
+        let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, labels: {tier: backend}}\nspec:\n  imagePullSecrets: [{name: regcred}]\n  containers:\n  - name: api\n    image: x\n    ports: [{name: grpc, containerPort: 8080}]\n";
+        let injected =
+            inject_manifests(manifest, &policies, "shop", &defaults, &agent, &mut || {
+                "token".into()
+            })
+            .unwrap();
+        assert_eq!(injected.injected.len(), 1, "{:?}", injected.warnings);
+        assert!(
+            !injected
+                .warnings
+                .iter()
+                .any(|w| w.contains("imagePullSecrets")),
+            "{:?}",
+            injected.warnings
+        );
+        let pod: Value = serde_yaml::from_str(&injected.output).unwrap();
+        assert_eq!(
+            pod["spec"]["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}, {"name": "goaway-registry"}])
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"][inject::ANNOTATION_INJECTED_PULL_SECRETS],
+            "goaway-registry"
+        );
+
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let mut back: Value = serde_yaml::from_str(&removed.output).unwrap();
+        strip_grace(&mut back);
+        let original: Value = serde_yaml::from_str(manifest).unwrap();
+        assert_eq!(back, original);
+
+        // Secrets injection added to a pod that had none leave no empty list.
+        let bare = manifest.replace("  imagePullSecrets: [{name: regcred}]\n", "");
+        let injected = inject_manifests(&bare, &policies, "shop", &defaults, &agent, &mut || {
+            "token".into()
+        })
+        .unwrap();
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let mut back: Value = serde_yaml::from_str(&removed.output).unwrap();
+        strip_grace(&mut back);
+        assert_eq!(back, serde_yaml::from_str::<Value>(&bare).unwrap());
+        // That template's pods would lose their ServiceAccount's pull
+        // secrets, and the user is told.
+        assert!(
+            injected
+                .warnings
+                .iter()
+                .any(|w| w
+                    .starts_with("Pod/p: imagePullSecrets now lists regcred, goaway-registry;")),
+            "{:?}",
+            injected.warnings
+        );
     }
 
     #[test]

@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use goaway_operator::KeepalivePolicy;
 use goaway_operator::inject::{
-    ANNOTATION_INJECTED, CONTAINER_NAME, INTERCEPT_CONTAINER_NAME, VOLUME_NAME,
+    ANNOTATION_INJECTED, ANNOTATION_INJECTED_PULL_SECRETS, CONTAINER_NAME,
+    INTERCEPT_CONTAINER_NAME, VOLUME_NAME,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -80,6 +81,7 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
         &[
             &format!("webhook.url={url}"),
             &format!("watchNamespace={}", apps.name),
+            "agent.imagePullSecrets[0].name=agent-registry",
         ],
     );
     let hook = rendered(&docs, "MutatingWebhookConfiguration");
@@ -148,8 +150,27 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
 
     // The webhook's policy cache follows its own watch: dry-run creates
     // (which call webhooks too) until the policy is in it.
+    // The app's ServiceAccount has a pull secret of its own, which the
+    // API server copies into its pods before the webhook sees them.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &apps.name);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "api"},
+                "imagePullSecrets": [{"name": "app-registry"}],
+            }))
+            .expect("a ServiceAccount"),
+        )
+        .await
+        .expect("create the app's ServiceAccount");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &apps.name);
-    let selected = || pod("api-1", json!({"app": "api"}), json!({}), false);
+    let selected = || {
+        let mut p = pod("api-1", json!({"app": "api"}), json!({}), false);
+        p.spec.as_mut().expect("a spec").service_account_name = Some("api".into());
+        p
+    };
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
@@ -214,6 +235,23 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
     assert!(spec.volumes.iter().flatten().any(|v| v.name == VOLUME_NAME));
     // delay 5s + timeout 20s + 5s margin.
     assert!(spec.termination_grace_period_seconds >= Some(30));
+    // The agent's pull secret (agent.imagePullSecrets) beside the
+    // ServiceAccount's, which the API server added before the webhook ran;
+    // the annotation names only the one injection added.
+    let pull_secrets: Vec<_> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(pull_secrets, ["app-registry", "agent-registry"]);
+    assert_eq!(
+        stored
+            .annotations()
+            .get(ANNOTATION_INJECTED_PULL_SECRETS)
+            .map(String::as_str),
+        Some("agent-registry")
+    );
 
     // Opted out (label, annotation) and hostNetwork pods: stored unchanged.
     for (name, labels, annotations, host_network) in [
@@ -338,6 +376,7 @@ async fn redirect_falls_back_to_named_port_where_an_admission_policy_refuses_net
         &[
             &format!("webhook.url={url}"),
             &format!("watchNamespace={}", apps.name),
+            "agent.imagePullSecrets[0].name=agent-registry",
         ],
     );
     let hook = rendered(&docs, "MutatingWebhookConfiguration");

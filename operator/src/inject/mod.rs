@@ -35,6 +35,10 @@
 //!   [`DRAIN_MARGIN_SECONDS`], never lowering it;
 //! - mounts the policy ConfigMap at `/etc/goaway` (the directory, so
 //!   updates reach the agent) and marks the pod `goaway.dev/injected`;
+//! - appends the operator's agent pull secrets
+//!   ([`AgentConfig::image_pull_secrets`]) the pod does not list yet to
+//!   its `imagePullSecrets`, naming those it added in
+//!   [`ANNOTATION_INJECTED_PULL_SECRETS`];
 //! - with the operator's control channel configured
 //!   ([`AgentConfig::control_url`]), gives the agent a projected
 //!   service-account token for the channel's audience
@@ -58,8 +62,9 @@ mod sidecar;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, EnvVar, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodSpec,
-    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    ConfigMapVolumeSource, EnvVar, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler,
+    LocalObjectReference, PodSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -79,6 +84,10 @@ use crate::{KeepalivePolicy, selection};
 pub const ANNOTATION_INJECT: &str = "goaway.dev/inject";
 /// Pod annotation set on injection: the policy's name.
 pub const ANNOTATION_INJECTED: &str = "goaway.dev/injected";
+/// Pod annotation set on injection when it added names to the pod's
+/// `imagePullSecrets` (`--agent-image-pull-secret`): those names,
+/// comma-separated, so that `uninject` removes them and no other.
+pub const ANNOTATION_INJECTED_PULL_SECRETS: &str = "goaway.dev/injected-image-pull-secrets";
 /// Namespace or object label the chart's selectors use to opt out.
 pub const LABEL_INJECT: &str = "goaway.dev/inject";
 /// The [`LABEL_INJECT`] value that opts out.
@@ -192,6 +201,14 @@ pub struct Injection {
     /// The policy asked for redirect interception, which the pod's
     /// namespace refuses; it got namedPort.
     pub redirect_refused: bool,
+    /// The agent's pull secrets added to `imagePullSecrets`, and whether
+    /// the pod listed none before. Such a pod template, created later,
+    /// no longer gets its ServiceAccount's pull secrets: the API server
+    /// adds those only to pods that list none (the webhook runs after
+    /// that, so it is `inject`'s concern only).
+    pub pull_secrets_added: Vec<String>,
+    /// See [`Injection::pull_secrets_added`].
+    pub pull_secrets_were_empty: bool,
 }
 
 /// What [`mutate`] decided.
@@ -559,10 +576,16 @@ fn apply(
         }
     }
 
-    meta.annotations
-        .get_or_insert_with(Default::default)
-        .insert(ANNOTATION_INJECTED.into(), name.clone());
+    let pull_secrets_were_empty = spec.image_pull_secrets.as_ref().is_none_or(Vec::is_empty);
+    let added = add_pull_secrets(spec, &agent.image_pull_secrets);
+    let annotations = meta.annotations.get_or_insert_with(Default::default);
+    annotations.insert(ANNOTATION_INJECTED.into(), name.clone());
+    if !added.is_empty() {
+        annotations.insert(ANNOTATION_INJECTED_PULL_SECRETS.into(), added.join(","));
+    }
     Ok(Injection {
+        pull_secrets_added: added,
+        pull_secrets_were_empty,
         policy: name,
         kept_pre_stop,
         app_port: app.number,
@@ -570,6 +593,21 @@ fn apply(
         interception,
         redirect_refused: wanted != interception,
     })
+}
+
+/// Appends each of `names` the pod does not already list to its
+/// `imagePullSecrets` (the kubelet tries them all, for every image), and
+/// returns those it added.
+fn add_pull_secrets(spec: &mut PodSpec, names: &[String]) -> Vec<String> {
+    let mut added = Vec::new();
+    for name in names {
+        let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+        if !secrets.iter().any(|s| &s.name == name) {
+            secrets.push(LocalObjectReference { name: name.clone() });
+            added.push(name.clone());
+        }
+    }
+    added
 }
 
 /// The app port, the agent's proxy port and its admin port must differ.

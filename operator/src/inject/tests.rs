@@ -494,3 +494,60 @@ fn both_opt_out_spellings_work_for_the_annotation_and_the_label() {
         );
     }
 }
+
+#[test]
+fn agent_pull_secrets_are_appended_once_and_the_added_ones_recorded() {
+    let agent = AgentConfig {
+        image_pull_secrets: vec!["regcred".into(), "goaway-registry".into()],
+        ..AgentConfig::default()
+    };
+    let inject = |pod: &Pod| {
+        let m = mutate(
+            &pod.metadata,
+            pod.spec.as_ref().unwrap(),
+            "ns",
+            &[grpc_policy()],
+            &PolicyDefaults::default(),
+            &agent,
+            "tok",
+        )
+        .unwrap();
+        let mut value = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut value, &m.patch).unwrap();
+        serde_json::from_value::<Pod>(value).unwrap()
+    };
+    let names = |p: &Pod| -> Vec<String> {
+        spec(p)
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    let recorded = |p: &Pod| {
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_INJECTED_PULL_SECRETS))
+            .cloned()
+    };
+
+    // The app's own secret stays first and is not listed twice; only the
+    // name injection added is recorded.
+    let mut with_own = pod(API_POD);
+    with_own.spec.as_mut().unwrap().image_pull_secrets = Some(vec![LocalObjectReference {
+        name: "regcred".into(),
+    }]);
+    let out = inject(&with_own);
+    assert_eq!(names(&out), ["regcred", "goaway-registry"]);
+    assert_eq!(recorded(&out).as_deref(), Some("goaway-registry"));
+
+    let out = inject(&pod(API_POD));
+    assert_eq!(names(&out), ["regcred", "goaway-registry"]);
+    assert_eq!(recorded(&out).as_deref(), Some("regcred,goaway-registry"));
+
+    // Without the flag, nothing about pull secrets changes.
+    let (_, out) = run(&pod(API_POD), &[grpc_policy()]);
+    assert_eq!(spec(&out).image_pull_secrets, None);
+    assert_eq!(recorded(&out), None);
+}
