@@ -534,6 +534,12 @@ pub struct RunArgs {
     /// The operator's own namespace (Lease, certificate Secret).
     #[arg(long, env = "GOAWAY_NAMESPACE", default_value = "goaway-system")]
     pub namespace: String,
+    /// The operator's Deployment in --namespace: it becomes the owner of
+    /// the certificate Secret and the Lease the operator creates, so that
+    /// deleting it (helm uninstall) deletes them. Unset: they have no
+    /// owner and stay.
+    #[arg(long, env = "GOAWAY_OWNER_DEPLOYMENT", value_name = "NAME")]
+    pub owner_deployment: Option<String>,
     /// Watch only this namespace's policies and pods (default: all).
     #[arg(long, env = "GOAWAY_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -702,6 +708,14 @@ impl RunArgs {
             );
             flag("--lease-renew-deadline", reason)
         })
+    }
+
+    /// The Deployment to look up as the owner of the operator's own
+    /// objects: `--owner-deployment`, when there is a Secret (generate
+    /// mode) or a Lease (leader election) to own.
+    pub fn owner_deployment(&self) -> Option<&str> {
+        let owns_something = self.tls_mode == TlsMode::Generate || self.leader_election;
+        self.owner_deployment.as_deref().filter(|_| owns_something)
     }
 
     /// The Lease, when leader election is on.

@@ -32,6 +32,9 @@ pub enum Needed {
     /// interception: `--redirect-probe` and not `--forbid-redirect`
     /// ([`crate::cli::RunArgs::probes_redirect`]).
     RedirectProbe,
+    /// Only with `--owner-deployment` and a Secret or Lease to own
+    /// ([`crate::cli::RunArgs::owner_deployment`], [`crate::owner`]).
+    OwnerDeployment,
 }
 
 /// One RBAC rule.
@@ -167,6 +170,14 @@ pub const RBAC: &[Rule] = &[
         needed: Needed::TlsModeGenerate,
         why: "webhook CA and serving certificate (--tls-mode generate)",
     },
+    Rule {
+        api_group: "apps",
+        resource: "deployments",
+        verbs: &["get"],
+        scope: Scope::OperatorNamespace,
+        needed: Needed::OwnerDeployment,
+        why: "reads its own Deployment's uid to make it the owner of its Secret and Lease (--owner-deployment)",
+    },
 ];
 
 /// [`RBAC`] as pretty JSON.
@@ -186,6 +197,7 @@ mod tests {
                 ("leader election", Needed::LeaderElection),
                 ("--control-channel", Needed::ControlChannel),
                 ("--redirect-probe", Needed::RedirectProbe),
+                ("--owner-deployment", Needed::OwnerDeployment),
             ]
             .into_iter()
             .filter(|(words, _)| rule.why.contains(words))

@@ -6,7 +6,8 @@
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics, and
 //! the control channel ([`crate::channel`]) serves agents, fed by the
-//! same policy watch.
+//! same policy watch. The operator's Deployment is looked up to own the
+//! Secret and Lease ([`crate::owner`]).
 //! The leader (or the only replica without leader election) runs the
 //! controller. Every task holds a clone of the [`drain_rs::Watch`] it is
 //! given ([`crate::lifecycle`]). On shutdown the listeners close first,
@@ -28,6 +29,7 @@ use crate::admin::{self, Readiness};
 use crate::channel::{self, auth::Authenticator, policies::PolicySource};
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
+use crate::owner::{self, Owner};
 use crate::tls::{self, CertStore};
 use crate::webhook::redirect_probe::ProbeConfig;
 use crate::webhook::{self, Webhook};
@@ -103,12 +105,24 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         }
     });
 
+    // The operator's Deployment's uid, for the owner references of its
+    // Secret and Lease, is read in the background: nothing waits for it.
+    let owner = Owner::unknown();
+    let owner_task = args.owner_deployment().map(|name| {
+        tokio::spawn(owner::resolve(
+            client.clone(),
+            args.namespace.clone(),
+            name.to_string(),
+            owner.clone(),
+        ))
+    });
     let (leader_tx, leader_rx) = watch::channel(false);
     let tls_task = tokio::spawn(tls::secret::maintain(
         tls::secret::Context {
             client: client.clone(),
             store: certs.clone(),
             leader: leader_rx,
+            owner: owner.clone(),
         },
         tls::secret::Config {
             namespace: args.namespace.clone(),
@@ -187,6 +201,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
                 client: client.clone(),
                 metrics: metrics.clone(),
                 leader: leader_tx,
+                owner,
             };
             let config = leader::Config {
                 lease,
@@ -212,6 +227,9 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
             Ok(Err(error)) => warn!(%error, server = name, "server failed"),
             Err(error) => warn!(%error, server = name, "server task failed"),
         }
+    }
+    if let Some(task) = owner_task {
+        task.abort();
     }
     let _ = tls_task.await;
     let _ = reflector_task.await;

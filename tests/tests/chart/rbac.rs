@@ -31,7 +31,7 @@ fn cluster_scoped(resource: &str) -> bool {
     match resource.split('/').next().unwrap_or_default() {
         "mutatingwebhookconfigurations" | "namespaces" | "tokenreviews" => true,
         "keepalivepolicies" | "configmaps" | "pods" | "services" | "events" | "leases"
-        | "secrets" | "endpointslices" => false,
+        | "secrets" | "endpointslices" | "deployments" => false,
         other => panic!("rbac::RBAC names {other}: say here whether it is cluster-scoped"),
     }
 }
@@ -45,6 +45,7 @@ fn used(rule: &Rule, args: &RunArgs) -> bool {
         Needed::LeaderElection => args.leader_election,
         Needed::ControlChannel => args.control_channel,
         Needed::RedirectProbe => args.probes_redirect(),
+        Needed::OwnerDeployment => args.owner_deployment().is_some(),
     }
 }
 
@@ -182,6 +183,7 @@ fn assert_rbac_is_exactly_what_the_operator_uses(r: &Rendered, case: &str) {
             "leases" => Some(&args.lease_name),
             "secrets" => Some(&args.tls_secret),
             "mutatingwebhookconfigurations" => Some(&args.webhook_config),
+            "deployments" => args.owner_deployment.as_ref(),
             _ => None,
         };
         match grant.verb.as_str() {
