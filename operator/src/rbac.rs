@@ -149,7 +149,15 @@ pub const RBAC: &[Rule] = &[
     Rule {
         api_group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
-        verbs: &["get", "patch"],
+        verbs: &["get"],
+        scope: Scope::Cluster,
+        needed: Needed::Always,
+        why: "readiness checks that the API server could call the webhook through its caBundle",
+    },
+    Rule {
+        api_group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["patch"],
         scope: Scope::Cluster,
         needed: Needed::TlsModeGenerate,
         why: "leader writes the caBundle (--tls-mode generate)",

@@ -6,7 +6,9 @@
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics, and
 //! the control channel ([`crate::channel`]) serves agents, fed by the
-//! same policy watch. The operator's Deployment is looked up to own the
+//! same policy watch; readiness includes a self-check that the API
+//! server could call this replica's webhook
+//! ([`crate::webhook::self_check`]). The operator's Deployment is looked up to own the
 //! Secret and Lease ([`crate::owner`]).
 //! The leader (or the only replica without leader election) runs the
 //! controller. Every task holds a clone of the [`drain_rs::Watch`] it is
@@ -54,7 +56,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let identity = args.identity();
     let certs = Arc::new(CertStore::new(tls::provider()));
-    let readiness = Arc::new(Readiness::with_certs(certs.clone()));
+    let readiness = Arc::new(Readiness::with_certs(certs.clone()).checking_webhook());
 
     let policies_api: Api<KeepalivePolicy> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -175,6 +177,15 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         }
         _ => None,
     };
+    let self_check_task = tokio::spawn(webhook::self_check::run(
+        client.clone(),
+        webhook::self_check::Config {
+            webhook_config: args.webhook_config.clone(),
+            webhook_addr: args.webhook_addr,
+        },
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin::router(metrics.clone(), readiness),
@@ -232,6 +243,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         task.abort();
     }
     let _ = tls_task.await;
+    let _ = self_check_task.await;
     let _ = reflector_task.await;
     info!("stopped");
     Ok(())

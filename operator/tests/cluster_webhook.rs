@@ -19,11 +19,16 @@ use goaway_operator::inject::{
     ANNOTATION_INJECTED, ANNOTATION_INJECTED_PULL_SECRETS, CONTAINER_NAME,
     INTERCEPT_CONTAINER_NAME, VOLUME_NAME,
 };
+use goaway_operator::tls::ca;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -546,6 +551,130 @@ async fn redirect_falls_back_to_named_port_where_an_admission_policy_refuses_net
     let _ = bindings.delete(&rule, &DeleteParams::default()).await;
     let rules: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let _ = rules.delete(&rule, &DeleteParams::default()).await;
+    apps.delete().await;
+    system.delete().await;
+}
+
+/// Waits until the operator's `/readyz` answers `status` with a body
+/// containing `reason`.
+async fn readyz_says(operator: &Operator, status: u16, reason: &str) {
+    wait_for(
+        &format!("/readyz {status} with {reason:?}"),
+        Duration::from_secs(60),
+        async || {
+            let (s, body) = operator.admin_get("/readyz").await?;
+            (s == status && body.contains(reason)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_is_ready_only_once_the_api_server_could_call_its_webhook() {
+    let Some(client) = client_or_skip("webhook readiness").await else {
+        return;
+    };
+    install_crd(&client).await;
+    let system = Scratch::new(&client, "ready-system", json!({})).await;
+    let apps = Scratch::new(&client, "ready-apps", json!({})).await;
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let release = format!("goaway-e2e-ready-{}", std::process::id());
+    let docs = helm_template(
+        &release,
+        &system.name,
+        &[
+            &format!("webhook.url={url}"),
+            &format!("watchNamespace={}", apps.name),
+        ],
+    );
+    let env = chart_operator_env(&docs, &system.name, "operator-ready-e2e");
+    let setting = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the chart sets no {name}"))
+    };
+    // Another replica holds the Lease (for an hour): this one follows, so
+    // it never writes the caBundle itself — the leader's job — and the
+    // test decides what the configuration holds.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &system.name);
+    let now = MicroTime(Timestamp::now());
+    leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some(setting("GOAWAY_LEASE_NAME")),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("another-replica".into()),
+                    lease_duration_seconds: Some(3600),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            },
+        )
+        .await
+        .expect("the other replica's Lease");
+    let operator = Operator::start_with_env("cluster-webhook-ready-operator", port, &[], &env);
+    let hook_name = setting("GOAWAY_WEBHOOK_CONFIG");
+
+    // Certificate loaded, policies synced, but no webhook configuration:
+    // the API server would not call it at all.
+    readyz_says(
+        &operator,
+        503,
+        &format!("MutatingWebhookConfiguration {hook_name} not found"),
+    )
+    .await;
+
+    // The configuration as the chart makes it: no caBundle yet.
+    let hook = rendered(&docs, "MutatingWebhookConfiguration");
+    ok(
+        "kubectl apply the MutatingWebhookConfiguration",
+        kubectl_stdin(&["apply", "--server-side", "-f", "-"], &hook.to_string()),
+    );
+    readyz_says(&operator, 503, "caBundle is empty").await;
+
+    // Another CA's certificate: the API server's handshake would fail.
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let set_ca_bundle = async |pem: &[u8]| {
+        let mut config = hooks.get(&hook_name).await.expect("the configuration");
+        for webhook in config.webhooks.iter_mut().flatten() {
+            webhook.client_config.ca_bundle = Some(ByteString(pem.to_vec()));
+        }
+        hooks
+            .replace(&hook_name, &PostParams::default(), &config)
+            .await
+            .expect("set the caBundle");
+    };
+    let stranger = ca::new_ca().expect("another CA");
+    set_ca_bundle(stranger.cert.as_bytes()).await;
+    readyz_says(&operator, 503, "checked against the caBundle").await;
+
+    // The operator's own CA, from the Secret it shares with the leader:
+    // what the leader writes. Now the API server could call it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &system.name);
+    let secret = wait("the certificate Secret", async || {
+        secrets.get_opt(&setting("GOAWAY_TLS_SECRET")).await.ok()?
+    })
+    .await;
+    let own = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .expect("the CA in the Secret")
+        .0
+        .clone();
+    set_ca_bundle(&own).await;
+    readyz_says(&operator, 200, "ready").await;
+    // Never led: the caBundle is the one the test wrote.
+    assert!(!operator.log().contains("patched webhook caBundle"));
+
+    let _ = hooks.delete(&hook_name, &DeleteParams::default()).await;
     apps.delete().await;
     system.delete().await;
 }

@@ -325,8 +325,9 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
     }
     // Spot checks of the scoping the cross-check derives.
     // One namespace and no caBundle to write: the ClusterRole only reads
-    // namespaces' metadata (their Pod Security level) and reviews agents'
-    // tokens (TokenReviews are not namespaced).
+    // namespaces' metadata (their Pod Security level), reviews agents'
+    // tokens (TokenReviews are not namespaced) and reads the webhook
+    // configuration (readiness checks its caBundle), nothing more.
     let r = render("watchNamespace: shop\nwebhook: {tls: {mode: certManager}}");
     let cluster = r
         .cluster_roles
@@ -339,7 +340,27 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
         .flatten()
         .flat_map(|rule| rule.resources.iter().flatten().map(String::as_str))
         .collect();
-    assert_eq!(resources, ["namespaces", "tokenreviews"]);
+    assert_eq!(
+        resources,
+        [
+            "namespaces",
+            "tokenreviews",
+            "mutatingwebhookconfigurations"
+        ]
+    );
+    let webhook_config_verbs: Vec<&str> = cluster
+        .rules
+        .iter()
+        .flatten()
+        .filter(|rule| {
+            rule.resources
+                .iter()
+                .flatten()
+                .any(|r| r == "mutatingwebhookconfigurations")
+        })
+        .flat_map(|rule| rule.verbs.iter().map(String::as_str))
+        .collect();
+    assert_eq!(webhook_config_verbs, ["get"]);
     assert_eq!(r.cluster_role_bindings.len(), 1);
     assert!(
         r.roles
