@@ -34,6 +34,9 @@ pub struct Report {
     /// Things the user should know (kept preStop hooks, templates that
     /// could not be injected and were left unchanged).
     pub warnings: Vec<String>,
+    /// What was done that the user did not write (sleeping preStop hooks
+    /// replaced by the drain).
+    pub notes: Vec<String>,
 }
 
 /// Parses a file of KeepalivePolicy manifests and validates each, merged
@@ -258,6 +261,12 @@ impl Ctx<'_> {
                 injection.pull_secrets_added.join(", ")
             ));
         }
+        if !injection.replaced_sleep.is_empty() {
+            self.report.notes.push(format!(
+                "{what}: {}",
+                inject::pre_stop::replaced_note(&injection.replaced_sleep)
+            ));
+        }
         if !injection.kept_pre_stop.is_empty() {
             self.report.warnings.push(format!(
                 "{what}: container(s) {} keep their own preStop hook and are not held until the agent has drained; to drain first, {}",
@@ -271,7 +280,8 @@ impl Ctx<'_> {
 
 /// `goaway-operator uninject`: removes what injection added from every pod
 /// template in `input` — the agent container, the policy volume, the
-/// preStop hooks calling `/drain`, the drain variables, the
+/// preStop hooks calling `/drain` (a hook that only slept, which
+/// injection replaced, comes back as it was), the drain variables, the
 /// `imagePullSecrets` injection added (those its annotation names), the
 /// `goaway.dev/injected*` annotations — and gives the application port its
 /// name back, so Services route to the app again. Two things stay: the
@@ -353,6 +363,16 @@ fn uninject_template(template: &mut Value) -> bool {
             spec.remove("volumes");
         }
     }
+    // The preStop hooks that only slept, as they were.
+    let replaced: serde_json::Map<String, Value> = template
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(inject::pre_stop::ANNOTATION_REPLACED_PRE_STOP))
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
+        return true;
+    };
     if let Some(Value::Array(containers)) = spec.get_mut("containers") {
         for c in containers {
             let Some(c) = c.as_object_mut() else { continue };
@@ -370,17 +390,27 @@ fn uninject_template(template: &mut Value) -> bool {
                 .and_then(|l| l.get("preStop"))
                 .and_then(|h| h.get("httpGet"))
                 .is_some_and(|g| {
-                    g["path"] == inject::DRAIN_PATH
-                        && g["httpHeaders"].as_array().is_some_and(|hs| {
-                            hs.iter().any(|h| {
-                                h["name"] == "Authorization"
-                                    && h["value"]
-                                        .as_str()
-                                        .is_some_and(|v| v.starts_with("Bearer "))
-                            })
+                    g["path"].as_str().is_some_and(|p| {
+                        p.strip_prefix(inject::DRAIN_PATH)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+                    }) && g["httpHeaders"].as_array().is_some_and(|hs| {
+                        hs.iter().any(|h| {
+                            h["name"] == "Authorization"
+                                && h["value"]
+                                    .as_str()
+                                    .is_some_and(|v| v.starts_with("Bearer "))
                         })
+                    })
                 });
-            if ours && let Some(Value::Object(lifecycle)) = c.get_mut("lifecycle") {
+            let original = c
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|name| replaced.get(name));
+            if let (true, Some(original)) = (ours, original) {
+                c.entry("lifecycle")
+                    .or_insert_with(|| Value::Object(Default::default()))["preStop"] =
+                    original.clone();
+            } else if ours && let Some(Value::Object(lifecycle)) = c.get_mut("lifecycle") {
                 lifecycle.remove("preStop");
                 if lifecycle.is_empty() {
                     c.remove("lifecycle");
@@ -418,6 +448,7 @@ fn uninject_template(template: &mut Value) -> bool {
     if let Some(Value::Object(annotations)) = template.pointer_mut("/metadata/annotations") {
         annotations.remove(inject::ANNOTATION_INJECTED);
         annotations.remove(inject::ANNOTATION_INJECTED_PULL_SECRETS);
+        annotations.remove(inject::pre_stop::ANNOTATION_REPLACED_PRE_STOP);
     }
     if template
         .pointer("/metadata/annotations")
@@ -739,6 +770,68 @@ mod tests {
             "{:?}",
             injected.warnings
         );
+    }
+
+    #[test]
+    fn uninject_puts_back_the_sleeping_pre_stop_hooks_injection_replaced() {
+        let manifest = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {tier: backend}}
+  template:
+    metadata: {labels: {tier: backend}}
+    spec:
+      containers:
+      - name: api
+        image: x
+        ports: [{name: grpc, containerPort: 8080}]
+        lifecycle:
+          postStart: {exec: {command: [touch, /tmp/started]}}
+          preStop: {exec: {command: [/bin/sh, -c, sleep 15]}}
+      - name: native
+        image: y
+        lifecycle:
+          preStop: {sleep: {seconds: 4}}
+      - name: own
+        image: z
+        lifecycle:
+          preStop: {exec: {command: [sh, -c, 'sleep 5 && kill 1']}}
+"#;
+        let injected = inject_with_fixture_policy(manifest);
+        assert_eq!(injected.injected.len(), 1, "{:?}", injected.warnings);
+        let out: Value = serde_yaml::from_str(&injected.output).unwrap();
+        let hook = |i: usize| {
+            out["spec"]["template"]["spec"]["containers"][i]["lifecycle"]["preStop"].clone()
+        };
+        assert_eq!(hook(0)["httpGet"]["path"], "/drain?min=15s");
+        assert_eq!(hook(1)["httpGet"]["path"], "/drain?min=4s");
+        assert_eq!(
+            hook(2),
+            serde_json::json!({"exec": {"command": ["sh", "-c", "sleep 5 && kill 1"]}})
+        );
+        assert_eq!(injected.notes.len(), 1, "{:?}", injected.notes);
+        assert!(
+            injected.notes[0].starts_with(
+                "Deployment/api: the preStop hook of container(s) api (sleep 15s), native (sleep 4s) only slept"
+            ),
+            "{:?}",
+            injected.notes
+        );
+        // The hook that does more is kept, and said so.
+        assert!(
+            injected
+                .warnings
+                .iter()
+                .any(|w| w.contains("container(s) own keep their own preStop hook")),
+            "{:?}",
+            injected.warnings
+        );
+
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let mut back: Value = serde_yaml::from_str(&removed.output).unwrap();
+        strip_grace(&mut back);
+        assert_eq!(back, serde_yaml::from_str::<Value>(manifest).unwrap());
     }
 
     #[test]

@@ -23,8 +23,10 @@
 //!   ([`PolicyDefaults::refusing_redirect`]): namedPort then, and
 //!   [`Injection::redirect_refused`] says so;
 //! - gives every application container a `preStop.httpGet` to the agent's
-//!   `/drain` carrying the pod's drain token, keeping (and reporting) any
-//!   preStop the container already has — such a container gets the token
+//!   `/drain` carrying the pod's drain token. A preStop that only sleeps
+//!   ([`pre_stop`]) is replaced by it, the sleep kept as the drain's floor
+//!   (`/drain?min=…`) and the original recorded for `uninject`; any other
+//!   preStop is kept (and reported) — such a container gets the token
 //!   and the drain URL as `GOAWAY_DRAIN_TOKEN`/`GOAWAY_DRAIN_URL`, so its
 //!   hook can drain first;
 //! - applies the pod's per-workload annotations ([`overrides`]) to the
@@ -56,6 +58,7 @@
 
 pub mod overrides;
 mod ports;
+pub mod pre_stop;
 mod probe;
 mod sidecar;
 
@@ -191,6 +194,10 @@ pub struct Injection {
     /// Application containers whose own preStop hook was kept, so the
     /// drain does not run before they get SIGTERM.
     pub kept_pre_stop: Vec<String>,
+    /// Application containers whose preStop hook only slept, with how
+    /// long: it was replaced by the drain hook, with the sleep as its
+    /// floor ([`pre_stop`]).
+    pub replaced_sleep: Vec<(String, std::time::Duration)>,
     /// The application port the agent forwards to.
     pub app_port: i32,
     /// The port name the agent took over, if the port had one (namedPort
@@ -549,9 +556,17 @@ fn apply(
     ));
 
     let mut kept_pre_stop = Vec::new();
+    let mut replaced_sleep = Vec::new();
+    let mut replaced = std::collections::BTreeMap::new();
     for c in &mut spec.containers {
         let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
-        if lifecycle.pre_stop.is_some() {
+        let sleep = lifecycle.pre_stop.as_ref().and_then(pre_stop::pure_sleep);
+        if let (Some(sleep), Some(original)) = (sleep, &lifecycle.pre_stop) {
+            // Held as long as it slept, and until drained.
+            replaced.insert(c.name.clone(), original.clone());
+            replaced_sleep.push((c.name.clone(), sleep));
+            lifecycle.pre_stop = Some(drain_hook(admin_port, token, Some(sleep)));
+        } else if lifecycle.pre_stop.is_some() {
             kept_pre_stop.push(c.name.clone());
             // The container's own hook may drain first: give it what it
             // needs to call /drain ([`KEPT_PRE_STOP_HINT`]).
@@ -572,7 +587,7 @@ fn apply(
                 }
             }
         } else {
-            lifecycle.pre_stop = Some(drain_hook(admin_port, token));
+            lifecycle.pre_stop = Some(drain_hook(admin_port, token, None));
         }
     }
 
@@ -583,7 +598,14 @@ fn apply(
     if !added.is_empty() {
         annotations.insert(ANNOTATION_INJECTED_PULL_SECRETS.into(), added.join(","));
     }
+    if !replaced.is_empty() {
+        annotations.insert(
+            pre_stop::ANNOTATION_REPLACED_PRE_STOP.into(),
+            pre_stop::record(&replaced),
+        );
+    }
     Ok(Injection {
+        replaced_sleep,
         pull_secrets_added: added,
         pull_secrets_were_empty,
         policy: name,
@@ -629,11 +651,20 @@ fn port_clash(app: i32, agent: i32, admin: i32) -> Result<(), InjectError> {
     Ok(())
 }
 
-/// The application's preStop: block until the agent has drained.
-fn drain_hook(admin_port: i32, token: &str) -> LifecycleHandler {
+/// The application's preStop: block until the agent has drained, and
+/// at least `floor` (a replaced sleep's length).
+fn drain_hook(
+    admin_port: i32,
+    token: &str,
+    floor: Option<std::time::Duration>,
+) -> LifecycleHandler {
+    let path = match floor {
+        Some(floor) => pre_stop::drain_path_with_floor(DRAIN_PATH, floor),
+        None => DRAIN_PATH.into(),
+    };
     LifecycleHandler {
         http_get: Some(HTTPGetAction {
-            path: Some(DRAIN_PATH.into()),
+            path: Some(path),
             port: IntOrString::Int(admin_port),
             scheme: Some("HTTP".into()),
             http_headers: Some(vec![HTTPHeader {
