@@ -24,7 +24,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
@@ -119,12 +119,15 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         ))
     });
     let (leader_tx, leader_rx) = watch::channel(false);
+    // A failed webhook self-check has the certificate upkeep sync at once.
+    let resync = Arc::new(Notify::new());
     let tls_task = tokio::spawn(tls::secret::maintain(
         tls::secret::Context {
             client: client.clone(),
             store: certs.clone(),
             leader: leader_rx,
             owner: owner.clone(),
+            resync: resync.clone(),
         },
         tls::secret::Config {
             namespace: args.namespace.clone(),
@@ -184,6 +187,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
             webhook_addr: args.webhook_addr,
         },
         readiness.clone(),
+        resync,
         shutdown.clone(),
     ));
     let admin_task = tokio::spawn(admin::serve(

@@ -133,6 +133,34 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
     })
     .await;
 
+    // The caBundle gone (say the configuration was replaced as the chart
+    // renders it): the self-check fails, and the leader writes it again
+    // at once rather than at its next periodic sync, a minute away.
+    let mut emptied = hooks.get(&hook_name).await.expect("the configuration");
+    for webhook in emptied.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = None;
+    }
+    hooks
+        .replace(&hook_name, &PostParams::default(), &emptied)
+        .await
+        .expect("drop the caBundle");
+    wait_for(
+        "the caBundle written again and the operator ready",
+        Duration::from_secs(20),
+        async || {
+            let hook = hooks.get(&hook_name).await.ok()?;
+            let back = hook.webhooks?.first()?.client_config.ca_bundle.as_ref() == Some(&ca_bundle);
+            let (status, _) = operator.admin_get("/readyz").await?;
+            (back && status == 200).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        operator.log().contains("caBundle is empty"),
+        "the self-check never saw it empty:\n{}",
+        operator.log()
+    );
+
     let policies: Api<KeepalivePolicy> = Api::namespaced(client.clone(), &apps.name);
     policies
         .patch(

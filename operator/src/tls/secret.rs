@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{Timestamp, ToSpan};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::ca::{self, Pem};
@@ -63,6 +63,11 @@ pub struct Context {
     pub leader: watch::Receiver<bool>,
     /// The Secret's owner, once known.
     pub owner: Owner,
+    /// Notified when the webhook self-check fails
+    /// ([`crate::webhook::self_check`]): sync at once, so that a leader
+    /// puts back a caBundle that went missing or stale without waiting
+    /// for the next period.
+    pub resync: Arc<Notify>,
 }
 
 /// Keeps `ctx.store` loaded from `config.source` until `shutdown` is
@@ -73,6 +78,7 @@ pub async fn maintain(ctx: Context, config: Config, shutdown: drain_rs::Watch) {
         store,
         mut leader,
         owner,
+        resync,
     } = ctx;
     let Config { namespace, source } = config;
     let mut signalled = pin!(shutdown.signaled());
@@ -114,6 +120,7 @@ pub async fn maintain(ctx: Context, config: Config, shutdown: drain_rs::Watch) {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             _ = leader.changed() => {}
+            () = resync.notified() => {}
             _ = &mut signalled => return,
         }
     }

@@ -34,6 +34,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use crate::admin::Readiness;
@@ -59,18 +60,26 @@ pub struct Config {
 }
 
 /// Runs the check every [`PERIOD`] (every [`RETRY`] while it fails) until
-/// `shutdown`, telling `readiness`.
+/// `shutdown`, telling `readiness`; a failure also notifies `failed`
+/// (the certificate upkeep, whose leader then writes the caBundle again
+/// at once, [`crate::tls::secret`]).
 pub async fn run(
     client: Client,
     config: Config,
     readiness: Arc<Readiness>,
+    failed: Arc<Notify>,
     shutdown: drain_rs::Watch,
 ) {
     let api = Api::<MutatingWebhookConfiguration>::all(client);
     let mut signalled = std::pin::pin!(shutdown.signaled());
     loop {
         let verdict = check(&api, &config).await;
-        let period = if verdict.is_ok() { PERIOD } else { RETRY };
+        let period = if verdict.is_ok() {
+            PERIOD
+        } else {
+            failed.notify_one();
+            RETRY
+        };
         readiness.webhook_checked(verdict);
         tokio::select! {
             () = tokio::time::sleep(period) => {}
