@@ -238,6 +238,37 @@ fn concurrent_drain_requests_share_one_drain_and_later_ones_get_its_summary() ->
     Ok(())
 }
 
+#[test]
+fn a_drain_with_a_floor_answers_no_sooner_than_it_and_shares_the_drain() -> Result<()> {
+    // No delay: the drain itself is over at once.
+    let (agent, _server, _dir) = agent_with_policy("drain: {delay: 0s}")?;
+    let start = Instant::now();
+    let (floored, plain) = std::thread::scope(|s| {
+        let api = agent.api();
+        let floored = s.spawn(move || api.get("/drain?min=1500ms").map(|r| (r, start.elapsed())));
+        let api = agent.api();
+        let plain = s.spawn(move || api.get("/drain").map(|r| (r, start.elapsed())));
+        (floored.join().unwrap(), plain.join().unwrap())
+    });
+    let ((status, floored_body), floored_after) = floored?;
+    let ((_, plain_body), plain_after) = plain?;
+    assert_eq!(status, 200, "{floored_body}");
+    assert!(
+        floored_after >= Duration::from_millis(1500),
+        "answered after {floored_after:?}, before its floor"
+    );
+    // The caller without a floor is not held by another's.
+    assert!(
+        plain_after < Duration::from_millis(1000),
+        "the plain drain waited {plain_after:?}"
+    );
+    assert_eq!(floored_body, plain_body, "one drain, one summary");
+    // An unreadable floor is ignored: the drain is answered as usual.
+    let (status, body) = agent.get("/drain?min=5")?;
+    assert_eq!((status, body), (200, plain_body));
+    Ok(())
+}
+
 /// `/drain` refuses without the token and with a wrong one (and does not
 /// start a drain), and accepts the right one.
 fn check_drain_token(agent: &Agent, token: &str) -> Result<()> {

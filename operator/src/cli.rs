@@ -102,6 +102,18 @@ pub struct AgentArgs {
         value_parser = ["Always", "IfNotPresent", "Never"]
     )]
     pub agent_image_pull_policy: String,
+    /// A Secret the kubelet may use to pull the agent image from a private
+    /// registry (repeatable; the variable takes a comma-separated list).
+    /// Injection adds each name to the pod's `imagePullSecrets` unless it
+    /// is there already; the Secret must exist in the pod's own namespace.
+    #[arg(
+        long = "agent-image-pull-secret",
+        env = "GOAWAY_AGENT_IMAGE_PULL_SECRETS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = secret_name
+    )]
+    pub agent_image_pull_secrets: Vec<String>,
     /// The agent's admin port (health, readiness, /drain).
     #[arg(
         long,
@@ -234,8 +246,30 @@ fn control_url(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-/// A resource flag's value: empty, or a quantity the API server accepts
-/// for a container's resources (well-formed and not negative).
+/// A Secret's name as the API server checks it: a DNS-1123 subdomain
+/// (lowercase letters, digits, `-` and `.`, at most 253 characters,
+/// starting and ending alphanumeric). A bad name would be an
+/// `imagePullSecrets` entry no Secret can match.
+fn secret_name(value: &str) -> Result<String, String> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| {
+            label.starts_with(alnum)
+                && label.ends_with(alnum)
+                && label.chars().all(|c| alnum(c) || c == '-')
+        });
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a Secret name (lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// The agents' log filter: empty (the agent's default) or a filter
+/// `--log-level` accepts.
 fn agent_log_level(value: &str) -> Result<String, String> {
     if value.is_empty() {
         return Ok(String::new());
@@ -259,6 +293,8 @@ fn admin_allow(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// A resource flag's value: empty, or a quantity the API server accepts
+/// for a container's resources (well-formed and not negative).
 fn resource_quantity(value: &str) -> Result<String, String> {
     if !value.is_empty() {
         let q = quantity::parse(value).map_err(|e| e.to_string())?;
@@ -303,6 +339,7 @@ impl AgentArgs {
         Ok(AgentConfig {
             image: self.agent_image.clone(),
             image_pull_policy: self.agent_image_pull_policy.clone(),
+            image_pull_secrets: self.agent_image_pull_secrets.clone(),
             admin_port: self.agent_admin_port,
             log_format: self.agent_log_format.clone(),
             log_level: self.agent_log_level.clone(),
@@ -497,6 +534,12 @@ pub struct RunArgs {
     /// The operator's own namespace (Lease, certificate Secret).
     #[arg(long, env = "GOAWAY_NAMESPACE", default_value = "goaway-system")]
     pub namespace: String,
+    /// The operator's Deployment in --namespace: it becomes the owner of
+    /// the certificate Secret and the Lease the operator creates, so that
+    /// deleting it (helm uninstall) deletes them. Unset: they have no
+    /// owner and stay.
+    #[arg(long, env = "GOAWAY_OWNER_DEPLOYMENT", value_name = "NAME")]
+    pub owner_deployment: Option<String>,
     /// Watch only this namespace's policies and pods (default: all).
     #[arg(long, env = "GOAWAY_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -665,6 +708,14 @@ impl RunArgs {
             );
             flag("--lease-renew-deadline", reason)
         })
+    }
+
+    /// The Deployment to look up as the owner of the operator's own
+    /// objects: `--owner-deployment`, when there is a Secret (generate
+    /// mode) or a Lease (leader election) to own.
+    pub fn owner_deployment(&self) -> Option<&str> {
+        let owns_something = self.tls_mode == TlsMode::Generate || self.leader_election;
+        self.owner_deployment.as_deref().filter(|_| owns_something)
     }
 
     /// The Lease, when leader election is on.

@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
+use crate::owner::Owner;
 use crate::{MANAGER, Result};
 
 /// How long a lease lasts, how long its holder keeps trying to renew it,
@@ -142,6 +143,9 @@ pub struct Context {
     /// Whether this replica leads, for the tasks that only the leader
     /// does part of (the certificate upkeep, [`crate::tls::secret`]).
     pub leader: watch::Sender<bool>,
+    /// The Lease's owner once known ([`crate::owner`]): set when the Lease
+    /// is created, and added by the holder's next write when missing.
+    pub owner: Owner,
 }
 
 /// Runs `work` for each term this replica holds the lease, until
@@ -165,7 +169,7 @@ where
     Fut: Future<Output = ()>,
 {
     let Config { lease, timing } = config;
-    let mut elector = Elector::new(ctx.client, &lease, timing);
+    let mut elector = Elector::new(ctx.client, &lease, timing, ctx.owner);
     'campaign: loop {
         let mut renewed = loop {
             if shutdown.clone().signaled().now_or_never().is_some() {
@@ -268,11 +272,14 @@ struct Elector {
     held: Option<Lease>,
     /// Failed attempts in a row (only the first of a run is a warning).
     failures: u32,
+    /// The Lease's owner, once known.
+    owner: Owner,
 }
 
 impl Elector {
-    fn new(client: Client, config: &LeaseConfig, timing: LeaseTiming) -> Self {
+    fn new(client: Client, config: &LeaseConfig, timing: LeaseTiming, owner: Owner) -> Self {
         Elector {
+            owner,
             api: Api::namespaced(client, &config.namespace),
             name: config.name.clone(),
             identity: config.identity.clone(),
@@ -333,13 +340,14 @@ impl Elector {
     async fn try_acquire_or_renew(&mut self) -> kube::Result<Attempt> {
         let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease {
+            let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(self.claim(&LeaseSpec::default(), now)),
             };
+            self.owner.add_to(&mut lease.metadata);
             return self.write(self.api.create(&self.write, &lease).await);
         };
         let spec = lease.spec.clone().unwrap_or_default();
@@ -353,6 +361,8 @@ impl Elector {
             return Ok(Attempt::HeldBy(holder.to_string()));
         }
         lease.spec = Some(self.claim(&spec, now));
+        // Same write: a Lease made before the owner was known gets it.
+        self.owner.add_to(&mut lease.metadata);
         self.write(self.api.replace(&self.name, &self.write, &lease).await)
     }
 

@@ -25,8 +25,10 @@
 //! election), [`tls`] (the webhook's certificate authority and serving
 //! certificate), [`admin`] (health and metrics endpoints), [`metrics`],
 //! [`lifecycle`] (stopping on SIGTERM: one drain signal every task
-//! watches, waited for) and [`rbac`] (the API permissions the code uses,
-//! for the Helm chart to check against).
+//! watches, waited for), [`owner`] (the operator's Deployment owns the
+//! Secret and Lease it creates, so an uninstall removes them) and
+//! [`rbac`] (the API permissions the code uses, for the Helm chart to
+//! check against).
 
 #![warn(missing_docs)]
 
@@ -42,6 +44,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod manifests;
 pub mod metrics;
+pub mod owner;
 mod quantity;
 pub mod rbac;
 pub mod run;

@@ -88,6 +88,9 @@ fn inject_command(args: &InjectArgs) -> anyhow::Result<()> {
     for line in &report.injected {
         eprintln!("injected {line}");
     }
+    for line in &report.notes {
+        eprintln!("note: {line}");
+    }
     for line in &report.warnings {
         eprintln!("warning: {line}");
     }

@@ -34,6 +34,9 @@ pub struct Report {
     /// Things the user should know (kept preStop hooks, templates that
     /// could not be injected and were left unchanged).
     pub warnings: Vec<String>,
+    /// What was done that the user did not write (sleeping preStop hooks
+    /// replaced by the drain).
+    pub notes: Vec<String>,
 }
 
 /// Parses a file of KeepalivePolicy manifests and validates each, merged
@@ -250,6 +253,20 @@ impl Ctx<'_> {
         self.report
             .injected
             .push(format!("{what}: {}", injection.policy));
+        if injection.pull_secrets_were_empty && !injection.pull_secrets_added.is_empty() {
+            // The API server copies a ServiceAccount's imagePullSecrets
+            // only into pods that list none; the webhook runs after that.
+            self.report.warnings.push(format!(
+                "{what}: imagePullSecrets now lists {}; its pods no longer get their ServiceAccount's imagePullSecrets from the API server (it adds them only to pods that list none): list those in the template too if its images need them",
+                injection.pull_secrets_added.join(", ")
+            ));
+        }
+        if !injection.replaced_sleep.is_empty() {
+            self.report.notes.push(format!(
+                "{what}: {}",
+                inject::pre_stop::replaced_note(&injection.replaced_sleep)
+            ));
+        }
         if !injection.kept_pre_stop.is_empty() {
             self.report.warnings.push(format!(
                 "{what}: container(s) {} keep their own preStop hook and are not held until the agent has drained; to drain first, {}",
@@ -263,8 +280,10 @@ impl Ctx<'_> {
 
 /// `goaway-operator uninject`: removes what injection added from every pod
 /// template in `input` — the agent container, the policy volume, the
-/// preStop hooks calling `/drain`, the drain variables, the
-/// `goaway.dev/injected` annotation — and gives the application port its
+/// preStop hooks calling `/drain` (a hook that only slept, which
+/// injection replaced, comes back as it was), the drain variables, the
+/// `imagePullSecrets` injection added (those its annotation names), the
+/// `goaway.dev/injected*` annotations — and gives the application port its
 /// name back, so Services route to the app again. Two things stay: the
 /// raised `terminationGracePeriodSeconds` and probes that injection
 /// rewrote from the port's name to its number (both mean the same for
@@ -344,6 +363,16 @@ fn uninject_template(template: &mut Value) -> bool {
             spec.remove("volumes");
         }
     }
+    // The preStop hooks that only slept, as they were.
+    let replaced: serde_json::Map<String, Value> = template
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(inject::pre_stop::ANNOTATION_REPLACED_PRE_STOP))
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
+        return true;
+    };
     if let Some(Value::Array(containers)) = spec.get_mut("containers") {
         for c in containers {
             let Some(c) = c.as_object_mut() else { continue };
@@ -361,17 +390,27 @@ fn uninject_template(template: &mut Value) -> bool {
                 .and_then(|l| l.get("preStop"))
                 .and_then(|h| h.get("httpGet"))
                 .is_some_and(|g| {
-                    g["path"] == inject::DRAIN_PATH
-                        && g["httpHeaders"].as_array().is_some_and(|hs| {
-                            hs.iter().any(|h| {
-                                h["name"] == "Authorization"
-                                    && h["value"]
-                                        .as_str()
-                                        .is_some_and(|v| v.starts_with("Bearer "))
-                            })
+                    g["path"].as_str().is_some_and(|p| {
+                        p.strip_prefix(inject::DRAIN_PATH)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+                    }) && g["httpHeaders"].as_array().is_some_and(|hs| {
+                        hs.iter().any(|h| {
+                            h["name"] == "Authorization"
+                                && h["value"]
+                                    .as_str()
+                                    .is_some_and(|v| v.starts_with("Bearer "))
                         })
+                    })
                 });
-            if ours && let Some(Value::Object(lifecycle)) = c.get_mut("lifecycle") {
+            let original = c
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|name| replaced.get(name));
+            if let (true, Some(original)) = (ours, original) {
+                c.entry("lifecycle")
+                    .or_insert_with(|| Value::Object(Default::default()))["preStop"] =
+                    original.clone();
+            } else if ours && let Some(Value::Object(lifecycle)) = c.get_mut("lifecycle") {
                 lifecycle.remove("preStop");
                 if lifecycle.is_empty() {
                     c.remove("lifecycle");
@@ -387,8 +426,29 @@ fn uninject_template(template: &mut Value) -> bool {
             }
         }
     }
+    // Only the pull secrets injection added: the annotation names them.
+    let added_secrets: Vec<String> = template
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(inject::ANNOTATION_INJECTED_PULL_SECRETS))
+        .and_then(Value::as_str)
+        .map(|names| names.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    if let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut)
+        && let Some(Value::Array(secrets)) = spec.get_mut("imagePullSecrets")
+    {
+        secrets.retain(|s| {
+            !s["name"]
+                .as_str()
+                .is_some_and(|n| added_secrets.iter().any(|a| a == n))
+        });
+        if secrets.is_empty() {
+            spec.remove("imagePullSecrets");
+        }
+    }
     if let Some(Value::Object(annotations)) = template.pointer_mut("/metadata/annotations") {
         annotations.remove(inject::ANNOTATION_INJECTED);
+        annotations.remove(inject::ANNOTATION_INJECTED_PULL_SECRETS);
+        annotations.remove(inject::pre_stop::ANNOTATION_REPLACED_PRE_STOP);
     }
     if template
         .pointer("/metadata/annotations")
@@ -646,6 +706,132 @@ mod tests {
         } else if let Some(a) = v.as_array_mut() {
             a.iter_mut().for_each(strip_grace);
         }
+    }
+
+    #[test]
+    fn uninject_removes_only_the_pull_secrets_injection_added() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
+        let policy_text = std::fs::read_to_string(root.join("policy.yaml")).unwrap();
+        let defaults = PolicyDefaults::default();
+        let policies = load_policies(&policy_text, "shop", &defaults).unwrap();
+        let agent = AgentConfig {
+            image_pull_secrets: vec!["regcred".into(), "goaway-registry".into()],
+            ..AgentConfig::default()
+        };
+        let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, labels: {tier: backend}}\nspec:\n  imagePullSecrets: [{name: regcred}]\n  containers:\n  - name: api\n    image: x\n    ports: [{name: grpc, containerPort: 8080}]\n";
+        let injected =
+            inject_manifests(manifest, &policies, "shop", &defaults, &agent, &mut || {
+                "token".into()
+            })
+            .unwrap();
+        assert_eq!(injected.injected.len(), 1, "{:?}", injected.warnings);
+        assert!(
+            !injected
+                .warnings
+                .iter()
+                .any(|w| w.contains("imagePullSecrets")),
+            "{:?}",
+            injected.warnings
+        );
+        let pod: Value = serde_yaml::from_str(&injected.output).unwrap();
+        assert_eq!(
+            pod["spec"]["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}, {"name": "goaway-registry"}])
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"][inject::ANNOTATION_INJECTED_PULL_SECRETS],
+            "goaway-registry"
+        );
+
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let mut back: Value = serde_yaml::from_str(&removed.output).unwrap();
+        strip_grace(&mut back);
+        let original: Value = serde_yaml::from_str(manifest).unwrap();
+        assert_eq!(back, original);
+
+        // Secrets injection added to a pod that had none leave no empty list.
+        let bare = manifest.replace("  imagePullSecrets: [{name: regcred}]\n", "");
+        let injected = inject_manifests(&bare, &policies, "shop", &defaults, &agent, &mut || {
+            "token".into()
+        })
+        .unwrap();
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let mut back: Value = serde_yaml::from_str(&removed.output).unwrap();
+        strip_grace(&mut back);
+        assert_eq!(back, serde_yaml::from_str::<Value>(&bare).unwrap());
+        // That template's pods would lose their ServiceAccount's pull
+        // secrets, and the user is told.
+        assert!(
+            injected
+                .warnings
+                .iter()
+                .any(|w| w
+                    .starts_with("Pod/p: imagePullSecrets now lists regcred, goaway-registry;")),
+            "{:?}",
+            injected.warnings
+        );
+    }
+
+    #[test]
+    fn uninject_puts_back_the_sleeping_pre_stop_hooks_injection_replaced() {
+        let manifest = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {tier: backend}}
+  template:
+    metadata: {labels: {tier: backend}}
+    spec:
+      containers:
+      - name: api
+        image: x
+        ports: [{name: grpc, containerPort: 8080}]
+        lifecycle:
+          postStart: {exec: {command: [touch, /tmp/started]}}
+          preStop: {exec: {command: [/bin/sh, -c, sleep 15]}}
+      - name: native
+        image: y
+        lifecycle:
+          preStop: {sleep: {seconds: 4}}
+      - name: own
+        image: z
+        lifecycle:
+          preStop: {exec: {command: [sh, -c, 'sleep 5 && kill 1']}}
+"#;
+        let injected = inject_with_fixture_policy(manifest);
+        assert_eq!(injected.injected.len(), 1, "{:?}", injected.warnings);
+        let out: Value = serde_yaml::from_str(&injected.output).unwrap();
+        let hook = |i: usize| {
+            out["spec"]["template"]["spec"]["containers"][i]["lifecycle"]["preStop"].clone()
+        };
+        assert_eq!(hook(0)["httpGet"]["path"], "/drain?min=15s");
+        assert_eq!(hook(1)["httpGet"]["path"], "/drain?min=4s");
+        assert_eq!(
+            hook(2),
+            serde_json::json!({"exec": {"command": ["sh", "-c", "sleep 5 && kill 1"]}})
+        );
+        assert_eq!(injected.notes.len(), 1, "{:?}", injected.notes);
+        assert!(
+            injected.notes[0].starts_with(
+                "Deployment/api: the preStop hook of container(s) api (sleep 15s), native (sleep 4s) only slept"
+            ),
+            "{:?}",
+            injected.notes
+        );
+        // The hook that does more is kept, and said so.
+        assert!(
+            injected
+                .warnings
+                .iter()
+                .any(|w| w.contains("container(s) own keep their own preStop hook")),
+            "{:?}",
+            injected.warnings
+        );
+
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let mut back: Value = serde_yaml::from_str(&removed.output).unwrap();
+        strip_grace(&mut back);
+        assert_eq!(back, serde_yaml::from_str::<Value>(manifest).unwrap());
     }
 
     #[test]

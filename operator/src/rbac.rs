@@ -32,6 +32,9 @@ pub enum Needed {
     /// interception: `--redirect-probe` and not `--forbid-redirect`
     /// ([`crate::cli::RunArgs::probes_redirect`]).
     RedirectProbe,
+    /// Only with `--owner-deployment` and a Secret or Lease to own
+    /// ([`crate::cli::RunArgs::owner_deployment`], [`crate::owner`]).
+    OwnerDeployment,
 }
 
 /// One RBAC rule.
@@ -146,7 +149,15 @@ pub const RBAC: &[Rule] = &[
     Rule {
         api_group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
-        verbs: &["get", "patch"],
+        verbs: &["get"],
+        scope: Scope::Cluster,
+        needed: Needed::Always,
+        why: "readiness checks that the API server could call the webhook through its caBundle",
+    },
+    Rule {
+        api_group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["patch"],
         scope: Scope::Cluster,
         needed: Needed::TlsModeGenerate,
         why: "leader writes the caBundle (--tls-mode generate)",
@@ -167,6 +178,14 @@ pub const RBAC: &[Rule] = &[
         needed: Needed::TlsModeGenerate,
         why: "webhook CA and serving certificate (--tls-mode generate)",
     },
+    Rule {
+        api_group: "apps",
+        resource: "deployments",
+        verbs: &["get"],
+        scope: Scope::OperatorNamespace,
+        needed: Needed::OwnerDeployment,
+        why: "reads its own Deployment's uid to make it the owner of its Secret and Lease (--owner-deployment)",
+    },
 ];
 
 /// [`RBAC`] as pretty JSON.
@@ -186,6 +205,7 @@ mod tests {
                 ("leader election", Needed::LeaderElection),
                 ("--control-channel", Needed::ControlChannel),
                 ("--redirect-probe", Needed::RedirectProbe),
+                ("--owner-deployment", Needed::OwnerDeployment),
             ]
             .into_iter()
             .filter(|(words, _)| rule.why.contains(words))

@@ -6,7 +6,10 @@
 //! certificate is kept loaded ([`crate::tls::secret::maintain`]), the
 //! webhook serves on TLS, the admin server serves health and metrics, and
 //! the control channel ([`crate::channel`]) serves agents, fed by the
-//! same policy watch.
+//! same policy watch; readiness includes a self-check that the API
+//! server could call this replica's webhook
+//! ([`crate::webhook::self_check`]). The operator's Deployment is looked up to own the
+//! Secret and Lease ([`crate::owner`]).
 //! The leader (or the only replica without leader election) runs the
 //! controller. Every task holds a clone of the [`drain_rs::Watch`] it is
 //! given ([`crate::lifecycle`]). On shutdown the listeners close first,
@@ -21,13 +24,14 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
 use crate::channel::{self, auth::Authenticator, policies::PolicySource};
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
+use crate::owner::{self, Owner};
 use crate::tls::{self, CertStore};
 use crate::webhook::redirect_probe::ProbeConfig;
 use crate::webhook::{self, Webhook};
@@ -52,7 +56,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let identity = args.identity();
     let certs = Arc::new(CertStore::new(tls::provider()));
-    let readiness = Arc::new(Readiness::with_certs(certs.clone()));
+    let readiness = Arc::new(Readiness::with_certs(certs.clone()).checking_webhook());
 
     let policies_api: Api<KeepalivePolicy> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -103,12 +107,27 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         }
     });
 
+    // The operator's Deployment's uid, for the owner references of its
+    // Secret and Lease, is read in the background: nothing waits for it.
+    let owner = Owner::unknown();
+    let owner_task = args.owner_deployment().map(|name| {
+        tokio::spawn(owner::resolve(
+            client.clone(),
+            args.namespace.clone(),
+            name.to_string(),
+            owner.clone(),
+        ))
+    });
     let (leader_tx, leader_rx) = watch::channel(false);
+    // A failed webhook self-check has the certificate upkeep sync at once.
+    let resync = Arc::new(Notify::new());
     let tls_task = tokio::spawn(tls::secret::maintain(
         tls::secret::Context {
             client: client.clone(),
             store: certs.clone(),
             leader: leader_rx,
+            owner: owner.clone(),
+            resync: resync.clone(),
         },
         tls::secret::Config {
             namespace: args.namespace.clone(),
@@ -161,6 +180,16 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
         }
         _ => None,
     };
+    let self_check_task = tokio::spawn(webhook::self_check::run(
+        client.clone(),
+        webhook::self_check::Config {
+            webhook_config: args.webhook_config.clone(),
+            webhook_addr: args.webhook_addr,
+        },
+        readiness.clone(),
+        resync,
+        shutdown.clone(),
+    ));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin::router(metrics.clone(), readiness),
@@ -187,6 +216,7 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
                 client: client.clone(),
                 metrics: metrics.clone(),
                 leader: leader_tx,
+                owner,
             };
             let config = leader::Config {
                 lease,
@@ -213,7 +243,11 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
             Err(error) => warn!(%error, server = name, "server task failed"),
         }
     }
+    if let Some(task) = owner_task {
+        task.abort();
+    }
     let _ = tls_task.await;
+    let _ = self_check_task.await;
     let _ = reflector_task.await;
     info!("stopped");
     Ok(())

@@ -14,6 +14,7 @@ mod support;
 use std::sync::Arc;
 
 use goaway_operator::inject::{AgentConfig, LABEL_PROBE, redirect_probe_pod};
+use goaway_operator::owner::Owner;
 use goaway_operator::tls::{self, CertStore, ca, secret};
 use goaway_operator::webhook::redirect_probe::{self, Verdict};
 use goaway_operator::{KeepalivePolicy, controller, metrics::Metrics};
@@ -572,9 +573,16 @@ async fn the_operator_account_writes_no_secret_but_its_certificate() {
     // it (a replace) when the names it must cover change.
     let store = CertStore::new(tls::provider());
     let names = ca::serving_names(&account, &namespace, &[]);
-    secret::sync_secret(&secrets, &tls_secret, &names, true, &store)
-        .await
-        .expect("the operator's account creates its certificate Secret");
+    secret::sync_secret(
+        &secrets,
+        &tls_secret,
+        &names,
+        true,
+        &store,
+        &Owner::unknown(),
+    )
+    .await
+    .expect("the operator's account creates its certificate Secret");
     assert!(store.is_loaded());
     let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), &namespace);
     let created = admin_secrets
@@ -583,9 +591,16 @@ async fn the_operator_account_writes_no_secret_but_its_certificate() {
         .expect("the certificate Secret");
     assert_eq!(created.type_.as_deref(), Some("kubernetes.io/tls"));
     let names = ca::serving_names(&account, &namespace, &["127.0.0.1".to_string()]);
-    secret::sync_secret(&secrets, &tls_secret, &names, true, &store)
-        .await
-        .expect("the operator's account renews its certificate Secret");
+    secret::sync_secret(
+        &secrets,
+        &tls_secret,
+        &names,
+        true,
+        &store,
+        &Owner::unknown(),
+    )
+    .await
+    .expect("the operator's account renews its certificate Secret");
     let renewed = admin_secrets
         .get(&tls_secret)
         .await

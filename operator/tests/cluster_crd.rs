@@ -467,6 +467,14 @@ async fn inject_output_passes_server_side_dry_run() {
         kinds.len(),
         "{injected}"
     );
+    // The hooks that only slept (the StatefulSet's `sleep 5`, the bare
+    // pod's native sleep) became the drain with the sleep as its floor...
+    for floor in ["/drain?min=5s", "/drain?min=3s"] {
+        assert!(
+            injected.contains(&format!("path: {floor}")),
+            "{floor} not in {injected}"
+        );
+    }
     // ...and the API server accepts every object as injected.
     let applied = ok(
         "kubectl apply --dry-run=server",

@@ -16,13 +16,19 @@ use std::time::Duration;
 
 use goaway_operator::KeepalivePolicy;
 use goaway_operator::inject::{
-    ANNOTATION_INJECTED, CONTAINER_NAME, INTERCEPT_CONTAINER_NAME, VOLUME_NAME,
+    ANNOTATION_INJECTED, ANNOTATION_INJECTED_PULL_SECRETS, CONTAINER_NAME,
+    INTERCEPT_CONTAINER_NAME, VOLUME_NAME,
 };
+use goaway_operator::tls::ca;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -80,6 +86,7 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
         &[
             &format!("webhook.url={url}"),
             &format!("watchNamespace={}", apps.name),
+            "agent.imagePullSecrets[0].name=agent-registry",
         ],
     );
     let hook = rendered(&docs, "MutatingWebhookConfiguration");
@@ -126,6 +133,34 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
     })
     .await;
 
+    // The caBundle gone (say the configuration was replaced as the chart
+    // renders it): the self-check fails, and the leader writes it again
+    // at once rather than at its next periodic sync, a minute away.
+    let mut emptied = hooks.get(&hook_name).await.expect("the configuration");
+    for webhook in emptied.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = None;
+    }
+    hooks
+        .replace(&hook_name, &PostParams::default(), &emptied)
+        .await
+        .expect("drop the caBundle");
+    wait_for(
+        "the caBundle written again and the operator ready",
+        Duration::from_secs(20),
+        async || {
+            let hook = hooks.get(&hook_name).await.ok()?;
+            let back = hook.webhooks?.first()?.client_config.ca_bundle.as_ref() == Some(&ca_bundle);
+            let (status, _) = operator.admin_get("/readyz").await?;
+            (back && status == 200).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        operator.log().contains("caBundle is empty"),
+        "the self-check never saw it empty:\n{}",
+        operator.log()
+    );
+
     let policies: Api<KeepalivePolicy> = Api::namespaced(client.clone(), &apps.name);
     policies
         .patch(
@@ -148,8 +183,27 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
 
     // The webhook's policy cache follows its own watch: dry-run creates
     // (which call webhooks too) until the policy is in it.
+    // The app's ServiceAccount has a pull secret of its own, which the
+    // API server copies into its pods before the webhook sees them.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &apps.name);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "api"},
+                "imagePullSecrets": [{"name": "app-registry"}],
+            }))
+            .expect("a ServiceAccount"),
+        )
+        .await
+        .expect("create the app's ServiceAccount");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &apps.name);
-    let selected = || pod("api-1", json!({"app": "api"}), json!({}), false);
+    let selected = || {
+        let mut p = pod("api-1", json!({"app": "api"}), json!({}), false);
+        p.spec.as_mut().expect("a spec").service_account_name = Some("api".into());
+        p
+    };
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
@@ -214,6 +268,23 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
     assert!(spec.volumes.iter().flatten().any(|v| v.name == VOLUME_NAME));
     // delay 5s + timeout 20s + 5s margin.
     assert!(spec.termination_grace_period_seconds >= Some(30));
+    // The agent's pull secret (agent.imagePullSecrets) beside the
+    // ServiceAccount's, which the API server added before the webhook ran;
+    // the annotation names only the one injection added.
+    let pull_secrets: Vec<_> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(pull_secrets, ["app-registry", "agent-registry"]);
+    assert_eq!(
+        stored
+            .annotations()
+            .get(ANNOTATION_INJECTED_PULL_SECRETS)
+            .map(String::as_str),
+        Some("agent-registry")
+    );
 
     // Opted out (label, annotation) and hostNetwork pods: stored unchanged.
     for (name, labels, annotations, host_network) in [
@@ -338,6 +409,7 @@ async fn redirect_falls_back_to_named_port_where_an_admission_policy_refuses_net
         &[
             &format!("webhook.url={url}"),
             &format!("watchNamespace={}", apps.name),
+            "agent.imagePullSecrets[0].name=agent-registry",
         ],
     );
     let hook = rendered(&docs, "MutatingWebhookConfiguration");
@@ -507,6 +579,130 @@ async fn redirect_falls_back_to_named_port_where_an_admission_policy_refuses_net
     let _ = bindings.delete(&rule, &DeleteParams::default()).await;
     let rules: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let _ = rules.delete(&rule, &DeleteParams::default()).await;
+    apps.delete().await;
+    system.delete().await;
+}
+
+/// Waits until the operator's `/readyz` answers `status` with a body
+/// containing `reason`.
+async fn readyz_says(operator: &Operator, status: u16, reason: &str) {
+    wait_for(
+        &format!("/readyz {status} with {reason:?}"),
+        Duration::from_secs(60),
+        async || {
+            let (s, body) = operator.admin_get("/readyz").await?;
+            (s == status && body.contains(reason)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_is_ready_only_once_the_api_server_could_call_its_webhook() {
+    let Some(client) = client_or_skip("webhook readiness").await else {
+        return;
+    };
+    install_crd(&client).await;
+    let system = Scratch::new(&client, "ready-system", json!({})).await;
+    let apps = Scratch::new(&client, "ready-apps", json!({})).await;
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let release = format!("goaway-e2e-ready-{}", std::process::id());
+    let docs = helm_template(
+        &release,
+        &system.name,
+        &[
+            &format!("webhook.url={url}"),
+            &format!("watchNamespace={}", apps.name),
+        ],
+    );
+    let env = chart_operator_env(&docs, &system.name, "operator-ready-e2e");
+    let setting = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the chart sets no {name}"))
+    };
+    // Another replica holds the Lease (for an hour): this one follows, so
+    // it never writes the caBundle itself — the leader's job — and the
+    // test decides what the configuration holds.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &system.name);
+    let now = MicroTime(Timestamp::now());
+    leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some(setting("GOAWAY_LEASE_NAME")),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("another-replica".into()),
+                    lease_duration_seconds: Some(3600),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            },
+        )
+        .await
+        .expect("the other replica's Lease");
+    let operator = Operator::start_with_env("cluster-webhook-ready-operator", port, &[], &env);
+    let hook_name = setting("GOAWAY_WEBHOOK_CONFIG");
+
+    // Certificate loaded, policies synced, but no webhook configuration:
+    // the API server would not call it at all.
+    readyz_says(
+        &operator,
+        503,
+        &format!("MutatingWebhookConfiguration {hook_name} not found"),
+    )
+    .await;
+
+    // The configuration as the chart makes it: no caBundle yet.
+    let hook = rendered(&docs, "MutatingWebhookConfiguration");
+    ok(
+        "kubectl apply the MutatingWebhookConfiguration",
+        kubectl_stdin(&["apply", "--server-side", "-f", "-"], &hook.to_string()),
+    );
+    readyz_says(&operator, 503, "caBundle is empty").await;
+
+    // Another CA's certificate: the API server's handshake would fail.
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let set_ca_bundle = async |pem: &[u8]| {
+        let mut config = hooks.get(&hook_name).await.expect("the configuration");
+        for webhook in config.webhooks.iter_mut().flatten() {
+            webhook.client_config.ca_bundle = Some(ByteString(pem.to_vec()));
+        }
+        hooks
+            .replace(&hook_name, &PostParams::default(), &config)
+            .await
+            .expect("set the caBundle");
+    };
+    let stranger = ca::new_ca().expect("another CA");
+    set_ca_bundle(stranger.cert.as_bytes()).await;
+    readyz_says(&operator, 503, "checked against the caBundle").await;
+
+    // The operator's own CA, from the Secret it shares with the leader:
+    // what the leader writes. Now the API server could call it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &system.name);
+    let secret = wait("the certificate Secret", async || {
+        secrets.get_opt(&setting("GOAWAY_TLS_SECRET")).await.ok()?
+    })
+    .await;
+    let own = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .expect("the CA in the Secret")
+        .0
+        .clone();
+    set_ca_bundle(&own).await;
+    readyz_says(&operator, 200, "ready").await;
+    // Never led: the caBundle is the one the test wrote.
+    assert!(!operator.log().contains("patched webhook caBundle"));
+
+    let _ = hooks.delete(&hook_name, &DeleteParams::default()).await;
     apps.delete().await;
     system.delete().await;
 }

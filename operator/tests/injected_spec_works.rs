@@ -68,7 +68,7 @@ async fn app_pre_stop_drains_the_injected_agent() {
     })
     .unwrap();
     let pod: Pod = serde_yaml::from_str(&format!(
-        "metadata: {{labels: {{app: api}}}}\nspec:\n  containers:\n  - name: app\n    image: app\n    ports: [{{name: grpc, containerPort: {app_port}}}]\n"
+        "metadata: {{labels: {{app: api}}}}\nspec:\n  containers:\n  - name: app\n    image: app\n    ports: [{{name: grpc, containerPort: {app_port}}}]\n    lifecycle: {{preStop: {{sleep: {{seconds: 2}}}}}}\n"
     ))
     .unwrap();
     let agent_config = AgentConfig {
@@ -162,9 +162,17 @@ async fn app_pre_stop_drains_the_injected_agent() {
     // Without the pod's token the drain is refused.
     assert_eq!(http_get(&pre_stop, false).await.0, 401);
 
-    // The app's preStop hook exactly as written: blocks until drained.
+    // The app's preStop hook exactly as written: blocks until drained,
+    // and — it replaced a 2 s sleep — at least 2 s.
+    assert_eq!(pre_stop.path.as_deref(), Some("/drain?min=2s"));
+    let started = std::time::Instant::now();
     let (status, summary) = http_get(&pre_stop, true).await;
     assert_eq!(status, 200, "{summary}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the hook let the container go after {:?}, before the sleep it replaced",
+        started.elapsed()
+    );
     assert!(summary.contains('{'), "drain summary: {summary}");
 
     // The client saw GOAWAY and its connection closed; readiness fails;

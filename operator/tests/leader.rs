@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use goaway_operator::leader::{self, LeaseConfig, LeaseTiming, run_as_leader};
 use goaway_operator::metrics::Metrics;
+use goaway_operator::owner::Owner;
 use goaway_operator::rbac::RBAC;
 use goaway_operator::{MANAGER, Result};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -136,6 +137,20 @@ impl Replica {
         F: FnMut(drain_rs::Watch) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        Self::start_owned(client, identity, work, Owner::unknown())
+    }
+
+    /// [`Replica::start_on`], with `owner` for the Lease.
+    fn start_owned<F, Fut>(
+        client: kube::Client,
+        identity: &'static str,
+        work: F,
+        owner: Owner,
+    ) -> Self
+    where
+        F: FnMut(drain_rs::Watch) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (stop, shutdown) = drain_rs::channel();
         let (leader_tx, leader) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
@@ -143,6 +158,7 @@ impl Replica {
             client,
             metrics: metrics.clone(),
             leader: leader_tx,
+            owner,
         };
         let config = leader::Config {
             lease: LeaseConfig {
@@ -658,5 +674,72 @@ async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
     terms.have_begun(&["a", "b"]).await;
     terms.assert_never_overlapped();
     a.shut_down().await;
+    b.shut_down().await;
+}
+
+/// The operator's Deployment, as `owner::resolve` finds it.
+fn deployment_owner() -> Owner {
+    let deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "goaway-operator", "namespace": NAMESPACE, "uid": "deployment-uid"},
+    }))
+    .unwrap();
+    Owner::known(goaway_operator::owner::reference(&deployment).unwrap())
+}
+
+fn lease_owners(api: &FakeApi) -> Vec<String> {
+    lease(api)["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{}/{} {}",
+                r["kind"].as_str().unwrap(),
+                r["name"].as_str().unwrap(),
+                r["uid"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_owned_by_the_operators_deployment_so_an_uninstall_deletes_it() {
+    let owned = ["Deployment/goaway-operator deployment-uid"];
+    // Created by the replica: owned from the start.
+    let api = FakeApi::new();
+    let terms = Terms::default();
+    let mut a = Replica::start_owned(
+        api.client(),
+        "a",
+        Replica::recorded("a", &terms),
+        deployment_owner(),
+    );
+    a.becomes_leader().await;
+    assert_eq!(lease_owners(&api), owned);
+    a.shut_down().await;
+    // Released, still owned.
+    assert_eq!(lease_owners(&api), owned);
+
+    // Left by an older release without an owner: the holder's next write
+    // adds it, once.
+    let api = FakeApi::new();
+    let leases: Api<Lease> = Api::namespaced(api.client(), NAMESPACE);
+    let old: Lease =
+        serde_json::from_value(json!({"metadata": {"name": LEASE}, "spec": {}})).unwrap();
+    leases.create(&PostParams::default(), &old).await.unwrap();
+    assert!(lease_owners(&api).is_empty());
+    let mut b = Replica::start_owned(
+        api.client(),
+        "b",
+        Replica::recorded("b", &terms),
+        deployment_owner(),
+    );
+    b.becomes_leader().await;
+    assert_eq!(lease_owners(&api), owned);
+    // Renewals later, still exactly one reference.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(holder(&api).as_deref(), Some("b"));
+    assert_eq!(lease_owners(&api), owned);
     b.shut_down().await;
 }

@@ -5,6 +5,7 @@
 
 mod support;
 
+use goaway_operator::owner::Owner;
 use goaway_operator::tls::secret::{patch_ca_bundle, sync_secret};
 use goaway_operator::tls::{CertStore, ca, provider};
 use k8s_openapi::api::core::v1::Secret;
@@ -25,9 +26,16 @@ async fn certificate_is_created_shared_and_renewed_by_the_leader_only() {
     let names = ca::service_dns_names("goaway-operator", "goaway-system");
     let store = CertStore::new(provider());
 
-    let ca_pem = sync_secret(&secrets, "webhook-tls", &names, false, &store)
-        .await
-        .unwrap();
+    let ca_pem = sync_secret(
+        &secrets,
+        "webhook-tls",
+        &names,
+        false,
+        &store,
+        &Owner::unknown(),
+    )
+    .await
+    .unwrap();
     assert!(store.is_loaded());
     assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
     let (cert, ca_crt) = (data(&api, "tls.crt"), data(&api, "ca.crt"));
@@ -37,24 +45,45 @@ async fn certificate_is_created_shared_and_renewed_by_the_leader_only() {
     // Another replica reads the same certificate.
     let other = CertStore::new(provider());
     assert_eq!(
-        sync_secret(&secrets, "webhook-tls", &names, false, &other)
-            .await
-            .unwrap(),
+        sync_secret(
+            &secrets,
+            "webhook-tls",
+            &names,
+            false,
+            &other,
+            &Owner::unknown()
+        )
+        .await
+        .unwrap(),
         ca_pem
     );
     assert_eq!(data(&api, "tls.crt"), cert);
 
     // The Service's names changed: a follower keeps serving what is there...
     let moved = ca::service_dns_names("goaway", "goaway-system");
-    sync_secret(&secrets, "webhook-tls", &moved, false, &store)
-        .await
-        .unwrap();
+    sync_secret(
+        &secrets,
+        "webhook-tls",
+        &moved,
+        false,
+        &store,
+        &Owner::unknown(),
+    )
+    .await
+    .unwrap();
     assert_eq!(data(&api, "tls.crt"), cert);
     // ...and the leader renews the serving certificate under the same CA.
     assert_eq!(
-        sync_secret(&secrets, "webhook-tls", &moved, true, &store)
-            .await
-            .unwrap(),
+        sync_secret(
+            &secrets,
+            "webhook-tls",
+            &moved,
+            true,
+            &store,
+            &Owner::unknown()
+        )
+        .await
+        .unwrap(),
         ca_pem
     );
     assert_ne!(data(&api, "tls.crt"), cert);
@@ -106,4 +135,76 @@ async fn leader_writes_the_ca_into_every_webhook_once() {
     assert_eq!(again["metadata"]["resourceVersion"], version);
     // A missing configuration is not an error (the chart may not have made it yet).
     patch_ca_bundle(&client, "absent", "CA PEM").await.unwrap();
+}
+
+/// The operator's Deployment, as `owner::resolve` finds it.
+fn deployment_owner() -> Owner {
+    let deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "goaway-operator", "namespace": "goaway-system", "uid": "deployment-uid"},
+    }))
+    .unwrap();
+    Owner::known(goaway_operator::owner::reference(&deployment).unwrap())
+}
+
+fn owner_uids(api: &FakeApi) -> Vec<String> {
+    let secret = api.get("secrets", "goaway-system", "webhook-tls").unwrap();
+    secret["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["uid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_certificate_secret_is_owned_by_the_operators_deployment() {
+    let names = ca::service_dns_names("goaway-operator", "goaway-system");
+    let owner = deployment_owner();
+
+    // Created with the owner known: owned from the start.
+    let api = FakeApi::new();
+    let secrets: Api<Secret> = Api::namespaced(api.client(), "goaway-system");
+    let store = CertStore::new(provider());
+    sync_secret(&secrets, "webhook-tls", &names, false, &store, &owner)
+        .await
+        .unwrap();
+    assert_eq!(owner_uids(&api), ["deployment-uid"]);
+    // A renewal (the Service's names changed) keeps it, once.
+    let moved = ca::service_dns_names("goaway", "goaway-system");
+    sync_secret(&secrets, "webhook-tls", &moved, true, &store, &owner)
+        .await
+        .unwrap();
+    assert_eq!(owner_uids(&api), ["deployment-uid"]);
+
+    // Created before the owner was known (or by an older release): a
+    // follower leaves it; the leader adds the owner, keeping the CA.
+    let api = FakeApi::new();
+    let secrets: Api<Secret> = Api::namespaced(api.client(), "goaway-system");
+    let ca_pem = sync_secret(
+        &secrets,
+        "webhook-tls",
+        &names,
+        false,
+        &store,
+        &Owner::unknown(),
+    )
+    .await
+    .unwrap();
+    assert!(owner_uids(&api).is_empty());
+    sync_secret(&secrets, "webhook-tls", &names, false, &store, &owner)
+        .await
+        .unwrap();
+    assert!(owner_uids(&api).is_empty());
+    assert_eq!(
+        sync_secret(&secrets, "webhook-tls", &names, true, &store, &owner)
+            .await
+            .unwrap(),
+        ca_pem
+    );
+    assert_eq!(owner_uids(&api), ["deployment-uid"]);
+    sync_secret(&secrets, "webhook-tls", &names, true, &store, &owner)
+        .await
+        .unwrap();
+    assert_eq!(owner_uids(&api), ["deployment-uid"]);
 }

@@ -317,7 +317,20 @@ async fn existing_pre_stop_is_kept() {
     let app = container(&pod, "containers", "api");
     assert_eq!(
         app["lifecycle"]["preStop"],
-        json!({"exec": {"command": ["/bin/sh", "-c", "sleep 10"]}})
+        json!({"exec": {"command": ["/bin/sh", "-c", "nginx -s quit && sleep 10"]}})
+    );
+}
+
+#[tokio::test]
+async fn a_pre_stop_that_only_sleeps_becomes_the_drain_with_the_sleep_as_floor() {
+    let pod = fixture("sleep_prestop", true).await;
+    let app = container(&pod, "containers", "api");
+    let hook = &app["lifecycle"]["preStop"]["httpGet"];
+    assert_eq!(hook["path"], "/drain?min=10s");
+    assert_eq!(hook["httpHeaders"][0]["value"], "Bearer fixture-token");
+    assert_eq!(
+        pod["metadata"]["annotations"]["goaway.dev/injected-replaced-pre-stop"],
+        r#"{"api":{"exec":{"command":["/bin/sh","-c","sleep 10"]}}}"#
     );
 }
 
@@ -565,4 +578,59 @@ async fn dry_run_reviews_publish_no_events() {
     assert_eq!(reasons, ["InjectValueUnrecognised", "PreStopKept"]);
     assert_eq!(about(&events, "dry-run"), Vec::<String>::new());
     assert_eq!(events.len(), 2, "{events:#?}");
+}
+
+/// Replacing a sleeping preStop hook is said in a Normal Event on the
+/// pod's owner (never for a dry run), naming the container and the sleep.
+#[tokio::test]
+async fn a_replaced_sleep_is_reported_in_a_normal_event() {
+    let api = FakeApi::new();
+    let (store, mut writer) = reflector::store();
+    for p in policies() {
+        writer.apply_watcher_event(&watcher::Event::Apply((*p).clone()));
+    }
+    let reporter = Reporter {
+        controller: goaway_operator::MANAGER.into(),
+        instance: None,
+    };
+    let webhook = Arc::new(
+        Webhook::new(store, AgentConfig::default(), Arc::new(Metrics::default()))
+            .with_token_source(|| "fixture-token".into())
+            .with_recorder(Recorder::new(api.client(), reporter)),
+    );
+    let owned_by = |replica_set: &str, dry_run: bool| {
+        let mut review = load("sleep_prestop");
+        review["request"]["dryRun"] = json!(dry_run);
+        review["request"]["object"]["metadata"]["ownerReferences"][0]["name"] = json!(replica_set);
+        review
+    };
+    let (_, _, patched) = review(&webhook, &owned_by("dry-run", true)).await;
+    assert!(patched.is_some());
+    let (_, _, patched) = review(&webhook, &owned_by("for-real", false)).await;
+    assert!(patched.is_some());
+
+    let events = eventually("the replaced sleep's Event", || {
+        let events = api.list("events");
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["reason"].as_str(),
+            event["regarding"]["name"].as_str()
+        ),
+        (
+            Some("Normal"),
+            Some("PreStopSleepReplaced"),
+            Some("for-real")
+        )
+    );
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("container(s) api (sleep 10s) only slept"),
+        "{note}"
+    );
 }

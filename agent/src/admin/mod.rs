@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -79,16 +79,51 @@ pub async fn serve(listener: tokio::net::TcpListener, agent: Arc<Agent>) -> std:
     axum::serve(listener, app).await
 }
 
-/// Starts (or joins) the drain and answers when it has finished.
+/// Starts (or joins) the drain and answers when it has finished — and,
+/// with `?min=<Go duration>`, no sooner than that long after the request
+/// arrived: the floor a preStop `sleep` the operator replaced with this
+/// hook promised its container (docs/design.md §9.1). The drain is
+/// shared; the floor is the caller's own. An unreadable `min` is logged
+/// and ignored: the hook still drains.
 async fn drain(
     State(agent): State<Arc<Agent>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Response {
+    let arrived = tokio::time::Instant::now();
     if let Some(refused) = guard(&agent, peer, &headers, "drain") {
         return refused;
     }
-    Json(agent.drain().await).into_response()
+    let min = match min_hold(query.as_deref()) {
+        Ok(min) => min,
+        Err(reason) => {
+            tracing::warn!(query = query.as_deref(), %reason, "drain request's min ignored");
+            None
+        }
+    };
+    let summary = agent.drain().await;
+    if let Some(min) = min {
+        tokio::time::sleep_until(arrived + min).await;
+    }
+    Json(summary).into_response()
+}
+
+/// The `min` of a `/drain` query string, a Go duration.
+fn min_hold(query: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("min="))
+    else {
+        return Ok(None);
+    };
+    let duration: goaway_transport::policy::GoDuration =
+        value.parse().map_err(|e| format!("min={value}: {e}"))?;
+    duration
+        .to_std()
+        .map(Some)
+        .ok_or_else(|| format!("min={value}: must not be negative"))
 }
 
 /// The log filter in force.
@@ -244,5 +279,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(presented(&h), None);
+    }
+
+    #[test]
+    fn the_drain_floor_is_a_go_duration_in_the_query() {
+        assert_eq!(min_hold(None), Ok(None));
+        assert_eq!(min_hold(Some("x=1")), Ok(None));
+        assert_eq!(min_hold(Some("min=5s")), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(
+            min_hold(Some("a=b&min=1m30s")),
+            Ok(Some(Duration::from_secs(90)))
+        );
+        assert!(min_hold(Some("min=5")).is_err());
+        assert!(min_hold(Some("min=-1s")).is_err());
     }
 }

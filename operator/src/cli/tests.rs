@@ -51,6 +51,10 @@ fn agent_flags_the_api_server_would_refuse_do_not_parse_and_the_error_names_the_
         ("--default-drain-delay", "5"),
         ("--default-drain-timeout", "1d"),
         ("--default-drain-goaway-ack-timeout", ""),
+        ("--agent-image-pull-secret", "RegCred"),
+        ("--agent-image-pull-secret", ""),
+        ("--agent-image-pull-secret", "-regcred"),
+        ("--agent-image-pull-secret", "reg..cred"),
     ] {
         for result in parse_both(&[&format!("{flag}={value}")]) {
             let err = result
@@ -100,6 +104,30 @@ fn good_agent_flags_parse_into_the_agent_config() {
         run.unwrap().0.agent_config().unwrap(),
         AgentConfig::default()
     );
+}
+
+#[test]
+fn agent_pull_secrets_repeat_or_come_as_one_comma_separated_variable() {
+    for result in parse_both(&[
+        "--agent-image-pull-secret=regcred",
+        "--agent-image-pull-secret",
+        "mirror.example-1",
+    ]) {
+        let config = result.unwrap().0.agent_config().unwrap();
+        assert_eq!(config.image_pull_secrets, ["regcred", "mirror.example-1"]);
+    }
+    // The chart sets the variable from agent.imagePullSecrets.
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").unwrap();
+    let arg = run
+        .get_arguments()
+        .find(|a| a.get_long() == Some("agent-image-pull-secret"))
+        .unwrap();
+    assert_eq!(
+        arg.get_env().and_then(|e| e.to_str()),
+        Some("GOAWAY_AGENT_IMAGE_PULL_SECRETS")
+    );
+    assert_eq!(arg.get_value_delimiter(), Some(','));
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! Valid policy (as written and merged with the operator's defaults):
 //! apply the ConfigMap holding the merged policy (server-side apply,
 //! owner reference), count the pods the selector matches and those
-//! injected with this policy, find pods an older policy wins and Services
+//! injected with this policy (and those whose agent cannot get its image,
+//! which then never start), find pods an older policy wins and Services
 //! that bypass the agent ([`bypass`]), apply the status. Invalid
 //! policy: only the status changes (Ready=False with every invalid field)
 //! and the last good ConfigMap stays, so running agents keep their policy.
@@ -31,8 +32,8 @@ use super::bypass::{self, Bypass};
 use super::status::{Cond, apply_body, changed};
 use super::{Context, LABEL_MANAGED_BY, RESYNC};
 use crate::crd::{
-    CA_FILE_KEY, CONDITION_BYPASSED, CONDITION_CONFLICTED, CONDITION_READY, POLICY_FILE_KEY,
-    render_policy_file,
+    CA_FILE_KEY, CONDITION_AGENT_IMAGE_PULL_FAILING, CONDITION_BYPASSED, CONDITION_CONFLICTED,
+    CONDITION_READY, POLICY_FILE_KEY, render_policy_file,
 };
 use crate::inject::{self, ANNOTATION_INJECTED};
 use crate::{Error, KeepalivePolicy, KeepalivePolicyStatus, MANAGER, Result, selection};
@@ -167,9 +168,31 @@ impl<'a> Reconciler<'a> {
         }
         .build(generation, &self.previous, self.now);
 
+        let pull_message = counts.pull_failure_message(&self.namespace);
+        let pull_failing = match &pull_message {
+            Some(m) => Cond {
+                type_: CONDITION_AGENT_IMAGE_PULL_FAILING,
+                status: true,
+                reason: "AgentImageNotPulled",
+                message: m,
+            },
+            None => Cond {
+                type_: CONDITION_AGENT_IMAGE_PULL_FAILING,
+                status: false,
+                reason: "NoPullFailure",
+                message: "no injected pod is waiting on the agent's image",
+            },
+        }
+        .build(generation, &self.previous, self.now);
+
         let status = KeepalivePolicyStatus {
             observed_generation: generation,
-            conditions: vec![ready.clone(), conflicted.clone(), bypassed.clone()],
+            conditions: vec![
+                ready.clone(),
+                conflicted.clone(),
+                bypassed.clone(),
+                pull_failing.clone(),
+            ],
             matched_pods: counts.matched,
             injected_pods: counts.injected,
             selector: selector_text(self.policy),
@@ -217,6 +240,20 @@ impl<'a> Reconciler<'a> {
                 EventType::Warning,
                 "ServicesBypassAgent",
                 "Intercept",
+                message,
+            )
+            .await;
+        }
+        // Once per episode, not per pod: the condition's message keeps the
+        // count current.
+        if let Some(message) = pull_message
+            && became_true(&self.previous, &pull_failing)
+        {
+            warn!(pods = counts.pull_failures, "{message}");
+            self.publish(
+                EventType::Warning,
+                "AgentImagePullFailing",
+                "Inject",
                 message,
             )
             .await;
@@ -298,6 +335,11 @@ impl<'a> Reconciler<'a> {
             counts.matched += 1;
             if pod.annotations().get(ANNOTATION_INJECTED) == Some(&self.name) {
                 counts.injected += 1;
+                if let Some((image, reason)) = agent_pull_failure(pod) {
+                    counts.pull_failures += 1;
+                    counts.pull_images.insert(image);
+                    counts.pull_reasons.insert(reason);
+                }
             }
             let winner =
                 selection::winner(&policies, &self.namespace, pod.labels(), &self.ctx.defaults);
@@ -343,6 +385,11 @@ impl<'a> Reconciler<'a> {
 struct PodCounts {
     matched: i32,
     injected: i32,
+    /// Injected pods whose agent waits on its image, the images and the
+    /// kubelet's reasons.
+    pull_failures: i32,
+    pull_images: BTreeSet<String>,
+    pull_reasons: BTreeSet<String>,
     lost: i32,
     winners: BTreeSet<String>,
     /// The matched pods (for [`bypass`]).
@@ -361,6 +408,60 @@ impl PodCounts {
             )
         })
     }
+}
+
+impl PodCounts {
+    fn pull_failure_message(&self, namespace: &str) -> Option<String> {
+        (self.pull_failures > 0).then(|| {
+            let images: Vec<_> = self.pull_images.iter().map(String::as_str).collect();
+            let reasons: Vec<_> = self.pull_reasons.iter().map(String::as_str).collect();
+            format!(
+                "{} of {} injected pods cannot pull the agent image {} ({}); they do not start, since the agent starts before the app: check the operator's --agent-image and --agent-image-pull-secret (chart values agent.image, agent.imagePullSecrets), whose Secrets must exist in namespace {namespace}",
+                self.pull_failures,
+                self.injected,
+                images.join(", "),
+                reasons.join(", ")
+            )
+        })
+    }
+}
+
+/// What the kubelet says when it cannot get an image: backing off after a
+/// failed pull, the failed pull itself, a name it cannot parse, or
+/// `imagePullPolicy: Never` without the image on the node.
+const PULL_FAILURES: [&str; 4] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
+
+/// The agent's image and the kubelet's reason when the pod's agent
+/// container waits because its image cannot be pulled.
+fn agent_pull_failure(pod: &Pod) -> Option<(String, String)> {
+    let status = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == inject::CONTAINER_NAME)?;
+    let reason = status.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
+    PULL_FAILURES
+        .contains(&reason.as_str())
+        .then(|| (status.image.clone(), reason))
+}
+
+/// True when `new` is True and the previous condition of its type was not.
+fn became_true(
+    previous: &KeepalivePolicyStatus,
+    new: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> bool {
+    new.status == "True"
+        && !previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == new.type_ && c.status == "True")
 }
 
 /// The selector in `kubectl get -l` form; `None` when empty or invalid.

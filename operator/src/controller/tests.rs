@@ -602,3 +602,112 @@ fn pods_map_to_selecting_and_injecting_policies() {
         .collect();
     assert_eq!(names, ["a", "old"]);
 }
+
+/// An injected pod of policy `grpc` whose agent container waits with
+/// `reason` (`None`: it runs).
+fn injected_pod_waiting(name: &str, reason: Option<&str>) -> Value {
+    let mut pod = pod_meta(name, Some("grpc"));
+    let state = match reason {
+        Some(r) => json!({"waiting": {"reason": r, "message": "Back-off pulling image"}}),
+        None => json!({"running": {}}),
+    };
+    pod["status"] = json!({"initContainerStatuses": [
+        {"name": "goaway-agent", "image": "registry.example/goaway-agent:1", "imageID": "",
+         "ready": false, "restartCount": 0, "state": state},
+    ]});
+    pod
+}
+
+#[tokio::test]
+async fn injected_pods_that_cannot_pull_the_agent_image_are_counted_once_per_episode() {
+    let mut p = policy("grpc", "2024-01-01T00:00:00Z", "");
+    let (ctx, mut api) = context(&[&p]);
+    // The app's own image failing is not the agent's.
+    let mut app_failing = injected_pod_waiting("d", None);
+    app_failing["status"]["containerStatuses"] = json!([{"name": "app", "image": "app:1",
+        "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff"}}}]);
+    let listed = pods(json!([
+        injected_pod_waiting("a", Some("ImagePullBackOff")),
+        injected_pod_waiting("b", Some("ErrImagePull")),
+        injected_pod_waiting("c", None),
+        app_failing,
+        pod_meta("e", None),
+    ]));
+
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(&mut api, Method::GET, PODS_PATH, listed.clone()).await;
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    let failing = condition(&status, "AgentImagePullFailing");
+    assert_eq!(
+        (failing["status"].as_str(), failing["reason"].as_str()),
+        (Some("True"), Some("AgentImageNotPulled"))
+    );
+    let message = failing["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "2 of 4 injected pods cannot pull the agent image registry.example/goaway-agent:1 (ErrImagePull, ImagePullBackOff)"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("namespace ns"), "{message}");
+    // Ready says whether the policy is rendered, not whether pods start.
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(event["reason"], "PolicyRendered");
+    let (_, event) = expect(&mut api, Method::POST, EVENTS_PATH, json!({})).await;
+    assert_eq!(
+        (event["reason"].as_str(), event["type"].as_str()),
+        (Some("AgentImagePullFailing"), Some("Warning"))
+    );
+    assert_eq!(event["note"].as_str(), Some(message));
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+
+    // Still failing on the next pass, one pod fewer: the count follows,
+    // without a second Event.
+    p.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let listed = pods(json!([
+        injected_pod_waiting("a", Some("ImagePullBackOff")),
+        injected_pod_waiting("b", None),
+    ]));
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(&mut api, Method::GET, PODS_PATH, listed).await;
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    let failing = condition(&status, "AgentImagePullFailing");
+    assert_eq!(failing["status"], "True");
+    assert!(
+        failing["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 2 injected pods"),
+        "{failing}"
+    );
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+
+    // Pulled at last: False, and no Event for the good news.
+    p.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    expect(&mut api, Method::PATCH, CM_PATH, json!({})).await;
+    expect(
+        &mut api,
+        Method::GET,
+        PODS_PATH,
+        pods(json!([injected_pod_waiting("a", None)])),
+    )
+    .await;
+    expect(&mut api, Method::GET, SERVICES_PATH, services(json!([]))).await;
+    let (_, status) = expect_status_apply(&mut api, &p).await;
+    let failing = condition(&status, "AgentImagePullFailing");
+    assert_eq!(
+        (failing["status"].as_str(), failing["reason"].as_str()),
+        (Some("False"), Some("NoPullFailure"))
+    );
+    run.await.unwrap().unwrap();
+    expect_silence(&mut api).await;
+}

@@ -44,6 +44,9 @@ pub const CONDITION_CONFLICTED: &str = "Conflicted";
 /// Condition type: Services select matched pods but send their traffic
 /// around the agent in the policy's interception mode.
 pub const CONDITION_BYPASSED: &str = "Bypassed";
+/// Condition type: injected pods cannot pull the agent's image, so they
+/// do not start (the agent, a native sidecar, starts before the app).
+pub const CONDITION_AGENT_IMAGE_PULL_FAILING: &str = "AgentImagePullFailing";
 
 /// How clients reach the agent. namedPort (the operator's default unless
 /// it runs with --default-interception redirect): the agent takes over the
@@ -195,7 +198,10 @@ pub struct KeepalivePolicyStatus {
     pub observed_generation: Option<i64>,
     /// Ready: the policy is valid and its ConfigMap holds it (False with
     /// the invalid fields otherwise). Conflicted: pods this policy selects
-    /// are also selected by an older policy, which wins them.
+    /// are also selected by an older policy, which wins them. Bypassed:
+    /// Services reach matched pods around the agent.
+    /// AgentImagePullFailing: injected pods cannot pull the agent's image,
+    /// so they do not start.
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

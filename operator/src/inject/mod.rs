@@ -23,8 +23,10 @@
 //!   ([`PolicyDefaults::refusing_redirect`]): namedPort then, and
 //!   [`Injection::redirect_refused`] says so;
 //! - gives every application container a `preStop.httpGet` to the agent's
-//!   `/drain` carrying the pod's drain token, keeping (and reporting) any
-//!   preStop the container already has — such a container gets the token
+//!   `/drain` carrying the pod's drain token. A preStop that only sleeps
+//!   ([`pre_stop`]) is replaced by it, the sleep kept as the drain's floor
+//!   (`/drain?min=…`) and the original recorded for `uninject`; any other
+//!   preStop is kept (and reported) — such a container gets the token
 //!   and the drain URL as `GOAWAY_DRAIN_TOKEN`/`GOAWAY_DRAIN_URL`, so its
 //!   hook can drain first;
 //! - applies the pod's per-workload annotations ([`overrides`]) to the
@@ -35,6 +37,10 @@
 //!   [`DRAIN_MARGIN_SECONDS`], never lowering it;
 //! - mounts the policy ConfigMap at `/etc/goaway` (the directory, so
 //!   updates reach the agent) and marks the pod `goaway.dev/injected`;
+//! - appends the operator's agent pull secrets
+//!   ([`AgentConfig::image_pull_secrets`]) the pod does not list yet to
+//!   its `imagePullSecrets`, naming those it added in
+//!   [`ANNOTATION_INJECTED_PULL_SECRETS`];
 //! - with the operator's control channel configured
 //!   ([`AgentConfig::control_url`]), gives the agent a projected
 //!   service-account token for the channel's audience
@@ -52,14 +58,16 @@
 
 pub mod overrides;
 mod ports;
+pub mod pre_stop;
 mod probe;
 mod sidecar;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, EnvVar, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler, PodSpec,
-    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    ConfigMapVolumeSource, EnvVar, HTTPGetAction, HTTPHeader, Lifecycle, LifecycleHandler,
+    LocalObjectReference, PodSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -79,6 +87,10 @@ use crate::{KeepalivePolicy, selection};
 pub const ANNOTATION_INJECT: &str = "goaway.dev/inject";
 /// Pod annotation set on injection: the policy's name.
 pub const ANNOTATION_INJECTED: &str = "goaway.dev/injected";
+/// Pod annotation set on injection when it added names to the pod's
+/// `imagePullSecrets` (`--agent-image-pull-secret`): those names,
+/// comma-separated, so that `uninject` removes them and no other.
+pub const ANNOTATION_INJECTED_PULL_SECRETS: &str = "goaway.dev/injected-image-pull-secrets";
 /// Namespace or object label the chart's selectors use to opt out.
 pub const LABEL_INJECT: &str = "goaway.dev/inject";
 /// The [`LABEL_INJECT`] value that opts out.
@@ -182,6 +194,10 @@ pub struct Injection {
     /// Application containers whose own preStop hook was kept, so the
     /// drain does not run before they get SIGTERM.
     pub kept_pre_stop: Vec<String>,
+    /// Application containers whose preStop hook only slept, with how
+    /// long: it was replaced by the drain hook, with the sleep as its
+    /// floor ([`pre_stop`]).
+    pub replaced_sleep: Vec<(String, std::time::Duration)>,
     /// The application port the agent forwards to.
     pub app_port: i32,
     /// The port name the agent took over, if the port had one (namedPort
@@ -192,6 +208,14 @@ pub struct Injection {
     /// The policy asked for redirect interception, which the pod's
     /// namespace refuses; it got namedPort.
     pub redirect_refused: bool,
+    /// The agent's pull secrets added to `imagePullSecrets`, and whether
+    /// the pod listed none before. Such a pod template, created later,
+    /// no longer gets its ServiceAccount's pull secrets: the API server
+    /// adds those only to pods that list none (the webhook runs after
+    /// that, so it is `inject`'s concern only).
+    pub pull_secrets_added: Vec<String>,
+    /// See [`Injection::pull_secrets_added`].
+    pub pull_secrets_were_empty: bool,
 }
 
 /// What [`mutate`] decided.
@@ -532,9 +556,17 @@ fn apply(
     ));
 
     let mut kept_pre_stop = Vec::new();
+    let mut replaced_sleep = Vec::new();
+    let mut replaced = std::collections::BTreeMap::new();
     for c in &mut spec.containers {
         let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
-        if lifecycle.pre_stop.is_some() {
+        let sleep = lifecycle.pre_stop.as_ref().and_then(pre_stop::pure_sleep);
+        if let (Some(sleep), Some(original)) = (sleep, &lifecycle.pre_stop) {
+            // Held as long as it slept, and until drained.
+            replaced.insert(c.name.clone(), original.clone());
+            replaced_sleep.push((c.name.clone(), sleep));
+            lifecycle.pre_stop = Some(drain_hook(admin_port, token, Some(sleep)));
+        } else if lifecycle.pre_stop.is_some() {
             kept_pre_stop.push(c.name.clone());
             // The container's own hook may drain first: give it what it
             // needs to call /drain ([`KEPT_PRE_STOP_HINT`]).
@@ -555,14 +587,27 @@ fn apply(
                 }
             }
         } else {
-            lifecycle.pre_stop = Some(drain_hook(admin_port, token));
+            lifecycle.pre_stop = Some(drain_hook(admin_port, token, None));
         }
     }
 
-    meta.annotations
-        .get_or_insert_with(Default::default)
-        .insert(ANNOTATION_INJECTED.into(), name.clone());
+    let pull_secrets_were_empty = spec.image_pull_secrets.as_ref().is_none_or(Vec::is_empty);
+    let added = add_pull_secrets(spec, &agent.image_pull_secrets);
+    let annotations = meta.annotations.get_or_insert_with(Default::default);
+    annotations.insert(ANNOTATION_INJECTED.into(), name.clone());
+    if !added.is_empty() {
+        annotations.insert(ANNOTATION_INJECTED_PULL_SECRETS.into(), added.join(","));
+    }
+    if !replaced.is_empty() {
+        annotations.insert(
+            pre_stop::ANNOTATION_REPLACED_PRE_STOP.into(),
+            pre_stop::record(&replaced),
+        );
+    }
     Ok(Injection {
+        replaced_sleep,
+        pull_secrets_added: added,
+        pull_secrets_were_empty,
         policy: name,
         kept_pre_stop,
         app_port: app.number,
@@ -570,6 +615,21 @@ fn apply(
         interception,
         redirect_refused: wanted != interception,
     })
+}
+
+/// Appends each of `names` the pod does not already list to its
+/// `imagePullSecrets` (the kubelet tries them all, for every image), and
+/// returns those it added.
+fn add_pull_secrets(spec: &mut PodSpec, names: &[String]) -> Vec<String> {
+    let mut added = Vec::new();
+    for name in names {
+        let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+        if !secrets.iter().any(|s| &s.name == name) {
+            secrets.push(LocalObjectReference { name: name.clone() });
+            added.push(name.clone());
+        }
+    }
+    added
 }
 
 /// The app port, the agent's proxy port and its admin port must differ.
@@ -591,11 +651,20 @@ fn port_clash(app: i32, agent: i32, admin: i32) -> Result<(), InjectError> {
     Ok(())
 }
 
-/// The application's preStop: block until the agent has drained.
-fn drain_hook(admin_port: i32, token: &str) -> LifecycleHandler {
+/// The application's preStop: block until the agent has drained, and
+/// at least `floor` (a replaced sleep's length).
+fn drain_hook(
+    admin_port: i32,
+    token: &str,
+    floor: Option<std::time::Duration>,
+) -> LifecycleHandler {
+    let path = match floor {
+        Some(floor) => pre_stop::drain_path_with_floor(DRAIN_PATH, floor),
+        None => DRAIN_PATH.into(),
+    };
     LifecycleHandler {
         http_get: Some(HTTPGetAction {
-            path: Some(DRAIN_PATH.into()),
+            path: Some(path),
             port: IntOrString::Int(admin_port),
             scheme: Some("HTTP".into()),
             http_headers: Some(vec![HTTPHeader {

@@ -49,6 +49,9 @@ pub struct AgentConfig {
     pub image: String,
     /// `Always`, `IfNotPresent` or `Never`.
     pub image_pull_policy: String,
+    /// Secrets (in the pod's namespace) the kubelet may pull the agent
+    /// image with: added to the pod's `imagePullSecrets`.
+    pub image_pull_secrets: Vec<String>,
     /// The admin HTTP port.
     pub admin_port: u16,
     /// `json` or `text`.
@@ -83,6 +86,7 @@ impl Default for AgentConfig {
         AgentConfig {
             image: DEFAULT_AGENT_IMAGE.into(),
             image_pull_policy: "IfNotPresent".into(),
+            image_pull_secrets: Vec::new(),
             admin_port: DEFAULT_ADMIN_PORT,
             log_format: "json".into(),
             log_level: String::new(),

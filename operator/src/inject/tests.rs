@@ -233,7 +233,9 @@ fn a_policy_asking_for_redirect_injects_nothing_when_the_operator_forbids_it() {
 #[test]
 fn existing_pre_stop_is_kept_and_reported() {
     let mut p = pod(API_POD);
-    let hook: LifecycleHandler = serde_yaml::from_str("exec: {command: [sleep, '5']}").unwrap();
+    let hook: LifecycleHandler =
+        serde_yaml::from_str("exec: {command: [sh, -c, 'sleep 5 && curl -s localhost/quit']}")
+            .unwrap();
     p.spec.as_mut().unwrap().containers[0].lifecycle = Some(Lifecycle {
         pre_stop: Some(hook.clone()),
         ..Default::default()
@@ -493,4 +495,133 @@ fn both_opt_out_spellings_work_for_the_annotation_and_the_label() {
             "{warning}"
         );
     }
+}
+
+#[test]
+fn agent_pull_secrets_are_appended_once_and_the_added_ones_recorded() {
+    let agent = AgentConfig {
+        image_pull_secrets: vec!["regcred".into(), "goaway-registry".into()],
+        ..AgentConfig::default()
+    };
+    let inject = |pod: &Pod| {
+        let m = mutate(
+            &pod.metadata,
+            pod.spec.as_ref().unwrap(),
+            "ns",
+            &[grpc_policy()],
+            &PolicyDefaults::default(),
+            &agent,
+            "tok",
+        )
+        .unwrap();
+        let mut value = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut value, &m.patch).unwrap();
+        serde_json::from_value::<Pod>(value).unwrap()
+    };
+    let names = |p: &Pod| -> Vec<String> {
+        spec(p)
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    let recorded = |p: &Pod| {
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_INJECTED_PULL_SECRETS))
+            .cloned()
+    };
+
+    // The app's own secret stays first and is not listed twice; only the
+    // name injection added is recorded.
+    let mut with_own = pod(API_POD);
+    with_own.spec.as_mut().unwrap().image_pull_secrets = Some(vec![LocalObjectReference {
+        name: "regcred".into(),
+    }]);
+    let out = inject(&with_own);
+    assert_eq!(names(&out), ["regcred", "goaway-registry"]);
+    assert_eq!(recorded(&out).as_deref(), Some("goaway-registry"));
+
+    let out = inject(&pod(API_POD));
+    assert_eq!(names(&out), ["regcred", "goaway-registry"]);
+    assert_eq!(recorded(&out).as_deref(), Some("regcred,goaway-registry"));
+
+    // Without the flag, nothing about pull secrets changes.
+    let (_, out) = run(&pod(API_POD), &[grpc_policy()]);
+    assert_eq!(spec(&out).image_pull_secrets, None);
+    assert_eq!(recorded(&out), None);
+}
+
+#[test]
+fn a_pre_stop_that_only_sleeps_becomes_the_drain_with_the_sleep_as_floor() {
+    let mut p = pod(API_POD);
+    let containers = &mut p.spec.as_mut().unwrap().containers;
+    let mut sidecar = containers[0].clone();
+    sidecar.name = "side".into();
+    sidecar.ports = None;
+    containers.push(sidecar);
+    let hooks: [LifecycleHandler; 2] = [
+        serde_yaml::from_str("exec: {command: [/bin/sh, -c, 'sleep 20']}").unwrap(),
+        serde_yaml::from_str("sleep: {seconds: 3}").unwrap(),
+    ];
+    for (c, hook) in containers.iter_mut().zip(&hooks) {
+        c.lifecycle = Some(Lifecycle {
+            pre_stop: Some(hook.clone()),
+            ..Default::default()
+        });
+    }
+    // The grace period stays the pod's: it bounded the sleep before.
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(60);
+
+    let (outcome, out) = run(&p, &[grpc_policy()]);
+    let Outcome::Injected(i) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(i.kept_pre_stop, Vec::<String>::new());
+    assert_eq!(
+        i.replaced_sleep,
+        [
+            ("app".to_string(), std::time::Duration::from_secs(20)),
+            ("side".to_string(), std::time::Duration::from_secs(3)),
+        ]
+    );
+    let paths: Vec<_> = spec(&out)
+        .containers
+        .iter()
+        .map(|c| {
+            let hook = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+            assert!(hook.exec.is_none() && hook.sleep.is_none(), "{hook:?}");
+            let get = hook.http_get.as_ref().unwrap();
+            assert_eq!(
+                get.http_headers.as_ref().unwrap()[0].value,
+                "Bearer tok",
+                "the pod's token"
+            );
+            get.path.clone().unwrap()
+        })
+        .collect();
+    assert_eq!(paths, ["/drain?min=20s", "/drain?min=3s"]);
+    // No drain variables: nothing of the user's calls /drain.
+    assert!(spec(&out).containers.iter().all(|c| c.env.is_none()));
+    assert_eq!(spec(&out).termination_grace_period_seconds, Some(60));
+    // The originals, recorded for uninject.
+    let recorded: std::collections::BTreeMap<String, LifecycleHandler> = serde_json::from_str(
+        &out.metadata.annotations.as_ref().unwrap()[pre_stop::ANNOTATION_REPLACED_PRE_STOP],
+    )
+    .unwrap();
+    assert_eq!(recorded["app"], hooks[0]);
+    assert_eq!(recorded["side"], hooks[1]);
+    assert_eq!(recorded.len(), 2);
+
+    // Without sleeping hooks, no such annotation.
+    let (_, plain) = run(&pod(API_POD), &[grpc_policy()]);
+    assert!(
+        !plain
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key(pre_stop::ANNOTATION_REPLACED_PRE_STOP)
+    );
 }

@@ -5,7 +5,11 @@
 //! conflict means another replica won, and its Secret is used). Only the
 //! leader renews the serving certificate — [`RENEW_BEFORE_DAYS`] before it
 //! expires or when the Service's DNS names changed — and writes the CA
-//! into the MutatingWebhookConfiguration's `caBundle`. Files mode: reload
+//! into the MutatingWebhookConfiguration's `caBundle`. The Secret is owned
+//! by the operator's Deployment once its uid is known ([`Owner`]): the
+//! creator sets the reference, and the leader adds it to a Secret that
+//! lacks it, so deleting the Deployment deletes the CA's key with it.
+//! Files mode: reload
 //! `tls.crt`/`tls.key` when their bytes change. Either way the CA is
 //! published on the store ([`CertStore::set_ca`]) for the agents.
 
@@ -22,11 +26,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{Timestamp, ToSpan};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::ca::{self, Pem};
 use super::{CertStore, Source};
+use crate::owner::Owner;
 use crate::{Error, MANAGER, Result};
 
 /// Renew the serving certificate this long before it expires.
@@ -56,6 +61,13 @@ pub struct Context {
     /// Whether this replica leads ([`crate::leader`]): only the leader
     /// renews and patches the `caBundle`. A change triggers a sync.
     pub leader: watch::Receiver<bool>,
+    /// The Secret's owner, once known.
+    pub owner: Owner,
+    /// Notified when the webhook self-check fails
+    /// ([`crate::webhook::self_check`]): sync at once, so that a leader
+    /// puts back a caBundle that went missing or stale without waiting
+    /// for the next period.
+    pub resync: Arc<Notify>,
 }
 
 /// Keeps `ctx.store` loaded from `config.source` until `shutdown` is
@@ -65,6 +77,8 @@ pub async fn maintain(ctx: Context, config: Config, shutdown: drain_rs::Watch) {
         client,
         store,
         mut leader,
+        owner,
+        resync,
     } = ctx;
     let Config { namespace, source } = config;
     let mut signalled = pin!(shutdown.signaled());
@@ -80,7 +94,7 @@ pub async fn maintain(ctx: Context, config: Config, shutdown: drain_rs::Watch) {
                 let is_leader = *leader.borrow_and_update();
                 let names = ca::serving_names(service, &namespace, hosts);
                 let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
-                match sync_secret(&secrets, secret, &names, is_leader, &store).await {
+                match sync_secret(&secrets, secret, &names, is_leader, &store, &owner).await {
                     Ok(ca) if is_leader => {
                         if let Err(error) = patch_ca_bundle(&client, webhook_config, &ca).await {
                             warn!(%error, webhook_config, "patching caBundle failed");
@@ -106,6 +120,7 @@ pub async fn maintain(ctx: Context, config: Config, shutdown: drain_rs::Watch) {
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             _ = leader.changed() => {}
+            () = resync.notified() => {}
             _ = &mut signalled => return,
         }
     }
@@ -140,13 +155,15 @@ fn reload_files(
 }
 
 /// Makes sure the Secret holds a usable certificate, loads it, and
-/// returns the CA certificate PEM.
+/// returns the CA certificate PEM. A Secret this creates carries `owner`'s
+/// reference when it is known; the leader adds it to one that lacks it.
 pub async fn sync_secret(
     secrets: &Api<Secret>,
     name: &str,
     dns_names: &[String],
     is_leader: bool,
     store: &CertStore,
+    owner: &Owner,
 ) -> Result<String> {
     let (ca, serving) = match secrets.get_opt(name).await? {
         Some(secret) => {
@@ -155,19 +172,32 @@ pub async fn sync_secret(
                 let (serving, until) = ca::new_serving(&stored.ca, dns_names)?;
                 let mut renewed = build(name, &stored.ca, &serving, until, dns_names);
                 renewed.metadata.resource_version = secret.metadata.resource_version.clone();
+                renewed.metadata.owner_references = secret.metadata.owner_references.clone();
+                owner.add_to(&mut renewed.metadata);
                 secrets
                     .replace(name, &PostParams::default(), &renewed)
                     .await?;
                 info!(secret = name, not_after = %until, "renewed webhook serving certificate");
                 (stored.ca, serving)
             } else {
+                let mut owned = secret.clone();
+                if is_leader && owner.add_to(&mut owned.metadata) {
+                    secrets
+                        .replace(name, &PostParams::default(), &owned)
+                        .await?;
+                    info!(
+                        secret = name,
+                        "the operator's Deployment now owns the webhook certificate"
+                    );
+                }
                 (stored.ca, stored.serving)
             }
         }
         None => {
             let ca = ca::new_ca()?;
             let (serving, until) = ca::new_serving(&ca, dns_names)?;
-            let secret = build(name, &ca, &serving, until, dns_names);
+            let mut secret = build(name, &ca, &serving, until, dns_names);
+            owner.add_to(&mut secret.metadata);
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
                     info!(secret = name, "created webhook CA and serving certificate");

@@ -34,6 +34,7 @@
 mod redirect;
 pub mod redirect_probe;
 mod review;
+pub mod self_check;
 pub mod server;
 
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -161,10 +162,12 @@ impl Webhook {
         self
     }
 
-    /// The HTTP routes: `POST /mutate`.
+    /// The HTTP routes: `POST /mutate`, and `GET /readyz` for the
+    /// replica's own self-check ([`self_check`]), which answers `ok`.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route(MUTATE_PATH, post(mutate))
+            .route(self_check::READY_PATH, get(|| async { "ok" }))
             .with_state(self)
     }
 }

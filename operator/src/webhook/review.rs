@@ -306,6 +306,14 @@ impl Webhook {
             Verdict::Injected(injection) => {
                 info!(%namespace, pod = %name, policy = %injection.policy, port = injection.app_port, "injected agent");
                 self.metrics.admitted("injected", "", elapsed());
+                if !pod.dry_run && !injection.replaced_sleep.is_empty() {
+                    let note = format!(
+                        "pod {name}: {}",
+                        inject::pre_stop::replaced_note(&injection.replaced_sleep)
+                    );
+                    info!(%namespace, pod = %name, "{note}");
+                    self.publish(pod, EventType::Normal, "PreStopSleepReplaced", note);
+                }
                 if !pod.dry_run && !injection.kept_pre_stop.is_empty() {
                     let note = format!(
                         "pod {name}: container(s) {} keep their own preStop hook, so they are not held until the goaway agent has drained; to drain first, {}",
@@ -361,12 +369,18 @@ impl Webhook {
     /// Publishes a Warning about the pod on its controller, without
     /// holding up the admission.
     fn report(&self, pod: &PodRef, reason: &str, note: String) {
+        self.publish(pod, EventType::Warning, reason, note);
+    }
+
+    /// Publishes an Event of `type_` about `pod`'s owner, in the
+    /// background.
+    fn publish(&self, pod: &PodRef, type_: EventType, reason: &str, note: String) {
         let Some(recorder) = self.recorder.clone() else {
             return;
         };
         let reference = pod.target.clone();
         let event = Event {
-            type_: EventType::Warning,
+            type_,
             reason: reason.into(),
             note: Some(note),
             action: "Inject".into(),

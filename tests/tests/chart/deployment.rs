@@ -240,6 +240,7 @@ watchNamespace: shop
 webhook: {timeoutSeconds: 3}
 agent:
   image: {repository: registry.example.com/goaway-agent, tag: "1.2.3", pullPolicy: Always}
+  imagePullSecrets: [{name: regcred}, {name: agent-registry}]
   adminPort: 15099
   logFormat: text
   maxConcurrentStreams: 250
@@ -314,6 +315,7 @@ agent:
         AgentConfig {
             image: "registry.example.com/goaway-agent:1.2.3".into(),
             image_pull_policy: "Always".into(),
+            image_pull_secrets: vec!["regcred".into(), "agent-registry".into()],
             admin_port: 15099,
             log_format: "text".into(),
             log_level: String::new(),

@@ -31,7 +31,7 @@ fn cluster_scoped(resource: &str) -> bool {
     match resource.split('/').next().unwrap_or_default() {
         "mutatingwebhookconfigurations" | "namespaces" | "tokenreviews" => true,
         "keepalivepolicies" | "configmaps" | "pods" | "services" | "events" | "leases"
-        | "secrets" | "endpointslices" => false,
+        | "secrets" | "endpointslices" | "deployments" => false,
         other => panic!("rbac::RBAC names {other}: say here whether it is cluster-scoped"),
     }
 }
@@ -45,6 +45,7 @@ fn used(rule: &Rule, args: &RunArgs) -> bool {
         Needed::LeaderElection => args.leader_election,
         Needed::ControlChannel => args.control_channel,
         Needed::RedirectProbe => args.probes_redirect(),
+        Needed::OwnerDeployment => args.owner_deployment().is_some(),
     }
 }
 
@@ -182,6 +183,7 @@ fn assert_rbac_is_exactly_what_the_operator_uses(r: &Rendered, case: &str) {
             "leases" => Some(&args.lease_name),
             "secrets" => Some(&args.tls_secret),
             "mutatingwebhookconfigurations" => Some(&args.webhook_config),
+            "deployments" => args.owner_deployment.as_ref(),
             _ => None,
         };
         match grant.verb.as_str() {
@@ -323,8 +325,9 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
     }
     // Spot checks of the scoping the cross-check derives.
     // One namespace and no caBundle to write: the ClusterRole only reads
-    // namespaces' metadata (their Pod Security level) and reviews agents'
-    // tokens (TokenReviews are not namespaced).
+    // namespaces' metadata (their Pod Security level), reviews agents'
+    // tokens (TokenReviews are not namespaced) and reads the webhook
+    // configuration (readiness checks its caBundle), nothing more.
     let r = render("watchNamespace: shop\nwebhook: {tls: {mode: certManager}}");
     let cluster = r
         .cluster_roles
@@ -337,7 +340,27 @@ fn rbac_grants_exactly_the_permissions_the_operator_code_uses() {
         .flatten()
         .flat_map(|rule| rule.resources.iter().flatten().map(String::as_str))
         .collect();
-    assert_eq!(resources, ["namespaces", "tokenreviews"]);
+    assert_eq!(
+        resources,
+        [
+            "namespaces",
+            "tokenreviews",
+            "mutatingwebhookconfigurations"
+        ]
+    );
+    let webhook_config_verbs: Vec<&str> = cluster
+        .rules
+        .iter()
+        .flatten()
+        .filter(|rule| {
+            rule.resources
+                .iter()
+                .flatten()
+                .any(|r| r == "mutatingwebhookconfigurations")
+        })
+        .flat_map(|rule| rule.verbs.iter().map(String::as_str))
+        .collect();
+    assert_eq!(webhook_config_verbs, ["get"]);
     assert_eq!(r.cluster_role_bindings.len(), 1);
     assert!(
         r.roles

@@ -37,6 +37,11 @@ fn every_operator_flag_is_set_by_the_chart() {
             NAMESPACE,
             "webhook: {url: 'https://127.0.0.1:9443/mutate'}",
         ),
+        (
+            RELEASE,
+            NAMESPACE,
+            "agent: {imagePullSecrets: [{name: regcred}]}",
+        ),
     ])
     .iter()
     .flat_map(|r| r.env().into_keys())
@@ -198,6 +203,12 @@ fn flag_values() -> Vec<FlagValue> {
             json!("Always"),
             "GOAWAY_AGENT_IMAGE_PULL_POLICY",
             "Always",
+        ),
+        v(
+            "agent.imagePullSecrets",
+            json!([{"name": "regcred"}, {"name": "mirror.example"}]),
+            "GOAWAY_AGENT_IMAGE_PULL_SECRETS",
+            "regcred,mirror.example",
         ),
         v(
             "agent.adminPort",
@@ -590,6 +601,14 @@ fn values_schema_rejects_bad_values_before_anything_renders() {
         ("agent: {drain: {grace: 5s}}", "/agent/drain"),
         ("agent: {interception: iptables}", "/agent/interception"),
         ("agent: {forbidRedirect: 'yes'}", "/agent/forbidRedirect"),
+        (
+            "agent: {imagePullSecrets: [regcred]}",
+            "/agent/imagePullSecrets/0",
+        ),
+        (
+            "agent: {imagePullSecrets: [{name: RegCred}]}",
+            "/agent/imagePullSecrets/0/name",
+        ),
         (
             "agent: {resources: {limits: {memory: lots}}}",
             "/agent/resources/limits/memory",
