@@ -37,13 +37,13 @@
 //! every old pod moves its share, so a client that can reach no new pod
 //! (a node whose kube-proxy has not caught up) dials a few times more,
 //! not forever. The operator tells the old pods only: a new pod sends
-//! nothing on. Nor is a client sent on from the address of a connection
-//! this rebalance sent away: a client that dials pod IPs (a headless
-//! Service's, through redirect interception) comes back to the same pod
-//! whatever happens, and its balancer has other pods to call meanwhile
-//! (it re-resolves the name on the GOAWAY and learns the new ones). The
-//! cost is a ClusterIP client placed back on the very pod it left, a
-//! chance of one in `to`.
+//! nothing on. From the address of a client this rebalance sent away,
+//! only as many arrivals are sent on as connections from it were: a
+//! client that dials pod IPs (a headless Service's, through redirect
+//! interception) comes back to the same pod whatever happens — its
+//! balancer has the other pods meanwhile, and re-resolves the name on the
+//! GOAWAY — so it is sent on once and then stays, while a pod of many
+//! channels behind one address still has its moves sent on.
 //!
 //! A second message while GOAWAYs are still pending re-plans from the
 //! state then: the pending ones are cancelled and counted as still wanted
@@ -60,7 +60,7 @@
 use goaway_transport::policy::RebalanceParams;
 use goaway_transport::server::ConnectionHandle;
 use goaway_transport::{ConnState, GoAwayReason};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -144,9 +144,9 @@ struct State {
     pending: Option<Pending>,
     /// Connections accepted are sent on until then, this many more.
     bounce: Option<(Instant, usize)>,
-    /// The addresses of the clients sent away while `bounce` is set: not
-    /// sent on.
-    sent_to: HashSet<IpAddr>,
+    /// Per address of a client this rebalance sent away: how many of its
+    /// arrivals may still be sent on (one per connection sent away).
+    sent_to: HashMap<IpAddr, u32>,
 }
 
 struct Pending {
@@ -270,19 +270,20 @@ impl Rebalancer {
         })
     }
 
-    /// A connection from `client` was sent away: its reconnects here are
-    /// not sent on.
+    /// A connection from `client` was sent away: one more of its
+    /// arrivals may be sent on, and no more than that.
     pub fn sent_away(&self, client: IpAddr) {
         let mut state = lock(&self.state);
         if state.bounce.is_some() {
-            state.sent_to.insert(client);
+            *state.sent_to.entry(client).or_default() += 1;
         }
     }
 
     /// Whether a connection just accepted from `client` is to be sent on
     /// (see the module): within a plan's window and tail, while its
-    /// budget lasts, unless a connection from `client` was sent away. One
-    /// atomic load when no rebalance is under way.
+    /// budget lasts, and for an address this rebalance sent connections
+    /// away from, as many times as it did. One atomic load when no
+    /// rebalance is under way.
     pub fn bounce(&self, client: IpAddr) -> bool {
         if !self.bouncing.load(Relaxed) {
             return false;
@@ -297,8 +298,10 @@ impl Rebalancer {
                     self.bouncing.store(false, Relaxed);
                     return false;
                 }
-                if state.sent_to.contains(&client) {
-                    return false;
+                match state.sent_to.get_mut(&client) {
+                    Some(0) => return false,
+                    Some(allowed) => *allowed -= 1,
+                    None => {}
                 }
                 *left -= 1;
                 true
@@ -886,7 +889,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_client_sent_away_is_not_sent_on_when_it_comes_back() {
+    async fn a_client_sent_away_is_sent_on_as_often_as_it_was_sent_away() {
         let r = Rebalancer::default();
         let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
         r.sent_away(CLIENT);
@@ -903,11 +906,13 @@ mod tests {
             "sent away before the plan: not this one's"
         );
         r.sent_away(CLIENT);
-        // It dials pod IPs: it comes back here, and stays.
+        // It dials pod IPs: it comes back here, is sent on once, then
+        // stays.
+        assert!(r.bounce(CLIENT));
         assert!(!r.bounce(CLIENT));
         assert!(!r.bounce(CLIENT));
-        // The budget was not spent on it: three more for others.
-        assert!(r.bounce(other) && r.bounce(other) && r.bounce(other));
+        // The budget was not spent on it: two more for others.
+        assert!(r.bounce(other) && r.bounce(other));
         assert!(!r.bounce(other));
         // Within a replan it is remembered; after a cancel it is not.
         r.plan(
@@ -918,6 +923,13 @@ mod tests {
             &mut seeded(6),
         )
         .unwrap();
+        assert!(!r.bounce(CLIENT));
+        r.sent_away(CLIENT);
+        r.sent_away(CLIENT);
+        assert!(
+            r.bounce(CLIENT) && r.bounce(CLIENT),
+            "two sent away, two sent on"
+        );
         assert!(!r.bounce(CLIENT));
         r.cancel();
         r.plan(
