@@ -245,7 +245,7 @@ fn a_drain_with_a_floor_answers_no_sooner_than_it_and_shares_the_drain() -> Resu
     let start = Instant::now();
     let (floored, plain) = std::thread::scope(|s| {
         let api = agent.api();
-        let floored = s.spawn(move || api.get("/drain?min=1500ms").map(|r| (r, start.elapsed())));
+        let floored = s.spawn(move || api.get("/drain?min=5s").map(|r| (r, start.elapsed())));
         let api = agent.api();
         let plain = s.spawn(move || api.get("/drain").map(|r| (r, start.elapsed())));
         (floored.join().unwrap(), plain.join().unwrap())
@@ -254,12 +254,13 @@ fn a_drain_with_a_floor_answers_no_sooner_than_it_and_shares_the_drain() -> Resu
     let ((_, plain_body), plain_after) = plain?;
     assert_eq!(status, 200, "{floored_body}");
     assert!(
-        floored_after >= Duration::from_millis(1500),
+        floored_after >= Duration::from_secs(5),
         "answered after {floored_after:?}, before its floor"
     );
-    // The caller without a floor is not held by another's.
+    // The caller without a floor is not held by another's (a generous
+    // bound: the drain itself has no delay).
     assert!(
-        plain_after < Duration::from_millis(1000),
+        plain_after < Duration::from_secs(4),
         "the plain drain waited {plain_after:?}"
     );
     assert_eq!(floored_body, plain_body, "one drain, one summary");
