@@ -37,8 +37,8 @@
 //! every old pod moves its share, so a client that can reach no new pod
 //! (a node whose kube-proxy has not caught up) dials a few times more,
 //! not forever. The operator tells the old pods only: a new pod sends
-//! nothing on. From the address of a client this rebalance sent away,
-//! only as many arrivals are sent on as connections from it were: a
+//! nothing on. From the address of a client this rebalance chose
+//! connections of, only as many arrivals are sent on as it chose: a
 //! client that dials pod IPs (a headless Service's, through redirect
 //! interception) comes back to the same pod whatever happens — its
 //! balancer has the other pods meanwhile, and re-resolves the name on the
@@ -224,9 +224,6 @@ impl Rebalancer {
         // Arrivals are sent on even when this pod sends none away itself:
         // the other old pods' clients land here too.
         let budget = bounce_budget(request, expected, n);
-        if state.bounce.is_none_or(|(until, _)| until <= now) {
-            state.sent_to.clear();
-        }
         state.bounce = (budget > 0).then_some((now + params.window + BOUNCE_TAIL, budget));
         self.bouncing.store(budget > 0, Relaxed);
         if chosen == 0 {
@@ -270,11 +267,14 @@ impl Rebalancer {
         })
     }
 
-    /// A connection from `client` was sent away: one more of its
-    /// arrivals may be sent on, and no more than that.
-    pub fn sent_away(&self, client: IpAddr) {
+    /// The clients of the connections a plan chose (their addresses, one
+    /// per connection): from each, as many arrivals may be sent on as it
+    /// had connections chosen, and no more. Replaces what an earlier plan
+    /// allowed.
+    pub fn allow_returns(&self, clients: impl IntoIterator<Item = IpAddr>) {
         let mut state = lock(&self.state);
-        if state.bounce.is_some() {
+        state.sent_to.clear();
+        for client in clients {
             *state.sent_to.entry(client).or_default() += 1;
         }
     }
@@ -346,8 +346,9 @@ impl Agent {
             return;
         }
         let candidates = self.connections.open_oldest_first();
+        let clients: Vec<IpAddr> = candidates.iter().map(|(peer, _)| peer.ip()).collect();
         let agent = Arc::downgrade(self);
-        let send = move |(client, connection): &(SocketAddr, ConnectionHandle)| {
+        let send = move |(_, connection): &(SocketAddr, ConnectionHandle)| {
             let Some(agent) = agent.upgrade() else {
                 return false;
             };
@@ -360,7 +361,6 @@ impl Agent {
             // The close an age GOAWAY gets, under the policy now.
             let grace = agent.policy.current().server_params().max_age_grace;
             connection.drain(GoAwayReason::Rebalance, grace.map(|g| Instant::now() + g));
-            agent.rebalancer.sent_away(client.ip());
             agent.metrics.rebalance_goaways.inc();
             true
         };
@@ -370,6 +370,9 @@ impl Agent {
         else {
             return;
         };
+        // The plan chose the oldest: the first `chosen` candidates.
+        self.rebalancer
+            .allow_returns(clients.into_iter().take(plan.chosen));
         self.metrics.rebalances.inc();
         tracing::info!(
             service,
@@ -889,10 +892,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_client_sent_away_is_sent_on_as_often_as_it_was_sent_away() {
+    async fn a_client_chosen_is_sent_on_as_often_as_it_had_connections_chosen() {
         let r = Rebalancer::default();
         let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
-        r.sent_away(CLIENT);
         r.plan(
             &request(2, 4),
             params(10, 100),
@@ -901,20 +903,16 @@ mod tests {
             &mut seeded(5),
         )
         .unwrap();
-        assert!(
-            r.bounce(CLIENT),
-            "sent away before the plan: not this one's"
-        );
-        r.sent_away(CLIENT);
+        r.allow_returns([CLIENT]);
         // It dials pod IPs: it comes back here, is sent on once, then
         // stays.
         assert!(r.bounce(CLIENT));
         assert!(!r.bounce(CLIENT));
         assert!(!r.bounce(CLIENT));
-        // The budget was not spent on it: two more for others.
-        assert!(r.bounce(other) && r.bounce(other));
+        // The budget (four) was not spent on it: three more for others.
+        assert!(r.bounce(other) && r.bounce(other) && r.bounce(other));
         assert!(!r.bounce(other));
-        // Within a replan it is remembered; after a cancel it is not.
+        // A replan allows afresh: two chosen from it, two sent on.
         r.plan(
             &request(4, 8),
             params(10, 100),
@@ -923,14 +921,13 @@ mod tests {
             &mut seeded(6),
         )
         .unwrap();
-        assert!(!r.bounce(CLIENT));
-        r.sent_away(CLIENT);
-        r.sent_away(CLIENT);
+        r.allow_returns([CLIENT, other, CLIENT]);
         assert!(
             r.bounce(CLIENT) && r.bounce(CLIENT),
-            "two sent away, two sent on"
+            "two chosen, two sent on"
         );
         assert!(!r.bounce(CLIENT));
+        // After a cancel nothing is remembered.
         r.cancel();
         r.plan(
             &request(2, 4),
