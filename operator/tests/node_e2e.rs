@@ -18,6 +18,12 @@
 //!   side;
 //! - the operator stopped: the agents wait the whole fixed delay, nothing
 //!   fails;
+//! - scale-up rebalancing with four clients (two pick_first, two
+//!   round_robin channels through the ClusterIP): 2 → 4 with `rebalance`
+//!   on, again after 4 → 2, off, and with `maxConnectionAge: 30s` instead
+//!   — per second, the share of their calls the new pods serve, and the
+//!   reconnects the old pods' agents caused (GOAWAYs and reconnects sent
+//!   on), no failed call;
 //! - scale-up rebalancing: a fleet of 24 pick_first channels on 3 pods,
 //!   the app scaled to 6 with `rebalance` on and off — the share of the
 //!   fleet's calls the new pods serve, `status.lastRebalance` and the
@@ -651,6 +657,158 @@ fn scale_up(env: &mut Env, label: &str) -> f64 {
     share
 }
 
+/// The four clients of the 2 → 4 steps (fixture `four.yaml`): two pods of
+/// two channels each.
+const FOUR: [&str; 2] = ["four-pick-first", "four-round-robin"];
+/// The clients measured in the 2 → 4 steps: the four, and the Service
+/// clients (one round_robin, one pick_first channel): six connections, of
+/// which a rebalance moves at least two (half of each old pod's, rounded
+/// at random: ⌊3/2⌋ twice at least).
+const SIX: [&str; 4] = [FOUR[0], FOUR[1], CLIENTS[0], CLIENTS[1]];
+
+/// A client's tally lines of the last 3 minutes, each with the kubelet's
+/// time of receipt (none while its container has not started).
+fn tally_lines(env: &Env, pod: &str) -> Vec<(SystemTime, Tally)> {
+    let out = kubectl(&["-n", &env.ns, "logs", pod, "--timestamps", "--since", "3m"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (at, json) = split(line);
+            let at: Timestamp = at.parse().ok()?;
+            let v: Value = serde_json::from_str(json).ok()?;
+            Some((SystemTime::from(at), Tally::from(&v)))
+        })
+        .collect()
+}
+
+/// The sum over the agents of `pods` of each of `series` (unlabelled
+/// samples of their `/metrics`).
+fn agent_sums(env: &Env, pods: &BTreeSet<String>, series: &[&str]) -> Vec<f64> {
+    let mut sums = vec![0.0; series.len()];
+    for pod in pods {
+        let text = agent_get(&pod_ip(env, pod), "/metrics")
+            .unwrap_or_else(|| panic!("{pod}'s agent /metrics"));
+        for line in text.lines() {
+            if let Some((name, value)) = line.split_once(' ')
+                && let Some(i) = series.iter().position(|s| *s == name)
+            {
+                sums[i] += value.trim().parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    sums
+}
+
+/// What one scale-up step of the four clients showed.
+struct Step {
+    /// The share of the four clients' calls the new pods served, per
+    /// second after all pods were Ready.
+    per_second: Vec<f64>,
+    /// The same over seconds 20–30.
+    last_10s: f64,
+    /// The even share, `(to - from)/to`.
+    fair: f64,
+    /// Client connections on the old pods before, sent GOAWAY by
+    /// rebalancing, and sent on when accepted.
+    connections: f64,
+    moved: f64,
+    sent_on: f64,
+}
+
+/// Scales the app from its size now to `to` with `clients` (client pods
+/// printing their tally every second) calling and follows, per second for
+/// 30 s after all pods are Ready, the share of their calls the new pods
+/// serve, with the reconnects the old pods' agents caused. No call of any
+/// client may fail; a new pod's agent sends nothing on (the operator
+/// tells only the old pods).
+fn scale_step(env: &mut Env, label: &str, to: usize, clients: &[&str]) -> Step {
+    const SERIES: [&str; 3] = [
+        "goaway_connections_open",
+        "goaway_rebalance_goaways_total",
+        "goaway_rebalance_bounces_total",
+    ];
+    env.settle();
+    let old: BTreeSet<String> = env.app_pods().into_keys().collect();
+    let from = old.len();
+    let counters = agent_sums(env, &old, &SERIES);
+    let before = env.tallies();
+    let clients_before: Vec<Tally> = clients
+        .iter()
+        .map(|c| tally_lines(env, c).pop().expect("a tally").1)
+        .collect();
+    scale_to(env, to);
+    let ready = SystemTime::now();
+    thread::sleep(Duration::from_secs(31));
+    let after_counters = agent_sums(env, &old, &SERIES);
+    let new: BTreeSet<String> = env
+        .app_pods()
+        .into_keys()
+        .filter(|p| !old.contains(p))
+        .collect();
+    let new_sent_on = agent_sums(env, &new, &SERIES[2..])[0];
+    let lines: Vec<Vec<(SystemTime, Tally)>> =
+        clients.iter().map(|c| tally_lines(env, c)).collect();
+    // The clients' calls up to `t`: (on new pods, all).
+    let calls_by = |t: SystemTime| {
+        let (mut on_new, mut all) = (0, 0);
+        for client in &lines {
+            let Some((_, tally)) = client.iter().rev().find(|(at, _)| *at <= t) else {
+                continue;
+            };
+            for (server, n) in &tally.servers {
+                all += n;
+                if new.contains(server) {
+                    on_new += n;
+                }
+            }
+        }
+        (on_new, all)
+    };
+    let share = |from_s: u64, to_s: u64| {
+        let (n0, a0) = calls_by(ready + Duration::from_secs(from_s));
+        let (n1, a1) = calls_by(ready + Duration::from_secs(to_s));
+        (n1 - n0) as f64 / (a1 - a0).max(1) as f64
+    };
+    let step = Step {
+        per_second: (0..30).map(|s| share(s, s + 1)).collect(),
+        last_10s: share(20, 30),
+        fair: (to - from) as f64 / to as f64,
+        connections: counters[0],
+        moved: after_counters[1] - counters[1],
+        sent_on: after_counters[2] - counters[2],
+    };
+    let reaches = (0..30)
+        .find(|&s| step.per_second[s..].iter().all(|&x| x >= 0.8 * step.fair))
+        .map_or("never".to_string(), |s| format!("from {}s on", s + 1));
+    let (made, failed, details) = delta(&before, &env.tallies());
+    let clients_failed: u64 = clients
+        .iter()
+        .zip(&clients_before)
+        .map(|(c, b)| tally_lines(env, c).pop().expect("a tally").1.failed - b.failed)
+        .sum();
+    env.note(format!(
+        "{label} ({from} → {to}; {}): the new pods' share of their calls per second after all were Ready: {}; over seconds 20–30 {:.0}% (even: {:.0}%); ≥ 80% of even {reaches}; of the old pods' {} connections {} sent GOAWAY, {} reconnects sent on; {clients_failed} of their calls failed, {made} other calls, {failed} failed",
+        clients.join(", "),
+        step.per_second
+            .iter()
+            .map(|x| format!("{:.0}", 100.0 * x))
+            .collect::<Vec<_>>()
+            .join(" "),
+        100.0 * step.last_10s,
+        100.0 * step.fair,
+        step.connections,
+        step.moved,
+        step.sent_on,
+    ));
+    assert_eq!(failed, 0, "{label}: calls failed: {details:?}");
+    assert_eq!(clients_failed, 0, "{label}: {clients:?}' calls failed");
+    assert_eq!(
+        new_sent_on, 0.0,
+        "{label}: a new pod's agent sent reconnects on"
+    );
+    step
+}
+
 /// Seconds from `from` (a kubelet log timestamp) to `to`.
 fn seconds_between(from: Timestamp, to: SystemTime) -> f64 {
     let to = Timestamp::try_from(to).expect("a time after 1970");
@@ -784,6 +942,24 @@ fn scenario(env: &mut Env, values: &str) {
     // The chart, as a user installs it; the webhook only sees this
     // namespace, so tests running beside this one are left alone.
     let fullname = format!("goaway-{}", env.release);
+    // The cluster tests apply the CRD as field manager `goaway-e2e`; on a
+    // cluster shared with another checkout's runs, Helm's apply of this
+    // checkout's CRD would conflict with theirs. This checkout's first.
+    ok(
+        "kubectl apply the CRD",
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "goaway-e2e",
+            "--force-conflicts",
+            "-f",
+            repo_root()
+                .join("crds/keepalivepolicy.yaml")
+                .to_str()
+                .unwrap(),
+        ]),
+    );
     let start = Instant::now();
     ok(
         "helm install",
@@ -977,6 +1153,55 @@ fn scenario(env: &mut Env, values: &str) {
         "re-injecting rollout (pods admitted while the operator was down)",
         false,
     );
+
+    // Scale-up rebalancing with four clients (and the two Service
+    // clients), 2 → 4: with it (twice, the second after 4 → 2), without,
+    // and with maxConnectionAge 30s.
+    env.patch_policy(r#"{"spec":{"rebalance":{"enabled":true,"window":"5s"}}}"#);
+    env.apply(&fixture("four.yaml"));
+    wait("the four clients calling", Duration::from_secs(120), || {
+        FOUR.iter()
+            .all(|c| tally_lines(env, c).last().is_some_and(|(_, t)| t.ok > 100))
+            .then_some(())
+    });
+    let halve = |env: &mut Env| {
+        scale_to(env, 2);
+        // The operator judges no growth until terminations are that long
+        // over.
+        thread::sleep(goaway_operator::channel::rebalance::AFTER_TERMINATION);
+    };
+    halve(env);
+    let on = scale_step(env, "2 → 4 with rebalancing", 4, &SIX);
+    halve(env);
+    let again = scale_step(env, "4 → 2 → 4 with rebalancing", 4, &SIX);
+    env.patch_policy(r#"{"spec":{"rebalance":null}}"#);
+    halve(env);
+    let off = scale_step(env, "2 → 4 without rebalancing", 4, &SIX);
+    env.patch_policy(r#"{"spec":{"server":{"maxConnectionAge":"30s"}}}"#);
+    halve(env);
+    let age = scale_step(env, "2 → 4, maxConnectionAge 30s instead", 4, &SIX);
+    env.patch_policy(r#"{"spec":{"server":{"maxConnectionAge":null}}}"#);
+    for (step, label) in [
+        (&on, "with rebalancing"),
+        (&again, "with rebalancing, again"),
+    ] {
+        assert!(
+            step.moved >= 1.0 && step.last_10s > off.last_10s,
+            "{label}: {} moved, {:.2} of the calls on the new pods; {:.2} without",
+            step.moved,
+            step.last_10s,
+            off.last_10s
+        );
+    }
+    env.note(format!(
+        "2 → 4, six clients, share on the new pods over seconds 20–30 (even 50%): {:.0}% and {:.0}% with rebalancing, {:.0}% without, {:.0}% with maxConnectionAge 30s",
+        100.0 * on.last_10s,
+        100.0 * again.last_10s,
+        100.0 * off.last_10s,
+        100.0 * age.last_10s,
+    ));
+    env.k(&["delete", "pod", FOUR[0], FOUR[1], "--wait=false"]);
+    scale_to(env, 3);
 
     // Scale-up rebalancing. A fleet of 24 pick_first channels is spread
     // over the 3 pods; with `rebalance` on, scaling to 6 has the old pods'
@@ -1378,6 +1603,74 @@ fn interception(env: &mut Env) {
     assert!(
         d.goaways >= 1,
         "the drain sent no GOAWAY, though the headless client was connected through it"
+    );
+
+    // Scale-up rebalancing for a client of pod IPs: it re-resolves the
+    // name when a connection gets a GOAWAY and round_robin then calls the
+    // new pods too; without a GOAWAY it never learns of them. grpc-go
+    // resolves at most every 30 s and defers a re-resolution asked for
+    // sooner, so the client starts afresh (one resolution) over 30 s
+    // before each scale-up — a deferred one from the pods drained before
+    // would otherwise find the new pods on its own. It starts before the
+    // Service clients (restarted too), so its connections are the oldest
+    // on each pod: those a rebalance picks first.
+    let fresh_clients = |env: &mut Env| {
+        start_headless_client(env);
+        env.k(&["delete", "pod", CLIENTS[0], CLIENTS[1]]);
+        env.apply(&fixture("clients.yaml"));
+        wait(
+            "the Service clients calling",
+            Duration::from_secs(120),
+            || {
+                CLIENTS
+                    .iter()
+                    .all(|c| {
+                        kubectl(&["-n", &env.ns, "logs", c, "--tail", "1"])
+                            .stdout
+                            .starts_with(b"{\"ok\":")
+                    })
+                    .then_some(())
+            },
+        );
+        // Past grpc-go's 30 s between resolutions, and the operator's
+        // wait after the last termination.
+        thread::sleep(goaway_operator::channel::rebalance::AFTER_TERMINATION);
+    };
+    // Without the policy's maxConnectionAge (3s here), which would cycle
+    // every connection, and re-resolve, all along.
+    env.patch_policy(
+        r#"{"spec":{"rebalance":{"enabled":true,"window":"5s"},"server":{"maxConnectionAge":null,"maxConnectionAgeGrace":null}}}"#,
+    );
+    fresh_clients(env);
+    let on = scale_step(
+        env,
+        "headless, 3 → 6 with rebalancing",
+        6,
+        &[HEADLESS_CLIENT],
+    );
+    env.patch_policy(r#"{"spec":{"rebalance":null}}"#);
+    scale_to(env, 3);
+    fresh_clients(env);
+    let off = scale_step(
+        env,
+        "headless, 3 → 6 without rebalancing",
+        6,
+        &[HEADLESS_CLIENT],
+    );
+    env.note(format!(
+        "headless round_robin client, 3 → 6, share on the new pods over seconds 20–30 (even 50%): {:.0}% with rebalancing, {:.0}% without",
+        100.0 * on.last_10s,
+        100.0 * off.last_10s
+    ));
+    assert!(
+        on.last_10s > off.last_10s,
+        "the headless client did not reach the new pods: {:.2} with rebalancing, {:.2} without",
+        on.last_10s,
+        off.last_10s
+    );
+    scale_to(env, 3);
+    env.patch_policy(
+        r#"{"spec":{"server":{"maxConnectionAge":"3s","maxConnectionAgeGrace":"5s"}}}"#,
     );
     delete_headless_client(env, false);
 }
