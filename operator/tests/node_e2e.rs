@@ -1710,7 +1710,12 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
             values,
             "--reuse-values",
             "--set",
-            "agent.logLevel=debug",
+            // A change the new pods must show; debug only for the control
+            // channel: debug for everything writes enough (a line per
+            // upstream connection state, per stream) that the kubelet
+            // rotates the agent's log within a minute, and `kubectl logs
+            // -f` stops at a rotation — the drain's lines would be lost.
+            "agent.logLevel=info\\,goaway_agent::control=debug",
             "--wait",
             "--timeout",
             "4m",
@@ -1725,7 +1730,7 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
     let pods_after: BTreeSet<String> = env.app_pods().into_keys().collect();
     assert_eq!(pods_before, pods_after, "the upgrade touched running pods");
     env.note(format!(
-        "helm upgrade (agent.logLevel=debug): {made} calls, {failed} failed; running pods untouched"
+        "helm upgrade (agent.logLevel=info,goaway_agent::control=debug): {made} calls, {failed} failed; running pods untouched"
     ));
     assert_eq!(failed, 0, "calls failed during helm upgrade: {details:?}");
     // New pods get the new operator's settings.
@@ -1739,7 +1744,10 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
         &pod,
         "{.spec.initContainers[?(@.name==\"goaway-agent\")].env[?(@.name==\"GOAWAY_LOG\")].value}",
     );
-    assert_eq!(level, "debug", "{pod}'s agent after the upgrade");
+    assert_eq!(
+        level, "info,goaway_agent::control=debug",
+        "{pod}'s agent after the upgrade"
+    );
 
     // Uninstall: the injected pods keep serving through their agents.
     env.settle();
