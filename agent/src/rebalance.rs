@@ -144,8 +144,9 @@ struct State {
     pending: Option<Pending>,
     /// Connections accepted are sent on until then, this many more.
     bounce: Option<(Instant, usize)>,
-    /// Per address of a client this rebalance sent away: how many of its
-    /// arrivals may still be sent on (one per connection sent away).
+    /// Per address of a client whose connections the plan chose: how
+    /// many of its arrivals may still be sent on (one per connection
+    /// chosen).
     sent_to: HashMap<IpAddr, u32>,
 }
 
@@ -281,9 +282,9 @@ impl Rebalancer {
 
     /// Whether a connection just accepted from `client` is to be sent on
     /// (see the module): within a plan's window and tail, while its
-    /// budget lasts, and for an address this rebalance sent connections
-    /// away from, as many times as it did. One atomic load when no
-    /// rebalance is under way.
+    /// budget lasts, and from an address whose connections the plan
+    /// chose, as many times as it chose ([`Rebalancer::allow_returns`]).
+    /// One atomic load when no rebalance is under way.
     pub fn bounce(&self, client: IpAddr) -> bool {
         if !self.bouncing.load(Relaxed) {
             return false;
@@ -293,8 +294,7 @@ impl Rebalancer {
         match &mut state.bounce {
             Some((until, left)) if Instant::now() < *until => {
                 if *left == 0 {
-                    // Spent: the accept path stops asking; the addresses
-                    // are kept for a replan within the window.
+                    // Spent: the accept path stops asking.
                     self.bouncing.store(false, Relaxed);
                     return false;
                 }
