@@ -358,9 +358,7 @@ impl Agent {
             {
                 return false;
             }
-            // The close an age GOAWAY gets, under the policy now.
-            let grace = agent.policy.current().server_params().max_age_grace;
-            connection.drain(GoAwayReason::Rebalance, grace.map(|g| Instant::now() + g));
+            agent.close_for_rebalance(connection);
             agent.metrics.rebalance_goaways.inc();
             true
         };
@@ -386,6 +384,13 @@ impl Agent {
         );
     }
 
+    /// Closes `connection` gracefully with reason `rebalance` and the
+    /// deadline an age GOAWAY gets under the policy now.
+    fn close_for_rebalance(&self, connection: &ConnectionHandle) {
+        let grace = self.policy.current().server_params().max_age_grace;
+        connection.drain(GoAwayReason::Rebalance, grace.map(|g| Instant::now() + g));
+    }
+
     /// A connection just accepted: sent on at once (its GOAWAY, reason
     /// `rebalance`) while a rebalance wants its clients placed again (see
     /// the module).
@@ -395,8 +400,7 @@ impl Agent {
         {
             return;
         }
-        let grace = self.policy.current().server_params().max_age_grace;
-        connection.drain(GoAwayReason::Rebalance, grace.map(|g| Instant::now() + g));
+        self.close_for_rebalance(connection);
         self.metrics.rebalance_bounces.inc();
         tracing::debug!("rebalancing: a new connection sent on to be placed again");
     }
