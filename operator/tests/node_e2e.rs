@@ -657,6 +657,22 @@ fn scale_up(env: &mut Env, label: &str) -> f64 {
     share
 }
 
+/// Starts the Service clients (`clients.yaml`) and waits until both have
+/// printed a tally.
+fn start_service_clients(env: &Env) {
+    env.apply(&fixture("clients.yaml"));
+    wait("both clients calling", Duration::from_secs(120), || {
+        CLIENTS
+            .iter()
+            .all(|c| {
+                kubectl(&["-n", &env.ns, "logs", c, "--tail", "1"])
+                    .stdout
+                    .starts_with(b"{\"ok\":")
+            })
+            .then_some(())
+    });
+}
+
 /// The four clients of the 2 → 4 steps (fixture `four.yaml`): two pods of
 /// two channels each.
 const FOUR: [&str; 2] = ["four-pick-first", "four-round-robin"];
@@ -1013,17 +1029,7 @@ fn scenario(env: &mut Env, values: &str) {
     // The app and its clients.
     env.apply(&fixture("app.yaml"));
     env.wait_replaced(&BTreeSet::new());
-    env.apply(&fixture("clients.yaml"));
-    wait("both clients calling", Duration::from_secs(120), || {
-        CLIENTS
-            .iter()
-            .all(|c| {
-                kubectl(&["-n", &env.ns, "logs", c, "--tail", "1"])
-                    .stdout
-                    .starts_with(b"{\"ok\":")
-            })
-            .then_some(())
-    });
+    start_service_clients(env);
     env.settle();
 
     // pick_first without maxConnectionAge stays on one pod.
@@ -1617,21 +1623,7 @@ fn interception(env: &mut Env) {
     let fresh_clients = |env: &mut Env| {
         start_headless_client(env);
         env.k(&["delete", "pod", CLIENTS[0], CLIENTS[1]]);
-        env.apply(&fixture("clients.yaml"));
-        wait(
-            "the Service clients calling",
-            Duration::from_secs(120),
-            || {
-                CLIENTS
-                    .iter()
-                    .all(|c| {
-                        kubectl(&["-n", &env.ns, "logs", c, "--tail", "1"])
-                            .stdout
-                            .starts_with(b"{\"ok\":")
-                    })
-                    .then_some(())
-            },
-        );
+        start_service_clients(env);
         // Past grpc-go's 30 s between resolutions, and the operator's
         // wait after the last termination.
         thread::sleep(goaway_operator::channel::rebalance::AFTER_TERMINATION);
