@@ -17,14 +17,22 @@
 //! token, and reads one message per line; it reconnects with backoff (1s,
 //! ×1.6 ±20%, at most 30s) to whichever replica the Service picks, reading
 //! the token and the CA afresh each time (the kubelet rotates the token).
+//!
+//! The agent writes back one line per finished drain
+//! ([`control::Report::Drained`]), so that the operator records it as an
+//! Event on the pod and counts it on the policy's status, where it
+//! outlives the pod and its log. A report that could not be written is
+//! written on the next session; one the operator never gets (it was
+//! unreachable until the pod stopped) is in the agent's log only.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use goaway_transport::client::{Backoff, BackoffConfig};
-use goaway_transport::control::{self, Message};
+use goaway_transport::control::{self, DrainReport, Message, Report};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -124,13 +132,15 @@ const BACKOFF: BackoffConfig = BackoffConfig {
 /// session ends; [`Agent::control_connected`] is true while one is open.
 pub async fn run(config: ControlConfig, agent: Arc<Agent>, endpoints: watch::Sender<Endpoints>) {
     let mut backoff = Backoff::new(BACKOFF);
+    // Drains reported to the operator, across sessions.
+    let reported = AtomicU64::new(0);
     loop {
         if let Some(at) = backoff.next_attempt() {
             tokio::time::sleep_until(at).await;
         }
         let started = Instant::now();
         let deadline = backoff.start_attempt(started, rand::random::<f64>);
-        let result = session(&config, &agent, &endpoints, deadline).await;
+        let result = session(&config, &agent, &endpoints, &reported, deadline).await;
         agent.control_connected.store(false, Relaxed);
         endpoints.send_replace(Endpoints::Unknown);
         agent.policy.operator_gone();
@@ -149,11 +159,14 @@ pub async fn run(config: ControlConfig, agent: Arc<Agent>, endpoints: watch::Sen
     }
 }
 
-/// One session: connect, upgrade, read messages until the stream ends.
+/// One session: connect, upgrade, read messages until the stream ends;
+/// meanwhile, report each drain that finishes (and one finished earlier
+/// that no session has reported yet).
 async fn session(
     config: &ControlConfig,
     agent: &Arc<Agent>,
     endpoints: &watch::Sender<Endpoints>,
+    reported: &AtomicU64,
     connect_deadline: Instant,
 ) -> Result<(), SessionError> {
     let read = |file: &PathBuf| {
@@ -178,22 +191,44 @@ async fn session(
     );
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
-    let mut reader = BufReader::new(stream);
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = BufReader::new(reader);
     let silence = control::HEARTBEAT * 3;
     read_head(&mut reader, silence).await?;
     agent.control_connected.store(true, Relaxed);
     tracing::info!(operator = %format!("{}:{}", config.host, config.port), "control channel up");
+    let mut done = agent.drain.watch_done();
+    // A drain that finished while no session was open is reported now.
+    done.mark_changed();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = tokio::time::timeout(
-            silence,
+        // Cancelled by a report, a read keeps what it read in `line`, so
+        // the line is cleared only once it has been handled.
+        let read = tokio::time::timeout(silence, async {
             (&mut reader)
                 .take(control::MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line),
-        )
-        .await
-        .map_err(|_| SessionError::Silent(silence))??;
+                .read_until(b'\n', &mut line)
+                .await
+        });
+        let n = tokio::select! {
+            n = read => n.map_err(|_| SessionError::Silent(silence))??,
+            // The sender lives in `agent`, which outlives the session.
+            Ok(()) = done.changed() => {
+                let summary = done.borrow_and_update().clone();
+                let finished = agent.drain.finished_total();
+                if let Some(summary) = summary.filter(|_| finished > reported.load(Relaxed)) {
+                    let report = Report::Drained(DrainReport {
+                        drain: finished,
+                        ..DrainReport::from(&summary)
+                    });
+                    writer.write_all(&report.to_line()).await?;
+                    writer.flush().await?;
+                    reported.store(finished, Relaxed);
+                    tracing::debug!("drain reported to the operator");
+                }
+                continue;
+            }
+        };
         if n == 0 {
             return Err(SessionError::Closed);
         }
@@ -226,6 +261,7 @@ async fn session(
             // A newer operator's message: not for this agent.
             Err(e) => tracing::debug!(error = %e, "control message not understood; ignored"),
         }
+        line.clear();
     }
 }
 

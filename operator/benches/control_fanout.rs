@@ -224,6 +224,7 @@ async fn server(n: usize) {
             name: format!("api-{i}"),
             uid: uid(i),
             policy: POLICY.into(),
+            revision: String::new(),
         })
         .collect();
     let auth = Authenticator::fixed(
@@ -242,6 +243,7 @@ async fn server(n: usize) {
         name: "placeholder".into(),
         uid: "uid-placeholder".into(),
         policy: POLICY.into(),
+        revision: String::new(),
     });
     let all = [slice("api-all", 0..n, true)];
     hub.endpoints_listed(NAMESPACE, EndpointIndex::from_slices(&all));
@@ -260,6 +262,11 @@ async fn server(n: usize) {
         certs,
         auth: Arc::new(auth),
         hub: hub.clone(),
+        // The simulated agents never drain.
+        drains: Arc::new(channel::drains::Drains::new(
+            metrics.clone(),
+            Box::new(|_, _| {}),
+        )),
         metrics,
     };
     let served = tokio::spawn(channel::serve(listener, ctx, config, watch));

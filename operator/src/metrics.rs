@@ -21,7 +21,10 @@
 //!   heartbeat), `goaway_operator_control_token_reviews_total{result}`
 //!   (accepted, refused, error, or cached: answered without asking the API
 //!   server), `goaway_operator_control_endpoint_watches` (namespaces whose
-//!   EndpointSlices this replica watches)
+//!   EndpointSlices this replica watches),
+//!   `goaway_operator_drain_reports_total{result}` (finished drains the
+//!   agents reported: accepted, or refused for a drain number out of
+//!   range, [`crate::channel::drains`])
 
 use std::time::Duration;
 
@@ -49,6 +52,7 @@ pub struct Metrics {
     control_messages: Family<Labels, Counter>,
     control_token_reviews: Family<Labels, Counter>,
     control_endpoint_watches: Gauge,
+    drain_reports: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -126,6 +130,12 @@ impl Default for Metrics {
             "Namespaces whose EndpointSlices this replica watches for its agents",
             control_endpoint_watches.clone(),
         );
+        let drain_reports = Family::<Labels, Counter>::default();
+        registry.register(
+            "drain_reports",
+            "Finished drains the agents reported on their streams, by result",
+            drain_reports.clone(),
+        );
         Metrics {
             registry,
             reconciliations,
@@ -140,6 +150,7 @@ impl Default for Metrics {
             control_messages,
             control_token_reviews,
             control_endpoint_watches,
+            drain_reports,
         }
     }
 }
@@ -200,6 +211,13 @@ impl Metrics {
             .inc();
     }
 
+    /// An agent reported a finished drain.
+    pub fn drain_report(&self, result: &'static str) {
+        self.drain_reports
+            .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
     /// A message was written to a stream.
     pub fn control_message(&self, type_: &'static str) {
         self.control_messages
@@ -256,6 +274,7 @@ mod tests {
         m.control_message("policy");
         m.control_token_review("cached");
         m.control_endpoint_watch(true);
+        m.drain_report("accepted");
         let text = m.render();
         for name in [
             "goaway_operator_reconciliations_total{result=\"ok\",error=\"\"} 1",
@@ -271,6 +290,7 @@ mod tests {
             "goaway_operator_control_messages_total{type=\"policy\"} 1",
             "goaway_operator_control_token_reviews_total{result=\"cached\"} 1",
             "goaway_operator_control_endpoint_watches 1",
+            "goaway_operator_drain_reports_total{result=\"accepted\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

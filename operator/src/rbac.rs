@@ -72,7 +72,7 @@ pub const RBAC: &[Rule] = &[
         verbs: &["patch"],
         scope: Scope::Cluster,
         needed: Needed::Always,
-        why: "controller applies status",
+        why: "controller applies status; the control channel records rebalances and drains on it",
     },
     Rule {
         api_group: "",
@@ -129,6 +129,14 @@ pub const RBAC: &[Rule] = &[
         scope: Scope::Cluster,
         needed: Needed::ControlChannel,
         why: "control channel reads the pod an agent's token names (--control-channel)",
+    },
+    Rule {
+        api_group: "goaway.dev",
+        resource: "keepalivepolicies/status",
+        verbs: &["get"],
+        scope: Scope::Cluster,
+        needed: Needed::ControlChannel,
+        why: "control channel reads a policy's status to add a reported drain to status.lastRollout (--control-channel)",
     },
     Rule {
         api_group: "discovery.k8s.io",

@@ -169,6 +169,11 @@ pub async fn run(args: RunArgs, shutdown: drain_rs::Watch) -> Result<()> {
                     metrics.clone(),
                 )),
                 hub,
+                drains: Arc::new(channel::drains::Drains::in_cluster(
+                    client.clone(),
+                    metrics.clone(),
+                    identity.clone(),
+                )),
                 metrics: metrics.clone(),
             };
             Some(tokio::spawn(channel::serve(

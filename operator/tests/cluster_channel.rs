@@ -30,6 +30,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, HTTPGetAction, Pod, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rustls::pki_types::pem::PemObject;
@@ -38,7 +39,7 @@ use serde_json::{Value, json};
 use support::agent::{http_get, start_agent, until};
 use support::cluster::{
     Operator, Scratch, UNSCHEDULED, apply_params, chart_operator_env, client_or_skip, free_port,
-    helm_template, install_crd, kubectl_stdin, ok, rendered, wait,
+    helm_template, install_crd, kubectl, kubectl_stdin, ok, rendered, wait,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -452,6 +453,45 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
     );
     eprintln!(
         "drain: slice terminating at {out_at:.2}s, GOAWAY on evidence at {goaway_after:.2}s (drain.delay 40s)"
+    );
+
+    // The drain outlives the pod's log: the agent reported it on its
+    // stream, and the operator recorded it as an Event on the pod and
+    // summed it on the policy's status (`kubectl get kap` shows it).
+    let events: Api<Event> = Api::namespaced(client.clone(), &apps.name);
+    let event_name = format!("{}.drained.1", api_pod.name_any());
+    let event = wait("the drain's Event on the pod", async || {
+        events.get_opt(&event_name).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(event.reason.as_deref(), Some("Drained"), "{event:?}");
+    let regarding = event.regarding.clone().expect("regarding");
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.uid),
+        (Some("Pod"), api_pod.uid()),
+        "{event:?}"
+    );
+    let note = event.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("on evidence") && note.contains("0 stream(s) cut"),
+        "{note}"
+    );
+    let rollout = wait("status.lastRollout", async || {
+        policies.get_status("api").await.ok()?.status?.last_rollout
+    })
+    .await;
+    assert_eq!(
+        (rollout.pods, rollout.streams_cut, rollout.result.as_str()),
+        (1, 0, "1 pod drained, 0 streams cut"),
+        "{rollout:?}"
+    );
+    let table = ok(
+        "kubectl get kap",
+        kubectl(&["get", "kap", "api", "-n", &apps.name]),
+    );
+    assert!(
+        table.contains("LAST ROLLOUT") && table.contains("1 pod drained, 0 streams cut"),
+        "{table}"
     );
 
     // Tokens that are not the pod's own.

@@ -1107,6 +1107,45 @@ fn scenario(env: &mut Env, values: &str) {
         goaways > 0,
         "no drain sent a GOAWAY: the clients were not connected through the agents"
     );
+    // Each drain outlives its pod: an Event on the pod, recorded by the
+    // operator from the agent's report (with the chart's RBAC), and the
+    // last rollout's sum on the policy, which `kubectl get kap` shows.
+    let last = evidence.last().expect("a rollout");
+    for d in &last.drains {
+        let event = format!("{}.drained.1", d.pod);
+        let event = wait(&format!("Event {event}"), Duration::from_secs(30), || {
+            let out = kubectl(&[
+                "-n",
+                &env.ns,
+                "get",
+                "events.events.k8s.io",
+                &event,
+                "-o",
+                "json",
+            ]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).ok())?
+        });
+        assert_eq!(event["reason"], "Drained", "{event}");
+        assert_eq!(event["regarding"]["name"], d.pod.as_str(), "{event}");
+    }
+    let summed = wait(
+        "status.lastRollout of the last rollout",
+        Duration::from_secs(30),
+        || {
+            let status = env.json(&["get", "kap", "echo"])["status"]["lastRollout"].clone();
+            (status["pods"] == last.drains.len()).then_some(status)
+        },
+    );
+    assert_eq!(summed["streamsCut"], 0, "{summed}");
+    assert_eq!(
+        summed["result"], "3 pods drained, 0 streams cut",
+        "{summed}"
+    );
+    env.note(format!(
+        "status.lastRollout after goaway rollout 3: {summed}"
+    ));
 
     // The same rollout with the GOAWAYs fixed at the 5 s delay, as a
     // sleep-based drain would send them: a quiet period as long as the

@@ -9,6 +9,10 @@
 //! about. From then on the operator writes [`Message`]s: the current state
 //! on connect, every change after, and a [`Message::Heartbeat`] at least
 //! every [`HEARTBEAT`] so that either end notices a dead connection.
+//! The agent writes back only [`Report`]s, each one line of at most
+//! [`MAX_REPORT_LINE`] bytes: what happened to its pod that should outlive
+//! the pod (a finished drain), which the operator records as an Event on
+//! the pod and counts on the policy's status.
 //!
 //! Plain data, shared by both ends, so that they cannot disagree on it.
 
@@ -65,6 +69,54 @@ pub enum Message {
     Heartbeat,
 }
 
+/// The longest line the agent writes ([`Report`]).
+pub const MAX_REPORT_LINE: usize = 1024;
+
+/// One line from the agent to the operator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Report {
+    /// The pod's drain finished (the agent's "drain finished" log line).
+    Drained(DrainReport),
+}
+
+/// What a finished drain did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DrainReport {
+    /// Which of the pod's drains this is, from 1 (a drain that expired
+    /// is followed by another).
+    pub drain: u64,
+    /// Connections that closed after their streams finished.
+    pub connections_drained: u64,
+    /// Streams that ran to completion during the drain.
+    pub streams_completed: u64,
+    /// Connections cut at the deadline with streams still open.
+    pub connections_hard_closed: u64,
+    /// Streams cut at the deadline.
+    pub streams_cut: u64,
+    /// From the drain's start to the last close.
+    pub duration_seconds: f64,
+    /// From the drain's start to its GOAWAYs.
+    pub goaway_after_seconds: f64,
+    /// Why the GOAWAYs went out then: `evidence` or `delay`.
+    pub goaway_on: String,
+}
+
+impl Report {
+    /// The report as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+
+    /// Parses one line (without its newline).
+    pub fn from_line(line: &[u8]) -> Result<Report, serde_json::Error> {
+        serde_json::from_slice(line)
+    }
+}
+
 impl Message {
     /// The message as one line, newline included.
     pub fn to_line(&self) -> Vec<u8> {
@@ -114,5 +166,26 @@ mod tests {
             assert_eq!(Message::from_line(line.as_bytes()).unwrap(), message);
         }
         assert!(Message::from_line(br#"{"type":"shutdown"}"#).is_err());
+    }
+
+    #[test]
+    fn a_drain_report_is_one_line_within_the_limit() {
+        let report = Report::Drained(DrainReport {
+            drain: u64::MAX,
+            connections_drained: u64::MAX,
+            streams_completed: u64::MAX,
+            connections_hard_closed: u64::MAX,
+            streams_cut: u64::MAX,
+            duration_seconds: f64::MAX,
+            goaway_after_seconds: f64::MAX,
+            goaway_on: "evidence".into(),
+        });
+        let line = report.to_line();
+        assert!(line.len() <= MAX_REPORT_LINE, "{} bytes", line.len());
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let parsed = Report::from_line(line.trim_ascii_end()).unwrap();
+        assert_eq!(parsed, report);
+        assert!(Report::from_line(br#"{"type":"drained","streamsCut":-1}"#).is_err());
+        assert!(Report::from_line(br#"{"type":"policy","text":""}"#).is_err());
     }
 }

@@ -55,6 +55,22 @@ pub struct DrainSummary {
     pub goaway_on: GoawayOn,
 }
 
+/// The report of a drain whose number the caller fills in.
+impl From<&DrainSummary> for goaway_transport::control::DrainReport {
+    fn from(s: &DrainSummary) -> Self {
+        goaway_transport::control::DrainReport {
+            drain: 0,
+            connections_drained: s.connections_drained,
+            streams_completed: s.streams_completed,
+            connections_hard_closed: s.connections_hard_closed,
+            streams_cut: s.streams_cut,
+            duration_seconds: s.duration_seconds,
+            goaway_after_seconds: s.goaway_after_seconds,
+            goaway_on: s.goaway_on.as_str().into(),
+        }
+    }
+}
+
 /// What started the GOAWAY step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +156,8 @@ pub struct DrainState {
     /// Streams hard closes cut off.
     cut: AtomicU64,
     done: watch::Sender<Option<DrainSummary>>,
+    /// Drains finished so far (the control channel reports each once).
+    finished_total: AtomicU64,
     /// Where the accept loop's listener is.
     listener: watch::Sender<Listener>,
     /// When the accept loop last accepted a connection, in nanoseconds
@@ -159,6 +177,7 @@ impl DrainState {
             sent_goaway: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             done: watch::Sender::new(None),
+            finished_total: AtomicU64::new(0),
             listener: watch::Sender::new(Listener::None),
             last_accept: AtomicU64::new(0),
             base: Instant::now(),
@@ -218,7 +237,20 @@ impl DrainState {
     /// Publishes the summary to every caller waiting in
     /// [`finished`](Self::finished), and to later ones.
     pub fn finish(&self, summary: DrainSummary) {
+        self.finished_total.fetch_add(1, Relaxed);
         self.done.send_replace(Some(summary));
+    }
+
+    /// How many drains have finished; the last one's summary is
+    /// [`summary`](Self::summary) until a drain that expired is
+    /// [`rearm`](Self::rearm)ed.
+    pub fn finished_total(&self) -> u64 {
+        self.finished_total.load(Relaxed)
+    }
+
+    /// Notified whenever a drain finishes (or the state is rearmed).
+    pub fn watch_done(&self) -> watch::Receiver<Option<DrainSummary>> {
+        self.done.subscribe()
     }
 
     /// The summary, once the drain has finished.

@@ -60,6 +60,27 @@ pub struct PodIdentity {
     pub uid: String,
     /// The KeepalivePolicy it was injected with.
     pub policy: String,
+    /// The revision of the template it was made from, which a rollout
+    /// replaces: its `pod-template-hash` label (a Deployment's), else its
+    /// `controller-revision-hash` (a StatefulSet's or DaemonSet's), else
+    /// its controller's name; empty for a bare pod.
+    pub revision: String,
+}
+
+/// `pod`'s [`PodIdentity::revision`].
+pub fn revision(pod: &Pod) -> String {
+    let labels = pod.labels();
+    labels
+        .get("pod-template-hash")
+        .or_else(|| labels.get("controller-revision-hash"))
+        .cloned()
+        .or_else(|| {
+            pod.owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| format!("{}/{}", o.kind, o.name))
+        })
+        .unwrap_or_default()
 }
 
 /// Why a token was not accepted.
@@ -239,7 +260,11 @@ impl Reviewer {
             return Err(Refusal::NotInjected(pod_ref));
         };
         debug!(pod = pod_ref, policy, "agent authenticated");
-        Ok(PodIdentity { policy, ..claimed })
+        Ok(PodIdentity {
+            policy,
+            revision: revision(&pod),
+            ..claimed
+        })
     }
 }
 
@@ -284,6 +309,7 @@ pub fn claimed_pod(status: &TokenReviewStatus) -> Result<PodIdentity, Refusal> {
         uid: one(EXTRA_POD_UID)?,
         namespace,
         policy: String::new(),
+        revision: String::new(),
     })
 }
 
@@ -292,6 +318,37 @@ mod tests {
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;
+
+    #[test]
+    fn a_pods_revision_is_its_template_hash_else_its_controller() {
+        let pod = |labels: serde_json::Value, owners: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "labels": labels, "ownerReferences": owners}
+            }))
+            .unwrap()
+        };
+        let owner = |kind: &str, controller: bool| {
+            serde_json::json!([{"apiVersion": "apps/v1", "kind": kind, "name": "api",
+                                "uid": "u", "controller": controller}])
+        };
+        for (labels, owners, want) in [
+            (
+                serde_json::json!({"pod-template-hash": "5f7c9", "controller-revision-hash": "x"}),
+                owner("ReplicaSet", true),
+                "5f7c9",
+            ),
+            (
+                serde_json::json!({"controller-revision-hash": "api-7d4"}),
+                owner("StatefulSet", true),
+                "api-7d4",
+            ),
+            (serde_json::json!({}), owner("Job", true), "Job/api"),
+            (serde_json::json!({}), owner("Job", false), ""),
+            (serde_json::json!({}), serde_json::json!([]), ""),
+        ] {
+            assert_eq!(revision(&pod(labels, owners)), want);
+        }
+    }
 
     fn status(authenticated: bool, audiences: &[&str], username: &str) -> TokenReviewStatus {
         TokenReviewStatus {
@@ -357,6 +414,7 @@ mod tests {
             name: "api-1".into(),
             uid: "pod-uid".into(),
             policy: "grpc".into(),
+            revision: String::new(),
         };
         let auth = Authenticator::fixed([("t-1".to_string(), pod.clone())].into());
         assert_eq!(auth.authenticate("t-1").await, Ok(pod));

@@ -16,7 +16,9 @@
 //!    with the reason and the connection closed;
 //! 4. the pod's [`hub::View`] written as it changes ([`stream`]): the
 //!    policy ([`policies`]) and where the pod stands in its namespace's
-//!    EndpointSlices ([`endpoints`]), with heartbeats.
+//!    EndpointSlices ([`endpoints`]), with heartbeats; meanwhile the
+//!    agent's reports are read, one line each: a finished drain, recorded
+//!    on the pod and the policy ([`drains`]).
 //!
 //! Bounded like the webhook ([`Config`]): a connection cap (more are
 //! closed at accept and counted), the handshake, the request head (size
@@ -26,6 +28,7 @@
 //! agents reconnect, with backoff, to another replica).
 
 pub mod auth;
+pub mod drains;
 pub mod endpoints;
 pub mod http;
 pub mod hub;
@@ -38,7 +41,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use goaway_transport::control::HEARTBEAT;
+use goaway_transport::control::{HEARTBEAT, MAX_REPORT_LINE, Report};
 use kube::Client;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,7 +50,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, info};
 
-use self::auth::Authenticator;
+use self::auth::{Authenticator, PodIdentity};
 use self::hub::Hub;
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
@@ -98,6 +101,8 @@ pub struct Context {
     pub auth: Arc<Authenticator>,
     /// The agents' views.
     pub hub: Arc<Hub>,
+    /// Where the agents' drain reports go.
+    pub drains: Arc<drains::Drains>,
     /// Where streams and refusals are counted.
     pub metrics: Arc<Metrics>,
 }
@@ -260,12 +265,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, ctx: &Context,
             Ok(()) => "the hub stopped".to_string(),
             Err(error) => format!("write failed: {error}"),
         },
-        // The agent sends nothing after its request: any read completes
-        // only when it closes, or breaks the protocol.
-        read = reader.read_u8() => match read {
-            Ok(_) => "the agent sent data after its request".to_string(),
-            Err(_) => "the agent closed the stream".to_string(),
-        },
+        ended = read_reports(&mut reader, &pod, &ctx.drains) => ended,
     };
     ctx.metrics.control_stream(false);
     debug!(
@@ -274,4 +274,128 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, ctx: &Context,
         ended,
         "stream closed"
     );
+}
+
+/// Reads the agent's reports until it closes the stream or breaks the
+/// protocol (a line over [`MAX_REPORT_LINE`], one that is not a report,
+/// more than [`drains::MAX_REPORTS_PER_STREAM`] of them); why it ended.
+/// Byte by byte, with no buffer while none arrives: an agent reports once
+/// or twice in its life, and its stream is open all of it.
+async fn read_reports<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    pod: &PodIdentity,
+    drains: &drains::Drains,
+) -> String {
+    let mut line = Vec::new();
+    let mut reports = 0;
+    loop {
+        let Ok(byte) = reader.read_u8().await else {
+            return "the agent closed the stream".into();
+        };
+        if byte != b'\n' {
+            if line.len() == MAX_REPORT_LINE {
+                return format!("the agent sent a line over {MAX_REPORT_LINE} bytes");
+            }
+            line.push(byte);
+            continue;
+        }
+        reports += 1;
+        if reports > drains::MAX_REPORTS_PER_STREAM {
+            return "the agent sent too many reports".into();
+        }
+        match Report::from_line(&line) {
+            Ok(Report::Drained(report)) => drains.report(pod, report),
+            Err(error) => return format!("the agent sent something that is not a report: {error}"),
+        }
+        line = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use goaway_transport::control::DrainReport;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn pod() -> PodIdentity {
+        PodIdentity {
+            namespace: "ns".into(),
+            name: "api-0".into(),
+            uid: "uid-0".into(),
+            policy: "grpc".into(),
+            revision: String::new(),
+        }
+    }
+
+    /// What `read_reports` makes of `sent` (the agent then closes): why
+    /// it ended, and the drain numbers recorded.
+    async fn read(sent: &[u8]) -> (String, Vec<u64>) {
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let sink = recorded.clone();
+        let drains = drains::Drains::new(
+            Arc::new(Metrics::default()),
+            Box::new(move |pod: PodIdentity, report: DrainReport| {
+                assert_eq!(pod, self::pod());
+                sink.lock().unwrap().push(report.drain);
+            }),
+        );
+        let (mut agent, mut operator) = tokio::io::duplex(64);
+        let sent = sent.to_vec();
+        let writer = tokio::spawn(async move {
+            // The reader may end the stream before all of it is written.
+            let _ = agent.write_all(&sent).await;
+        });
+        let ended = read_reports(&mut operator, &pod(), &drains).await;
+        drop(operator);
+        writer.await.unwrap();
+        let recorded = recorded.lock().unwrap().clone();
+        (ended, recorded)
+    }
+
+    fn drained(drain: u64) -> Vec<u8> {
+        Report::Drained(DrainReport {
+            drain,
+            ..DrainReport::default()
+        })
+        .to_line()
+    }
+
+    #[tokio::test]
+    async fn drain_reports_are_read_line_by_line_until_the_agent_closes() {
+        let (ended, recorded) = read(&[drained(1), drained(2)].concat()).await;
+        assert_eq!(ended, "the agent closed the stream");
+        assert_eq!(recorded, [1, 2]);
+        // A line not finished when the agent closes is not a report.
+        let mut partial = drained(1);
+        partial.pop();
+        assert_eq!(read(&partial).await.1, Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_breaks_the_protocol_loses_its_stream() {
+        let (ended, recorded) = read(b"{\"type\":\"policy\",\"text\":\"\"}\n").await;
+        assert!(ended.contains("not a report"), "{ended}");
+        assert!(recorded.is_empty());
+
+        let long = vec![b' '; MAX_REPORT_LINE + 1];
+        let (ended, _) = read(&long).await;
+        assert_eq!(
+            ended,
+            format!("the agent sent a line over {MAX_REPORT_LINE} bytes")
+        );
+        // A line of exactly the limit is read (and refused as JSON).
+        let mut exact = vec![b' '; MAX_REPORT_LINE];
+        exact.push(b'\n');
+        assert!(read(&exact).await.0.contains("not a report"));
+
+        let many: Vec<u8> = (1..=drains::MAX_REPORTS_PER_STREAM as u64 + 1)
+            .flat_map(drained)
+            .collect();
+        let (ended, recorded) = read(&many).await;
+        assert_eq!(ended, "the agent sent too many reports");
+        assert_eq!(recorded.len(), drains::MAX_REPORTS_PER_STREAM);
+    }
 }

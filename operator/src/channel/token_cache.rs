@@ -114,6 +114,7 @@ mod tests {
             name: name.into(),
             uid: format!("uid-{name}"),
             policy: "grpc".into(),
+            revision: String::new(),
         }
     }
 

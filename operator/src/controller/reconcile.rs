@@ -203,6 +203,7 @@ impl<'a> Reconciler<'a> {
             // The control channel's to write (its own field manager):
             // left out of this apply, so it stays.
             last_rebalance: None,
+            last_rollout: None,
         };
         self.apply_status(&status).await?;
 

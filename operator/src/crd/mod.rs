@@ -151,6 +151,12 @@ impl std::str::FromStr for Interception {
         description = "Whether Services send traffic for matched pods around the agent"
     ),
     printcolumn(
+        name = "Last Rollout",
+        type_ = "string",
+        json_path = ".status.lastRollout.result",
+        description = "The drains of the last rollout, as the agents reported them"
+    ),
+    printcolumn(
         name = "Rebalanced",
         type_ = "date",
         json_path = ".status.lastRebalance.time",
@@ -234,6 +240,38 @@ pub struct KeepalivePolicyStatus {
     /// move connections to the new pods (`rebalance.enabled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebalance: Option<LastRebalance>,
+    /// The drains of the last rollout, as the agents reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout: Option<LastRollout>,
+}
+
+/// The drains of one rollout, summed: of pods of one template revision,
+/// each less than ten minutes after the one before. Every field defaults,
+/// so a status written by another version of the operator still reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LastRollout {
+    /// When its first drain was reported (RFC 3339).
+    pub started: String,
+    /// When its last drain was reported (RFC 3339).
+    pub last_drain: String,
+    /// The drained pods' template revision: a Deployment's
+    /// `pod-template-hash`, a StatefulSet's or DaemonSet's
+    /// `controller-revision-hash`.
+    pub revision: String,
+    /// Pods drained.
+    pub pods: u64,
+    /// Connections that closed after their streams finished.
+    pub connections_drained: u64,
+    /// Streams that ran to completion during the drains.
+    pub streams_completed: u64,
+    /// Connections cut at a drain's deadline with streams still open.
+    pub connections_hard_closed: u64,
+    /// Streams cut at a drain's deadline: calls that failed.
+    pub streams_cut: u64,
+    /// In short, as `kubectl get` shows it: "3 pods drained, 0 streams
+    /// cut".
+    pub result: String,
 }
 
 /// A scale-up the agents rebalanced after. Every field defaults, so a

@@ -20,6 +20,7 @@ fn pod(namespace: &str, name: &str, policy: &str) -> PodIdentity {
         name: name.into(),
         uid: format!("uid-{name}"),
         policy: policy.into(),
+        revision: String::new(),
     }
 }
 
