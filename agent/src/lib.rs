@@ -90,6 +90,8 @@ pub struct Agent {
     pub endpoints: tokio::sync::watch::Receiver<control::Endpoints>,
     /// True while the operator's control channel is open.
     pub control_connected: Arc<AtomicBool>,
+    /// What `/readyz` last answered, logged as it changes.
+    pub readiness: admin::readiness::Readiness,
     /// Scale-up rebalancing's pending GOAWAYs ([`rebalance`]).
     pub rebalancer: rebalance::Rebalancer,
 }

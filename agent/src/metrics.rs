@@ -5,7 +5,9 @@
 //! so the request path only ever does atomic adds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use crate::admin::readiness::Answer;
 
 use goaway_transport::client::{Channel, Connectivity};
 use goaway_transport::{Counters, GoAwayReason};
@@ -61,6 +63,7 @@ impl Metrics {
         upstreams: Vec<Channel>,
         ready: Arc<AtomicBool>,
         control_connected: Arc<AtomicBool>,
+        readiness: Arc<AtomicU8>,
     ) -> Self {
         let mut registry = Registry::default();
         let connection_duration = Histogram::new([
@@ -131,6 +134,7 @@ impl Metrics {
             upstreams,
             ready,
             control_connected,
+            readiness,
         }));
         Metrics {
             registry,
@@ -219,6 +223,8 @@ struct TransportCollector {
     upstreams: Vec<Channel>,
     ready: Arc<AtomicBool>,
     control_connected: Arc<AtomicBool>,
+    /// `/readyz`'s last answer ([`crate::admin::readiness::Answer`]).
+    readiness: Arc<AtomicU8>,
 }
 
 /// The upstream as one state: READY if any worker's pool is, otherwise
@@ -382,6 +388,20 @@ impl Collector for TransportCollector {
             "1 while serving, 0 once a drain started",
             i64::from(self.ready.load(Relaxed)),
         )?;
+        let mut family = e.encode_descriptor(
+            "goaway_readiness",
+            "What /readyz last answered (1 for that state): ready, draining, upstream_refused, upstream_timeout, or unprobed",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        let answer = Answer::from_u8(self.readiness.load(Relaxed));
+        for state in Answer::ALL {
+            ConstGauge::new(i64::from(answer == state)).encode(family.encode_family(
+                &StateLabel {
+                    state: state.label(),
+                },
+            )?)?;
+        }
         gauge(
             &mut e,
             "goaway_control_connected",

@@ -2,7 +2,7 @@
 //! signal handling together.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Release};
 
 use anyhow::{Context, Result, bail};
 use goaway_transport::client::{Channel, ChannelConfig};
@@ -171,6 +171,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
     // drain waits its whole delay.
     let (endpoints_tx, endpoints) = tokio::sync::watch::channel(Endpoints::Unknown);
     let control_connected = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(AtomicU8::new(0));
     let agent = Arc::new(Agent {
         config,
         metrics: metrics::Metrics::new(
@@ -178,6 +179,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
             channels,
             ready.clone(),
             control_connected.clone(),
+            readiness.clone(),
         ),
         workers,
         policy: store.clone(),
@@ -188,6 +190,7 @@ pub async fn start(args: &RunArgs) -> Result<Running> {
         ready,
         endpoints,
         control_connected: control_connected.clone(),
+        readiness: crate::admin::readiness::Readiness::new(readiness),
         rebalancer: Default::default(),
     });
     if let Some(config) = control {

@@ -62,6 +62,30 @@ fn readyz_follows_the_app_with_readiness_checks_upstream() -> Result<()> {
     let (status, body) = agent.get("/readyz")?;
     assert_eq!(status, 503);
     assert!(body.contains("refused"), "{body}");
+    // The reason is in the log once, at WARN, and in the metric: the
+    // kubelet's probe Event has only the status code.
+    let warned = agent.log_events("not ready: the app stopped accepting connections");
+    assert_eq!(warned.len(), 1, "{}", agent.log());
+    assert_eq!(warned[0]["level"], "WARN", "{}", warned[0]);
+    assert!(
+        warned[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused")),
+        "{}",
+        warned[0]
+    );
+    assert_eq!(
+        agent
+            .metrics()?
+            .value("goaway_readiness{state=\"upstream_refused\"}")?,
+        1.0
+    );
+    assert_eq!(
+        agent
+            .metrics()?
+            .value("goaway_readiness{state=\"ready\"}")?,
+        0.0
+    );
     // Without the flag the agent answers for itself only
     // (docs/design.md §5.2: 200 while serving), whatever the app does.
     let plain = agent_at_dead_upstream()?;

@@ -119,6 +119,7 @@ fn all_metrics() -> (BTreeMap<String, String>, BTreeSet<String>) {
         Vec::new(),
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(false)),
+        Arc::new(std::sync::atomic::AtomicU8::new(0)),
     );
     let operator = goaway_operator::metrics::Metrics::default();
     // A family without a series is not encoded at all: one of each.
@@ -127,6 +128,7 @@ fn all_metrics() -> (BTreeMap<String, String>, BTreeSet<String>) {
     operator.control_refused("capacity");
     operator.control_message("heartbeat");
     operator.control_token_review("accepted");
+    operator.drain_report("accepted");
     let (mut names, mut samples) = registered(&agent.encode());
     let (n, s) = registered(&operator.render());
     names.extend(n);

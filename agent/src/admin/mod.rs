@@ -1,12 +1,16 @@
 //! The admin HTTP server (docs/design.md §5.2): health, readiness, drain,
 //! metrics, the effective policy and live connections.
 //!
+//! `/readyz`'s answers are logged as they change, with the reason, and
+//! the last one is a metric ([`readiness`]).
+//!
 //! `/healthz`, `/readyz`, `/metrics`, `/policy` and `GET /log-level` answer
 //! anyone (probes and scrapers). `/drain`, `PUT /log-level` and
 //! `/connections` answer only the pod itself and the node ([`access`]),
 //! and with the drain token when one is set.
 
 pub mod access;
+pub mod readiness;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Acquire;
@@ -22,6 +26,7 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use self::readiness::Answer;
 use crate::Agent;
 
 /// The admin routes.
@@ -49,27 +54,43 @@ async fn healthz() -> &'static str {
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 
 async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
+    let (answer, body) = readiness_answer(&agent).await;
+    agent.readiness.observe(answer, body.trim_end());
+    let status = if answer == Answer::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+/// What `/readyz` answers, and why.
+async fn readiness_answer(agent: &Agent) -> (Answer, String) {
     if !agent.ready.load(Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+        return (Answer::Draining, "draining\n".into());
     }
     let Some(upstream) = &agent.config.readiness_upstream else {
-        return (StatusCode::OK, "ready\n").into_response();
+        return (Answer::Ready, "ready\n".into());
     };
     // A connect, nothing sent: the app's listener answers it even while
     // all its workers are busy.
-    match tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.as_str())).await
+    match tokio::time::timeout(
+        UPSTREAM_PROBE_TIMEOUT,
+        TcpStream::connect(upstream.as_str()),
+    )
+    .await
     {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(_)) => (Answer::Ready, "ready\n".into()),
         Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
+            Answer::UpstreamRefused,
             format!("upstream {upstream} refused the connection: {e}\n"),
-        )
-            .into_response(),
+        ),
         Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream {upstream} did not accept a connection within {UPSTREAM_PROBE_TIMEOUT:?}\n"),
-        )
-            .into_response(),
+            Answer::UpstreamTimeout,
+            format!(
+                "upstream {upstream} did not accept a connection within {UPSTREAM_PROBE_TIMEOUT:?}\n"
+            ),
+        ),
     }
 }
 

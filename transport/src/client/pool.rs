@@ -46,7 +46,20 @@ pub(crate) struct Pool {
 struct DialStatus {
     last_error: Option<Arc<ConnectError>>,
     next_attempt: Option<Instant>,
+    /// Whether a connect ever succeeded: before that, failures are the
+    /// app starting, and logged quietly ([`STARTUP_QUIET`]).
+    ever_connected: bool,
+    /// The first failure of the current start-up run.
+    failing_since: Option<Instant>,
+    /// The start-up WARN was logged.
+    startup_warned: bool,
 }
+
+/// How long the first connect may keep failing before each failure is
+/// logged at WARN: until then the app is taken to be starting (the agent,
+/// a native sidecar, starts before it), and only the first failure is
+/// logged, at INFO.
+pub(super) const STARTUP_QUIET: Duration = Duration::from_secs(60);
 
 impl Pool {
     pub(super) fn new(config: ChannelConfig, addr: String) -> Arc<Self> {
@@ -392,6 +405,8 @@ pub(crate) async fn dialer<C: Connect>(pool: Arc<Pool>, connector: C) {
                     let mut s = pool.status();
                     s.next_attempt = None;
                     s.last_error = None;
+                    s.ever_connected = true;
+                    s.failing_since = None;
                 }
                 Counters::inc(&pool.config.counters.upstream_connects);
                 tracing::debug!(upstream = %pool.addr, conn = id, "upstream connected");
@@ -404,13 +419,86 @@ pub(crate) async fn dialer<C: Connect>(pool: Arc<Pool>, connector: C) {
             }
             Err(e) => {
                 Counters::inc(&pool.config.counters.upstream_connect_failures);
-                tracing::warn!(upstream = %pool.addr, error = %e, "upstream connect failed");
-                pool.status().last_error = Some(Arc::new(e));
+                {
+                    let mut s = pool.status();
+                    log_connect_failure(&mut s, &pool.addr, &e, Instant::now());
+                    s.last_error = Some(Arc::new(e));
+                }
                 if !pool.has_usable() {
                     pool.set_state(Connectivity::TransientFailure);
                 }
             }
         }
         pool.changed.notify_waiters();
+    }
+}
+
+/// How a failed connect is logged: at WARN once the app has been reached
+/// (it went away), or once it has not been for [`STARTUP_QUIET`]; before
+/// that, the first failure at INFO and the rest at DEBUG — a sidecar
+/// that starts before its app would otherwise warn every backoff step.
+fn log_connect_failure(
+    s: &mut DialStatus,
+    addr: &str,
+    error: &ConnectError,
+    now: Instant,
+) -> tracing::Level {
+    if s.ever_connected {
+        tracing::warn!(upstream = %addr, %error, "upstream connect failed");
+        return tracing::Level::WARN;
+    }
+    let Some(since) = s.failing_since else {
+        s.failing_since = Some(now);
+        tracing::info!(upstream = %addr, %error, "upstream not accepting connections yet (expected while the app starts); retrying with backoff");
+        return tracing::Level::INFO;
+    };
+    if now.duration_since(since) < STARTUP_QUIET {
+        tracing::debug!(upstream = %addr, %error, "upstream connect failed");
+        return tracing::Level::DEBUG;
+    }
+    if !s.startup_warned {
+        s.startup_warned = true;
+        tracing::warn!(upstream = %addr, %error, after = ?now.duration_since(since), "upstream still not accepting connections; from now on every failed connect is logged");
+    } else {
+        tracing::warn!(upstream = %addr, %error, "upstream connect failed");
+    }
+    tracing::Level::WARN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_app_is_one_info_line_until_it_takes_too_long() {
+        let mut s = DialStatus::default();
+        let refused = ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let start = Instant::now();
+        let log = |s: &mut DialStatus, after: Duration| {
+            log_connect_failure(s, "127.0.0.1:8080", &refused, start + after)
+        };
+        assert_eq!(log(&mut s, Duration::ZERO), Level::INFO);
+        for second in 1..60 {
+            assert_eq!(log(&mut s, Duration::from_secs(second)), Level::DEBUG);
+        }
+        assert_eq!(log(&mut s, STARTUP_QUIET), Level::WARN);
+        assert!(s.startup_warned);
+        assert_eq!(log(&mut s, STARTUP_QUIET * 2), Level::WARN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_app_was_reached_every_failure_warns() {
+        let mut s = DialStatus {
+            ever_connected: true,
+            ..DialStatus::default()
+        };
+        let refused = ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        for _ in 0..3 {
+            assert_eq!(
+                log_connect_failure(&mut s, "127.0.0.1:8080", &refused, Instant::now()),
+                Level::WARN
+            );
+        }
     }
 }
