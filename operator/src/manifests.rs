@@ -299,12 +299,18 @@ pub fn uninject_manifests(input: &str) -> Result<Report> {
                 let grace = template
                     .pointer("/spec/terminationGracePeriodSeconds")
                     .cloned();
-                let removed = uninject_template(template);
+                let mut probes = Vec::new();
+                let removed = uninject_template(template, &mut probes);
                 if removed {
                     report.injected.push(what.to_string());
                     if let Some(g) = grace {
                         report.warnings.push(format!(
                             "{what}: terminationGracePeriodSeconds stays {g} (injection may have raised it)"
+                        ));
+                    }
+                    for probe in probes {
+                        report.warnings.push(format!(
+                            "{what}: {probe} (injection rewrites a probe of the port's name to its number; the same port for the app)"
                         ));
                     }
                 }
@@ -320,7 +326,8 @@ pub fn uninject_manifests(input: &str) -> Result<Report> {
 }
 
 /// Undoes the injection of one template; false when it had no agent.
-fn uninject_template(template: &mut Value) -> bool {
+/// The probes left on the app port's number are listed in `probes`.
+fn uninject_template(template: &mut Value, probes: &mut Vec<String>) -> bool {
     let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
         return false;
     };
@@ -376,6 +383,22 @@ fn uninject_template(template: &mut Value) -> bool {
     if let Some(Value::Array(containers)) = spec.get_mut("containers") {
         for c in containers {
             let Some(c) = c.as_object_mut() else { continue };
+            if let (Some(name), Some(port)) = (&taken_name, app_port) {
+                for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                    for kind in ["httpGet", "tcpSocket", "grpc"] {
+                        if c.get(probe)
+                            .and_then(|p| p.get(kind))
+                            .and_then(|k| k["port"].as_i64())
+                            == Some(port)
+                        {
+                            let container = c.get("name").and_then(Value::as_str).unwrap_or("?");
+                            probes.push(format!(
+                                "container {container}: {probe} stays on port {port}, not {name:?}"
+                            ));
+                        }
+                    }
+                }
+            }
             if let (Some(name), Some(port)) = (&taken_name, app_port)
                 && let Some(Value::Array(ports)) = c.get_mut("ports")
             {
@@ -706,6 +729,42 @@ mod tests {
         } else if let Some(a) = v.as_array_mut() {
             a.iter_mut().for_each(strip_grace);
         }
+    }
+
+    #[test]
+    fn uninject_says_which_probes_stay_on_the_ports_number() {
+        let manifest = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api, tier: backend}}
+    spec:
+      containers:
+      - name: api
+        image: registry.example.com/api:1.0
+        ports: [{name: grpc, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /ready, port: grpc}}
+        livenessProbe: {tcpSocket: {port: grpc}}
+"#;
+        let injected = inject_in_mode(manifest, crate::Interception::NamedPort);
+        assert_eq!(injected.injected.len(), 1, "{:?}", injected.warnings);
+        let removed = uninject_manifests(&injected.output).unwrap();
+        let probes: Vec<&String> = removed
+            .warnings
+            .iter()
+            .filter(|w| w.contains("Probe stays on port 8080"))
+            .collect();
+        assert_eq!(probes.len(), 2, "{:?}", removed.warnings);
+        assert!(
+            probes
+                .iter()
+                .any(|w| w
+                    .contains("container api: readinessProbe stays on port 8080, not \"grpc\"")),
+            "{probes:?}"
+        );
     }
 
     #[test]

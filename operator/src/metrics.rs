@@ -155,6 +155,36 @@ impl Default for Metrics {
     }
 }
 
+/// Every `reason` of `goaway_operator_admissions_total`: empty for an
+/// injected pod; why a pod was admitted unchanged
+/// ([`crate::inject::Skip`], `not_pod_create`, `redirect_forbidden`); or
+/// the error that stopped the injection ([`crate::inject::InjectError`])
+/// or the review.
+pub const ADMISSION_REASONS: &[&str] = &[
+    "",
+    "no_policy",
+    "opted_out",
+    "already_injected",
+    "host_network",
+    "windows",
+    "not_pod_create",
+    "redirect_forbidden",
+    "port_not_found",
+    "port_in_use",
+    "port_clash",
+    "ambiguous_port_name",
+    "not_tcp",
+    "volume_exists",
+    "invalid_annotation",
+    "serialize",
+    "budget_exceeded",
+    "request_timeout",
+    "request_too_large",
+    "unreadable",
+    "unreadable_pod",
+    "panic",
+];
+
 impl Metrics {
     /// Records one reconciliation: `error` is `None` when it succeeded.
     pub fn reconciled(&self, error: Option<&crate::Error>, took: Duration) {
@@ -168,8 +198,14 @@ impl Metrics {
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
-    /// Records one admission review.
+    /// Records one admission review; `reason` is one of
+    /// [`ADMISSION_REASONS`] (checked in debug builds, so that the
+    /// README's list, which a test holds to that one, stays complete).
     pub fn admitted(&self, outcome: &'static str, reason: &'static str, took: Duration) {
+        debug_assert!(
+            ADMISSION_REASONS.contains(&reason),
+            "admission reason {reason:?} is not in ADMISSION_REASONS"
+        );
         self.admissions
             .get_or_create(&vec![("outcome", outcome), ("reason", reason)])
             .inc();
@@ -253,6 +289,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_explains_every_admission_reason() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .unwrap();
+        let section = readme
+            .split("**A pod was not injected.**")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("README: Troubleshooting, \"A pod was not injected.\"");
+        let missing: Vec<&&str> = ADMISSION_REASONS
+            .iter()
+            .filter(|r| !r.is_empty() && !section.contains(&format!("`{r}`")))
+            .collect();
+        assert!(missing.is_empty(), "README does not explain {missing:?}");
+    }
 
     #[test]
     fn rendered_text_names_every_metric() {

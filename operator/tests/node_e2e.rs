@@ -1739,7 +1739,9 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
             &env.ns,
             "-f",
             values,
-            "--reuse-values",
+            // The new chart's defaults, then the install's values (the
+            // README's upgrade command).
+            "--reset-then-reuse-values",
             "--set",
             // A change the new pods must show; debug only for the control
             // channel: debug for everything writes enough (a line per
