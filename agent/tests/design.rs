@@ -122,13 +122,7 @@ fn all_metrics() -> (BTreeMap<String, String>, BTreeSet<String>) {
         Arc::new(std::sync::atomic::AtomicU8::new(0)),
     );
     let operator = goaway_operator::metrics::Metrics::default();
-    // A family without a series is not encoded at all: one of each.
-    operator.reconciled(None, std::time::Duration::ZERO);
-    operator.admitted("injected", "", std::time::Duration::ZERO);
-    operator.control_refused("capacity");
-    operator.control_message("heartbeat");
-    operator.control_token_review("accepted");
-    operator.drain_report("accepted");
+    operator.sample_every_family();
     let (mut names, mut samples) = registered(&agent.encode());
     let (n, s) = registered(&operator.render());
     names.extend(n);

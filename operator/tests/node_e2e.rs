@@ -222,10 +222,8 @@ impl Env {
         CLIENTS
             .iter()
             .map(|c| {
-                let line = self.k(&["logs", c, "--tail", "1"]);
-                let v: Value = serde_json::from_str(line.trim())
-                    .unwrap_or_else(|e| panic!("{c}'s tally {line:?}: {e}"));
-                (c.to_string(), Tally::from(&v))
+                let tally = last_tally(self, c).unwrap_or_else(|| panic!("{c} printed no tally"));
+                (c.to_string(), tally)
             })
             .collect()
     }
@@ -580,9 +578,13 @@ fn note_evidence_against_delay(env: &mut Env, evidence: &[Rollout], fixed: &Roll
 
 /// The fleet client's last tally line, once it has one.
 fn fleet_tally(env: &Env) -> Option<Tally> {
-    let out = kubectl(&["-n", &env.ns, "logs", "client-fleet", "--tail", "1"]);
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let v: Value = serde_json::from_str(&line).ok()?;
+    last_tally(env, "client-fleet")
+}
+
+/// The last tally client `pod` printed (its log's last line), if any.
+fn last_tally(env: &Env, pod: &str) -> Option<Tally> {
+    let out = kubectl(&["-n", &env.ns, "logs", pod, "--tail", "1"]);
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).ok()?;
     Some(Tally::from(&v))
 }
 
@@ -719,7 +721,9 @@ fn agent_sums(env: &Env, pods: &BTreeSet<String>, series: &[&str]) -> Vec<f64> {
 struct Step {
     /// The share of the four clients' calls the new pods served, per
     /// second after all pods were Ready.
-    per_second: Vec<f64>,
+    /// None for a second no tally line covered (the clients print once
+    /// a second, and a line can land on either side of a boundary).
+    per_second: Vec<Option<f64>>,
     /// The same over seconds 20–30.
     last_10s: f64,
     /// The even share, `(to - from)/to`.
@@ -783,18 +787,24 @@ fn scale_step(env: &mut Env, label: &str, to: usize, clients: &[&str]) -> Step {
     let share = |from_s: u64, to_s: u64| {
         let (n0, a0) = calls_by(ready + Duration::from_secs(from_s));
         let (n1, a1) = calls_by(ready + Duration::from_secs(to_s));
-        (n1 - n0) as f64 / (a1 - a0).max(1) as f64
+        (a1 > a0).then(|| (n1 - n0) as f64 / (a1 - a0) as f64)
     };
     let step = Step {
         per_second: (0..30).map(|s| share(s, s + 1)).collect(),
-        last_10s: share(20, 30),
+        last_10s: share(20, 30).expect("the clients' calls over seconds 20-30"),
         fair: (to - from) as f64 / to as f64,
         connections: counters[0],
         moved: after_counters[1] - counters[1],
         sent_on: after_counters[2] - counters[2],
     };
     let reaches = (0..30)
-        .find(|&s| step.per_second[s..].iter().all(|&x| x >= 0.8 * step.fair))
+        .find(|&s| {
+            step.per_second[s].is_some()
+                && step.per_second[s..]
+                    .iter()
+                    .flatten()
+                    .all(|&x| x >= 0.8 * step.fair)
+        })
         .map_or("never".to_string(), |s| format!("from {}s on", s + 1));
     let (made, failed, details) = delta(&before, &env.tallies());
     let clients_failed: u64 = clients
@@ -807,7 +817,7 @@ fn scale_step(env: &mut Env, label: &str, to: usize, clients: &[&str]) -> Step {
         clients.join(", "),
         step.per_second
             .iter()
-            .map(|x| format!("{:.0}", 100.0 * x))
+            .map(|x| x.map_or("–".to_string(), |x| format!("{:.0}", 100.0 * x)))
             .collect::<Vec<_>>()
             .join(" "),
         100.0 * step.last_10s,
@@ -1499,8 +1509,7 @@ fn start_headless_client(env: &Env) -> String {
 }
 
 fn headless_tally(env: &Env) -> Tally {
-    let line = env.k(&["logs", HEADLESS_CLIENT, "--tail", "1"]);
-    Tally::from(&serde_json::from_str::<Value>(line.trim()).unwrap_or(Value::Null))
+    last_tally(env, HEADLESS_CLIENT).unwrap_or_else(|| Tally::from(&Value::Null))
 }
 
 /// Which app pods' agents hold a connection from `ip`.

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use goaway_operator::admin::{self, Readiness};
 use goaway_operator::inject::{ANNOTATION_INJECTED, CONTAINER_NAME};
@@ -315,12 +314,7 @@ fn operator_admin_get(path: &str) -> (u16, String) {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(goaway_operator::metrics::Metrics::default());
-    metrics.reconciled(None, Duration::from_millis(3));
-    metrics.admitted("injected", "", Duration::from_micros(300));
-    // Label families show in the exposition once they have a sample.
-    metrics.control_refused("capacity");
-    metrics.control_message("heartbeat");
-    metrics.control_token_review("accepted");
+    metrics.sample_every_family();
     let router = admin::router(metrics, Arc::new(Readiness::default()));
     let (signal, watch) = drain_rs::channel();
     let server = runtime.spawn(admin::serve(listener, router, watch));
