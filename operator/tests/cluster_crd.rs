@@ -353,6 +353,10 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
                             "observedGeneration": 1}],
             "lastRebalance": {"service": "api", "from": 3, "to": 6,
                               "time": "2026-01-01T00:00:00Z"},
+            "lastRollout": {"started": "2026-01-01T00:00:00Z", "lastDrain": "2026-01-01T00:00:09Z",
+                            "revision": "5f7c9", "pods": 3, "connectionsDrained": 7,
+                            "streamsCompleted": 40, "connectionsHardClosed": 0, "streamsCut": 0,
+                            "result": "3 pods drained, 0 streams cut"},
         }})),
     )
     .await
@@ -377,6 +381,8 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
             "INJECTED",
             "READY",
             "BYPASSED",
+            "LAST",
+            "ROLLOUT",
             "REBALANCED",
             "AGE"
         ],
@@ -403,8 +409,14 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
         ],
         "{table}"
     );
-    // Both date columns have a value: when it last rebalanced, its age.
-    assert_eq!(row.len(), 11, "{table}");
+    // The last rollout's result, then both date columns: when it last
+    // rebalanced, its age.
+    assert_eq!(
+        row[9..row.len() - 2].join(" "),
+        "3 pods drained, 0 streams cut",
+        "{table}"
+    );
+    assert_eq!(row.len(), 17, "{table}");
 
     let explain = ok("kubectl explain", kubectl(&["explain", "kap.spec.server"]));
     for text in [

@@ -176,6 +176,16 @@ cmd_build() {
     command -v go >/dev/null || die "go is not installed"
     mkdir -p "$CACHE"
     local start=$SECONDS
+    # --control-plane: what plain `up` runs (and kubectl), not the node's
+    # components, CoreDNS or helm — for a second Kubernetes version whose
+    # cluster tests run without a node, next to the pinned one's helm.
+    if [[ ${1:-} == --control-plane ]]; then
+        KUBE_COMPONENTS=(kube-apiserver kube-controller-manager kubectl)
+        build_etcd
+        build_kubernetes
+        log "build done in $((SECONDS - start))s"
+        return
+    fi
     build_etcd
     build_kubernetes
     build_coredns
