@@ -16,9 +16,12 @@
 // libc: sysconf and setrlimit, each with its SAFETY comment.
 #![allow(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use goaway_tests::poll::listening;
+use goaway_tests::{Proc, Scratch, free_port};
 use std::time::{Duration, Instant};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_goaway-agent");
@@ -50,8 +53,8 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let dir = std::env::temp_dir().join(format!("goaway-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("bench").expect("a scratch directory");
+    let dir = scratch.path();
     let body = dir.join("request.bin");
     let mut frame = vec![0u8];
     frame.extend_from_slice(&100u32.to_be_bytes());
@@ -72,7 +75,7 @@ fn main() {
     ]));
     wait_port(backend_port);
     let (_agent, agent_port, _) = start_agent(backend_port);
-    let (_haproxy, haproxy_port) = start_haproxy(&dir, backend_port);
+    let (_haproxy, haproxy_port) = start_haproxy(dir, backend_port);
 
     let targets = [
         ("direct", backend_port),
@@ -80,12 +83,11 @@ fn main() {
         ("haproxy", haproxy_port),
     ];
     if !memory_only {
-        let pids = [_backend.id(), _agent.id(), _haproxy.id()];
-        throughput(&dir, &body, &targets, &pids);
+        let pids = [_backend.pid(), _agent.pid(), _haproxy.pid()];
+        throughput(dir, &body, &targets, &pids);
     }
     drop((_agent, _haproxy));
-    memory(&dir, backend_port);
-    let _ = std::fs::remove_dir_all(&dir);
+    memory(dir, backend_port);
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -153,7 +155,7 @@ fn throughput(dir: &Path, body: &Path, targets: &[(&str, u16)], pids: &[u32; 3])
 fn memory(dir: &Path, backend_port: u16) {
     println!("\nRSS per idle client connection (fresh processes):");
     let (agent, agent_port, _) = start_agent(backend_port);
-    let per = idle_rss(agent.id(), agent_port, IDLE);
+    let per = idle_rss(agent.pid(), agent_port, IDLE);
     println!("  agent   at {IDLE} connections: {per:.2} KiB");
     drop(agent);
     let (haproxy, haproxy_port) = start_haproxy(dir, backend_port);
@@ -254,7 +256,7 @@ fn h2load(dir: &Path, body: &Path, port: u16) -> Run {
     }
 }
 
-fn start_agent(backend_port: u16) -> (Guard, u16, u16) {
+fn start_agent(backend_port: u16) -> (Proc, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let child = spawn(
         Command::new(AGENT)
@@ -274,7 +276,7 @@ fn start_agent(backend_port: u16) -> (Guard, u16, u16) {
     (child, port, admin)
 }
 
-fn start_haproxy(dir: &Path, backend_port: u16) -> (Guard, u16) {
+fn start_haproxy(dir: &Path, backend_port: u16) -> (Proc, u16) {
     let port = free_port();
     let cfg = dir.join(format!("haproxy-{port}.cfg"));
     let mut f = std::fs::File::create(&cfg).expect("haproxy config");
@@ -291,8 +293,8 @@ fn start_haproxy(dir: &Path, backend_port: u16) -> (Guard, u16) {
     (child, port)
 }
 
-fn haproxy_pid(g: &Guard) -> u32 {
-    g.id()
+fn haproxy_pid(g: &Proc) -> u32 {
+    g.pid()
 }
 
 /// Opens `n` idle connections to `port` from a child process and
@@ -308,7 +310,7 @@ fn idle_rss(pid: u32, port: u16, n: usize) -> f64 {
     ]));
     let start = Instant::now();
     // The child prints "ready" once every handshake completed.
-    let ready = clients.wait_line("ready", Duration::from_secs(180));
+    let ready = wait_line(&clients, "ready", Duration::from_secs(180));
     if !ready {
         eprintln!(
             "  idle clients did not finish connecting within {:?}",
@@ -365,67 +367,25 @@ fn idle_clients(addr: &str, n: usize) {
     });
 }
 
-struct Guard {
-    child: Child,
-    lines: Option<std::sync::mpsc::Receiver<String>>,
+/// Starts `cmd` (stdout read as lines, stderr inherited), killed on drop.
+fn spawn(cmd: &mut Command) -> Proc {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    Proc::spawn(&name, cmd).expect("spawn")
 }
 
-impl Guard {
-    fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_line(&self, want: &str, timeout: Duration) -> bool {
-        let Some(rx) = &self.lines else { return false };
-        let deadline = Instant::now() + timeout;
-        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if line.trim() == want {
-                return true;
-            }
+/// Whether `p` prints the line `want` within `timeout`.
+fn wait_line(p: &Proc, want: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while let Ok(line) = p.line(deadline.saturating_duration_since(Instant::now())) {
+        if line.trim() == want {
+            return true;
         }
-        false
     }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Guard {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Guard {
-        child,
-        lines: Some(rx),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    false
 }
 
 fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    listening(port, Duration::from_secs(10)).expect("the server listening");
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -273,43 +273,44 @@ pub async fn watch_file(
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+    use goaway_tests::Scratch;
+
     use super::*;
 
     const POLL: Duration = Duration::from_secs(1);
 
-    /// A policy file in a fresh directory, removed on drop.
-    struct File(PathBuf);
+    /// A policy file in a scratch directory.
+    struct File {
+        dir: Scratch,
+        path: PathBuf,
+    }
 
     impl File {
         fn new(tag: &str, text: &str) -> File {
-            let dir =
-                std::env::temp_dir().join(format!("goaway-policy-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let f = File(dir.join("policy.yaml"));
-            f.write(text);
-            f
+            let dir = Scratch::new(&format!("policy-{tag}")).unwrap();
+            let path = dir.write("policy.yaml", text).unwrap();
+            File { dir, path }
         }
 
         fn write(&self, text: &str) {
-            std::fs::write(&self.0, text).unwrap();
-        }
-    }
-
-    impl Drop for File {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+            self.dir.write("policy.yaml", text).unwrap();
         }
     }
 
     /// The store, the watcher task and (accepted, rejected) counts.
     fn watch(file: &File) -> (Arc<PolicyStore>, Arc<(AtomicUsize, AtomicUsize)>) {
-        let store = PolicyStore::new(load_file(&file.0).unwrap(), Some(file.0.clone()));
+        let store = PolicyStore::new(load_file(&file.path).unwrap(), Some(file.path.clone()));
         let results = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let r = results.clone();
-        tokio::spawn(watch_file(store.clone(), file.0.clone(), POLL, move |ok| {
-            let counter = if ok { &r.0 } else { &r.1 };
-            counter.fetch_add(1, Relaxed);
-        }));
+        tokio::spawn(watch_file(
+            store.clone(),
+            file.path.clone(),
+            POLL,
+            move |ok| {
+                let counter = if ok { &r.0 } else { &r.1 };
+                counter.fetch_add(1, Relaxed);
+            },
+        ));
         (store, results)
     }
 

@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::{BIN, Scratch, agent, collect_until_exit, events, grpc_client};
+use common::{BIN, agent, collect_until_exit, events, grpc_client};
 use goaway_tests::agent::{Agent, wait_for};
-use goaway_tests::{Proc, grpc_peer_command, grpc_server, h2_peer};
+use goaway_tests::{Proc, Scratch, grpc_peer_command, grpc_server, h2_peer};
 use serde_json::Value;
 
 /// A core set of the agent's metrics (docs/design.md §5.3 lists every

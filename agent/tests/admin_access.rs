@@ -12,13 +12,13 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use common::BIN;
 use common::netns::{Net, in_netns, is_root};
 use goaway_tests::Proc;
-use goaway_tests::agent::Agent;
+use goaway_tests::agent::{Agent, wait_for};
 use goaway_transport::test_util::skip;
 
 const TOKEN: &str = "token-from-the-pod-spec";
@@ -73,15 +73,10 @@ fn only_the_pod_and_its_node_may_drain_even_with_the_token() -> Result<()> {
         .args(["--admin", &format!("0.0.0.0:{ADMIN_PORT}")])
         .args(["--upstream", &format!("{pod_ip}:50051")]);
     let proc = Proc::spawn_capturing("agent", &mut in_netns(&pod, &cmd))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !proc.stderr().contains("\"serving\"") {
-        ensure!(
-            Instant::now() < deadline,
-            "agent did not serve: {}",
-            proc.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(20), "the agent to serve", || {
+        Ok(proc.stderr().contains("\"serving\""))
+    })
+    .with_context(|| format!("its log: {}", proc.stderr()))?;
     let agent = Agent {
         proc,
         listen: format!("{pod_ip}:{AGENT_PORT}").parse()?,

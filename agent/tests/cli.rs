@@ -7,8 +7,8 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use common::{Scratch, run_bin};
-use goaway_tests::free_port;
+use common::run_bin;
+use goaway_tests::{Scratch, free_port};
 
 fn check(policy: &str) -> Result<(i32, String, String)> {
     let dir = Scratch::new("cli")?;

@@ -9,9 +9,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use common::{Scratch, agent, collect_until_exit, events, run_bin, spawn_grpc_client};
+use common::{agent, collect_until_exit, events, run_bin, spawn_grpc_client};
 use goaway_tests::agent::{Agent, wait_for};
-use goaway_tests::{Proc, free_port, grpc_server, h2_peer};
+use goaway_tests::{Proc, Scratch, free_port, grpc_server, h2_peer};
 use serde_json::Value;
 
 /// An agent in front of a fresh grpcio server, with `policy` (YAML).

@@ -9,9 +9,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail};
-use common::{Scratch, agent};
+use common::agent;
 use goaway_tests::peers::{h2spec_command, http_app};
-use goaway_tests::repo_root;
+use goaway_tests::{Scratch, repo_root};
 
 /// (outcome, section, test case) — outcome `fail` or `skip`.
 type Outcome = (String, String, String);

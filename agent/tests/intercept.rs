@@ -15,14 +15,14 @@
 mod common;
 
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use common::BIN;
 use common::netns::{Net, in_netns, is_root, ok_in, run};
-use common::{BIN, Scratch};
-use goaway_tests::Proc;
 use goaway_tests::agent::{Agent, wait_for};
 use goaway_tests::peers::{Peer, finish};
+use goaway_tests::{Proc, Scratch};
 use goaway_transport::test_util::skip;
 use serde_json::Value;
 
@@ -76,16 +76,11 @@ impl Pod {
             &format!("{}-agent", self.name),
             &mut in_netns(&self.ns, &cmd),
         )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !proc.stderr().contains("\"serving\"") {
-            ensure!(
-                Instant::now() < deadline,
-                "{} agent did not serve: {}",
-                self.name,
-                proc.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("the {} agent to serve", self.name);
+        wait_for(Duration::from_secs(20), &what, || {
+            Ok(proc.stderr().contains("\"serving\""))
+        })
+        .with_context(|| format!("its log: {}", proc.stderr()))?;
         // Its addresses as seen from this (the root) namespace.
         let agent = Agent {
             proc,

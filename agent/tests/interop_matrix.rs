@@ -13,10 +13,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use common::{Scratch, agent};
+use common::agent;
 use goaway_tests::agent::{Agent, wait_for};
-use goaway_tests::free_port;
 use goaway_tests::peers::{Peer, finish, trace_pings};
+use goaway_tests::{Scratch, free_port};
 use serde_json::json;
 
 /// What differs between implementations, by design rather than by bug.

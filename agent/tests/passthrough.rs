@@ -9,24 +9,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use common::{Scratch, agent, grpc_client};
+use common::{agent, grpc_client};
 use goaway_tests::agent::wait_for;
-use goaway_tests::{Proc, free_port, grpc_server, python};
-
-/// Waits until something accepts on `port`.
-fn listening(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {port} after 30s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
+use goaway_tests::poll::listening;
+use goaway_tests::{Proc, Scratch, free_port, grpc_server, python};
 
 fn curl(args: &[&str]) -> Result<String> {
     let out = Command::new("curl")
@@ -71,7 +60,7 @@ fn a_tls_app_keeps_working_behind_the_agent() -> Result<()> {
             .arg("-key")
             .arg(&key),
     )?;
-    listening(port)?;
+    listening(port, Duration::from_secs(30))?;
     let agent = agent(port).start()?;
     // The app's own TLS status page, through the agent.
     let page = curl(&["-k", &format!("https://{}/", agent.listen)])?;
@@ -100,7 +89,7 @@ fn an_http1_app_keeps_working_and_spliced_connections_end_with_the_drain() -> Re
             ])
             .current_dir(dir.path()),
     )?;
-    listening(port)?;
+    listening(port, Duration::from_secs(30))?;
     let agent = agent(port).start()?;
     let body = curl(&[&format!("http://{}/hello.txt", agent.listen)])?;
     assert_eq!(body, "hello over HTTP/1.1\n");

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{Scratch, agent};
+use common::agent;
 use goaway_tests::agent::{Agent, wait_for};
-use goaway_tests::grpc_server;
+use goaway_tests::{Scratch, grpc_server};
 use goaway_transport::control::{self, Message};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::{Scratch, agent, collect_until_exit, events};
+use common::{agent, collect_until_exit, events};
 use goaway_tests::agent::{Agent, wait_for};
-use goaway_tests::{grpc_server, h2_peer};
+use goaway_tests::{Scratch, grpc_server, h2_peer};
 
 const OK: &str = "goaway_policy_reloads_total{result=\"ok\"}";
 const ERROR: &str = "goaway_policy_reloads_total{result=\"error\"}";

@@ -19,7 +19,7 @@ use kube::api::{DeleteParams, Patch};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{
-    Scratch, UNSCHEDULED, apply_params, client_or_skip, install_crd, kubectl, ok, wait,
+    TestNamespace, UNSCHEDULED, apply_params, client_or_skip, install_crd, kubectl, ok, wait,
 };
 
 fn policy_manifest(name: &str, spec: Value) -> Value {
@@ -50,7 +50,7 @@ async fn controller_works_against_a_real_cluster() {
         return;
     };
     install_crd(&client).await;
-    let ns = Scratch::new(&client, "controller", json!({})).await;
+    let ns = TestNamespace::new(&client, "controller", json!({})).await;
     let apply = apply_params();
 
     // A default ack timeout of 20s: valid on its own, but not with a

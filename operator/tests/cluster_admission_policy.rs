@@ -30,8 +30,8 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::cluster::{
-    Scratch, apply_params, client_or_skip, helm, helm_template, install_crd, kubectl_stdin, ok,
-    rendered, repo_root, wait,
+    TestNamespace, apply_params, client_or_skip, helm, helm_template, install_crd, kubectl_stdin,
+    ok, rendered, repo_root, wait,
 };
 
 /// The kinds of the chart's objects that decide what the operator's
@@ -52,8 +52,8 @@ struct Installed {
     /// The admin's client, impersonating the operator's ServiceAccount.
     operator: Client,
     release: String,
-    system: Scratch,
-    apps: Scratch,
+    system: TestNamespace,
+    apps: TestNamespace,
     /// What was applied, for the uninstall.
     objects: Value,
 }
@@ -64,8 +64,8 @@ impl Installed {
     /// enforces the policies.
     async fn new(admin: Client, tag: &str) -> Installed {
         install_crd(&admin).await;
-        let system = Scratch::new(&admin, &format!("{tag}-system"), json!({})).await;
-        let apps = Scratch::new(&admin, &format!("{tag}-apps"), json!({})).await;
+        let system = TestNamespace::new(&admin, &format!("{tag}-system"), json!({})).await;
+        let apps = TestNamespace::new(&admin, &format!("{tag}-apps"), json!({})).await;
         let release = format!("goaway-e2e-{tag}-{}", std::process::id());
         // Every namespace: the ClusterRole grants ConfigMaps everywhere.
         let docs = helm_template(

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use goaway_operator::crd::{CA_FILE_KEY, POLICY_FILE_KEY};
 use goaway_operator::inject::{ANNOTATION_INJECTED, CONTAINER_NAME, TOKEN_VOLUME_NAME};
 use goaway_operator::{KeepalivePolicy, crd::config_map_name};
+use goaway_tests::Scratch;
 use goaway_transport::control::{AUDIENCE, Message, PATH, PROTOCOL};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -36,11 +37,12 @@ use kube::{Api, Client, ResourceExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use support::agent::{http_get, start_agent, until};
+use support::agent::{http_get, start_agent};
 use support::cluster::{
-    Operator, Scratch, UNSCHEDULED, apply_params, chart_operator_env, client_or_skip, free_port,
-    helm_template, install_crd, kubectl, kubectl_stdin, ok, rendered, wait,
+    Operator, TestNamespace, UNSCHEDULED, apply_params, chart_operator_env, client_or_skip,
+    free_port, helm_template, install_crd, kubectl, kubectl_stdin, ok, rendered, wait,
 };
+use support::eventually;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -203,8 +205,8 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
         return;
     };
     install_crd(&client).await;
-    let system = Scratch::new(&client, "channel-system", json!({})).await;
-    let apps = Scratch::new(&client, "channel-apps", json!({})).await;
+    let system = TestNamespace::new(&client, "channel-system", json!({})).await;
+    let apps = TestNamespace::new(&client, "channel-apps", json!({})).await;
 
     // The chart, rendered for an operator on this machine (the webhook by
     // URL, so its certificate covers 127.0.0.1); the control channel on a
@@ -350,8 +352,8 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
     // /etc/goaway, the token the kubelet would mint at
     // /var/run/secrets/goaway.dev, the Service's name (no cluster DNS
     // here) replaced by the loopback port.
-    let scratch = std::env::temp_dir().join(format!("goaway-channel-{}", std::process::id()));
-    let (policy_dir, token_dir) = (scratch.join("policy"), scratch.join("token"));
+    let scratch = Scratch::new("channel").unwrap();
+    let (policy_dir, token_dir) = (scratch.path().join("policy"), scratch.path().join("token"));
     for dir in [&policy_dir, &token_dir] {
         std::fs::create_dir_all(dir).unwrap();
     }
@@ -375,12 +377,12 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
         ..pre_stop.clone()
     };
     let agent_log_text = || std::fs::read_to_string(&agent_log).unwrap_or_default();
-    until("the agent's control channel up", async || {
+    eventually("the agent's control channel up", async || {
         let (_, metrics) = http_get(&admin("/metrics"), false).await;
         sample(&metrics, "goaway_control_connected") == Some(1.0)
     })
     .await;
-    until(
+    eventually(
         "the agent told its pod is in the ready endpoints",
         async || agent_log_text().contains("endpoints changed"),
     )
@@ -409,7 +411,7 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
     assert_eq!(effective_delay().await.as_deref(), Some("30s"));
     let edited = Instant::now();
     apply_policy("40s").await;
-    until("the edit in the agent", async || {
+    eventually("the edit in the agent", async || {
         effective_delay().await.as_deref() == Some("40s")
     })
     .await;
@@ -553,7 +555,6 @@ async fn agents_stream_their_pods_policy_and_endpoints_and_drain_on_evidence() {
     operator.kill();
     let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let _ = hooks.delete(&hook_name, &DeleteParams::default()).await;
-    let _ = std::fs::remove_dir_all(&scratch);
     apps.delete().await;
     system.delete().await;
 }

@@ -17,7 +17,7 @@ use kube::{Api, Client};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::cluster::{
-    Scratch, client_or_skip, install_crd, kubectl, kubectl_stdin, ok, repo_root,
+    TestNamespace, client_or_skip, install_crd, kubectl, kubectl_stdin, ok, repo_root,
 };
 
 fn policy(name: &str, spec: Value) -> DynamicObject {
@@ -72,7 +72,7 @@ async fn the_api_server_and_the_rust_validator_agree_on_a_table_of_specs() {
         return;
     };
     install_crd(&client).await;
-    let ns = Scratch::new(&client, "crd-table", json!({})).await;
+    let ns = TestNamespace::new(&client, "crd-table", json!({})).await;
     let api = policies(&client, &ns.name);
 
     // One invalid spec per rule: every CEL rule on the spec (RULES, in
@@ -280,7 +280,7 @@ fn the_api_server_and_the_rust_validator_agree_on_generated_specs() {
         return;
     };
     runtime.block_on(install_crd(&client));
-    let ns = runtime.block_on(Scratch::new(&client, "crd-prop", json!({})));
+    let ns = runtime.block_on(TestNamespace::new(&client, "crd-prop", json!({})));
     let api = policies(&client, &ns.name);
     let config = ProptestConfig {
         cases: 200,
@@ -325,7 +325,7 @@ async fn kubectl_shows_the_printer_columns_and_explains_the_fields() {
         return;
     };
     install_crd(&client).await;
-    let ns = Scratch::new(&client, "crd-kubectl", json!({})).await;
+    let ns = TestNamespace::new(&client, "crd-kubectl", json!({})).await;
     let manifest = json!({
         "apiVersion": "goaway.dev/v1alpha1", "kind": "KeepalivePolicy",
         "metadata": {"name": "api", "namespace": ns.name},
@@ -442,7 +442,7 @@ async fn inject_output_passes_server_side_dry_run() {
         return;
     };
     install_crd(&client).await;
-    let ns = Scratch::new(&client, "inject", json!({})).await;
+    let ns = TestNamespace::new(&client, "inject", json!({})).await;
     let fixtures = repo_root().join("operator/tests/fixtures");
     let manifests = std::fs::read_to_string(fixtures.join("cluster/workloads.yaml"))
         .expect("the workloads fixture");

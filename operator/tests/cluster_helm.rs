@@ -24,8 +24,8 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
 use support::cluster::{
-    Operator, Scratch, chart_operator_env, client_or_skip, free_port, helm, install_crd, kubectl,
-    kubectl_stdin, ok, rendered, repo_root, wait,
+    Operator, TestNamespace, chart_operator_env, client_or_skip, free_port, helm, install_crd,
+    kubectl, kubectl_stdin, ok, rendered, repo_root, wait,
 };
 
 /// Keeps the release's own pods Pending on a cluster with a node: the
@@ -146,7 +146,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     let chart = chart.to_str().expect("a UTF-8 path");
     ok("helm lint", helm(&["lint", "--strict", chart]));
 
-    let ns = Scratch::new(&client, "helm", json!({})).await;
+    let ns = TestNamespace::new(&client, "helm", json!({})).await;
     let release = format!("goaway-e2e-helm-{}", std::process::id());
     // watchNamespace keeps this release's webhook to its own namespace
     // (other tests run beside it) and makes its permissions a Role.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use serde_json::json;
-use support::cluster::{Operator, Scratch, client_or_skip, install_crd};
+use support::cluster::{Operator, TestNamespace, client_or_skip, install_crd};
 
 const LEASE: &str = "goaway-e2e-leader";
 const LEASE_SECONDS: u64 = 6;
@@ -150,7 +150,7 @@ async fn two_operators_elect_one_leader_on_a_real_lease() {
         return;
     };
     install_crd(&client).await;
-    let ns = Scratch::new(&client, "leader", json!({})).await;
+    let ns = TestNamespace::new(&client, "leader", json!({})).await;
     let mut observer = Observer {
         leases: Api::namespaced(client.clone(), &ns.name),
         start: Instant::now(),

@@ -33,8 +33,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{
-    Operator, Scratch, UNSCHEDULED, apply_params, chart_operator_env, client_or_skip, free_port,
-    helm_template, install_crd, kubectl_stdin, ok, rendered, wait, wait_for,
+    Operator, TestNamespace, UNSCHEDULED, apply_params, chart_operator_env, client_or_skip,
+    free_port, helm_template, install_crd, kubectl_stdin, ok, rendered, wait, wait_for,
 };
 
 fn pod(name: &str, labels: Value, annotations: Value, host_network: bool) -> Pod {
@@ -72,8 +72,8 @@ async fn kube_apiserver_calls_the_webhook_and_stores_the_injected_pod() {
         return;
     };
     install_crd(&client).await;
-    let system = Scratch::new(&client, "webhook-system", json!({})).await;
-    let apps = Scratch::new(&client, "webhook-apps", json!({})).await;
+    let system = TestNamespace::new(&client, "webhook-system", json!({})).await;
+    let apps = TestNamespace::new(&client, "webhook-apps", json!({})).await;
 
     // The chart, as a developer renders it for an operator on this machine:
     // the webhook by URL, watching the apps namespace only.
@@ -395,8 +395,8 @@ async fn redirect_falls_back_to_named_port_where_an_admission_policy_refuses_net
         return;
     };
     install_crd(&client).await;
-    let system = Scratch::new(&client, "redirect-system", json!({})).await;
-    let apps = Scratch::new(&client, "redirect-apps", json!({})).await;
+    let system = TestNamespace::new(&client, "redirect-system", json!({})).await;
+    let apps = TestNamespace::new(&client, "redirect-apps", json!({})).await;
     let pid = std::process::id().to_string();
 
     // The chart as in the test above, for a release of its own.
@@ -603,8 +603,8 @@ async fn the_operator_is_ready_only_once_the_api_server_could_call_its_webhook()
         return;
     };
     install_crd(&client).await;
-    let system = Scratch::new(&client, "ready-system", json!({})).await;
-    let apps = Scratch::new(&client, "ready-apps", json!({})).await;
+    let system = TestNamespace::new(&client, "ready-system", json!({})).await;
+    let apps = TestNamespace::new(&client, "ready-apps", json!({})).await;
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}/mutate");
     let release = format!("goaway-e2e-ready-{}", std::process::id());

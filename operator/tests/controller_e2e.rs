@@ -109,13 +109,16 @@ async fn create_pod(client: &kube::Client, name: &str, labels: Value, annotation
 async fn created_policy_gets_config_map_and_ready_status() {
     let r = start().await;
     apply_policy(&r.client, policy(json!({}))).await;
-    let cm = eventually("ConfigMap", || r.api.get("configmaps", "ns", "goaway-grpc")).await;
+    let cm = eventually("ConfigMap", async || {
+        r.api.get("configmaps", "ns", "goaway-grpc")
+    })
+    .await;
     assert_eq!(
         cm["data"]["policy.yaml"],
         "server:\n  maxConnectionAge: 30m0s\n"
     );
     let owner_uid = &cm["metadata"]["ownerReferences"][0]["uid"];
-    let p = eventually("Ready=True", || {
+    let p = eventually("Ready=True", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| ready(p).is_some())
@@ -127,7 +130,7 @@ async fn created_policy_gets_config_map_and_ready_status() {
     assert_eq!(p["status"]["configMap"], "goaway-grpc");
     assert_eq!(p["status"]["matchedPods"], 0);
     // The Event follows the status write.
-    eventually("a PolicyRendered Event", || {
+    eventually("a PolicyRendered Event", async || {
         r.api
             .list("events")
             .iter()
@@ -146,7 +149,7 @@ async fn created_policy_gets_config_map_and_ready_status() {
 async fn pods_appearing_update_the_counts() {
     let r = start().await;
     apply_policy(&r.client, policy(json!({}))).await;
-    eventually("Ready", || {
+    eventually("Ready", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .and_then(|p| ready(&p))
@@ -162,7 +165,7 @@ async fn pods_appearing_update_the_counts() {
     .await;
     create_pod(&r.client, "b", json!({"app": "api"}), json!({})).await;
     create_pod(&r.client, "c", json!({"app": "web"}), json!({})).await;
-    let p = eventually("matchedPods 2", || {
+    let p = eventually("matchedPods 2", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| p["status"]["matchedPods"] == 2 && p["status"]["injectedPods"] == 1)
@@ -171,7 +174,7 @@ async fn pods_appearing_update_the_counts() {
     assert_eq!(p["status"]["selector"], "app=api");
 
     r.api.delete("pods", "ns", "a");
-    eventually("matchedPods 1", || {
+    eventually("matchedPods 1", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| p["status"]["matchedPods"] == 1 && p["status"]["injectedPods"] == 0)
@@ -184,7 +187,7 @@ async fn pods_appearing_update_the_counts() {
 async fn edited_policy_updates_config_map_and_observed_generation() {
     let r = start().await;
     apply_policy(&r.client, policy(json!({}))).await;
-    eventually("generation 1 observed", || {
+    eventually("generation 1 observed", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| p["status"]["observedGeneration"] == 1)
@@ -192,7 +195,7 @@ async fn edited_policy_updates_config_map_and_observed_generation() {
     .await;
 
     apply_policy(&r.client, policy(json!({"drain": {"delay": "5s"}}))).await;
-    let p = eventually("generation 2 observed", || {
+    let p = eventually("generation 2 observed", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| p["status"]["observedGeneration"] == 2)
@@ -214,7 +217,7 @@ async fn edited_policy_updates_config_map_and_observed_generation() {
     )
     .await
     .unwrap();
-    eventually("ConfigMap restored", || {
+    eventually("ConfigMap restored", async || {
         r.api
             .get("configmaps", "ns", "goaway-grpc")
             .filter(|c| c["data"]["policy.yaml"] != "{}")
@@ -227,10 +230,13 @@ async fn edited_policy_updates_config_map_and_observed_generation() {
 async fn invalid_policy_is_ready_false_and_keeps_the_last_good_config_map() {
     let r = start().await;
     apply_policy(&r.client, policy(json!({}))).await;
-    let good = eventually("ConfigMap", || r.api.get("configmaps", "ns", "goaway-grpc")).await;
+    let good = eventually("ConfigMap", async || {
+        r.api.get("configmaps", "ns", "goaway-grpc")
+    })
+    .await;
 
     apply_policy(&r.client, policy(json!({"upstream": {"time": "2s"}}))).await;
-    let p = eventually("Ready=False", || {
+    let p = eventually("Ready=False", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| ready(p).is_some_and(|(s, _)| s == "False"))
@@ -248,7 +254,7 @@ async fn invalid_policy_is_ready_false_and_keeps_the_last_good_config_map() {
         cm["metadata"]["resourceVersion"],
         good["metadata"]["resourceVersion"]
     );
-    eventually("an InvalidPolicy warning Event", || {
+    eventually("an InvalidPolicy warning Event", async || {
         r.api
             .list("events")
             .iter()
@@ -270,7 +276,7 @@ async fn drain_defaults_fill_the_config_map_and_a_policy_they_break_goes_ready_f
     .unwrap();
     let r = start_with(defaults).await;
     apply_policy(&r.client, policy(json!({"drain": {"timeout": "45s"}}))).await;
-    let p = eventually("Ready=True", || {
+    let p = eventually("Ready=True", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| ready(p).is_some_and(|(s, _)| s == "True"))
@@ -287,7 +293,7 @@ async fn drain_defaults_fill_the_config_map_and_a_policy_they_break_goes_ready_f
     // 8s is a valid drain.timeout as written (above the built-in 5s ack
     // bound) but not with this operator's 10s.
     apply_policy(&r.client, policy(json!({"drain": {"timeout": "8s"}}))).await;
-    let p = eventually("Ready=False", || {
+    let p = eventually("Ready=False", async || {
         r.api
             .get("keepalivepolicies", "ns", "grpc")
             .filter(|p| ready(p).is_some_and(|(s, _)| s == "False"))

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use goaway_operator::{Interception, PolicyDefaults};
+use goaway_tests::Scratch;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde_json::Value;
 
@@ -196,9 +197,8 @@ fn the_cli_mutation_equals_the_webhook_mutation() {
 
 #[test]
 fn forbid_redirect_leaves_the_templates_of_a_redirect_policy_alone_and_says_why() {
-    let dir = std::env::temp_dir().join(format!("goaway-inject-forbid-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let policy = dir.join("redirect.yaml");
+    let dir = Scratch::new("inject-forbid").unwrap();
+    let policy = dir.path().join("redirect.yaml");
     let text = std::fs::read_to_string(fixtures().join("policy.yaml")).unwrap();
     std::fs::write(&policy, format!("{text}  interception: redirect\n")).unwrap();
     let bare = bare_document();
@@ -225,14 +225,12 @@ fn forbid_redirect_leaves_the_templates_of_a_redirect_policy_alone_and_says_why(
             "{flags:?}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn invalid_policy_files_are_refused_with_the_field() {
-    let dir = std::env::temp_dir().join(format!("goaway-inject-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.yaml");
+    let dir = Scratch::new("inject").unwrap();
+    let bad = dir.path().join("bad.yaml");
     let long = "a".repeat(247);
     for (metadata, spec, error) in [
         (
@@ -296,9 +294,8 @@ fn drain_default_flags_set_the_grace_period_of_a_policy_without_drain_settings()
 
 #[test]
 fn a_policy_invalid_with_the_drain_defaults_is_refused_naming_the_default() {
-    let dir = std::env::temp_dir().join(format!("goaway-inject-defaults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let policy = dir.join("short.yaml");
+    let dir = Scratch::new("inject-defaults").unwrap();
+    let policy = dir.path().join("short.yaml");
     std::fs::write(&policy, "apiVersion: goaway.dev/v1alpha1\nkind: KeepalivePolicy\nmetadata: {name: short}\nspec: {selector: {matchLabels: {a: b}}, port: grpc, drain: {timeout: 8s}}\n").unwrap();
     let run = |flags: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
@@ -318,7 +315,6 @@ fn a_policy_invalid_with_the_drain_defaults_is_refused_naming_the_default() {
             && stderr.contains("operator default 10s (--default-drain-goaway-ack-timeout)"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Flags no injected pod could run with. Each case: the flags, what the

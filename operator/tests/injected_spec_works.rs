@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,20 +16,14 @@ use bytes::Bytes;
 use goaway_operator::crd::render_policy_file;
 use goaway_operator::inject::{self, AgentConfig, Outcome};
 use goaway_operator::{KeepalivePolicy, PolicyDefaults};
+use goaway_tests::{Scratch, free_port};
 use goaway_transport::policy::DrainPolicy;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::agent::{http_get, start_agent, until};
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::agent::{http_get, start_agent};
+use support::eventually;
 
 /// A minimal gRPC-ish upstream: answers every request with 200.
 async fn upstream(listener: TcpListener) {
@@ -109,28 +102,28 @@ async fn app_pre_stop_drains_the_injected_agent() {
         .unwrap();
 
     // The policy file, as the controller renders it into the ConfigMap.
-    let mount = std::env::temp_dir().join(format!("goaway-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&mount).unwrap();
-    std::fs::write(
-        mount.join("policy.yaml"),
-        render_policy_file(&policy.spec, &defaults).unwrap(),
-    )
-    .unwrap();
+    let mount = Scratch::new("policy").unwrap();
+    mount
+        .write(
+            "policy.yaml",
+            &render_policy_file(&policy.spec, &defaults).unwrap(),
+        )
+        .unwrap();
 
     tokio::spawn(upstream(
         TcpListener::bind(("127.0.0.1", app_port)).await.unwrap(),
     ));
-    let _agent = start_agent(&sidecar, &[("/etc/goaway", &mount)], &[], None);
+    let _agent = start_agent(&sidecar, &[("/etc/goaway", mount.path())], &[], None);
 
     // The sidecar's own probes, as written.
     let probe = |c: &Container| c.readiness_probe.clone().unwrap().http_get.unwrap();
     let startup = sidecar.startup_probe.clone().unwrap().http_get.unwrap();
-    until("startup probe", async || {
+    eventually("startup probe", async || {
         TcpStream::connect(("127.0.0.1", admin_port)).await.is_ok()
             && http_get(&startup, true).await.0 == 200
     })
     .await;
-    until("readiness probe", async || {
+    eventually("readiness probe", async || {
         http_get(&probe(&sidecar), true).await.0 == 200
     })
     .await;
@@ -184,5 +177,4 @@ async fn app_pre_stop_drains_the_injected_agent() {
         .ok();
     assert_eq!(http_get(&probe(&sidecar), true).await.0, 503);
     assert!(TcpStream::connect(("127.0.0.1", agent_port)).await.is_err());
-    let _ = std::fs::remove_dir_all(&mount);
 }

@@ -16,6 +16,7 @@ use goaway_operator::metrics::Metrics;
 use goaway_operator::owner::Owner;
 use goaway_operator::rbac::RBAC;
 use goaway_operator::{MANAGER, Result};
+use goaway_tests::poll;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -258,13 +259,10 @@ fn holder(api: &FakeApi) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Polls `check` until it holds; panics naming `what` after `bound`.
+/// Polls `check` every 20ms until it holds; panics naming `what` after
+/// `bound`.
 async fn within(bound: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll::until_async(what, bound, Duration::from_millis(20), async || check()).await
 }
 
 #[tokio::test]

@@ -60,6 +60,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
+use goaway_tests::poll;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use support::cluster::{helm, kubectl, kubectl_stdin, ok, repo_root};
@@ -110,17 +111,8 @@ fn fixture(name: &str) -> String {
 /// Polls `f` every 500ms until it returns `Some`, or panics after
 /// `timeout` (generous: a loaded 2-core machine runs the whole cluster).
 fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    poll::until(what, timeout, Duration::from_millis(500), || Ok(f()))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Env {
@@ -352,13 +344,11 @@ struct Follow {
 impl Follow {
     fn lines(mut self) -> Vec<String> {
         // The stream ends when the container does; the pod is gone by now.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        // Past 30s, what it logged so far.
+        let (timeout, every) = (Duration::from_secs(30), Duration::from_millis(200));
+        let _ = poll::until("the log stream to end", timeout, every, || {
+            Ok(self.child.try_wait().ok().flatten().is_some())
+        });
         self.lines_so_far()
     }
 

@@ -568,7 +568,7 @@ async fn dry_run_reviews_publish_no_events() {
             .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    let events = eventually("the real review's two Events", || {
+    let events = eventually("the real review's two Events", async || {
         let events = api.list("events");
         (about(&events, "for-real").len() == 2).then_some(events)
     })
@@ -609,7 +609,7 @@ async fn a_replaced_sleep_is_reported_in_a_normal_event() {
     let (_, _, patched) = review(&webhook, &owned_by("for-real", false)).await;
     assert!(patched.is_some());
 
-    let events = eventually("the replaced sleep's Event", || {
+    let events = eventually("the replaced sleep's Event", async || {
         let events = api.list("events");
         (!events.is_empty()).then_some(events)
     })

@@ -203,7 +203,7 @@ impl Setup {
 
     /// The Warning Events about `owner`: (reason, note).
     async fn events_about(&self, owner: &str, count: usize) -> Vec<(String, String)> {
-        eventually(&format!("{count} Events about {owner}"), || {
+        eventually(&format!("{count} Events about {owner}"), async || {
             let events: Vec<(String, String)> = self
                 .api
                 .list("events")
@@ -453,7 +453,7 @@ async fn a_slow_api_server_holds_no_review_past_its_wait() {
     assert_eq!(s.probes(), 0, "the requests are held before the server");
 
     link.heal();
-    eventually("the held probe's two dry runs", || {
+    eventually("the held probe's two dry runs", async || {
         (s.probes() == 2).then_some(())
     })
     .await;

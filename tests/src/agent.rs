@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::Proc;
+use crate::{Proc, poll};
 
 /// How to start one agent.
 pub struct AgentBuilder {
@@ -108,31 +108,29 @@ impl Agent {
     /// Waits (up to 20s) until an agent started some other way (stderr
     /// captured, `--log-format json`) serves.
     pub fn attach(mut proc: Proc) -> Result<Agent> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some((listen, admin)) = serving_line(&proc.stderr()) {
-                let agent = Agent {
-                    proc,
-                    listen,
-                    admin,
-                };
-                agent.wait_ready(Duration::from_secs(10))?;
-                return Ok(agent);
-            }
-            if let Ok(status) = proc.wait(Duration::ZERO) {
-                bail!(
-                    "goaway-agent exited with {status} before serving; stderr:\n{}",
-                    proc.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "goaway-agent did not serve within 20s; stderr:\n{}",
-                    proc.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let serving = poll::until(
+            "goaway-agent to serve",
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            || {
+                if let Some(addrs) = serving_line(&proc.stderr()) {
+                    return Ok(Some(addrs));
+                }
+                if let Ok(status) = proc.wait(Duration::ZERO) {
+                    bail!("goaway-agent exited with {status} before serving");
+                }
+                Ok(None)
+            },
+        );
+        let (listen, admin) =
+            serving.with_context(|| format!("goaway-agent's stderr:\n{}", proc.stderr()))?;
+        let agent = Agent {
+            proc,
+            listen,
+            admin,
+        };
+        agent.wait_ready(Duration::from_secs(10))?;
+        Ok(agent)
     }
 }
 
@@ -347,22 +345,9 @@ pub fn http_with_body(
     Ok((status, text))
 }
 
-/// Polls `check` every 20ms until it is true, or fails after `timeout`.
-pub fn wait_for(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// [`poll::until`] looking every 20ms, as the agent's tests wait.
+pub fn wait_for(timeout: Duration, what: &str, check: impl FnMut() -> Result<bool>) -> Result<()> {
+    poll::until(what, timeout, Duration::from_millis(20), check)
 }
 
 /// A Prometheus/OpenMetrics text exposition, by series.

@@ -12,9 +12,11 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+use crate::poll;
 
 /// The frame constants the transport itself reads and writes.
 pub use goaway_transport::test_util::frame::{PREFACE, code, flags as flag, kind};
@@ -310,16 +312,11 @@ impl RawConn {
 
     /// Waits until `pred` holds on what was received, or `timeout`.
     pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.seen(&pred) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let what = "a frame condition";
+        poll::until(what, timeout, Duration::from_millis(5), || {
+            Ok(self.seen(&pred))
+        })
+        .is_ok()
     }
 
     /// Waits (up to `timeout`) for the peer to close the connection and

@@ -1,12 +1,9 @@
-//! Shared by the agent's black-box tests: the binary, its peers, and
-//! scratch directories for policy files.
+//! Shared by the agent's black-box tests: the binary and its peers.
 #![allow(dead_code)]
 
 pub(crate) mod netns;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -51,49 +48,6 @@ pub(crate) fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
-}
-
-/// A scratch directory, removed on drop.
-pub(crate) struct Scratch(PathBuf);
-
-impl Scratch {
-    pub(crate) fn new(tag: &str) -> Result<Scratch> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "goaway-agent-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes `name` with `text` and returns its path.
-    pub(crate) fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let p = self.0.join(name);
-        std::fs::write(&p, text)?;
-        Ok(p)
-    }
-
-    /// Replaces `name` the way editors and tools do: write a temporary
-    /// file beside it, then rename it over the original.
-    pub(crate) fn replace_by_rename(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)?;
-        let p = self.0.join(name);
-        std::fs::rename(&tmp, &p)?;
-        Ok(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The events the h2 peer printed so far with `event == kind`.

@@ -4,9 +4,10 @@
 //! and namespaces hanging off it.
 
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
+use goaway_tests::poll;
 
 pub(crate) fn is_root() -> bool {
     Command::new("id")
@@ -104,11 +105,10 @@ impl Net {
         let ns = format!("/proc/{pid}/ns/net");
         // Until unshare has moved itself into the new namespace.
         let own = std::fs::read_link("/proc/self/ns/net")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_link(&ns).map_or(true, |l| l == own) {
-            ensure!(Instant::now() < deadline, "unshare --net did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (timeout, every) = (Duration::from_secs(10), Duration::from_millis(10));
+        poll::until("unshare --net to start", timeout, every, || {
+            Ok(std::fs::read_link(&ns).is_ok_and(|l| l != own))
+        })?;
         let veth = format!("{}{name}", self.tag);
         let _ = run("ip", &["link", "del", &veth]);
         ok(

@@ -8,8 +8,9 @@
 //! `cargo build -p goaway-agent` when missing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+use goaway_tests::KillOnDrop;
 
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -37,14 +38,7 @@ pub(crate) fn agent_binary() -> PathBuf {
 }
 
 /// A running agent, killed on drop.
-pub(crate) struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub(crate) struct Agent(KillOnDrop);
 
 /// Starts `sidecar` as the kubelet would. `mounts` maps each volume
 /// mount's path to the local directory standing in for it; `rewrite`
@@ -113,7 +107,7 @@ pub(crate) fn start_agent(
         Some(path) => cmd.stderr(std::fs::File::create(path).expect("agent log file")),
         None => cmd.stderr(Stdio::inherit()),
     };
-    Agent(cmd.spawn().expect("starting goaway-agent"))
+    Agent(KillOnDrop::spawn(&mut cmd).expect("starting goaway-agent"))
 }
 
 /// One HTTP/1.1 request as the kubelet's httpGet handler makes it, to
@@ -147,14 +141,4 @@ pub(crate) async fn http_get(action: &HTTPGetAction, with_headers: bool) -> (u16
         .unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (status, body)
-}
-
-/// Polls `check` every 50ms until it holds, or panics with `what` after
-/// 20s.
-pub(crate) async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

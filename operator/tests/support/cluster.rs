@@ -4,10 +4,12 @@
 //! otherwise. Each test works in a scratch namespace of its own, so the
 //! tests can run in parallel against one API server.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use goaway_tests::{KillOnDrop, poll};
+pub(crate) use goaway_tests::{free_port, repo_root};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -45,19 +47,9 @@ pub(crate) async fn client_or_skip(test: &str) -> Option<Client> {
 pub(crate) async fn wait_for<T>(
     what: &str,
     timeout: Duration,
-    mut f: impl AsyncFnMut() -> Option<T>,
+    f: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    poll::until_async(what, timeout, Duration::from_millis(250), f).await
 }
 
 /// [`wait_for`] with the default real-cluster timeout: 90s, generous for
@@ -95,17 +87,21 @@ pub(crate) async fn install_crd(client: &Client) -> CustomResourceDefinition {
     .await
 }
 
-/// A scratch namespace, deleted on drop (best effort, in the background
-/// of the API server: namespace deletion is asynchronous).
-pub(crate) struct Scratch {
+/// A scratch namespace, deleted by [`TestNamespace::delete`] (namespace
+/// deletion is asynchronous in the API server, and `Drop` cannot await).
+pub(crate) struct TestNamespace {
     /// Its name.
     pub name: String,
     client: Client,
 }
 
-impl Scratch {
+impl TestNamespace {
     /// Creates `goaway-e2e-<tag>-<pid>` with `labels`.
-    pub(crate) async fn new(client: &Client, tag: &str, labels: serde_json::Value) -> Scratch {
+    pub(crate) async fn new(
+        client: &Client,
+        tag: &str,
+        labels: serde_json::Value,
+    ) -> TestNamespace {
         let name = format!("goaway-e2e-{tag}-{}", std::process::id());
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
@@ -126,7 +122,7 @@ impl Scratch {
             accounts.get_opt("default").await.ok().flatten()
         })
         .await;
-        Scratch {
+        TestNamespace {
             name,
             client: client.clone(),
         }
@@ -196,27 +192,10 @@ pub(crate) fn ok(what: &str, out: Output) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
-/// A free loopback port (bound and released: fine for tests that start
-/// a server on it right away).
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The repository root.
-pub(crate) fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
-
 /// An operator process (`goaway-operator run`), killed on drop.
 pub(crate) struct Operator {
     /// The child.
-    pub child: Child,
+    pub child: KillOnDrop,
     /// Its admin port (/metrics, /readyz).
     pub admin_port: u16,
     /// Its webhook port.
@@ -254,20 +233,21 @@ impl Operator {
         };
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
-            .arg("run")
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
-            .args(["--log-format", "text"])
-            .args(control)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info,goaway_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start goaway-operator");
+        let child = KillOnDrop::spawn(
+            Command::new(env!("CARGO_BIN_EXE_goaway-operator"))
+                .arg("run")
+                .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+                .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+                .args(["--log-format", "text"])
+                .args(control)
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("RUST_LOG", "info,goaway_operator=debug")
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log file"))
+                .stderr(file),
+        )
+        .expect("start goaway-operator");
         Operator {
             child,
             admin_port,
@@ -310,14 +290,7 @@ impl Operator {
 
     /// Kills the process (SIGKILL: no lease release) and reaps it.
     pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 

@@ -7,16 +7,21 @@ pub(crate) mod cluster;
 pub(crate) mod fake_api;
 pub(crate) mod managed_fields;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Polls `check` until it returns `Some`, or panics with `what` after 20s.
-pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+use goaway_tests::poll;
+
+/// Polls `check` every 50ms until it returns `Some` (or `true`), or panics
+/// naming `what` after 20s.
+pub(crate) async fn eventually<R: poll::Ready>(
+    what: &str,
+    check: impl AsyncFnMut() -> R,
+) -> R::Output {
+    poll::until_async(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        check,
+    )
+    .await
 }
