@@ -17,8 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use common::{agent, spawn_grpc_client};
 use goaway_tests::agent::{Agent, wait_for};
 use goaway_tests::h2raw::{
-    Frame, PREFACE, RawConn, RssPeak, code, cpu_of, encode_with_len, flag, grpc_request_block,
-    hpack_literal, hpack_literal_prefix, kind, rss_of,
+    Frame, PREFACE, RawConn, RssPeak, code, cpu_of, flag, grpc_request_block, hpack, kind, rss_of,
 };
 use goaway_tests::{Proc, grpc_frame, grpc_server};
 
@@ -226,7 +225,7 @@ fn ping_flood_gets_too_many_pings() -> Result<()> {
     let mut pings = 0u64;
     let deadline = Instant::now() + Duration::from_secs(5);
     while pings < 10_000 && Instant::now() < deadline && c.goaway().is_none() {
-        let burst: Vec<Frame> = (0..10).map(|i| Frame::ping(pings + i)).collect();
+        let burst: Vec<Frame> = (0..10).map(|i| Frame::new_ping(pings + i)).collect();
         if c.send_all(&burst).is_err() {
             break;
         }
@@ -237,7 +236,7 @@ fn ping_flood_gets_too_many_pings() -> Result<()> {
     ensure!(debug == "too_many_pings", "debug data {debug:?}");
     let acks = seen
         .of_kind(kind::PING)
-        .filter(|f| f.flags & flag::ACK != 0)
+        .filter(|f| f.flags() & flag::ACK != 0)
         .count();
     let m = bed.agent.metrics()?;
     ensure!(m.value("goaway_goaways_sent_total{reason=\"too_many_pings\"}")? == 1.0);
@@ -274,13 +273,13 @@ fn settings_flood_costs_only_the_attackers_own_acks() -> Result<()> {
     // The connection still serves a call afterwards.
     c.send_all(&unary(1, &[], b"after the flood"))?;
     let answered = c.wait_until(Duration::from_secs(10), |s| {
-        s.frames
-            .iter()
-            .any(|f| f.stream == 1 && f.kind == kind::HEADERS && f.flags & flag::END_STREAM != 0)
+        s.frames.iter().any(|f| {
+            f.stream_id() == 1 && f.kind() == kind::HEADERS && f.flags() & flag::END_STREAM != 0
+        })
     });
     let acks = c.seen(|s| {
         s.of_kind(kind::SETTINGS)
-            .filter(|f| f.flags & flag::ACK != 0)
+            .filter(|f| f.flags() & flag::ACK != 0)
             .count()
     });
     let goaway = c.goaway();
@@ -361,7 +360,7 @@ fn streams_past_max_concurrent_streams_are_refused_one_by_one() -> Result<()> {
     ensure!(
         c.wait_until(Duration::from_secs(5), |s| s
             .of_kind(kind::SETTINGS)
-            .any(|f| f.flags & flag::ACK == 0)),
+            .any(|f| f.flags() & flag::ACK == 0)),
         "no SETTINGS from the agent"
     );
     // 40 calls the app holds for a second each, all at once.
@@ -373,9 +372,9 @@ fn streams_past_max_concurrent_streams_are_refused_one_by_one() -> Result<()> {
         (0..40u32).all(|i| {
             let id = 2 * i + 1;
             s.frames.iter().any(|f| {
-                f.stream == id
-                    && (f.kind == kind::RST_STREAM
-                        || (f.kind == kind::HEADERS && f.flags & flag::END_STREAM != 0))
+                f.stream_id() == id
+                    && (f.kind() == kind::RST_STREAM
+                        || (f.kind() == kind::HEADERS && f.flags() & flag::END_STREAM != 0))
             })
         })
     };
@@ -392,7 +391,7 @@ fn streams_past_max_concurrent_streams_are_refused_one_by_one() -> Result<()> {
         let answered = s
             .frames
             .iter()
-            .filter(|f| f.kind == kind::HEADERS && f.flags & flag::END_STREAM != 0)
+            .filter(|f| f.kind() == kind::HEADERS && f.flags() & flag::END_STREAM != 0)
             .count();
         let echoed = s
             .of_kind(kind::DATA)
@@ -403,9 +402,9 @@ fn streams_past_max_concurrent_streams_are_refused_one_by_one() -> Result<()> {
     // The connection survives: one more call on it succeeds.
     c.send_all(&unary(81, &[], b"after"))?;
     let after = c.wait_until(Duration::from_secs(10), |s| {
-        s.frames
-            .iter()
-            .any(|f| f.stream == 81 && f.kind == kind::DATA && f.payload == grpc_frame(b"after"))
+        s.frames.iter().any(|f| {
+            f.stream_id() == 81 && f.kind() == kind::DATA && f.payload == grpc_frame(b"after")
+        })
     });
     let goaway = c.goaway();
     drop(c);
@@ -503,7 +502,7 @@ fn malformed_inputs() -> Vec<Malformed> {
             name: "length field larger than the bytes sent",
             // 16 MiB announced, 4 bytes sent: the agent waits for the rest
             // (and the next attacker byte is never sent), or refuses it.
-            bytes: encode_with_len(&Frame::new(kind::PING, 0, 0, vec![0; 4]), 0xff_ffff),
+            bytes: Frame::new(kind::PING, 0, 0, vec![0; 4]).encode_with_len(0xff_ffff),
             want: Some(code::FRAME_SIZE_ERROR),
         },
         // RFC 9113 §4.3 says COMPRESSION_ERROR; h2 0.4 sends
@@ -556,8 +555,8 @@ fn malformed_frames_close_only_their_own_connection() -> Result<()> {
                 c.send_all(&unary(1, &[], b"still here"))?;
                 let ok = c.wait_until(Duration::from_secs(10), |s| {
                     s.frames.iter().any(|f| {
-                        f.stream == 1
-                            && f.kind == kind::DATA
+                        f.stream_id() == 1
+                            && f.kind() == kind::DATA
                             && f.payload == grpc_frame(b"still here")
                     })
                 });
@@ -570,9 +569,9 @@ fn malformed_frames_close_only_their_own_connection() -> Result<()> {
     }
     bystander.send_all(&unary(1, &[], b"bystander"))?;
     let ok = bystander.wait_until(Duration::from_secs(10), |s| {
-        s.frames
-            .iter()
-            .any(|f| f.stream == 1 && f.kind == kind::DATA && f.payload == grpc_frame(b"bystander"))
+        s.frames.iter().any(|f| {
+            f.stream_id() == 1 && f.kind() == kind::DATA && f.payload == grpc_frame(b"bystander")
+        })
     });
     ensure!(ok, "the bystander's call failed");
     ensure!(bystander.goaway().is_none(), "the bystander got a GOAWAY");
@@ -621,7 +620,7 @@ fn idle_connections_past_max_connections_are_refused() -> Result<()> {
         fresh.wait_until(Duration::from_secs(10), |s| s
             .frames
             .iter()
-            .any(|f| f.kind == kind::DATA && f.payload == grpc_frame(b"fresh"))),
+            .any(|f| f.kind() == kind::DATA && f.payload == grpc_frame(b"fresh"))),
         "a new connection after the flood was not served"
     );
     drop(fresh);
@@ -643,11 +642,11 @@ fn header_bomb(frames: usize) -> Vec<Frame> {
     let value = vec![b'v'; 1000];
     let mut i = 0;
     while decoded + 1038 < 63 * 1024 {
-        hpack_literal(&mut block, &format!("x-f{i:03}"), &value);
+        hpack::literal(&mut block, &format!("x-f{i:03}"), &value);
         decoded += 1038;
         i += 1;
     }
-    hpack_literal_prefix(&mut block, "x-bomb", 1 << 20);
+    hpack::literal_prefix(&mut block, "x-bomb", 1 << 20);
     block.resize(frames * FRAME, b'b');
     block
         .chunks(FRAME)
@@ -765,7 +764,7 @@ impl AppStats {
         let got = |s: &goaway_tests::h2raw::Seen| {
             s.frames
                 .iter()
-                .find(|f| f.stream == id && f.kind == kind::DATA)
+                .find(|f| f.stream_id() == id && f.kind() == kind::DATA)
                 .map(|f| f.payload.clone())
         };
         ensure!(
@@ -814,7 +813,7 @@ fn slow_rapid_reset_cancels_reach_the_app() -> Result<()> {
             c.wait_until(Duration::from_secs(10), |s| s
                 .frames
                 .iter()
-                .any(|f| f.stream == id && f.kind == kind::HEADERS)),
+                .any(|f| f.stream_id() == id && f.kind() == kind::HEADERS)),
             "the app never started stream {id}"
         );
         c.send(&Frame::rst(id, code::CANCEL))?;

@@ -1,11 +1,12 @@
-//! A raw HTTP/2 peer for hostile-peer tests: it writes whatever frames it
-//! is told to — malformed, out of order, endless — over a blocking socket,
+//! The transport's raw HTTP/2 peer (`goaway_transport::test_util`) over a
+//! blocking socket, for hostile-peer tests of the binary: it writes
+//! whatever [`Frame`]s it is told to — malformed, out of order, endless —
 //! while a reader thread collects every frame the other side sends, so a
 //! GOAWAY is seen even when the connection is reset right after it.
 //!
-//! HPACK here is the minimum: literal fields without indexing and without
-//! Huffman coding (RFC 7541 §6.2.2). Responses are not decoded; tests look
-//! at frame types, flags, error codes and DATA payloads.
+//! Header blocks are written with the transport's [`hpack`] encoder;
+//! responses are not decoded: tests look at frame types, flags, error
+//! codes and DATA payloads.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -18,135 +19,10 @@ use anyhow::{Context, Result};
 
 use crate::poll;
 
-/// The frame constants the transport itself reads and writes.
+/// The frame vocabulary and HPACK encoder of the transport's raw peer,
+/// so both peers write the same bytes the transport reads.
 pub use goaway_transport::test_util::frame::{PREFACE, code, flags as flag, kind};
-
-/// One frame as sent or received.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// Frame type.
-    pub kind: u8,
-    /// Flags.
-    pub flags: u8,
-    /// Stream identifier (reserved bit cleared on receipt).
-    pub stream: u32,
-    /// Payload.
-    pub payload: Vec<u8>,
-}
-
-impl Frame {
-    /// A frame of any type.
-    pub fn new(kind: u8, flags: u8, stream: u32, payload: impl Into<Vec<u8>>) -> Frame {
-        Frame {
-            kind,
-            flags,
-            stream,
-            payload: payload.into(),
-        }
-    }
-
-    /// The frame on the wire; the length field is the payload's length.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_with_len(self, self.payload.len() as u32)
-    }
-
-    /// A SETTINGS frame with these parameters.
-    pub fn settings(params: &[(u16, u32)]) -> Frame {
-        let mut p = Vec::with_capacity(params.len() * 6);
-        for (id, v) in params {
-            p.extend_from_slice(&id.to_be_bytes());
-            p.extend_from_slice(&v.to_be_bytes());
-        }
-        Frame::new(kind::SETTINGS, 0, 0, p)
-    }
-
-    /// A PING with this payload.
-    pub fn ping(payload: u64) -> Frame {
-        Frame::new(kind::PING, 0, 0, payload.to_be_bytes().to_vec())
-    }
-
-    /// RST_STREAM.
-    pub fn rst(stream: u32, code: u32) -> Frame {
-        Frame::new(kind::RST_STREAM, 0, stream, code.to_be_bytes().to_vec())
-    }
-
-    /// WINDOW_UPDATE.
-    pub fn window_update(stream: u32, increment: u32) -> Frame {
-        Frame::new(
-            kind::WINDOW_UPDATE,
-            0,
-            stream,
-            increment.to_be_bytes().to_vec(),
-        )
-    }
-
-    /// For GOAWAY: (last stream id, error code, debug data).
-    pub fn goaway(&self) -> Option<(u32, u32, String)> {
-        if self.kind != kind::GOAWAY || self.payload.len() < 8 {
-            return None;
-        }
-        let p = &self.payload;
-        Some((
-            u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff,
-            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
-            String::from_utf8_lossy(&p[8..]).into_owned(),
-        ))
-    }
-
-    /// For RST_STREAM: the error code.
-    pub fn rst_code(&self) -> Option<u32> {
-        (self.kind == kind::RST_STREAM && self.payload.len() == 4).then(|| {
-            let p = &self.payload;
-            u32::from_be_bytes([p[0], p[1], p[2], p[3]])
-        })
-    }
-}
-
-/// The frame with a length field that may lie about its payload.
-pub fn encode_with_len(f: &Frame, len: u32) -> Vec<u8> {
-    let l = len.to_be_bytes();
-    let s = f.stream.to_be_bytes();
-    let mut out = Vec::with_capacity(9 + f.payload.len());
-    out.extend_from_slice(&[l[1], l[2], l[3], f.kind, f.flags, s[0], s[1], s[2], s[3]]);
-    out.extend_from_slice(&f.payload);
-    out
-}
-
-/// An HPACK integer with an `n`-bit prefix whose high bits are `first`
-/// (RFC 7541 §5.1).
-pub fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut value: usize) {
-    let max = (1usize << n) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.push(value as u8);
-}
-
-/// A literal field without indexing, new name, no Huffman (RFC 7541
-/// §6.2.2).
-pub fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(0x00);
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name.as_bytes());
-    hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
-}
-
-/// The start of a literal field whose value claims `value_len` bytes; the
-/// value bytes are the caller's to send (or not).
-pub fn hpack_literal_prefix(out: &mut Vec<u8>, name: &str, value_len: usize) {
-    out.push(0x00);
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name.as_bytes());
-    hpack_int(out, 0, 7, value_len);
-}
+pub use goaway_transport::test_util::{Frame, hpack};
 
 /// The header block of a gRPC request to `path`, plus `extra` metadata.
 pub fn grpc_request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
@@ -162,7 +38,7 @@ pub fn grpc_request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     .into_iter()
     .chain(extra.iter().copied())
     {
-        hpack_literal(&mut b, n, v.as_bytes());
+        hpack::literal(&mut b, n, v.as_bytes());
     }
     b
 }
@@ -186,7 +62,7 @@ impl Seen {
 
     /// Frames of one type.
     pub fn of_kind(&self, kind: u8) -> impl Iterator<Item = &Frame> {
-        self.frames.iter().filter(move |f| f.kind == kind)
+        self.frames.iter().filter(move |f| f.kind() == kind)
     }
 }
 
@@ -239,7 +115,10 @@ impl RawConn {
         let mut hello = PREFACE.to_vec();
         hello.extend(Frame::settings(&[]).encode());
         c.write(&hello)?;
-        let settings = |s: &Seen| s.of_kind(kind::SETTINGS).any(|f| f.flags & flag::ACK == 0);
+        let settings = |s: &Seen| {
+            s.of_kind(kind::SETTINGS)
+                .any(|f| f.flags() & flag::ACK == 0)
+        };
         if !c.wait_until(Duration::from_secs(10), settings) {
             anyhow::bail!("no SETTINGS from {addr} within 10s");
         }
@@ -265,7 +144,7 @@ impl RawConn {
         self.ack.store(true, Ordering::SeqCst);
         let pending = self.seen(|s| {
             s.of_kind(kind::SETTINGS)
-                .filter(|f| f.flags & flag::ACK == 0)
+                .filter(|f| f.flags() & flag::ACK == 0)
                 .count()
         });
         let ack = Frame::new(kind::SETTINGS, flag::ACK, 0, []).encode();
@@ -358,20 +237,9 @@ fn read_frames(
             Err(e) => break Some(e.to_string()),
         }
         let mut at = 0;
-        while buf.len() - at >= 9 {
-            let h = &buf[at..at + 9];
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            if buf.len() - at < 9 + len {
-                break;
-            }
-            let f = Frame {
-                kind: h[3],
-                flags: h[4],
-                stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
-                payload: buf[at + 9..at + 9 + len].to_vec(),
-            };
-            at += 9 + len;
-            if f.kind == kind::SETTINGS && f.flags & flag::ACK == 0 {
+        while let Some((f, used)) = Frame::decode(&buf[at..]) {
+            at += used;
+            if f.kind() == kind::SETTINGS && f.flags() & flag::ACK == 0 {
                 // Under the writer lock, so `ack_settings` counts this
                 // frame exactly once: pushed before it looks, or acked
                 // here. (Only here: the reader must never wait on a writer
@@ -468,31 +336,5 @@ impl Drop for RssPeak {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hpack_integers_follow_rfc_7541_examples() {
-        let mut v = Vec::new();
-        hpack_int(&mut v, 0, 5, 10);
-        assert_eq!(v, [10]);
-        v.clear();
-        hpack_int(&mut v, 0, 5, 1337);
-        assert_eq!(v, [31, 154, 10]);
-        v.clear();
-        hpack_int(&mut v, 0, 8, 42);
-        assert_eq!(v, [42]);
-    }
-
-    #[test]
-    fn frames_encode_their_header() {
-        let f = Frame::rst(3, code::CANCEL);
-        assert_eq!(f.encode(), [0, 0, 4, 3, 0, 0, 0, 0, 3, 0, 0, 0, 8]);
-        let g = Frame::new(kind::GOAWAY, 0, 0, [0, 0, 0, 5, 0, 0, 0, 11, b'x']);
-        assert_eq!(g.goaway(), Some((5, code::ENHANCE_YOUR_CALM, "x".into())));
     }
 }

@@ -71,7 +71,7 @@ pub(crate) const ENV_ELSEWHERE: [(&str, &str); 16] = [
     ("GOAWAY_E2E_VALUES", "operator/tests/node_e2e.rs"),
     ("GOAWAY_KUBE_NODE", "operator/tests/node_e2e.rs"),
     ("GOAWAY_CACHE", "scripts/build-peers"),
-    ("GOAWAY_CI", "transport/src/test_util.rs"),
+    ("GOAWAY_CI", "transport/src/test_util/mod.rs"),
 ];
 
 /// Checks that each file of [`ENV_ELSEWHERE`] does name its variable.
