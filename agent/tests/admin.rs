@@ -389,8 +389,7 @@ fn grpcio_client_pinging_too_often_gets_too_many_pings() -> Result<()> {
     ])?;
     cmd.env("GRPC_VERBOSITY", "ERROR");
     let mut client = Proc::spawn_capturing("grpcio-client", &mut cmd)?;
-    client.wait(Duration::from_secs(60))?;
-    std::thread::sleep(Duration::from_millis(100));
+    client.wait_output(Duration::from_secs(60))?;
     let stderr = client.stderr();
     let r = client.finish_json(Duration::from_secs(5))?;
     assert!(

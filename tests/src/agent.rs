@@ -116,7 +116,7 @@ impl Agent {
                 if let Some(addrs) = serving_line(&proc.stderr()) {
                     return Ok(Some(addrs));
                 }
-                if let Ok(status) = proc.wait(Duration::ZERO) {
+                if let Ok(status) = proc.wait_output(Duration::ZERO) {
                     bail!("goaway-agent exited with {status} before serving");
                 }
                 Ok(None)

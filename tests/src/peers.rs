@@ -113,9 +113,7 @@ impl Peer {
 /// Waits for a client started by [`Peer::spawn_client`]: its last JSON line
 /// and its stderr.
 pub fn finish(mut p: Proc, timeout: Duration) -> Result<(Value, String)> {
-    let status = p.wait(timeout)?;
-    // Let the reader threads drain the pipes.
-    std::thread::sleep(Duration::from_millis(100));
+    let status = p.wait_output(timeout)?;
     let stderr = p.stderr();
     if !status.success() {
         bail!("{} exited with {status}; stderr:\n{stderr}", p.name);

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -57,6 +58,9 @@ pub struct Proc {
     child: KillOnDrop,
     lines: mpsc::Receiver<String>,
     stderr: Option<Arc<Mutex<String>>>,
+    /// The threads reading stdout (and stderr, when captured); each ends
+    /// when its pipe closes.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
@@ -67,7 +71,7 @@ impl Proc {
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, rx) = mpsc::channel();
         let tag = name.to_string();
-        std::thread::spawn(move || {
+        let mut readers = vec![std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if std::env::var_os("GOAWAY_TEST_VERBOSE").is_some() {
@@ -77,18 +81,18 @@ impl Proc {
                     break;
                 }
             }
-        });
+        })];
         let stderr = child.stderr.take().map(|err| {
             let buf = Arc::new(Mutex::new(String::new()));
             let sink = buf.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
                     let mut b = sink.lock().unwrap_or_else(|e| e.into_inner());
                     b.push_str(&line);
                     b.push('\n');
                 }
-            });
+            }));
             buf
         });
         Ok(Proc {
@@ -96,6 +100,7 @@ impl Proc {
             child,
             lines: rx,
             stderr,
+            readers,
         })
     }
 
@@ -144,33 +149,16 @@ impl Proc {
             .collect()
     }
 
-    /// Waits for exit and returns the last JSON line printed.
+    /// Waits for exit and returns the last JSON line printed; fails if
+    /// the process exits unsuccessfully or prints no JSON.
     pub fn finish_json(mut self, timeout: Duration) -> Result<Value> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            while let Ok(line) = self.lines.try_recv() {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    last = Some(v);
-                }
-            }
-            if let Some(status) = self.child.try_wait()? {
-                // Collect what the reader thread still holds.
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        last = Some(v);
-                    }
-                }
-                if !status.success() {
-                    bail!("{} exited with {status}", self.name);
-                }
-                return last.with_context(|| format!("{} printed no JSON", self.name));
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("{} did not finish within {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let status = self.wait_output(timeout)?;
+        if !status.success() {
+            bail!("{} exited with {status}", self.name);
         }
+        self.drain_json()
+            .pop()
+            .with_context(|| format!("{} printed no JSON", self.name))
     }
 
     /// Sends a signal (e.g. `SIGTERM`) to the process.
@@ -192,6 +180,17 @@ impl Proc {
         poll::until(&what, timeout, Duration::from_millis(10), || {
             Ok(child.try_wait()?)
         })
+    }
+
+    /// [`wait`](Self::wait), then for its output to be read to the end (the
+    /// readers finish when the pipes close): every line and all of stderr
+    /// are there to read after this.
+    pub fn wait_output(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let status = self.wait(timeout)?;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Ok(status)
     }
 
     /// The process id.

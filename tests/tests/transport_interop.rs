@@ -80,9 +80,7 @@ fn too_many_pings((server, port): (Proc, u16)) -> Result<()> {
 }
 
 fn client_result(mut client: Proc) -> Result<(Value, String)> {
-    client.wait(Duration::from_secs(60))?;
-    // Let the stderr reader drain the pipe.
-    std::thread::sleep(Duration::from_millis(100));
+    client.wait_output(Duration::from_secs(60))?;
     let stderr = client.stderr();
     let value = client.finish_json(Duration::from_secs(5))?;
     Ok((value, stderr))

@@ -57,21 +57,9 @@ pub(crate) fn events(all: &[Value], kind: &str) -> Vec<Value> {
 
 /// Reads the h2 peer's JSON lines until it exits (or `timeout`).
 pub(crate) fn collect_until_exit(mut p: Proc, timeout: Duration) -> Result<Vec<Value>> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    loop {
-        out.extend(p.drain_json());
-        if p.wait(Duration::ZERO).is_ok() {
-            std::thread::sleep(Duration::from_millis(100));
-            out.extend(p.drain_json());
-            return Ok(out);
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "{} still running after {timeout:?}; printed {out:?}",
-                p.name
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if let Err(e) = p.wait_output(timeout) {
+        let printed = p.drain_json();
+        return Err(e.context(format!("printed {printed:?}")));
     }
+    Ok(p.drain_json())
 }
