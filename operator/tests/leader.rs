@@ -2,9 +2,15 @@
 //! replaces are guarded by `resourceVersion` (`409 Conflict` for a stale
 //! one) as on a real server: the check mutual exclusion rests on. Replicas
 //! share one Lease lasting 2 s (the shortest whole seconds allow beyond
-//! the 1 s renew deadline) and try every 250 ms. Real time: the Lease is
-//! stamped with the wall clock, and the replicas' clients run on their own
-//! tasks.
+//! the 1 s renew deadline) and try every 250 ms.
+//!
+//! On tokio's paused clock: the election's timers (retry, renew deadline,
+//! expiry as the follower's own clock judges it) are tokio's, and the fake
+//! API server is in process (no socket, no thread), so the clock moves
+//! only when every replica waits, and a test's seconds of leases take no
+//! wall-clock time. The Lease's `renewTime` is still stamped with the wall
+//! clock; only its changing matters (expiry is not judged by it). Terms
+//! are ordered by the wall clock, which a paused clock cannot make equal.
 
 mod support;
 
@@ -338,7 +344,7 @@ async fn lease_apply_changing_a_field_another_manager_owns_is_a_conflict_unless_
     assert_eq!(holder(&api).as_deref(), Some("a"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn one_of_two_replicas_leads_promptly_and_alone() {
     let api = FakeApi::new();
     let terms = Terms::default();
@@ -410,19 +416,19 @@ async fn replica_that_read_the_lease_free_does_not_lead_once_another_took_it(lea
     terms.assert_never_overlapped();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn replica_that_found_no_lease_does_not_lead_once_another_created_it() {
     replica_that_read_the_lease_free_does_not_lead_once_another_took_it(None).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn replica_that_read_a_released_lease_does_not_lead_once_another_took_it() {
     // As a leader that shut down leaves it.
     let released = json!({"metadata": {"name": LEASE}, "spec": {"leaseDurationSeconds": 1, "leaseTransitions": 3}});
     replica_that_read_the_lease_free_does_not_lead_once_another_took_it(Some(released)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_that_shuts_down_releases_the_lease_to_the_other_replica() {
     let api = FakeApi::new();
     let terms = Terms::default();
@@ -438,7 +444,7 @@ async fn leader_that_shuts_down_releases_the_lease_to_the_other_replica() {
     assert!(terms.all_ended());
     assert_ne!(holder(&api).as_deref(), Some("a"));
 
-    let released = Instant::now();
+    let released = tokio::time::Instant::now();
     b.becomes_leader().await;
     // b looks again when the lease it saw would have expired: at most
     // its 2 s after a's last renewal.
@@ -452,7 +458,7 @@ async fn leader_that_shuts_down_releases_the_lease_to_the_other_replica() {
     assert_eq!(holder(&api), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_whose_lease_is_taken_ends_its_term_and_stops_reporting_leadership() {
     let api = FakeApi::new();
     let terms = Terms::default();
@@ -481,7 +487,7 @@ async fn leader_whose_lease_is_taken_ends_its_term_and_stops_reporting_leadershi
     assert_eq!(holder(&api), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_whose_work_returns_steps_down_for_the_other_replica() {
     let api = FakeApi::new();
     let terms = Terms::default();
@@ -530,7 +536,7 @@ async fn leader_cut_off_steps_down_before_its_successor_leads(how: Cut) {
     assert!(!b.is_leader());
 
     link.cut(how);
-    let cut = Instant::now();
+    let cut = tokio::time::Instant::now();
     assert!(a.comes_to(false).await, "a still leads, cut off ({how:?})");
     // a stopped within its lease (2 s after its last renewal, at most
     // 2 s before the cut) and b, once the Lease expired, took over.
@@ -559,19 +565,19 @@ async fn leader_cut_off_steps_down_before_its_successor_leads(how: Cut) {
     a.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_partitioned_from_the_api_server_steps_down_before_its_successor_leads() {
     leader_cut_off_steps_down_before_its_successor_leads(Cut::Hang).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_refused_by_the_api_server_steps_down_before_its_successor_leads() {
     leader_cut_off_steps_down_before_its_successor_leads(Cut::Refuse).await;
 }
 
 /// A leader whose reads and renewals fail for a moment, well within its
 /// lease, keeps leading: a blip is not a reason to step down.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_keeps_leading_through_a_brief_api_outage() {
     let api = FakeApi::new();
     let terms = Terms::default();
@@ -596,7 +602,7 @@ async fn leader_keeps_leading_through_a_brief_api_outage() {
 /// Expiry is judged by how long the record has gone unchanged on the
 /// follower's own clock, not by the holder's `renewTime`: a holder whose
 /// clock is an hour behind keeps the lease while it renews.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn holder_with_a_skewed_clock_keeps_the_lease_while_it_renews() {
     let api = FakeApi::new();
     let leases = Api::<Lease>::namespaced(api.client(), NAMESPACE);
@@ -629,7 +635,7 @@ async fn holder_with_a_skewed_clock_keeps_the_lease_while_it_renews() {
 
     // Once the renewals stop, b takes over a lease duration later.
     renewing.await.unwrap();
-    let stopped = Instant::now();
+    let stopped = tokio::time::Instant::now();
     b.becomes_leader().await;
     assert!(
         stopped.elapsed() >= Duration::from_millis(1500),
@@ -641,7 +647,7 @@ async fn holder_with_a_skewed_clock_keeps_the_lease_while_it_renews() {
 
 /// On shutdown the leader keeps its lease renewed while its work stops,
 /// however long that takes, and only then lets it go.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
     let api = FakeApi::new();
     let terms = Terms::default();
@@ -661,7 +667,7 @@ async fn leader_keeps_the_lease_until_its_slow_work_has_stopped() {
     let mut b = Replica::start(&api, "b", &terms);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let stopping = Instant::now();
+    let stopping = tokio::time::Instant::now();
     a.signal_shutdown();
     b.becomes_leader().await;
     assert!(
@@ -701,7 +707,7 @@ fn lease_owners(api: &FakeApi) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_lease_is_owned_by_the_operators_deployment_so_an_uninstall_deletes_it() {
     let owned = ["Deployment/goaway-operator deployment-uid"];
     // Created by the replica: owned from the start.
