@@ -219,7 +219,7 @@ async fn session(
                 if let Some(summary) = summary.filter(|_| finished > reported.load(Relaxed)) {
                     let report = Report::Drained(DrainReport {
                         drain: finished,
-                        ..DrainReport::from(&summary)
+                        summary,
                     });
                     writer.write_all(&report.to_line()).await?;
                     writer.flush().await?;

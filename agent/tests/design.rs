@@ -150,8 +150,8 @@ fn metric_rows(doc: &str) -> Vec<(String, String)> {
 /// the drain's summary.
 const NOT_METRICS: [(&str, &str); 3] = [
     ("goaway_reason", "agent/src/connections.rs"),
-    ("goaway_after_seconds", "agent/src/drain/state.rs"),
-    ("goaway_on", "agent/src/drain/state.rs"),
+    ("goaway_after_seconds", "transport/src/control.rs"),
+    ("goaway_on", "transport/src/control.rs"),
 ];
 
 /// `goaway_…` names in `text` (a name is lowercase letters, digits and

@@ -46,6 +46,7 @@ fn crd_has_short_name_status_subresource_and_printer_columns() {
             "Injected",
             "Ready",
             "Bypassed",
+            "Last Rollout",
             "Rebalanced",
             "Age"
         ]

@@ -84,18 +84,65 @@ fn skip() -> bool {
     false
 }
 
-/// The Helm values file pointing the chart at the locally built images:
-/// `GOAWAY_E2E_VALUES`, or what `scripts/kube-local images` prints.
-fn image_values() -> String {
-    if let Some(v) = std::env::var_os("GOAWAY_E2E_VALUES") {
-        return v.to_string_lossy().into_owned();
+/// The chart `helm install` installs and the flags that pick its images.
+///
+/// By default the checkout's chart with the images `scripts/kube-local
+/// images` imported into the node: its values file, `GOAWAY_E2E_VALUES` or
+/// what that command prints. With `GOAWAY_E2E_CHART` set
+/// (`oci://localhost:15000/charts/goaway`: what `scripts/release` pushed
+/// to `scripts/kube-local registry`), that released chart at
+/// `GOAWAY_E2E_CHART_VERSION`, as a user installs it: no values, the node
+/// pulls the images by the digests the chart pins. (The fixtures' grpc-go
+/// image comes from `scripts/kube-local images` either way.)
+struct Chart {
+    /// The chart, then `--version`/`--plain-http` or `-f VALUES`.
+    args: Vec<String>,
+    /// The registry the released chart's images come from.
+    registry: Option<String>,
+}
+
+impl Chart {
+    fn from_env() -> Chart {
+        if let Ok(reference) = std::env::var("GOAWAY_E2E_CHART") {
+            let version = std::env::var("GOAWAY_E2E_CHART_VERSION")
+                .expect("GOAWAY_E2E_CHART_VERSION: the released chart's version");
+            let registry = reference
+                .strip_prefix("oci://")
+                .and_then(|r| r.strip_suffix("/charts/goaway"))
+                .expect("GOAWAY_E2E_CHART is oci://REGISTRY/charts/goaway")
+                .to_string();
+            return Chart {
+                // The loopback registry speaks plain HTTP.
+                args: vec![
+                    reference,
+                    "--version".into(),
+                    version,
+                    "--plain-http".into(),
+                ],
+                registry: Some(registry),
+            };
+        }
+        let values = match std::env::var_os("GOAWAY_E2E_VALUES") {
+            Some(v) => v.to_string_lossy().into_owned(),
+            None => {
+                let out = Command::new(repo_root().join("scripts/kube-local"))
+                    .arg("images")
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .expect("scripts/kube-local images");
+                ok("scripts/kube-local images", out).trim().to_string()
+            }
+        };
+        let chart = repo_root().join("charts/goaway");
+        Chart {
+            args: vec![chart.to_string_lossy().into_owned(), "-f".into(), values],
+            registry: None,
+        }
     }
-    let out = Command::new(repo_root().join("scripts/kube-local"))
-        .arg("images")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/kube-local images");
-    ok("scripts/kube-local images", out).trim().to_string()
+
+    fn args(&self) -> impl Iterator<Item = &str> {
+        self.args.iter().map(String::as_str)
+    }
 }
 
 fn image_tag() -> String {
@@ -900,7 +947,7 @@ fn rolling_deploys_drain_with_zero_failed_calls_on_a_real_node() {
     if skip() {
         return;
     }
-    let values = image_values();
+    let chart = Chart::from_env();
     let pid = std::process::id();
     let mut env = Env {
         replicas: 3,
@@ -913,7 +960,7 @@ fn rolling_deploys_drain_with_zero_failed_calls_on_a_real_node() {
         kubectl(&["create", "namespace", &env.ns]),
     );
     let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut env, &values)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut env, &chart)));
     let report = env.report.join("\n");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("node_e2e_report.md");
     let _ = std::fs::write(&path, format!("{report}\n"));
@@ -954,7 +1001,7 @@ fn rolling_deploys_drain_with_zero_failed_calls_on_a_real_node() {
     }
 }
 
-fn scenario(env: &mut Env, values: &str) {
+fn scenario(env: &mut Env, chart: &Chart) {
     // The chart, as a user installs it; the webhook only sees this
     // namespace, so tests running beside this one are left alone.
     let fullname = format!("goaway-{}", env.release);
@@ -977,28 +1024,36 @@ fn scenario(env: &mut Env, values: &str) {
         ]),
     );
     let start = Instant::now();
-    ok(
-        "helm install",
-        helm(&[
-            "install",
-            &env.release,
-            repo_root().join("charts/goaway").to_str().unwrap(),
-            "-n",
-            &env.ns,
-            "-f",
-            values,
-            "--set",
-            &format!("watchNamespace={}", env.ns),
-            "--set",
-            &format!("fullnameOverride={fullname}"),
-            "--wait",
-            "--timeout",
-            "4m",
-        ]),
-    );
+    let watch = format!("watchNamespace={}", env.ns);
+    let name = format!("fullnameOverride={fullname}");
+    let mut install = vec!["install", &env.release];
+    install.extend(chart.args());
+    install.extend(["-n", &env.ns, "--set", &watch, "--set", &name]);
+    install.extend(["--wait", "--timeout", "4m"]);
+    ok("helm install", helm(&install));
     let operator = format!("{fullname}-operator");
     let deploy = env.json(&["get", "deployment", &operator]);
     assert_eq!(deploy["status"]["readyReplicas"], 2, "{deploy}");
+    if let Some(registry) = &chart.registry {
+        // The released chart pins both images by digest in its registry.
+        let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+        let agent = container["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == "GOAWAY_AGENT_IMAGE"))
+            .map(|v| v["value"].as_str().unwrap_or_default().to_string());
+        for (what, image) in [
+            ("operator", container["image"].as_str().map(str::to_string)),
+            ("agent", agent),
+        ] {
+            let image = image.unwrap_or_default();
+            assert!(
+                image.starts_with(&format!("{registry}/goaway-{what}"))
+                    && image.contains("@sha256:"),
+                "the released chart's {what} image is {image:?}, not {registry}/goaway-{what}@sha256:…"
+            );
+            env.note(format!("released chart: {what} image {image}"));
+        }
+    }
     let holder = wait("a leader", Duration::from_secs(60), || {
         let h = env.k(&[
             "get",
@@ -1458,7 +1513,7 @@ fn scenario(env: &mut Env, values: &str) {
     ));
 
     interception(env);
-    upgrade_then_uninstall(env, values, &fullname);
+    upgrade_then_uninstall(env, chart, &fullname);
 }
 
 const HEADLESS_CLIENT: &str = "client-headless";
@@ -1710,7 +1765,7 @@ fn interception(env: &mut Env) {
 /// injected pods are left alone; new ones get the new settings); then
 /// `helm uninstall` (injected pods keep serving) and a rollout that
 /// takes the agent out (the old pods still drain).
-fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
+fn upgrade_then_uninstall(env: &mut Env, chart: &Chart, fullname: &str) {
     let operator = format!("{fullname}-operator");
     env.settle();
     let before = env.tallies();
@@ -1730,28 +1785,29 @@ fn upgrade_then_uninstall(env: &mut Env, values: &str, fullname: &str) {
     );
     ok(
         "helm upgrade",
-        helm(&[
-            "upgrade",
-            &env.release,
-            repo_root().join("charts/goaway").to_str().unwrap(),
-            "-n",
-            &env.ns,
-            "-f",
-            values,
-            // The new chart's defaults, then the install's values (the
-            // README's upgrade command).
-            "--reset-then-reuse-values",
-            "--set",
-            // A change the new pods must show; debug only for the control
-            // channel: debug for everything writes enough (a line per
-            // upstream connection state, per stream) that the kubelet
-            // rotates the agent's log within a minute, and `kubectl logs
-            // -f` stops at a rotation — the drain's lines would be lost.
-            "agent.logLevel=info\\,goaway_agent::control=debug",
-            "--wait",
-            "--timeout",
-            "4m",
-        ]),
+        helm(&{
+            let mut upgrade = vec!["upgrade", &env.release];
+            upgrade.extend(chart.args());
+            upgrade.extend([
+                "-n",
+                &env.ns,
+                // The new chart's defaults, then the install's values
+                // (the README's upgrade command).
+                "--reset-then-reuse-values",
+                "--set",
+                // A change the new pods must show; debug only for the
+                // control channel: debug for everything writes enough (a
+                // line per upstream connection state, per stream) that the
+                // kubelet rotates the agent's log within a minute, and
+                // `kubectl logs -f` stops at a rotation — the drain's lines
+                // would be lost.
+                "agent.logLevel=info\\,goaway_agent::control=debug",
+                "--wait",
+                "--timeout",
+                "4m",
+            ]);
+            upgrade
+        }),
     );
     let deploy = env.json(&["get", "deployment", &operator]);
     assert_eq!(deploy["status"]["readyReplicas"], 2, "{deploy}");

@@ -35,6 +35,7 @@ start_containerd() {
     # One bridge, gateway on the host; no masquerading (pods talk to each
     # other and to the node only, and kube-proxy masquerades what it must).
     render_to cni.conflist "$STATE/cni/net.d/10-goaway.conflist"
+    write_registry_hosts
     # /run/netns, where the CRI puts pod network namespaces, as a shared
     # mount point of its own, as `ip netns add` makes it. If `ip netns add`
     # did that later, its bind mount would duplicate every pod namespace's

@@ -339,38 +339,22 @@ fn images_are_the_ones_the_chart_and_the_operator_default_to() {
         "Chart.yaml appVersion is the workspace version"
     );
     let values = &chart["values"];
-    let root = repo_root();
-    for (package, repository) in [
-        ("goaway-operator", &values["image"]["repository"]),
-        ("goaway-agent", &values["agent"]["image"]["repository"]),
+    for (package, image) in [
+        ("goaway-operator", &values["image"]),
+        ("goaway-agent", &values["agent"]["image"]),
     ] {
-        assert_eq!(repository, &json!(format!("ghcr.io/goaway-dev/{package}")));
-        let short = package.trim_start_matches("goaway-");
-        let path = root.join(format!("docker/{short}.Dockerfile"));
-        let dockerfile =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for needle in [
-            format!("cargo build --release --locked -p {package} --bin {package}"),
-            "FROM gcr.io/distroless/cc-debian12:nonroot".to_string(),
-            format!("USER {AGENT_UID}:{AGENT_UID}"),
-            format!("ENTRYPOINT [\"/usr/local/bin/{package}\"]"),
-            format!("-t ghcr.io/goaway-dev/{package}:{VERSION}"),
-        ] {
-            assert!(
-                dockerfile.contains(&needle),
-                "{}: lacks {needle:?}",
-                path.display()
-            );
-        }
+        // The names scripts/release pushes; it stamps the registry and the
+        // digests into the packaged chart (tests/tests/release.rs).
+        assert_eq!(
+            image["repository"],
+            json!(format!("ghcr.io/goaway-dev/{package}"))
+        );
+        // The tag defaults to the appVersion, which is the release's tag.
+        assert_eq!(image["tag"], "");
     }
     assert_eq!(
         DEFAULT_AGENT_IMAGE,
         format!("ghcr.io/goaway-dev/goaway-agent:{VERSION}")
-    );
-    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
-    assert!(
-        ignore.lines().any(|l| l.trim() == "target/"),
-        ".dockerignore keeps target/ out"
     );
 }
 

@@ -80,13 +80,22 @@ pub enum Report {
     Drained(DrainReport),
 }
 
-/// What a finished drain did.
+/// A finished drain, numbered: the pod's first drain is 1 (a drain that
+/// expired is followed by another).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
 pub struct DrainReport {
-    /// Which of the pod's drains this is, from 1 (a drain that expired
-    /// is followed by another).
+    /// Which of the pod's drains this is.
     pub drain: u64,
+    /// What it did, with the field names of the agent's `/drain` answer.
+    #[serde(flatten)]
+    pub summary: DrainSummary,
+}
+
+/// What a drain did: the agent's `/drain` answer and "drain finished"
+/// log line. Every field defaults, so a report of another version reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainSummary {
     /// Connections that closed after their streams finished.
     pub connections_drained: u64,
     /// Streams that ran to completion during the drain.
@@ -95,12 +104,34 @@ pub struct DrainReport {
     pub connections_hard_closed: u64,
     /// Streams cut at the deadline.
     pub streams_cut: u64,
-    /// From the drain's start to the last close.
+    /// From the drain's start (readiness failing) to the last close.
     pub duration_seconds: f64,
     /// From the drain's start to its GOAWAYs.
     pub goaway_after_seconds: f64,
-    /// Why the GOAWAYs went out then: `evidence` or `delay`.
-    pub goaway_on: String,
+    /// Why the GOAWAYs went out then.
+    pub goaway_on: GoawayOn,
+}
+
+/// What started a drain's GOAWAY step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoawayOn {
+    /// The pod was out of every EndpointSlice's ready endpoints and no new
+    /// connection had arrived for `drain.quietPeriod`.
+    Evidence,
+    /// `drain.delay` ran out.
+    #[default]
+    Delay,
+}
+
+impl GoawayOn {
+    /// As in the summary's JSON: `evidence` or `delay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoawayOn::Evidence => "evidence",
+            GoawayOn::Delay => "delay",
+        }
+    }
 }
 
 impl Report {
@@ -172,20 +203,27 @@ mod tests {
     fn a_drain_report_is_one_line_within_the_limit() {
         let report = Report::Drained(DrainReport {
             drain: u64::MAX,
-            connections_drained: u64::MAX,
-            streams_completed: u64::MAX,
-            connections_hard_closed: u64::MAX,
-            streams_cut: u64::MAX,
-            duration_seconds: f64::MAX,
-            goaway_after_seconds: f64::MAX,
-            goaway_on: "evidence".into(),
+            summary: DrainSummary {
+                connections_drained: u64::MAX,
+                streams_completed: u64::MAX,
+                connections_hard_closed: u64::MAX,
+                streams_cut: u64::MAX,
+                duration_seconds: f64::MAX,
+                goaway_after_seconds: f64::MAX,
+                goaway_on: GoawayOn::Evidence,
+            },
         });
         let line = report.to_line();
         assert!(line.len() <= MAX_REPORT_LINE, "{} bytes", line.len());
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         let parsed = Report::from_line(line.trim_ascii_end()).unwrap();
         assert_eq!(parsed, report);
-        assert!(Report::from_line(br#"{"type":"drained","streamsCut":-1}"#).is_err());
+        assert!(Report::from_line(br#"{"type":"drained","drain":1,"streams_cut":-1}"#).is_err());
+        // The summary's field names, as the agent's /drain answers them.
+        let line = r#"{"type":"drained","drain":2,"connections_drained":3,"goaway_on":"evidence"}"#;
+        let Report::Drained(parsed) = Report::from_line(line.as_bytes()).unwrap();
+        assert_eq!((parsed.drain, parsed.summary.connections_drained), (2, 3));
+        assert_eq!(parsed.summary.goaway_on, GoawayOn::Evidence);
         assert!(Report::from_line(br#"{"type":"policy","text":""}"#).is_err());
     }
 }

@@ -25,7 +25,6 @@ use std::time::Duration;
 use goaway_transport::policy::DrainParams;
 use goaway_transport::server::ConnectionHandle;
 use goaway_transport::{Counters, GoAwayReason};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -36,61 +35,10 @@ use crate::connections::ConnectionTable;
 /// their sockets close just after.
 pub const CLOSE_MARGIN: Duration = Duration::from_secs(2);
 
-/// What a drain did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct DrainSummary {
-    /// Connections that closed after their streams finished.
-    pub connections_drained: u64,
-    /// Streams that ran to completion during the drain.
-    pub streams_completed: u64,
-    /// Connections cut at the deadline with streams still open.
-    pub connections_hard_closed: u64,
-    /// Streams cut at the deadline.
-    pub streams_cut: u64,
-    /// From the drain's start (readiness failing) to the last close.
-    pub duration_seconds: f64,
-    /// From the drain's start to its GOAWAYs.
-    pub goaway_after_seconds: f64,
-    /// Why the GOAWAYs went out then.
-    pub goaway_on: GoawayOn,
-}
-
-/// The report of a drain whose number the caller fills in.
-impl From<&DrainSummary> for goaway_transport::control::DrainReport {
-    fn from(s: &DrainSummary) -> Self {
-        goaway_transport::control::DrainReport {
-            drain: 0,
-            connections_drained: s.connections_drained,
-            streams_completed: s.streams_completed,
-            connections_hard_closed: s.connections_hard_closed,
-            streams_cut: s.streams_cut,
-            duration_seconds: s.duration_seconds,
-            goaway_after_seconds: s.goaway_after_seconds,
-            goaway_on: s.goaway_on.as_str().into(),
-        }
-    }
-}
-
-/// What started the GOAWAY step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GoawayOn {
-    /// The pod was out of every EndpointSlice's ready endpoints and no new
-    /// connection had arrived for `drain.quietPeriod`.
-    Evidence,
-    /// `drain.delay` ran out.
-    Delay,
-}
-
-impl GoawayOn {
-    /// As in the summary's JSON: `evidence` or `delay`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GoawayOn::Evidence => "evidence",
-            GoawayOn::Delay => "delay",
-        }
-    }
-}
+/// What a drain did, and why its GOAWAYs went out when they did: the
+/// control channel's types, as the summary is also reported to the
+/// operator ([`goaway_transport::control::Report::Drained`]).
+pub use goaway_transport::control::{DrainSummary, GoawayOn};
 
 /// What the counters moved by during one drain.
 #[derive(Clone, Copy, Debug, Default)]

@@ -53,7 +53,7 @@ pub(crate) fn binaries() -> Vec<(String, String, Option<String>)> {
 /// `GOAWAY_*` variables that no flag reads, each with the file said to
 /// read (or set) it: the agent's logging set-up, what the operator sets in
 /// the containers it injects, and this repository's scripts and tests.
-pub(crate) const ENV_ELSEWHERE: [(&str, &str); 16] = [
+pub(crate) const ENV_ELSEWHERE: [(&str, &str); 20] = [
     ("GOAWAY_LOG", "agent/src/logging.rs"),
     ("GOAWAY_DRAIN_URL", "operator/src/inject/mod.rs"),
     // The downward API's pod and node IPs, set by the operator and
@@ -67,8 +67,12 @@ pub(crate) const ENV_ELSEWHERE: [(&str, &str); 16] = [
     ("GOAWAY_KUBE_KCM_PORT", "scripts/kube-local"),
     ("GOAWAY_KUBE_NODE_IP", "scripts/kube-local"),
     ("GOAWAY_KUBE_VERSION", "scripts/kube-versions"),
+    ("GOAWAY_RELEASE_TARGET_DIR", "scripts/release"),
+    ("GOAWAY_KUBE_REGISTRY_PORT", "scripts/kube-local"),
     ("GOAWAY_IMAGE_PROFILE", "scripts/kube-local"),
     ("GOAWAY_E2E_VALUES", "operator/tests/node_e2e.rs"),
+    ("GOAWAY_E2E_CHART", "operator/tests/node_e2e.rs"),
+    ("GOAWAY_E2E_CHART_VERSION", "operator/tests/node_e2e.rs"),
     ("GOAWAY_KUBE_NODE", "operator/tests/node_e2e.rs"),
     ("GOAWAY_CACHE", "scripts/build-peers"),
     ("GOAWAY_CI", "transport/src/test_util/mod.rs"),

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use goaway_transport::control::DrainReport;
+use goaway_transport::control::{DrainReport, DrainSummary};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -90,14 +90,14 @@ impl Drains {
     }
 }
 
-/// The Event's text for `report`.
-pub fn note(report: &DrainReport) -> String {
+/// The Event's text for a drain that did `report`.
+pub fn note(report: &DrainSummary) -> String {
     format!(
         "drained {} connection(s) in {:.2}s (GOAWAY after {:.2}s, on {}): {} stream(s) completed, {} connection(s) hard-closed, {} stream(s) cut",
         report.connections_drained + report.connections_hard_closed,
         report.duration_seconds,
         report.goaway_after_seconds,
-        report.goaway_on,
+        report.goaway_on.as_str(),
         report.streams_completed,
         report.connections_hard_closed,
         report.streams_cut,
@@ -110,7 +110,7 @@ pub fn note(report: &DrainReport) -> String {
 pub fn add(
     last: Option<&LastRollout>,
     revision: &str,
-    report: &DrainReport,
+    report: &DrainSummary,
     now: Timestamp,
 ) -> LastRollout {
     let current = last.filter(|l| {
@@ -157,8 +157,8 @@ fn event_name(pod: &PodIdentity, drain: u64) -> String {
 /// it (another did if it exists), the policy's sum.
 async fn publish(client: Client, pod: PodIdentity, report: DrainReport, instance: String) {
     let now = Timestamp::now();
-    let note = note(&report);
-    let warning = report.connections_hard_closed > 0 || report.streams_cut > 0;
+    let note = note(&report.summary);
+    let warning = report.summary.connections_hard_closed > 0 || report.summary.streams_cut > 0;
     let event = Event {
         metadata: ObjectMeta {
             name: Some(event_name(&pod, report.drain)),
@@ -224,7 +224,7 @@ async fn publish(client: Client, pod: PodIdentity, report: DrainReport, instance
             }
         };
         let last = policy.status.as_ref().and_then(|s| s.last_rollout.as_ref());
-        let sum = add(last, &pod.revision, &report, now);
+        let sum = add(last, &pod.revision, &report.summary, now);
         // The resourceVersion makes the write conditional: a sum another
         // replica wrote meanwhile is read again, not overwritten.
         let status = serde_json::json!({
@@ -254,18 +254,19 @@ async fn publish(client: Client, pod: PodIdentity, report: DrainReport, instance
 
 #[cfg(test)]
 mod tests {
+    use goaway_transport::control::GoawayOn;
+
     use super::*;
 
-    fn report(streams_cut: u64) -> DrainReport {
-        DrainReport {
-            drain: 1,
+    fn report(streams_cut: u64) -> DrainSummary {
+        DrainSummary {
             connections_drained: 3,
             streams_completed: 40,
             connections_hard_closed: u64::from(streams_cut > 0),
             streams_cut,
             duration_seconds: 1.6,
             goaway_after_seconds: 1.5,
-            goaway_on: "evidence".into(),
+            goaway_on: GoawayOn::Evidence,
         }
     }
 
@@ -354,7 +355,8 @@ mod tests {
             revision: String::new(),
         };
         for drain in [0, 1, MAX_DRAINS_PER_POD, MAX_DRAINS_PER_POD + 1, u64::MAX] {
-            drains.report(&pod, DrainReport { drain, ..report(0) });
+            let summary = report(0);
+            drains.report(&pod, DrainReport { drain, summary });
         }
         assert_eq!(
             *recorded.lock().unwrap(),
