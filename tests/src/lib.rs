@@ -141,6 +141,19 @@ pub fn grpc_unframe(mut body: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// Stdout of a command that must have succeeded; panics with its status,
+/// stdout and stderr otherwise.
+pub fn ok(what: &str, out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released: fine for a test
 /// that starts a server on it right away).
 pub fn free_port() -> u16 {

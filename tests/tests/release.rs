@@ -63,15 +63,7 @@ fn run(what: &str, cmd: &mut Command) -> Output {
 
 /// Stdout of a command that must succeed.
 fn ok(what: &str, cmd: &mut Command) -> String {
-    let out = run(what, cmd);
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    goaway_tests::ok(what, run(what, cmd))
 }
 
 /// Stderr of a command that must fail.

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use goaway_tests::{KillOnDrop, poll};
-pub(crate) use goaway_tests::{free_port, repo_root};
+pub(crate) use goaway_tests::{free_port, ok, repo_root};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -178,18 +178,6 @@ pub(crate) fn helm(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("helm on PATH (eval \"$(scripts/kube-local env)\")")
-}
-
-/// Stdout of a command that must succeed; panics with its stderr.
-pub(crate) fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
 /// An operator process (`goaway-operator run`), killed on drop.
