@@ -97,6 +97,9 @@ pub struct Readiness {
 }
 
 struct LogState {
+    /// When the agent started: the start-up grace runs from here, however
+    /// often the answer changes between refused and timing out.
+    started: Instant,
     /// Since when the answer has been what it is.
     since: Instant,
     ever_ready: bool,
@@ -112,6 +115,7 @@ impl Readiness {
         Readiness {
             answer,
             log: Mutex::new(LogState {
+                started: Instant::now(),
                 since: Instant::now(),
                 ever_ready: false,
                 startup_warned: false,
@@ -132,24 +136,39 @@ impl Readiness {
         let now = Instant::now();
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let before = Answer::from_u8(self.answer.swap(answer as u8, Relaxed));
-        if before == answer {
-            if answer.upstream_failure()
-                && !log.ever_ready
-                && !log.startup_warned
-                && now.duration_since(log.since) >= STARTUP_GRACE
-            {
+        let changed = before != answer;
+        let was = now.duration_since(log.since);
+        if changed {
+            log.since = now;
+        }
+        // Not ready since start-up: the app is starting, however its
+        // failure changes between refused and timing out.
+        if answer.upstream_failure() && !log.ever_ready {
+            if !log.startup_warned && now.duration_since(log.started) >= STARTUP_GRACE {
                 log.startup_warned = true;
                 tracing::warn!(
                     reason = detail,
-                    for_ = ?now.duration_since(log.since),
+                    for_ = ?now.duration_since(log.started),
                     "not ready: the app has not accepted a connection since the agent started"
                 );
                 return Logged::Warn;
             }
+            if !changed {
+                return Logged::Nothing;
+            }
+            if before == Answer::Unprobed {
+                tracing::info!(
+                    reason = detail,
+                    "not ready yet: the app does not accept connections (expected while it starts)"
+                );
+                return Logged::Info;
+            }
+            tracing::debug!(reason = detail, "not ready yet");
+            return Logged::Debug;
+        }
+        if !changed {
             return Logged::Nothing;
         }
-        let was = now.duration_since(log.since);
-        log.since = now;
         match answer {
             Answer::Unprobed => Logged::Nothing,
             Answer::Ready => {
@@ -160,19 +179,6 @@ impl Readiness {
             Answer::Draining => {
                 tracing::info!("not ready: draining");
                 Logged::Info
-            }
-            Answer::UpstreamRefused | Answer::UpstreamTimeout if !log.ever_ready => {
-                if before == Answer::Unprobed {
-                    tracing::info!(
-                        reason = detail,
-                        "not ready yet: the app does not accept connections (expected while it starts)"
-                    );
-                    Logged::Info
-                } else {
-                    // Refused, then timing out (or back): one start-up.
-                    tracing::debug!(reason = detail, "not ready yet");
-                    Logged::Debug
-                }
             }
             Answer::UpstreamRefused | Answer::UpstreamTimeout => {
                 if log
@@ -219,6 +225,27 @@ mod tests {
         assert_eq!(r.observe(Answer::UpstreamTimeout, "slow"), Logged::Nothing);
         assert_eq!(r.observe(Answer::Ready, ""), Logged::Info);
         assert_eq!(r.current(), Answer::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_that_flips_between_refused_and_timing_out_still_warns_once() {
+        let r = readiness();
+        assert_eq!(r.observe(Answer::UpstreamRefused, "refused"), Logged::Info);
+        let mut warned = 0;
+        for step in 1..=14 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let answer = if step % 2 == 0 {
+                Answer::UpstreamRefused
+            } else {
+                Answer::UpstreamTimeout
+            };
+            let logged = r.observe(answer, "flipping");
+            if step * 10 < STARTUP_GRACE.as_secs() {
+                assert_eq!(logged, Logged::Debug, "after {}s", step * 10);
+            }
+            warned += usize::from(logged == Logged::Warn);
+        }
+        assert_eq!(warned, 1);
     }
 
     #[tokio::test(start_paused = true)]
