@@ -27,7 +27,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -133,14 +132,14 @@ const BACKOFF: BackoffConfig = BackoffConfig {
 pub async fn run(config: ControlConfig, agent: Arc<Agent>, endpoints: watch::Sender<Endpoints>) {
     let mut backoff = Backoff::new(BACKOFF);
     // Drains reported to the operator, across sessions.
-    let reported = AtomicU64::new(0);
+    let mut reported = 0;
     loop {
         if let Some(at) = backoff.next_attempt() {
             tokio::time::sleep_until(at).await;
         }
         let started = Instant::now();
         let deadline = backoff.start_attempt(started, rand::random::<f64>);
-        let result = session(&config, &agent, &endpoints, &reported, deadline).await;
+        let result = session(&config, &agent, &endpoints, &mut reported, deadline).await;
         agent.control_connected.store(false, Relaxed);
         endpoints.send_replace(Endpoints::Unknown);
         agent.policy.operator_gone();
@@ -166,7 +165,7 @@ async fn session(
     config: &ControlConfig,
     agent: &Arc<Agent>,
     endpoints: &watch::Sender<Endpoints>,
-    reported: &AtomicU64,
+    reported: &mut u64,
     connect_deadline: Instant,
 ) -> Result<(), SessionError> {
     let read = |file: &PathBuf| {
@@ -216,14 +215,14 @@ async fn session(
             Ok(()) = done.changed() => {
                 let summary = done.borrow_and_update().clone();
                 let finished = agent.drain.finished_total();
-                if let Some(summary) = summary.filter(|_| finished > reported.load(Relaxed)) {
+                if let Some(summary) = summary.filter(|_| finished > *reported) {
                     let report = Report::Drained(DrainReport {
                         drain: finished,
                         summary,
                     });
                     writer.write_all(&report.to_line()).await?;
                     writer.flush().await?;
-                    reported.store(finished, Relaxed);
+                    *reported = finished;
                     tracing::debug!("drain reported to the operator");
                 }
                 continue;

@@ -7,8 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
-use crate::admin::readiness::Answer;
-
 use goaway_transport::client::{Channel, Connectivity};
 use goaway_transport::{Counters, GoAwayReason};
 use prometheus_client::collector::Collector;
@@ -18,6 +16,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::admin::readiness::Answer;
 
 /// Labels of `goaway_policy_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

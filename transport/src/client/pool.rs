@@ -406,7 +406,6 @@ pub(crate) async fn dialer<C: Connect>(pool: Arc<Pool>, connector: C) {
                     s.next_attempt = None;
                     s.last_error = None;
                     s.ever_connected = true;
-                    s.failing_since = None;
                 }
                 Counters::inc(&pool.config.counters.upstream_connects);
                 tracing::debug!(upstream = %pool.addr, conn = id, "upstream connected");
