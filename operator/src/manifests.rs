@@ -285,9 +285,9 @@ impl Ctx<'_> {
 /// `imagePullSecrets` injection added (those its annotation names), the
 /// `goaway.dev/injected*` annotations — and gives the application port its
 /// name back, so Services route to the app again. Two things stay: the
-/// raised `terminationGracePeriodSeconds` and probes that injection
-/// rewrote from the port's name to its number (both mean the same for
-/// the app). Templates without the agent are printed unchanged.
+/// raised `terminationGracePeriodSeconds` and the probes and lifecycle
+/// hooks that injection rewrote from the port's name to its number (both
+/// mean the same for the app; each is named in a warning). Templates without the agent are printed unchanged.
 pub fn uninject_manifests(input: &str) -> Result<Report> {
     let mut report = Report::default();
     for (i, doc) in split_documents(input).into_iter().enumerate() {
@@ -326,7 +326,8 @@ pub fn uninject_manifests(input: &str) -> Result<Report> {
 }
 
 /// Undoes the injection of one template; false when it had no agent.
-/// The probes left on the app port's number are listed in `probes`.
+/// The probes and hooks left on the app port's number are listed in
+/// `probes`.
 fn uninject_template(template: &mut Value, probes: &mut Vec<String>) -> bool {
     let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
         return false;
@@ -382,23 +383,31 @@ fn uninject_template(template: &mut Value, probes: &mut Vec<String>) -> bool {
     };
     if let Some(Value::Array(containers)) = spec.get_mut("containers") {
         for c in containers {
-            let Some(c) = c.as_object_mut() else { continue };
             if let (Some(name), Some(port)) = (&taken_name, app_port) {
-                for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-                    for kind in ["httpGet", "tcpSocket", "grpc"] {
-                        if c.get(probe)
-                            .and_then(|p| p.get(kind))
-                            .and_then(|k| k["port"].as_i64())
-                            == Some(port)
-                        {
-                            let container = c.get("name").and_then(Value::as_str).unwrap_or("?");
+                // What injection rewrote from the port's name to its number
+                // (inject::ports): the httpGet and tcpSocket handlers of
+                // probes and lifecycle hooks (a grpc probe's port is always
+                // a number).
+                for handler in [
+                    "/livenessProbe",
+                    "/readinessProbe",
+                    "/startupProbe",
+                    "/lifecycle/postStart",
+                    "/lifecycle/preStop",
+                ] {
+                    for kind in ["httpGet", "tcpSocket"] {
+                        let at = format!("{handler}/{kind}/port");
+                        if c.pointer(&at).and_then(Value::as_i64) == Some(port) {
+                            let container = c["name"].as_str().unwrap_or("?");
+                            let what = handler[1..].replace('/', ".");
                             probes.push(format!(
-                                "container {container}: {probe} stays on port {port}, not {name:?}"
+                                "container {container}: {what} stays on port {port}, not {name:?}"
                             ));
                         }
                     }
                 }
             }
+            let Some(c) = c.as_object_mut() else { continue };
             if let (Some(name), Some(port)) = (&taken_name, app_port)
                 && let Some(Value::Array(ports)) = c.get_mut("ports")
             {
@@ -732,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn uninject_says_which_probes_stay_on_the_ports_number() {
+    fn uninject_says_which_probes_and_hooks_stay_on_the_ports_number() {
         let manifest = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -748,6 +757,7 @@ spec:
         ports: [{name: grpc, containerPort: 8080}]
         readinessProbe: {httpGet: {path: /ready, port: grpc}}
         livenessProbe: {tcpSocket: {port: grpc}}
+        lifecycle: {postStart: {httpGet: {path: /warm, port: grpc}}}
 "#;
         let injected = inject_in_mode(manifest, crate::Interception::NamedPort);
         assert_eq!(injected.injected.len(), 1, "{:?}", injected.warnings);
@@ -755,14 +765,20 @@ spec:
         let probes: Vec<&String> = removed
             .warnings
             .iter()
-            .filter(|w| w.contains("Probe stays on port 8080"))
+            .filter(|w| w.contains(" stays on port 8080"))
             .collect();
-        assert_eq!(probes.len(), 2, "{:?}", removed.warnings);
+        assert_eq!(probes.len(), 3, "{:?}", removed.warnings);
         assert!(
             probes
                 .iter()
                 .any(|w| w
                     .contains("container api: readinessProbe stays on port 8080, not \"grpc\"")),
+            "{probes:?}"
+        );
+        assert!(
+            probes
+                .iter()
+                .any(|w| w.contains("container api: lifecycle.postStart stays on port 8080")),
             "{probes:?}"
         );
     }
