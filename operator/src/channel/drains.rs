@@ -28,11 +28,12 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
 use super::auth::PodIdentity;
+use super::events::{create_once, policy_ref};
 use crate::crd::LastRollout;
 use crate::metrics::Metrics;
 use crate::{KeepalivePolicy, MANAGER};
@@ -187,21 +188,12 @@ async fn publish(client: Client, pod: PodIdentity, report: DrainReport, instance
             uid: Some(pod.uid.clone()),
             ..Default::default()
         }),
-        related: Some(ObjectReference {
-            api_version: Some("goaway.dev/v1alpha1".into()),
-            kind: Some("KeepalivePolicy".into()),
-            name: Some(pod.policy.clone()),
-            namespace: Some(pod.namespace.clone()),
-            ..Default::default()
-        }),
+        related: Some(policy_ref(&pod.namespace, &pod.policy, None)),
         ..Default::default()
     };
-    match Api::<Event>::namespaced(client.clone(), &pod.namespace)
-        .create(&PostParams::default(), &event)
-        .await
-    {
-        Ok(_) => info!(namespace = pod.namespace, pod = pod.name, %note, "drain recorded"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+    match create_once(&client, &event).await {
+        Ok(true) => info!(namespace = pod.namespace, pod = pod.name, %note, "drain recorded"),
+        Ok(false) => {
             return debug!(
                 namespace = pod.namespace,
                 pod = pod.name,

@@ -30,6 +30,7 @@
 pub mod auth;
 pub mod drains;
 pub mod endpoints;
+mod events;
 pub mod http;
 pub mod hub;
 pub mod policies;

@@ -43,15 +43,15 @@ use std::time::Duration;
 
 use goaway_transport::Policy;
 use goaway_transport::policy::Strictness;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::endpoints::ServiceCount;
+use super::events::{create_once, policy_ref};
 use super::hub::{Hub, PolicyKey};
 use crate::crd::LastRebalance;
 use crate::{KeepalivePolicy, MANAGER};
@@ -263,22 +263,12 @@ pub async fn publish(
             note: Some(note.clone()),
             reporting_controller: Some(MANAGER.into()),
             reporting_instance: Some(instance.clone()),
-            regarding: Some(ObjectReference {
-                api_version: Some("goaway.dev/v1alpha1".into()),
-                kind: Some("KeepalivePolicy".into()),
-                name: Some(policy.clone()),
-                namespace: Some(ns.clone()),
-                uid,
-                ..Default::default()
-            }),
+            regarding: Some(policy_ref(&ns, &policy, uid)),
             ..Default::default()
         };
-        match Api::<Event>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &event)
-            .await
-        {
-            Ok(_) => info!(namespace = ns, policy, %note, "rebalance recorded"),
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+        match create_once(&client, &event).await {
+            Ok(true) => info!(namespace = ns, policy, %note, "rebalance recorded"),
+            Ok(false) => {}
             Err(error) => {
                 warn!(namespace = ns, policy, %error, "publishing the rebalance Event failed")
             }
